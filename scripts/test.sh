@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Set up a virtual environment (if needed) and run the whole test suite under Xvfb.
+# Usage: bash scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${SEGLOOP_VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip
+# The CPU build of torch first: a bare "torch" requirement would pull a multi-GB CUDA build.
+"$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+"$VENV/bin/python" -m pip install -q -e ".[all,dev]"
+run=("$VENV/bin/python" -m pytest "$@")
+if command -v xvfb-run >/dev/null 2>&1; then
+  run=(xvfb-run -a -s "-screen 0 1280x1024x24" "${run[@]}")
+fi
+set +e
+"${run[@]}"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+  echo "pytest collected no tests: failing" >&2
+  exit 1
+fi
+exit "$status"

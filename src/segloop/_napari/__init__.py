@@ -1,0 +1,1 @@
+"""napari contributions (Qt lives here only; ``segloop.core`` never imports this)."""

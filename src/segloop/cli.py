@@ -1,0 +1,230 @@
+"""The ``segloop`` command.
+
+Every arrow of the loop is a command, so it runs without a screen::
+
+    segloop list-models
+    segloop info nuclei-unet
+    segloop predict slide.tif --model nuclei-unet --out results/
+    segloop export-onnx path/to/package
+
+Bad input prints one line (``segloop: error: ...``) and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from segloop.errors import Cancelled, SegloopError
+
+__all__ = ["main"]
+
+#: Images with more pixels than this are segmented into an on-disk memmap.
+MEMMAP_PIXELS = 64 * 1024 * 1024
+
+
+def _cmd_list(args) -> int:
+    from segloop.core.predict import _discover
+
+    for name, path in sorted(_discover().items()):
+        print(f"{name}\t{path}")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    from segloop.core.normalize import describe, spec_from_dict
+    from segloop.core.predict import load_model
+
+    model = load_model(args.model, device="cpu")
+    s = model.spec
+    n_params = sum(p.numel() for p in model.network.parameters())
+    if args.json:
+        print(json.dumps(s.to_dict(), indent=2))
+        return 0
+    print(f"{s.name} v{s.version}  ({s.architecture}, {n_params / 1e6:.2f} M parameters, {s.dims}D, {s.task})")
+    print(f"  package:       {model.package.path}")
+    print(f"  classes:       {', '.join(s.classes)}")
+    print(f"  input:         {s.in_channels} channel(s); normalization {describe(spec_from_dict(s.normalization))}")
+    print(f"  tile:          {s.tile.get('size')} px, overlap {s.tile.get('overlap')}")
+    print(f"  weights:       {s.weights_dtype}, sha256 {s.sha256[:16]}...  onnx: {'yes' if model.package.onnx_bytes else 'no'}")
+    print(f"  parent:        {s.parent['name'] + ' v' + s.parent['version'] if s.parent else '-'}")
+    if s.training and s.training.get("best"):
+        best = s.training["best"]
+        print("  held-out:      " + "  ".join(f"{k}={v:.3f}" for k, v in best.items()
+                                             if k not in ("step", "seconds", "loss")))
+    if s.license:
+        print(f"  licence:       {s.license}")
+    return 0
+
+
+def _cmd_export_onnx(args) -> int:
+    import numpy as np
+
+    from segloop.core.engines import OnnxPredictor, TorchPredictor, export_onnx
+    from segloop.core.package import add_onnx, load_package
+
+    pkg = load_package(args.package)
+    net = pkg.build_network()
+    tile = int(args.tile or pkg.spec.tile.get("size", 256))
+    data = export_onnx(net, in_channels=pkg.spec.in_channels, tile=tile, dims=pkg.spec.dims)
+    ref = np.random.default_rng(0).standard_normal((2, pkg.spec.in_channels) + (tile,) * pkg.spec.dims)
+    ref = ref.astype(np.float32)
+    diff = float(np.abs(OnnxPredictor(data, device="cpu")(ref) - TorchPredictor(net, device="cpu",
+                                                                                 precision="fp32")(ref)).max())
+    if diff > 1e-3:
+        raise SegloopError(f"ONNX export disagrees with torch (max |dp| = {diff:.2e} > 1e-3); not written")
+    add_onnx(args.package, data)
+    print(f"wrote {Path(args.package) / 'model.onnx'} ({len(data) / 1e6:.1f} MB; max |dp| vs torch {diff:.1e})")
+    return 0
+
+
+def _progress_bar(total_images: int, index: int, name: str):
+    from tqdm import tqdm
+
+    bar = tqdm(total=1, unit="tile", desc=f"[{index}/{total_images}] {name}", file=sys.stderr,
+               disable=None, dynamic_ncols=True)
+
+    def update(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return bar, update
+
+
+def _cmd_predict(args) -> int:
+    import numpy as np
+
+    from segloop.core.io.images import create_label_memmap, read_image, write_labels
+    from segloop.core.predict import load_model
+
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SegloopError(f"--out {out_dir} is a file; give a folder")
+    for p in args.images:
+        if not Path(p).is_file():
+            raise SegloopError(f"{p}: no such file")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SegloopError(f"cannot create output folder {out_dir}: {e.strerror}") from None
+    if not os.access(out_dir, os.W_OK):
+        raise SegloopError(f"output folder {out_dir} is not writable")
+    model = load_model(args.model, device=args.device, engine=args.engine)
+    normalization = {"kind": "hematoxylin"} if args.stain == "hematoxylin" else None
+    cancel = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *a: cancel.set())
+    try:
+        for i, path in enumerate(args.images, 1):
+            image, info = read_image(path)
+            stem = Path(path).name.split(".")[0]
+            label_path = out_dir / f"{stem}_labels.tif"
+            if label_path.exists() and not args.overwrite:
+                raise SegloopError(f"{label_path} exists; pass --overwrite or choose another --out")
+            bar, update = _progress_bar(len(args.images), i, Path(path).name)
+            out = partial = None
+            n_px = int(np.prod(image.shape[:2] if image.ndim < 4 else image.shape[:3]))
+            if n_px > MEMMAP_PIXELS and model.spec.task == "instance":
+                partial = out_dir / f".{stem}_labels.partial.tif"
+                shape = image.shape[:-1] if info.axes.endswith(("S", "C")) else image.shape
+                out = create_label_memmap(partial, shape, np.uint16)
+            try:
+                res = model.predict(image, tile=args.tile, overlap=args.overlap, batch_size=args.batch,
+                                    normalization=normalization, uncertainty=args.uncertainty,
+                                    skip_background=None if args.skip_background == "auto"
+                                    else args.skip_background == "on",
+                                    out=out, progress=update, cancel=cancel)
+            except BaseException:
+                if partial is not None:
+                    del out
+                    partial.unlink(missing_ok=True)
+                raise
+            finally:
+                bar.close()
+            prov = {**res.provenance, "source": {"path": str(Path(path).resolve()), "axes": info.axes,
+                                                 "pixel_size": info.pixel_size}}
+            if partial is not None and res.labels is out:
+                out.flush()
+                del out
+                os.replace(partial, label_path)
+            else:
+                if partial is not None:
+                    partial.unlink(missing_ok=True)
+                write_labels(label_path, res.labels, metadata=prov)
+            (out_dir / f"{stem}_provenance.json").write_text(json.dumps(prov, indent=2, default=str))
+            if res.uncertainty is not None:
+                write_labels(out_dir / f"{stem}_uncertainty.tif", res.uncertainty, metadata=prov)
+            skipped = f", {res.tiles_skipped} background tiles skipped" if res.tiles_skipped else ""
+            kind = "objects" if model.spec.task == "instance" else "classes present"
+            print(f"{path}: {res.n_objects} {kind} -> {label_path}{skipped}")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from segloop import __version__
+
+    ap = argparse.ArgumentParser(prog="segloop", description="Annotation-assisted segmentation.")
+    ap.add_argument("--version", action="version", version=f"segloop {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list-models", help="bundled and registered model packages")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("info", help="describe a model package")
+    p.add_argument("model", help="bundled name or package path")
+    p.add_argument("--json", action="store_true", help="print the full segloop-model.json")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("predict", help="segment images into label TIFFs")
+    p.add_argument("images", nargs="+", help="TIFF / PNG / JPEG files")
+    p.add_argument("--model", "-m", default="nuclei-unet", help="bundled name or package path")
+    p.add_argument("--out", "-o", required=True, help="output folder")
+    p.add_argument("--tile", type=int, default=None, help="tile size in pixels (default: the model's)")
+    p.add_argument("--overlap", type=float, default=None, help="tile overlap fraction (default: the model's)")
+    p.add_argument("--batch", type=int, default=4, help="tiles per batch")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--engine", default="torch", choices=["torch", "onnx", "onnx-int8", "auto"])
+    p.add_argument("--stain", choices=["none", "hematoxylin"], default="none",
+                   help="hematoxylin: run a nuclei model on H&E/IHC RGB via colour deconvolution")
+    p.add_argument("--skip-background", choices=["auto", "on", "off"], default="auto",
+                   help="skip tiles without tissue (auto: on for RGB)")
+    p.add_argument("--uncertainty", action="store_true", help="also write per-pixel entropy (float16)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing label files")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("export-onnx", help="add model.onnx to a package folder (checked against torch)")
+    p.add_argument("package")
+    p.add_argument("--tile", type=int, default=None)
+    p.set_defaults(func=_cmd_export_onnx)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    # tifffile logs its own complaints about corrupt files; ours is the one line.
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except Cancelled as e:
+        print(f"segloop: cancelled: {e}", file=sys.stderr)
+        return 130
+    except SegloopError as e:
+        print(f"segloop: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("segloop: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""Read images for segmentation and write label images.
+
+TIFF (incl. BigTIFF and OME-TIFF; level 0 of pyramids) through tifffile,
+memory-mapped when the file is uncompressed so a 20k x 20k image is not read
+into memory; PNG / JPEG through scikit-image.  Channels are moved last.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from segloop.errors import ImageReadError
+
+__all__ = ["ImageInfo", "read_image", "write_labels", "create_label_memmap"]
+
+_TIFF = {".tif", ".tiff", ".btf", ".tf8", ".ome.tif", ".ome.tiff"}
+_PLAIN = {".png", ".jpg", ".jpeg", ".bmp"}
+
+
+@dataclass
+class ImageInfo:
+    """What was read: axes after reordering (channels last), pixel size if known."""
+
+    path: Path
+    axes: str
+    shape: tuple[int, ...]
+    dtype: str
+    memmapped: bool
+    pixel_size: tuple[float, float] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".ome.tif" if name.endswith((".ome.tif", ".ome.tiff")) else path.suffix.lower()
+
+
+def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
+    """Read an image with channels (``C``/``S`` axes) last.
+
+    Returns
+    -------
+    image : ndarray or np.memmap
+        ``(H, W)``, ``(H, W, C)``, ``(Z, H, W)`` or ``(Z, H, W, C)``.
+    info : ImageInfo
+
+    Raises
+    ------
+    ImageReadError
+        Missing, truncated or unreadable file; the message names it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such file")
+    suf = _suffix(path)
+    if suf in _TIFF:
+        return _read_tiff(path)
+    if suf in _PLAIN:
+        from skimage.io import imread
+
+        try:
+            img = imread(path)
+        except (OSError, ValueError, SyntaxError) as e:
+            raise ImageReadError(f"{path}: cannot read image ({e}); the file may be truncated") from None
+        axes = "YX" if img.ndim == 2 else "YXS"
+        return img, ImageInfo(path, axes, img.shape, str(img.dtype), False)
+    raise ImageReadError(f"{path}: unsupported file type {suf!r}; use TIFF, PNG or JPEG")
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, ImageInfo]:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            if not tf.series:
+                raise ImageReadError(f"{path}: TIFF has no image data; the file may be truncated or corrupt")
+            series = tf.series[0]
+            level = series.levels[0] if getattr(series, "levels", None) else series
+            axes = level.axes
+            pixel_size = _pixel_size(tf)
+            try:
+                img = tifffile.memmap(path, series=0, level=0, mode="r")
+                memmapped = True
+            except (ValueError, tifffile.TiffFileError, OSError):
+                img = level.asarray()
+                memmapped = False
+    except (tifffile.TiffFileError, ValueError, OSError, IndexError, KeyError, EOFError) as e:
+        raise ImageReadError(f"{path}: cannot read TIFF ({type(e).__name__}: {e}); the file may be truncated "
+                             "or corrupt") from None
+    if img.size and not memmapped and img.shape != tuple(level.shape):
+        raise ImageReadError(f"{path}: TIFF data is incomplete (truncated file?)")
+    img, axes = _channels_last(img, axes)
+    return img, ImageInfo(path, axes, tuple(img.shape), str(img.dtype), memmapped, pixel_size)
+
+
+def _channels_last(img: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
+    # Drop singleton non-spatial axes (T/Q/I of length 1), then put C/S last.
+    keep = [i for i, a in enumerate(axes) if not (img.shape[i] == 1 and a not in "YX")]
+    if len(keep) != len(axes):
+        img = img.reshape([img.shape[i] for i in keep])
+        axes = "".join(axes[i] for i in keep)
+    for ch in "SC":
+        if ch in axes and axes[-1] != ch:
+            i = axes.index(ch)
+            img = np.moveaxis(img, i, -1)
+            axes = axes[:i] + axes[i + 1:] + ch
+    return img, axes
+
+
+def _pixel_size(tf) -> tuple[float, float] | None:
+    try:
+        page = tf.pages[0]
+        xr, yr = page.tags["XResolution"].value, page.tags["YResolution"].value
+        unit = page.tags.get("ResolutionUnit")
+        scale = {2: 25400.0, 3: 10000.0}.get(int(unit.value) if unit else 1)
+        if scale is None:
+            return None
+        return (scale * yr[1] / yr[0], scale * xr[1] / xr[0])
+    except (KeyError, ZeroDivisionError, TypeError, AttributeError):
+        return None
+
+
+def create_label_memmap(path: str | os.PathLike, shape: tuple[int, ...], dtype) -> np.memmap:
+    """A writable, uncompressed TIFF label image on disk, filled as a memmap."""
+    import tifffile
+
+    return tifffile.memmap(path, shape=shape, dtype=dtype, bigtiff=int(np.prod(shape)) * np.dtype(dtype).itemsize > 2**31,
+                           photometric="minisblack", metadata={"axes": "ZYX"[-len(shape):]})
+
+
+def write_labels(path: str | os.PathLike, labels: np.ndarray, *, metadata: dict | None = None,
+                 compress: bool = True) -> Path:
+    """Write a label image as TIFF atomically (temp file, then rename).
+
+    ``metadata`` (JSON-able) is stored in the ImageDescription.
+    """
+    import json
+
+    import tifffile
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    big = labels.nbytes > 2**31
+    try:
+        tifffile.imwrite(tmp, labels, bigtiff=big, photometric="minisblack",
+                         compression="zlib" if compress else None,
+                         tile=(256, 256) if labels.ndim >= 2 and min(labels.shape[-2:]) >= 256 else None,
+                         description=json.dumps({"segloop": metadata or {}}), metadata=None)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

@@ -1,0 +1,433 @@
+"""Model package v1: load, save, verify.
+
+A package is a directory (or the same files in a ``.zip``)::
+
+    segloop-model.json   the spec (see ModelSpec), incl. sha256 of the weights
+    model.safetensors    weights; never a pickle
+    model.onnx           optional export of the same network
+    MODEL_CARD.md        optional human-readable card
+
+Nothing is ever unpickled.  Every file's sha256 is checked on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from segloop.errors import (
+    FormatVersionError,
+    IntegrityError,
+    ModelNotFoundError,
+    ModelPackageError,
+    UnknownArchitectureError,
+    UnsafeModelFileError,
+)
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "SPEC_FILE",
+    "WEIGHTS_FILE",
+    "ONNX_FILE",
+    "ModelSpec",
+    "ModelPackage",
+    "load_package",
+    "save_package",
+    "verify_package",
+    "sha256_bytes",
+    "sha256_file",
+    "check_not_pickle",
+]
+
+FORMAT = "segloop-model"
+FORMAT_VERSION = 1
+SPEC_FILE = "segloop-model.json"
+WEIGHTS_FILE = "model.safetensors"
+ONNX_FILE = "model.onnx"
+CARD_FILE = "MODEL_CARD.md"
+_ALLOWED_FILES = {SPEC_FILE, WEIGHTS_FILE, ONNX_FILE, CARD_FILE}
+
+_PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib"}
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild, normalize for and post-process a network.
+
+    Saved as ``segloop-model.json``.  Field names are the contract in
+    DESIGN.md ("Model package v1").
+    """
+
+    name: str
+    version: str
+    architecture: str
+    architecture_kwargs: dict[str, Any]
+    dims: Literal[2, 3]
+    in_channels: int
+    classes: tuple[str, ...]
+    task: Literal["semantic", "instance"]
+    postprocess: dict[str, Any]
+    normalization: dict[str, Any]
+    tile: dict[str, Any] = field(default_factory=lambda: {"size": 256, "overlap": 0.25})
+    pixel_size: tuple[float, ...] | None = None
+    spacing: tuple[float, ...] | None = None
+    parent: dict[str, Any] | None = None
+    training: dict[str, Any] | None = None
+    sha256: str = ""
+    onnx_sha256: str | None = None
+    weights_dtype: str = "float32"
+    description: str = ""
+    license: str = ""
+    modality: str = ""
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["classes"] = list(self.classes)
+        for k in ("pixel_size", "spacing"):
+            if d[k] is not None:
+                d[k] = list(d[k])
+        # format keys first, for people reading the file
+        return {"format": d.pop("format"), "format_version": d.pop("format_version"), **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, source: str = "segloop-model.json") -> ModelSpec:
+        if not isinstance(d, dict):
+            raise ModelPackageError(f"{source}: expected a JSON object")
+        if d.get("format") != FORMAT:
+            raise ModelPackageError(
+                f"{source}: 'format' is {d.get('format')!r}, expected {FORMAT!r}; this is not a segloop model package")
+        fv = d.get("format_version")
+        if fv != FORMAT_VERSION:
+            raise FormatVersionError(
+                f"{source}: format_version {fv!r} is not supported by this segloop (reads version "
+                f"{FORMAT_VERSION}); upgrade napari-segloop or re-export the model")
+        required = ["name", "version", "architecture", "architecture_kwargs", "dims", "in_channels",
+                    "classes", "task", "normalization"]
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise ModelPackageError(f"{source}: missing required field(s) {', '.join(missing)}")
+        known = set(cls.__dataclass_fields__)
+        kw = {k: v for k, v in d.items() if k in known}
+        kw["classes"] = tuple(kw["classes"])
+        kw.setdefault("postprocess", {})
+        for k in ("pixel_size", "spacing"):
+            if kw.get(k) is not None:
+                kw[k] = tuple(float(v) for v in kw[k])
+        spec = cls(**kw)
+        spec.validate(source=source)
+        return spec
+
+    def validate(self, *, source: str = "spec") -> None:
+        from segloop.core.models import available
+
+        if self.architecture not in available():
+            raise UnknownArchitectureError(
+                f"{source}: unknown architecture {self.architecture!r}; this segloop knows "
+                f"{', '.join(available())}. Upgrade napari-segloop or check the package")
+        if self.dims not in (2, 3):
+            raise ModelPackageError(f"{source}: dims must be 2 or 3, got {self.dims!r}")
+        if self.task not in ("semantic", "instance"):
+            raise ModelPackageError(f"{source}: task must be 'semantic' or 'instance', got {self.task!r}")
+        if len(self.classes) < 2:
+            raise ModelPackageError(f"{source}: need at least 2 classes (index 0 = background)")
+        if self.task == "instance" and len(self.classes) < 3:
+            raise ModelPackageError(f"{source}: instance models need background, interior and boundary classes")
+        if int(self.in_channels) < 1:
+            raise ModelPackageError(f"{source}: in_channels must be >= 1")
+        from segloop.core.normalize import spec_from_dict
+
+        spec_from_dict(self.normalization)
+
+
+@dataclass
+class ModelPackage:
+    """A loaded package: its spec, its weights (fp32 tensors) and where it came from."""
+
+    spec: ModelSpec
+    state_dict: dict[str, Any]
+    path: Path | None = None
+    onnx_bytes: bytes | None = None
+    card: str | None = None
+
+    def build_network(self):
+        """The ``torch.nn.Module`` with weights loaded, in eval mode, on CPU."""
+        from segloop.core.models import build
+
+        s = self.spec
+        net = build(s.architecture, s.in_channels, s.n_classes, dims=s.dims, **s.architecture_kwargs)
+        try:
+            net.load_state_dict(self.state_dict, strict=True)
+        except RuntimeError as e:
+            first = str(e).splitlines()[0]
+            raise ModelPackageError(
+                f"weights in {self.path or 'package'} do not fit architecture {s.architecture!r} "
+                f"with {s.architecture_kwargs}: {first}") from None
+        return net.eval()
+
+
+def check_not_pickle(path: Path) -> None:
+    """Refuse files that would need unpickling (``.pt`` checkpoints and friends)."""
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
+        raise UnsafeModelFileError(
+            f"{path.name} looks like a PyTorch/pickle checkpoint; segloop never unpickles model files "
+            "(they can run code). Convert it to a segloop model package (safetensors weights + "
+            "segloop-model.json), e.g. with segloop_train.package_from_state_dict")
+    if path.is_file():
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+            raise UnsafeModelFileError(f"{path.name} is a pickle; segloop never unpickles model files")
+
+
+def _read_zip(path: Path) -> dict[str, bytes]:
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as e:
+        raise ModelPackageError(f"{path}: not a valid .zip model package ({e})") from None
+    files: dict[str, bytes] = {}
+    with zf:
+        names = zf.namelist()
+        if any(n.endswith("data.pkl") or n.endswith(".pkl") for n in names):
+            raise UnsafeModelFileError(
+                f"{path.name} is a PyTorch pickle archive, not a segloop model package; segloop never unpickles")
+        # Packages may be zipped with or without a top-level folder.
+        prefixes = {n.split("/", 1)[0] + "/" for n in names if "/" in n}
+        strip = prefixes.pop() if len(prefixes) == 1 and not any("/" not in n for n in names) else ""
+        for info in zf.infolist():
+            name = info.filename
+            if info.is_dir():
+                continue
+            rel = name[len(strip):] if strip and name.startswith(strip) else name
+            p = Path(rel)
+            if p.is_absolute() or ".." in p.parts or rel.startswith(("/", "\\")) or len(p.parts) != 1:
+                raise UnsafeModelFileError(f"{path.name}: archive member {name!r} points outside the package")
+            if rel not in _ALLOWED_FILES:
+                continue
+            if info.file_size > 2 << 30:
+                raise ModelPackageError(f"{path.name}: member {name} is implausibly large")
+            files[rel] = zf.read(info)
+    return files
+
+
+def _read_dir(path: Path) -> dict[str, bytes]:
+    files = {}
+    for name in _ALLOWED_FILES:
+        p = path / name
+        if p.is_file():
+            files[name] = p.read_bytes()
+    return files
+
+
+def _check_onnx_external_data(onnx_bytes: bytes, folder: Path | None, source: str) -> None:
+    """Refuse ONNX files whose external-data paths leave the package folder."""
+    try:
+        import onnx
+    except ImportError:
+        return  # cannot be run without onnx/onnxruntime anyway
+    model = onnx.load_model_from_string(onnx_bytes)
+    inits = list(model.graph.initializer)
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.t is not None and attr.t.data_location:
+                inits.append(attr.t)
+    for t in inits:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        loc = next((e.value for e in t.external_data if e.key == "location"), "")
+        p = Path(loc)
+        bad = p.is_absolute() or ".." in p.parts or loc.startswith(("/", "\\"))
+        if folder is not None and not bad:
+            bad = not (folder / p).resolve().is_relative_to(folder.resolve())
+        if bad:
+            raise UnsafeModelFileError(
+                f"{source}: ONNX tensor {t.name!r} reads external data from {loc!r}, outside the package "
+                "folder; refusing to load it")
+        if folder is None:
+            raise UnsafeModelFileError(f"{source}: ONNX external data is not supported inside .zip packages")
+
+
+def load_package(path: str | os.PathLike, *, verify: bool = True) -> ModelPackage:
+    """Load a model package from a directory or ``.zip``.
+
+    Parameters
+    ----------
+    path : path-like
+        Package directory, ``.zip``, or its ``segloop-model.json``.
+    verify : bool
+        Check the sha256 of the weights (and ONNX file) against the spec.
+
+    Raises
+    ------
+    ModelNotFoundError, ModelPackageError, FormatVersionError,
+    UnknownArchitectureError, IntegrityError, UnsafeModelFileError
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load as st_load
+
+    path = Path(path)
+    if path.name == SPEC_FILE:
+        path = path.parent
+    if not path.exists():
+        raise ModelNotFoundError(f"no model package at {path}")
+    check_not_pickle(path)
+    if path.is_dir():
+        files, folder = _read_dir(path), path
+    elif zipfile.is_zipfile(path):
+        files, folder = _read_zip(path), None
+    else:
+        raise ModelPackageError(
+            f"{path} is neither a model package folder nor a .zip package (expected {SPEC_FILE} + {WEIGHTS_FILE})")
+    for needed in (SPEC_FILE, WEIGHTS_FILE):
+        if needed not in files:
+            raise ModelPackageError(f"{path}: {needed} is missing; a model package needs {SPEC_FILE} and {WEIGHTS_FILE}")
+    try:
+        raw = json.loads(files[SPEC_FILE].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelPackageError(f"{path}/{SPEC_FILE} is not valid JSON ({e}); the file may be truncated") from None
+    spec = ModelSpec.from_dict(raw, source=f"{path}/{SPEC_FILE}")
+    weights = files[WEIGHTS_FILE]
+    if verify:
+        digest = sha256_bytes(weights)
+        if not spec.sha256:
+            raise IntegrityError(f"{path}: the spec records no sha256 for {WEIGHTS_FILE}; re-save the package")
+        if digest != spec.sha256:
+            raise IntegrityError(
+                f"{path}/{WEIGHTS_FILE} has sha256 {digest[:12]}..., the spec records {spec.sha256[:12]}...: "
+                "the weights were changed or truncated. Restore the original file")
+    try:
+        state = st_load(weights)
+    except (SafetensorError, ValueError, RuntimeError) as e:
+        raise ModelPackageError(f"{path}/{WEIGHTS_FILE} cannot be read as safetensors ({e}); it may be truncated") from None
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    onnx_bytes = files.get(ONNX_FILE)
+    if onnx_bytes is not None:
+        if verify and spec.onnx_sha256 and sha256_bytes(onnx_bytes) != spec.onnx_sha256:
+            raise IntegrityError(f"{path}/{ONNX_FILE} does not match the sha256 in the spec; re-run segloop export-onnx")
+        _check_onnx_external_data(onnx_bytes, folder, str(path))
+    card = files.get(CARD_FILE)
+    return ModelPackage(spec, state, path, onnx_bytes, card.decode("utf-8", "replace") if card else None)
+
+
+def verify_package(path: str | os.PathLike) -> ModelSpec:
+    """Load fully (hashes, schema, weights fit the architecture); return the spec."""
+    pkg = load_package(path, verify=True)
+    pkg.build_network()
+    return pkg.spec
+
+
+def _atomic_dir_write(dest: Path, files: dict[str, bytes], *, overwrite: bool) -> None:
+    dest = Path(dest)
+    if dest.exists() and not overwrite:
+        raise ModelPackageError(f"{dest} already exists; choose a new folder (packages are never overwritten)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        for name, data in files.items():
+            with open(tmp / name, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old")
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_package(dest: str | os.PathLike, spec: ModelSpec, state_dict: dict[str, Any], *,
+                 weights_dtype: Literal["float32", "float16"] = "float32",
+                 onnx_bytes: bytes | None = None, card: str | None = None,
+                 overwrite: bool = False) -> ModelSpec:
+    """Write a package directory atomically (or a ``.zip`` when ``dest`` ends in .zip).
+
+    The weights' sha256 is computed and stored in the spec, which is validated
+    first.  Existing packages are never overwritten unless ``overwrite=True``.
+
+    Returns
+    -------
+    ModelSpec
+        The spec as written (with ``sha256`` filled in).
+    """
+    import torch
+    from safetensors.torch import save as st_save
+
+    spec.validate(source=str(dest))
+    dt = torch.float16 if weights_dtype == "float16" else torch.float32
+    tensors = {k: (v.detach().to("cpu").to(dt) if v.is_floating_point() else v.detach().to("cpu")).contiguous()
+               for k, v in state_dict.items()}
+    # One metadata key only: safetensors orders several keys nondeterministically,
+    # and the sha256 of identical weights must be identical.
+    weights = st_save(tensors, metadata={"format": FORMAT})
+    spec = replace(spec, sha256=sha256_bytes(weights), weights_dtype=weights_dtype,
+                   onnx_sha256=sha256_bytes(onnx_bytes) if onnx_bytes else None)
+    files = {SPEC_FILE: (json.dumps(spec.to_dict(), indent=2) + "\n").encode(), WEIGHTS_FILE: weights}
+    if onnx_bytes:
+        files[ONNX_FILE] = onnx_bytes
+    if card:
+        files[CARD_FILE] = card.encode()
+    dest = Path(dest)
+    if dest.suffix == ".zip":
+        if dest.exists() and not overwrite:
+            raise ModelPackageError(f"{dest} already exists; packages are never overwritten")
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for name, data in files.items():
+                zf.writestr(name, data)
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        tmp.write_bytes(buf.getvalue())
+        os.replace(tmp, dest)
+    else:
+        _atomic_dir_write(dest, files, overwrite=overwrite)
+    return spec
+
+
+def add_onnx(path: str | os.PathLike, onnx_bytes: bytes) -> ModelSpec:
+    """Add (or replace) ``model.onnx`` in a package folder and record its sha256."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelPackageError(f"{path}: export-onnx works on package folders; unzip the package first")
+    pkg = load_package(path)
+    spec = replace(pkg.spec, onnx_sha256=sha256_bytes(onnx_bytes))
+    files = {n: (path / n).read_bytes() for n in _ALLOWED_FILES if (path / n).is_file()}
+    files[ONNX_FILE] = onnx_bytes
+    files[SPEC_FILE] = (json.dumps(spec.to_dict(), indent=2) + "\n").encode()
+    _atomic_dir_write(path, files, overwrite=True)
+    return spec
+
+
+def state_dict_numpy(state: dict[str, Any]) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in state.items()}

@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny real models saved as real packages, real images from installed packages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segloop.core.models import build
+from segloop.core.normalize import Percentile
+from segloop.core.package import ModelSpec, save_package
+from segloop.core.postprocess import InstanceParams
+
+DATA = Path(__file__).resolve().parents[1] / "src" / "segloop" / "data"
+
+
+def tiny_spec(**changes) -> ModelSpec:
+    kw = dict(name="tiny", version="0.0.1", architecture="unet",
+              architecture_kwargs={"depth": 2, "base_width": 4, "norm": "batch"}, dims=2, in_channels=1,
+              classes=("background", "nucleus", "boundary"), task="instance",
+              postprocess=InstanceParams(min_size=3).to_dict(), normalization=Percentile().to_dict(),
+              tile={"size": 64, "overlap": 0.25})
+    kw.update(changes)
+    return ModelSpec(**kw)
+
+
+def tiny_state(spec: ModelSpec, seed: int = 0):
+    import torch
+
+    torch.manual_seed(seed)
+    return build(spec.architecture, spec.in_channels, spec.n_classes, dims=spec.dims,
+                 **spec.architecture_kwargs).state_dict()
+
+
+@pytest.fixture
+def tiny_package(tmp_path) -> Path:
+    spec = tiny_spec()
+    dest = tmp_path / "tiny-pkg"
+    save_package(dest, spec, tiny_state(spec))
+    return dest
+
+
+@pytest.fixture(scope="session")
+def nuclei_image() -> np.ndarray:
+    """A real fluorescence nuclei image: BBBC007 A9 p10d (CC0), shipped in segloop/data."""
+    import tifffile
+
+    return tifffile.imread(DATA / "bbbc007_A9_p10d.tif")
+
+
+@pytest.fixture(scope="session")
+def ihc_image() -> np.ndarray:
+    from skimage import data
+
+    return data.immunohistochemistry()

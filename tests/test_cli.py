@@ -1,0 +1,100 @@
+"""The segloop command: real files in tmp_path, one-line errors with exit status 2."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from segloop.cli import main
+
+
+def run(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "segloop.cli", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_predict_writes_labels_provenance_and_uncertainty(tiny_package, nuclei_image, tmp_path, capsys):
+    img = tmp_path / "nuclei.tif"
+    tifffile.imwrite(img, nuclei_image)
+    out = tmp_path / "results"
+    assert main(["predict", str(img), "--model", str(tiny_package), "--out", str(out), "--uncertainty"]) == 0
+    labels = tifffile.imread(out / "nuclei_labels.tif")
+    assert labels.shape == nuclei_image.shape and labels.dtype == np.uint16
+    assert tifffile.imread(out / "nuclei_uncertainty.tif").dtype == np.float16
+    prov = json.loads((out / "nuclei_provenance.json").read_text())
+    assert prov["model"]["name"] == "tiny" and prov["source"]["path"].endswith("nuclei.tif")
+    assert "nuclei.tif" in capsys.readouterr().out
+    # A second run refuses to overwrite silently
+    assert main(["predict", str(img), "--model", str(tiny_package), "--out", str(out)]) == 2
+
+
+def test_png_and_rgb_with_hematoxylin(tiny_package, ihc_image, tmp_path):
+    from skimage.io import imsave
+
+    png = tmp_path / "ihc.png"
+    imsave(png, ihc_image[:256, :256])
+    assert main(["predict", str(png), "-m", str(tiny_package), "-o", str(tmp_path / "o")]) == 2   # RGB, 1-ch model
+    assert main(["predict", str(png), "-m", str(tiny_package), "-o", str(tmp_path / "o"),
+                 "--stain", "hematoxylin"]) == 0
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda p: p.write_bytes(b"II*\x00" + b"\x00" * 20), "cannot read TIFF"),
+    (lambda p: None, "no such file"),
+])
+def test_bad_files_give_one_line_and_exit_2(tiny_package, tmp_path, make, match):
+    bad = tmp_path / "bad.tif"
+    make(bad)
+    r = run("predict", bad, "--model", tiny_package, "--out", tmp_path / "o")
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("segloop: error:") and match in lines[0]
+
+
+def test_truncated_tiff_is_a_clear_error(tiny_package, nuclei_image, tmp_path):
+    good = tmp_path / "full.tif"
+    tifffile.imwrite(good, np.stack([nuclei_image] * 4))
+    trunc = tmp_path / "trunc.tif"
+    trunc.write_bytes(good.read_bytes()[: good.stat().st_size // 3])
+    r = run("predict", trunc, "--model", tiny_package, "--out", tmp_path / "o")
+    assert r.returncode == 2 and "segloop: error:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_pickle_model_and_unknown_model_exit_2(tmp_path, nuclei_image):
+    import torch
+
+    pt = tmp_path / "model.pt"
+    torch.save({"w": torch.zeros(1)}, pt)
+    img = tmp_path / "x.tif"
+    tifffile.imwrite(img, nuclei_image)
+    r = run("predict", img, "--model", pt, "--out", tmp_path / "o")
+    assert r.returncode == 2 and "never unpickles" in r.stderr
+    r = run("info", "definitely-not-a-model")
+    assert r.returncode == 2 and "known models" in r.stderr
+
+
+def test_out_is_a_file(tiny_package, nuclei_image, tmp_path):
+    img = tmp_path / "x.tif"
+    tifffile.imwrite(img, nuclei_image)
+    f = tmp_path / "file"
+    f.write_text("")
+    assert main(["predict", str(img), "-m", str(tiny_package), "-o", str(f)]) == 2
+
+
+def test_info_and_export_onnx(tiny_package, capsys):
+    assert main(["info", str(tiny_package)]) == 0
+    text = capsys.readouterr().out
+    assert "tiny v0.0.1" in text and "percentile" in text
+    assert main(["export-onnx", str(tiny_package)]) == 0
+    assert (tiny_package / "model.onnx").is_file()
+    assert main(["info", str(tiny_package), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["onnx_sha256"]
+
+
+def test_list_models_lists_bundled():
+    r = run("list-models")
+    assert r.returncode == 0 and "nuclei-unet" in r.stdout

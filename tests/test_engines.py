@@ -1,0 +1,80 @@
+"""Engines: precision chosen by capability, ONNX Runtime agreeing with torch on a real image."""
+
+import numpy as np
+import pytest
+
+from segloop.core.engines import (
+    OnnxPredictor,
+    TorchPredictor,
+    cpu_has_native_bf16,
+    export_onnx,
+    resolve_device,
+)
+from segloop.core.normalize import Normalizer, Percentile
+from segloop.core.package import load_package
+from segloop.core.predict import Model
+from segloop.errors import EngineError
+
+
+def _cpuinfo_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(ln.split(":", 1)[1].split()) for ln in f if ln.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+def test_auto_device_is_cpu_here_and_unknown_devices_are_refused():
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    expected = "cuda" if torch.cuda.is_available() else ("mps" if mps and mps.is_available() else "cpu")
+    assert resolve_device("auto") == expected
+    with pytest.raises(EngineError):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(EngineError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+def test_bf16_is_never_chosen_without_native_support(tiny_package, tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGLOOP_CACHE_DIR", str(tmp_path))
+    flags = _cpuinfo_flags()
+    if flags:
+        assert cpu_has_native_bf16() == bool({"avx512_bf16", "amx_bf16"} & flags)
+    pred = TorchPredictor(load_package(tiny_package).build_network(), device="cpu")
+    choice = pred.calibrate((64, 64), in_channels=1)
+    if not cpu_has_native_bf16():
+        assert choice.precision == "fp32" and "no native bf16" in choice.reason
+    else:   # measured, checked against fp32 and cached
+        assert choice.precision in ("fp32", "bf16") and choice.fp32_ms is not None
+        assert (tmp_path / "engine-choice.json").exists()
+
+
+def test_onnx_runtime_matches_torch_on_a_real_image(tiny_package, nuclei_image):
+    pkg = load_package(tiny_package)
+    net = pkg.build_network()
+    tiles = Normalizer.fit(Percentile(), nuclei_image)(nuclei_image)[None, :, :128, :128]
+    tiles = np.concatenate([tiles, Normalizer.fit(Percentile(), nuclei_image)(nuclei_image)[None, :, 128:256, 128:256]])
+    onnx_pred = OnnxPredictor(export_onnx(net, in_channels=1, tile=128), device="cpu")
+    torch_pred = TorchPredictor(net, device="cpu", precision="fp32")
+    diff = np.abs(onnx_pred(tiles) - torch_pred(tiles)).max()
+    assert diff <= 1e-3
+
+
+def test_onnx_engine_end_to_end_agrees_with_torch_labels(tiny_package, nuclei_image):
+    a = Model(load_package(tiny_package), device="cpu", engine="torch", precision="fp32").predict(nuclei_image)
+    b = Model(load_package(tiny_package), device="cpu", engine="onnx").predict(nuclei_image)
+    assert (a.labels > 0).mean() == pytest.approx((b.labels > 0).mean(), abs=1e-3)
+
+
+def test_int8_quantization_is_validated_against_fp32(tiny_package, nuclei_image):
+    net = load_package(tiny_package).build_network()
+    data = export_onnx(net, in_channels=1, tile=64)
+    q = OnnxPredictor(data, device="cpu", quantize="int8")
+    ref = Normalizer.fit(Percentile(), nuclei_image)(nuclei_image)[None, :, :64, :64]
+    try:
+        agree = q.validate_against(ref)
+        assert agree >= 0.99
+    except EngineError as e:               # refusing is the other correct outcome
+        assert "int8 quantization changes" in str(e)

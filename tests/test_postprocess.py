@@ -1,0 +1,101 @@
+"""Instance assembly across bands, size filtering, dtype growth, entropy."""
+
+import numpy as np
+import pytest
+from skimage.draw import disk
+from skimage.segmentation import find_boundaries
+
+from segloop.core.metrics import instance_f1
+from segloop.core.postprocess import (
+    InstanceAssembler,
+    InstanceParams,
+    entropy,
+    instances_from_probs,
+    label_dtype_for,
+)
+
+
+def probs_from_instances(lab):
+    b = find_boundaries(lab, mode="inner") & (lab > 0)
+    p = np.zeros((3,) + lab.shape, np.float32)
+    p[0] = lab == 0
+    p[1] = (lab > 0) & ~b
+    p[2] = b
+    return p
+
+
+def grid_of_nuclei(h, w, spacing=45, r=14):
+    lab = np.zeros((h, w), np.int32)
+    k = 1
+    for cy in range(20, h, spacing):
+        for cx in range(20, w, spacing):
+            rr, cc = disk((cy, cx), r, shape=(h, w))
+            lab[rr, cc] = k
+            k += 1
+    return lab
+
+
+@pytest.mark.parametrize("band_rows", [7, 37, 256, 1000])
+def test_objects_spanning_bands_are_one_instance(band_rows):
+    lab = grid_of_nuclei(600, 500)
+    res = instances_from_probs(probs_from_instances(lab), InstanceParams(min_size=5), band_rows=band_rows)
+    assert res.dtype == np.uint16
+    assert res.max() == lab.max()
+    assert instance_f1(lab, res, iou=0.9) == 1.0
+    assert ((res > 0) == (lab > 0)).all()
+
+
+def test_touching_nuclei_stay_apart_thanks_to_the_boundary_class():
+    lab = np.zeros((60, 80), np.int32)
+    rr, cc = disk((30, 25), 15)
+    lab[rr, cc] = 1
+    rr, cc = disk((30, 52), 15)
+    lab[rr, cc] = 2     # overlaps/touches 1
+    res = instances_from_probs(probs_from_instances(lab), InstanceParams(min_size=5), band_rows=13)
+    assert len(np.unique(res)) == 3
+
+
+def test_small_objects_removed_and_ids_sequential():
+    lab = grid_of_nuclei(200, 200, spacing=60, r=10)
+    lab[190:192, 5:7] = lab.max() + 1          # 4 px speck
+    res = instances_from_probs(probs_from_instances(lab), InstanceParams(min_size=20))
+    ids = np.unique(res)
+    assert ids[-1] == len(ids) - 1            # 0..n without gaps
+    assert res[190, 5] == 0
+
+
+def test_boundary_only_blobs_without_seed_are_dropped():
+    p = np.zeros((3, 40, 40), np.float32)
+    p[0] = 1
+    p[:, 10:13, 10:13] = 0
+    p[2, 10:13, 10:13] = 1     # only boundary, no interior
+    assert instances_from_probs(p).max() == 0
+
+
+def test_more_than_65535_objects_switch_to_uint32():
+    lab = np.zeros((520, 520), np.int32)
+    lab[::2, ::2] = np.arange(1, 260 * 260 + 1).reshape(260, 260)
+    p = np.zeros((3,) + lab.shape, np.float32)
+    p[0] = lab == 0
+    p[1] = lab > 0
+    res = instances_from_probs(p, InstanceParams(min_size=1, grow_px=0), band_rows=100)
+    assert res.dtype == np.uint32 and res.max() == 260 * 260
+    assert label_dtype_for(65535) == np.uint16 and label_dtype_for(65536) == np.uint32
+
+
+def test_assembler_writes_into_given_output():
+    lab = grid_of_nuclei(100, 100)
+    out = np.zeros((100, 100), np.uint16)
+    asm = InstanceAssembler((100, 100), InstanceParams(min_size=5), out=out)
+    p = probs_from_instances(lab)
+    asm(0, 0, 50, p[:, :50])
+    asm(0, 50, 100, p[:, 50:])
+    assert asm.finish() is out and out.max() == lab.max()
+
+
+def test_entropy_range():
+    p = np.array([[1.0, 0.5, 1 / 3], [0.0, 0.5, 1 / 3], [0.0, 0.0, 1 / 3]], np.float32)
+    h = entropy(p)
+    assert h.dtype == np.float16
+    assert h[0] == pytest.approx(0, abs=1e-3) and h[2] == pytest.approx(1, abs=1e-3)
+    assert 0 < h[1] < 1

