@@ -98,3 +98,26 @@ def test_info_and_export_onnx(tiny_package, capsys):
 def test_list_models_lists_bundled():
     r = run("list-models")
     assert r.returncode == 0 and "nuclei-unet" in r.stdout
+
+
+def test_memmap_output_path_gives_the_same_labels(tiny_package, nuclei_image, tmp_path):
+    img = tmp_path / "n.tif"
+    tifffile.imwrite(img, np.stack([nuclei_image, nuclei_image[::-1]]))
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["predict", str(img), "-m", str(tiny_package), "-o", str(a), "--memmap", "never"]) == 0
+    assert main(["predict", str(img), "-m", str(tiny_package), "-o", str(b), "--memmap", "always",
+                 "--overlay"]) == 0
+    la, lb = tifffile.imread(a / "n_labels.tif"), tifffile.imread(b / "n_labels.tif")
+    assert la.shape == (2, 450, 450)
+    np.testing.assert_array_equal(la, lb)
+    assert not list(b.glob(".*partial*"))
+
+
+def test_overlay_png_is_written(tiny_package, nuclei_image, tmp_path):
+    from skimage.io import imread
+
+    img = tmp_path / "n.tif"
+    tifffile.imwrite(img, nuclei_image)
+    assert main(["predict", str(img), "-m", str(tiny_package), "-o", str(tmp_path / "o"), "--overlay"]) == 0
+    png = imread(tmp_path / "o" / "n_overlay.png")
+    assert png.shape == (450, 450, 3)

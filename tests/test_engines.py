@@ -78,3 +78,20 @@ def test_int8_quantization_is_validated_against_fp32(tiny_package, nuclei_image)
         assert agree >= 0.99
     except EngineError as e:               # refusing is the other correct outcome
         assert "int8 quantization changes" in str(e)
+
+
+def test_auto_engine_measures_once_and_caches_the_choice(tiny_package, tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("SEGLOOP_CACHE_DIR", str(tmp_path))
+    m = Model(load_package(tiny_package), device="cpu", engine="auto")
+    assert m.engine_name in ("torch", "onnx")
+    cache = json.loads((tmp_path / "engine-choice.json").read_text())
+    (entry,) = [v for k, v in cache.items() if k.startswith("engine:")]
+    assert entry["engine"] == m.engine_name and set(entry["ms"]) == {"torch", "onnx"}
+    # a second load reads the cache instead of measuring: force the other engine through the cache
+    other = "onnx" if m.engine_name == "torch" else "torch"
+    key = next(k for k in cache if k.startswith("engine:"))
+    cache[key]["engine"] = other
+    (tmp_path / "engine-choice.json").write_text(json.dumps(cache))
+    assert Model(load_package(tiny_package), device="cpu", engine="auto").engine_name == other

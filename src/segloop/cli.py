@@ -101,7 +101,7 @@ def _progress_bar(total_images: int, index: int, name: str):
 def _cmd_predict(args) -> int:
     import numpy as np
 
-    from segloop.core.io.images import create_label_memmap, read_image, write_labels
+    from segloop.core.io.images import create_label_memmap, read_image, write_labels, write_overlay
     from segloop.core.predict import load_model
 
     out_dir = Path(args.out)
@@ -130,7 +130,8 @@ def _cmd_predict(args) -> int:
             bar, update = _progress_bar(len(args.images), i, Path(path).name)
             out = partial = None
             n_px = int(np.prod(image.shape[:2] if image.ndim < 4 else image.shape[:3]))
-            if n_px > MEMMAP_PIXELS and model.spec.task == "instance":
+            use_memmap = args.memmap == "always" or (args.memmap == "auto" and n_px > MEMMAP_PIXELS)
+            if use_memmap and model.spec.task == "instance":
                 partial = out_dir / f".{stem}_labels.partial.tif"
                 shape = image.shape[:-1] if info.axes.endswith(("S", "C")) else image.shape
                 out = create_label_memmap(partial, shape, np.uint16)
@@ -160,6 +161,11 @@ def _cmd_predict(args) -> int:
             (out_dir / f"{stem}_provenance.json").write_text(json.dumps(prov, indent=2, default=str))
             if res.uncertainty is not None:
                 write_labels(out_dir / f"{stem}_uncertainty.tif", res.uncertainty, metadata=prov)
+            if args.overlay:
+                if res.labels.ndim == 2:
+                    write_overlay(out_dir / f"{stem}_overlay.png", image, res.labels)
+                else:
+                    print(f"{path}: --overlay is drawn for 2D images only", file=sys.stderr)
             skipped = f", {res.tiles_skipped} background tiles skipped" if res.tiles_skipped else ""
             kind = "objects" if model.spec.task == "instance" else "classes present"
             print(f"{path}: {res.n_objects} {kind} -> {label_path}{skipped}")
@@ -197,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-background", choices=["auto", "on", "off"], default="auto",
                    help="skip tiles without tissue (auto: on for RGB)")
     p.add_argument("--uncertainty", action="store_true", help="also write per-pixel entropy (float16)")
+    p.add_argument("--memmap", choices=["auto", "always", "never"], default="auto",
+                   help="write labels straight into an on-disk TIFF (auto: images over 64 Mpx)")
+    p.add_argument("--overlay", action="store_true", help="also write a PNG with label outlines (2D)")
     p.add_argument("--overwrite", action="store_true", help="replace existing label files")
     p.set_defaults(func=_cmd_predict)
 

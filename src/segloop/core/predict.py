@@ -251,24 +251,37 @@ class Model:
         return export_onnx(self.network, in_channels=self.spec.in_channels, tile=tile, dims=self.spec.dims)
 
     def _pick_engine(self, device, precision, tile):
-        """Time torch vs ONNX Runtime on one reference batch; keep the faster."""
+        """Time torch vs ONNX Runtime on one reference batch; keep the faster (cached)."""
         import time
 
-        from segloop.core.engines import OnnxPredictor, TorchPredictor
+        from segloop.core.engines import (
+            OnnxPredictor,
+            TorchPredictor,
+            _network_key,
+            _read_cache,
+            _write_cache,
+        )
 
         torch_pred = TorchPredictor(self.network, device=device, precision=precision)
         try:
             onnx_pred = OnnxPredictor(self.package.onnx_bytes or self._export_onnx(tile), device=device)
         except ImportError:
+            self.engine_name = "torch"
             return torch_pred
-        ref = np.random.default_rng(0).standard_normal((2, self.spec.in_channels, tile, tile)).astype(np.float32)
-        times = {}
-        for name, p in (("torch", torch_pred), ("onnx", onnx_pred)):
-            p(ref)
-            t0 = time.perf_counter()
-            p(ref)
-            times[name] = time.perf_counter() - t0
-        self.engine_name = min(times, key=times.get)
+        key = "engine:" + _network_key(self.network, (tile, tile)) + ":" + torch_pred.device
+        cached = _read_cache(key)
+        if cached and cached.get("engine") in ("torch", "onnx"):
+            self.engine_name = cached["engine"]
+        else:
+            ref = np.random.default_rng(0).standard_normal((2, self.spec.in_channels, tile, tile)).astype(np.float32)
+            times = {}
+            for name, p in (("torch", torch_pred), ("onnx", onnx_pred)):
+                p(ref)
+                t0 = time.perf_counter()
+                p(ref)
+                times[name] = time.perf_counter() - t0
+            self.engine_name = min(times, key=times.get)
+            _write_cache(key, {"engine": self.engine_name, "ms": {k: round(v * 1e3, 2) for k, v in times.items()}})
         return torch_pred if self.engine_name == "torch" else onnx_pred
 
     @property

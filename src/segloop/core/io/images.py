@@ -15,7 +15,7 @@ import numpy as np
 
 from segloop.errors import ImageReadError
 
-__all__ = ["ImageInfo", "read_image", "write_labels", "create_label_memmap"]
+__all__ = ["ImageInfo", "read_image", "write_labels", "write_overlay", "create_label_memmap"]
 
 _TIFF = {".tif", ".tiff", ".btf", ".tf8", ".ome.tif", ".ome.tiff"}
 _PLAIN = {".png", ".jpg", ".jpeg", ".bmp"}
@@ -154,4 +154,33 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray, *, metadata: dict 
     finally:
         if tmp.exists():
             tmp.unlink()
+    return path
+
+
+def write_overlay(path: str | os.PathLike, image: np.ndarray, labels: np.ndarray, *, max_side: int = 2048) -> Path:
+    """Save a PNG of ``image`` with label outlines, downsampled to at most ``max_side``.
+
+    Parameters
+    ----------
+    image : (H, W) or (H, W, 3|4) array-like
+        Grey images are contrast-stretched (1st-99.8th percentile).
+    labels : (H, W) integer array-like
+    """
+    from skimage.io import imsave
+    from skimage.segmentation import find_boundaries
+
+    h, w = labels.shape[:2]
+    s = max(1, int(np.ceil(max(h, w) / max_side)))
+    img = np.asarray(image[::s, ::s]).astype(np.float32)
+    lab = np.asarray(labels[::s, ::s])
+    if img.ndim == 3:
+        img = img[..., :3]
+    finite = img[np.isfinite(img)]
+    lo, hi = (np.percentile(finite, (1, 99.8)) if finite.size else (0.0, 1.0))
+    img = np.clip((np.nan_to_num(img) - lo) / max(hi - lo, 1e-6), 0, 1)
+    rgb = np.repeat(img[..., None], 3, axis=-1) if img.ndim == 2 else img
+    edges = find_boundaries(lab, mode="inner")
+    rgb[edges] = (1.0, 0.85, 0.0)
+    path = Path(path)
+    imsave(path, (rgb * 255).astype(np.uint8), check_contrast=False)
     return path
