@@ -68,16 +68,20 @@ def test_onnx_engine_end_to_end_agrees_with_torch_labels(tiny_package, nuclei_im
     assert (a.labels > 0).mean() == pytest.approx((b.labels > 0).mean(), abs=1e-3)
 
 
-def test_int8_quantization_is_validated_against_fp32(tiny_package, nuclei_image):
+def test_int8_is_calibrated_on_the_image_and_validated_against_fp32(tiny_package, nuclei_image):
     net = load_package(tiny_package).build_network()
     data = export_onnx(net, in_channels=1, tile=64)
+    norm = Normalizer.fit(Percentile(), nuclei_image)(nuclei_image)
+    batch = np.stack([norm[:, y:y + 64, x:x + 64] for y in (0, 200) for x in (0, 300)])
     q = OnnxPredictor(data, device="cpu", quantize="int8")
-    ref = Normalizer.fit(Percentile(), nuclei_image)(nuclei_image)[None, :, :64, :64]
-    try:
-        agree = q.validate_against(ref)
-        assert agree >= 0.99
-    except EngineError as e:               # refusing is the other correct outcome
-        assert "int8 quantization changes" in str(e)
+    out = q(batch)                                    # quantizes on this batch, then checks it
+    fp32 = OnnxPredictor(data, device="cpu")(batch)
+    if q.choice.precision == "int8":
+        assert q.agreement >= 0.99
+        assert (out.argmax(1) == fp32.argmax(1)).mean() >= 0.99
+    else:                                             # rejected: it must then be exactly fp32
+        assert "rejected" in q.choice.reason
+        np.testing.assert_array_equal(out, fp32)
 
 
 def test_auto_engine_measures_once_and_caches_the_choice(tiny_package, tmp_path, monkeypatch):
@@ -95,3 +99,30 @@ def test_auto_engine_measures_once_and_caches_the_choice(tiny_package, tmp_path,
     cache[key]["engine"] = other
     (tmp_path / "engine-choice.json").write_text(json.dumps(cache))
     assert Model(load_package(tiny_package), device="cpu", engine="auto").engine_name == other
+
+
+def test_folding_batchnorm_keeps_outputs_and_leaves_the_callers_network_alone(tiny_package, nuclei_image):
+    import copy
+
+    import torch
+
+    from segloop.core.engines import fold_conv_batchnorm
+
+    net = load_package(tiny_package).build_network()
+    # give the BatchNorms non-trivial statistics, as a trained network has
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    before = copy.deepcopy(net.state_dict())
+    x = Normalizer.fit(Percentile(), nuclei_image)(nuclei_image)[None, :, :64, :64]
+    pred = TorchPredictor(net, device="cpu", precision="fp32")
+    assert pred.folded
+    with torch.inference_mode():
+        ref = torch.softmax(net(torch.from_numpy(x)), 1).numpy()
+    np.testing.assert_allclose(pred(x), ref, atol=1e-5)
+    for k, v in net.state_dict().items():       # the caller's network is untouched
+        assert torch.equal(v, before[k]) and v.is_contiguous()
+    folded = copy.deepcopy(net)
+    assert fold_conv_batchnorm(folded) > 0
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())

