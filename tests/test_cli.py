@@ -121,3 +121,33 @@ def test_overlay_png_is_written(tiny_package, nuclei_image, tmp_path):
     assert main(["predict", str(img), "-m", str(tiny_package), "-o", str(tmp_path / "o"), "--overlay"]) == 0
     png = imread(tmp_path / "o" / "n_overlay.png")
     assert png.shape == (450, 450, 3)
+
+
+def test_output_names_keep_dots_and_refuse_collisions(tiny_package, nuclei_image, tmp_path):
+    for d in ("d1", "d2"):
+        (tmp_path / d).mkdir()
+        tifffile.imwrite(tmp_path / d / "s.ome.tif", nuclei_image)
+    tifffile.imwrite(tmp_path / "a.v2.tif", nuclei_image)
+    r = run("predict", tmp_path / "d1/s.ome.tif", tmp_path / "d2/s.ome.tif", "-m", tiny_package, "-o", tmp_path / "o")
+    assert r.returncode == 2 and "several inputs" in r.stderr
+    assert main(["predict", str(tmp_path / "a.v2.tif"), "-m", str(tiny_package), "-o", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "a.v2_labels.tif").is_file()
+
+
+@pytest.mark.parametrize("flag, value, match", [("--tile", "-5", "tile"), ("--overlap", "1.0", "overlap"),
+                                                 ("--batch", "0", "batch_size")])
+def test_bad_parameters_are_one_line_errors(tiny_package, nuclei_image, tmp_path, flag, value, match):
+    img = tmp_path / "x.tif"
+    tifffile.imwrite(img, nuclei_image)
+    r = run("predict", img, "-m", tiny_package, "-o", tmp_path / "o", flag, value)
+    assert r.returncode == 2 and match in r.stderr and "Traceback" not in r.stderr
+
+
+def test_grey_alpha_png_is_2d(tiny_package, nuclei_image, tmp_path):
+    from skimage.io import imsave
+
+    la = np.stack([nuclei_image, np.full_like(nuclei_image, 255)], -1)
+    imsave(tmp_path / "la.png", la, check_contrast=False)
+    assert main(["predict", str(tmp_path / "la.png"), "-m", str(tiny_package), "-o", str(tmp_path / "o"),
+                 "--memmap", "always"]) == 0
+    assert tifffile.imread(tmp_path / "o" / "la_labels.tif").shape == nuclei_image.shape

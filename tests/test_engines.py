@@ -126,3 +126,12 @@ def test_folding_batchnorm_keeps_outputs_and_leaves_the_callers_network_alone(ti
     folded = copy.deepcopy(net)
     assert fold_conv_batchnorm(folded) > 0
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+
+
+def test_onnx_engine_handles_any_tile_and_images_smaller_than_a_tile(tiny_package, nuclei_image):
+    m = Model(load_package(tiny_package), device="cpu", engine="onnx")
+    assert m.predict(nuclei_image[:40, :40]).labels.shape == (40, 40)
+    assert m.predict(nuclei_image, tile=128).labels.shape == nuclei_image.shape
+    probs = OnnxPredictor(export_onnx(load_package(tiny_package).build_network(), in_channels=1, tile=64),
+                          device="cpu")(np.zeros((1, 1, 37, 50), np.float32))
+    assert probs.shape == (1, 3, 37, 50)

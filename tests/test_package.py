@@ -9,8 +9,10 @@ import torch
 
 from segloop.core.package import (
     ModelSpec,
+    add_onnx,
     load_package,
     save_package,
+    sha256_bytes,
     verify_package,
 )
 from segloop.errors import (
@@ -152,7 +154,9 @@ def test_onnx_with_external_data_outside_the_folder_is_refused(tiny_package, tmp
         e.key, e.value = k, v
     graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], [init])
-    (tiny_package / "model.onnx").write_bytes(helper.make_model(graph).SerializeToString())
+    data = helper.make_model(graph).SerializeToString()
+    (tiny_package / "model.onnx").write_bytes(data)
+    _edit_spec(tiny_package, onnx_sha256=sha256_bytes(data))     # a crafted package records the hash
     with pytest.raises(UnsafeModelFileError, match="outside the package"):
         load_package(tiny_package)
     assert onnx  # imported for the helper
@@ -166,3 +170,32 @@ def test_spec_validation_rejects_nonsense():
     with pytest.raises(ModelPackageError):
         ModelSpec.from_dict({"format": "other"})
     assert np.isscalar(tiny_spec().n_classes)
+
+
+def test_unhashed_or_junk_onnx_files(tiny_package):
+    (tiny_package / "model.onnx").write_bytes(b"not an onnx model")
+    with pytest.warns(UserWarning, match="no sha256"):
+        assert load_package(tiny_package).onnx_bytes is None      # ignored, never run
+    _edit_spec(tiny_package, onnx_sha256=sha256_bytes(b"not an onnx model"))
+    with pytest.raises(ModelPackageError, match="not a valid ONNX"):
+        load_package(tiny_package)
+
+
+def test_add_onnx_keeps_other_files_and_permissions(tiny_package):
+    from segloop.core.engines import export_onnx
+
+    (tiny_package / "notes.md").write_text("my notes")
+    net = load_package(tiny_package).build_network()
+    add_onnx(tiny_package, export_onnx(net, in_channels=1, tile=64))
+    assert (tiny_package / "notes.md").read_text() == "my notes"
+    assert load_package(tiny_package).onnx_bytes is not None
+    assert tiny_package.stat().st_mode & 0o055                 # group/other can read the folder
+
+
+def test_zips_from_finder_with_a_folder_and_macosx_metadata_load(tiny_package, tmp_path):
+    z = tmp_path / "finder.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for f in tiny_package.iterdir():
+            zf.write(f, f"tiny-pkg/{f.name}")
+        zf.writestr("__MACOSX/tiny-pkg/._model.safetensors", "resource fork")
+    assert load_package(z).spec.name == "tiny"

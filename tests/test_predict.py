@@ -113,3 +113,23 @@ def test_semantic_models_write_class_ids(tmp_path):
     save_package(tmp_path / "sem", spec, tiny_state(spec))
     res = Model(load_package(tmp_path / "sem"), device="cpu").predict(np.random.default_rng(0).random((50, 70)))
     assert res.labels.dtype == np.uint8 and res.labels.max() <= 2
+
+
+def test_single_and_grey_alpha_channel_images_are_2d(model, nuclei_image):
+    assert model.predict(nuclei_image[..., None]).labels.shape == nuclei_image.shape
+    la = np.stack([nuclei_image, np.full_like(nuclei_image, 255)], -1)
+    np.testing.assert_array_equal(model.predict(la).labels, model.predict(nuclei_image).labels)
+
+
+def test_stacks_stay_uint16_and_fill_the_given_out(model, nuclei_image):
+    stack = np.stack([nuclei_image[:120, :150]] * 3)
+    out = np.zeros(stack.shape, np.uint16)
+    res = model.predict(stack, out=out)
+    assert res.labels is out and out.dtype == np.uint16
+
+
+def test_out_of_the_wrong_shape_or_dtype_is_refused(model, nuclei_image):
+    with pytest.raises(InvalidImageError, match="out must be"):
+        model.predict(nuclei_image, out=np.zeros((10, 10), np.uint16))
+    with pytest.raises(InvalidImageError, match="out must be"):
+        model.predict(nuclei_image, out=np.zeros(nuclei_image.shape, np.float32))

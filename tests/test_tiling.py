@@ -128,9 +128,21 @@ def test_progress_counts_tiles_and_cancel_stops_between_batches():
     assert seen[0] == (2, 64) and seen[-1][0] == 4     # stopped right after the batch that set it
 
 
+def test_tiles_are_a_multiple_of_the_divisor_and_pixel_overlap_fits_small_images():
+    g = TileGrid.build(1000, 1000, tile=100, overlap=0.25, multiple=16)
+    assert g.tile == (112, 112)
+    g = TileGrid.build(20, 30, tile=256, overlap=40, multiple=16)     # 40 px > the shrunken tile
+    assert g.tile == (32, 32) and g.ys == (0,)
+    img = np.random.default_rng(3).random((20, 30)).astype(np.float32)
+    out = predict_tiled(double, img, tile=256, overlap=40, multiple=16)
+    np.testing.assert_allclose(out[0], 2 * img, rtol=1e-5)
+
+
 def test_bad_overlap_and_axes_raise_typed_errors():
     with pytest.raises(InvalidImageError):
         predict_tiled(double, np.zeros((10, 10)), tile=8, overlap=8)
+    with pytest.raises(InvalidImageError, match="0.9"):
+        predict_tiled(double, np.zeros((10, 10)), tile=8, overlap=0.99)
     with pytest.raises(InvalidImageError):
         predict_tiled(double, np.zeros((2, 2, 10, 10)), tile=8)
     with pytest.raises(InvalidImageError):

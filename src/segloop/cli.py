@@ -83,6 +83,15 @@ def _cmd_export_onnx(args) -> int:
     return 0
 
 
+def _output_stem(path: str) -> str:
+    """File name without its image suffix (``a.v2.ome.tif`` -> ``a.v2``)."""
+    name = Path(path).name
+    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".btf", ".png", ".jpeg", ".jpg", ".bmp"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
 def _progress_bar(total_images: int, index: int, name: str):
     from tqdm import tqdm
 
@@ -116,14 +125,20 @@ def _cmd_predict(args) -> int:
         raise SegloopError(f"cannot create output folder {out_dir}: {e.strerror}") from None
     if not os.access(out_dir, os.W_OK):
         raise SegloopError(f"output folder {out_dir} is not writable")
+    stems = [_output_stem(p) for p in args.images]
+    dupes = sorted({s for s in stems if stems.count(s) > 1})
+    if dupes:
+        raise SegloopError(f"several inputs would write {dupes[0]}_labels.tif; segment them into different --out "
+                           "folders or rename them")
     model = load_model(args.model, device=args.device, engine=args.engine)
     normalization = {"kind": "hematoxylin"} if args.stain == "hematoxylin" else None
     cancel = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda *a: cancel.set())
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, lambda *a: cancel.set()) if on_main else None
     try:
         for i, path in enumerate(args.images, 1):
             image, info = read_image(path)
-            stem = Path(path).name.split(".")[0]
+            stem = _output_stem(path)
             label_path = out_dir / f"{stem}_labels.tif"
             if label_path.exists() and not args.overwrite:
                 raise SegloopError(f"{label_path} exists; pass --overwrite or choose another --out")
@@ -170,7 +185,8 @@ def _cmd_predict(args) -> int:
             kind = "objects" if model.spec.task == "instance" else "classes present"
             print(f"{path}: {res.n_objects} {kind} -> {label_path}{skipped}")
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if on_main:
+            signal.signal(signal.SIGINT, previous)
     return 0
 
 
@@ -194,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", "-m", default="nuclei-unet", help="bundled name or package path")
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument("--tile", type=int, default=None, help="tile size in pixels (default: the model's)")
-    p.add_argument("--overlap", type=float, default=None, help="tile overlap fraction (default: the model's)")
+    p.add_argument("--overlap", type=float, default=None,
+                   help="tile overlap, a fraction in [0, 0.9] (default: the model's)")
     p.add_argument("--batch", type=int, default=4, help="tiles per batch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--engine", default="torch", choices=["torch", "onnx", "onnx-int8", "auto"])
@@ -224,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except Cancelled as e:
-        print(f"segloop: cancelled: {e}", file=sys.stderr)
+    except Cancelled:
+        print("segloop: cancelled; the image being segmented got no output", file=sys.stderr)
         return 130
     except SegloopError as e:
         print(f"segloop: error: {e}", file=sys.stderr)

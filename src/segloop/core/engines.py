@@ -139,6 +139,7 @@ def _network_key(network, tile_shape) -> str:
     for k, v in network.state_dict().items():
         h.update(k.encode())
         h.update(str(tuple(v.shape)).encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())   # fine-tuned weights: own verdict
     h.update(str(tuple(tile_shape)).encode())
     h.update(torch.__version__.encode())
     h.update(_cpu_id().encode())
@@ -148,9 +149,11 @@ def _network_key(network, tile_shape) -> str:
 def _read_cache(key: str) -> dict | None:
     p = cache_dir() / "engine-choice.json"
     try:
-        return json.loads(p.read_text()).get(key)
+        data = json.loads(p.read_text())
     except (OSError, ValueError):
         return None
+    value = data.get(key) if isinstance(data, dict) else None
+    return value if isinstance(value, dict) else None
 
 
 def _write_cache(key: str, value: dict) -> None:
@@ -160,6 +163,8 @@ def _write_cache(key: str, value: dict) -> None:
         try:
             data = json.loads(p.read_text())
         except (OSError, ValueError):
+            data = {}
+        if not isinstance(data, dict):
             data = {}
         data[key] = value
         tmp = p.with_suffix(f".{os.getpid()}.tmp")
@@ -346,30 +351,46 @@ def _require_onnxruntime():
 
 def export_onnx(network, *, in_channels: int, tile: int | tuple[int, ...], dims: int = 2,
                 opset: int = 17) -> bytes:
-    """Export ``network`` to ONNX (dynamic batch) and return the bytes.
+    """Export ``network`` to ONNX and return the bytes.
 
-    The exported graph outputs logits; :class:`OnnxPredictor` applies softmax.
+    Batch and spatial axes are dynamic.  The graph is the network's
+    ``forward_padded`` (spatial sizes must be multiples of its ``divisor``,
+    stored in the model's metadata as ``segloop.divisor``);
+    :class:`OnnxPredictor` pads other sizes and crops back, and applies softmax
+    to the logits.  The caller's network is not modified.
     """
+    import copy
     import io
 
     import torch
 
     try:
-        import onnx  # noqa: F401
+        import onnx
     except ImportError:
         raise OnnxUnavailableError("ONNX export needs onnx: pip install 'napari-segloop[onnx]'") from None
     tile_shape = (tile,) * dims if isinstance(tile, int) else tuple(tile)
-    x = torch.zeros((1, in_channels, *tile_shape), dtype=torch.float32)
-    buf = io.BytesIO()
-    import copy
-
     net = copy.deepcopy(network).eval().to("cpu").to(memory_format=torch.contiguous_format)
+    divisor = int(getattr(net, "divisor", 1))
+    tile_shape = tuple(max(divisor, -(-t // divisor) * divisor) for t in tile_shape)
+
+    class _Padded(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner.forward_padded(x) if hasattr(self.inner, "forward_padded") else self.inner(x)
+
+    x = torch.zeros((1, in_channels, *tile_shape), dtype=torch.float32)
+    axes = {0: "batch", **{2 + i: f"s{i}" for i in range(dims)}}
+    buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, x, buf, dynamo=False, opset_version=opset, input_names=["input"],
-                          output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    return buf.getvalue()
+        torch.onnx.export(_Padded(net), x, buf, dynamo=False, opset_version=opset, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": axes, "logits": axes})
+    model = onnx.load_model_from_string(buf.getvalue())
+    onnx.helper.set_model_props(model, {"segloop.divisor": str(divisor), "segloop.dims": str(dims)})
+    return model.SerializeToString()
 
 
 class OnnxPredictor:
@@ -397,7 +418,7 @@ class OnnxPredictor:
         self._fp32_bytes = onnx_bytes
         self.quantize = quantize
         avail = ort.get_available_providers()
-        if device in ("auto", "cuda") and "CUDAExecutionProvider" in avail:
+        if (device == "auto" or device.startswith("cuda")) and "CUDAExecutionProvider" in avail:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         elif device.startswith("cuda"):
             raise EngineError("onnxruntime has no CUDA execution provider here; install onnxruntime-gpu or use CPU")
@@ -406,6 +427,8 @@ class OnnxPredictor:
         self.providers = providers
         self.threads = threads
         self._fp32_session = self.session = self._session(onnx_bytes)
+        props = self.session.get_modelmeta().custom_metadata_map
+        self.divisor = int(props.get("segloop.divisor", 1))
         self._pending_int8 = quantize == "int8"
         self.device = "cuda" if providers[0].startswith("CUDA") else "cpu"
         self.agreement: float | None = None
@@ -441,7 +464,7 @@ class OnnxPredictor:
         with tempfile.TemporaryDirectory() as d:
             src, pre, dst = Path(d, "fp32.onnx"), Path(d, "pre.onnx"), Path(d, "int8.onnx")
             src.write_bytes(onnx_bytes)
-            quant_pre_process(str(src), str(pre))
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
             quantize_static(str(pre), str(dst), _Reader(), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
             return dst.read_bytes()
@@ -449,9 +472,12 @@ class OnnxPredictor:
     def _quantize_on(self, batch: np.ndarray) -> None:
         ort = _require_onnxruntime()
         self._pending_int8 = False
-        q = self._static_int8(self._fp32_bytes, batch)
+        # Calibrate on half of the first batch and validate on the other half
+        # (tiles the calibration never saw), or on the tile itself if only one.
+        calib, check = (batch[::2], batch[1::2]) if len(batch) > 1 else (batch, batch)
+        q = self._static_int8(self._fp32_bytes, calib)
         self.session = self._session(q)
-        agree = self.validate_against(batch, raise_below=False)
+        agree = self.validate_against(check, raise_below=False)
         if agree < INT8_MIN_AGREEMENT:
             self.session = self._fp32_session
             warnings.warn(f"int8 quantization changed {100 * (1 - agree):.1f}% of labels on the first batch; "
@@ -481,9 +507,17 @@ class OnnxPredictor:
                 f"(allowed {100 * (1 - INT8_MIN_AGREEMENT):.0f}%); use quantize='none'")
         return agree
 
-    @staticmethod
-    def _run(session, batch: np.ndarray) -> np.ndarray:
-        logits = session.run(None, {"input": np.ascontiguousarray(batch, dtype=np.float32)})[0]
+    def _run(self, session, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        spatial = batch.shape[2:]
+        m = self.divisor
+        pads = [(-n) % m for n in spatial]
+        if any(pads):   # the graph needs multiples of the divisor: reflect-pad, crop back
+            mode = "reflect" if all(p < n for p, n in zip(pads, spatial)) else "edge"
+            batch = np.pad(batch, [(0, 0), (0, 0)] + [(0, p) for p in pads], mode=mode)
+        logits = session.run(None, {"input": batch})[0]
+        if any(pads):
+            logits = logits[(slice(None), slice(None)) + tuple(slice(0, n) for n in spatial)]
         logits = logits - logits.max(axis=1, keepdims=True)
         e = np.exp(logits)
         return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)

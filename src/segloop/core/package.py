@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 import zipfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -219,17 +220,19 @@ def _read_zip(path: Path) -> dict[str, bytes]:
         if any(n.endswith("data.pkl") or n.endswith(".pkl") for n in names):
             raise UnsafeModelFileError(
                 f"{path.name} is a PyTorch pickle archive, not a segloop model package; segloop never unpickles")
-        # Packages may be zipped with or without a top-level folder.
-        prefixes = {n.split("/", 1)[0] + "/" for n in names if "/" in n}
-        strip = prefixes.pop() if len(prefixes) == 1 and not any("/" not in n for n in names) else ""
+        # Packages may be zipped with or without one top-level folder; other
+        # members (e.g. Finder's __MACOSX/) are ignored, but nothing may escape.
+        for name in names:
+            norm = name.replace("\\", "/")
+            if norm.startswith("/") or ".." in norm.split("/") or (len(norm) > 1 and norm[1] == ":"):
+                raise UnsafeModelFileError(f"{path.name}: archive member {name!r} points outside the package")
+        spec_members = [n for n in names if n.rsplit("/", 1)[-1] == SPEC_FILE and not n.startswith("__MACOSX/")]
+        prefix = min(spec_members, key=len)[: -len(SPEC_FILE)] if spec_members else ""
         for info in zf.infolist():
             name = info.filename
-            if info.is_dir():
+            if info.is_dir() or not name.startswith(prefix):
                 continue
-            rel = name[len(strip):] if strip and name.startswith(strip) else name
-            p = Path(rel)
-            if p.is_absolute() or ".." in p.parts or rel.startswith(("/", "\\")) or len(p.parts) != 1:
-                raise UnsafeModelFileError(f"{path.name}: archive member {name!r} points outside the package")
+            rel = name[len(prefix):]
             if rel not in _ALLOWED_FILES:
                 continue
             if info.file_size > 2 << 30:
@@ -329,10 +332,20 @@ def load_package(path: str | os.PathLike, *, verify: bool = True) -> ModelPackag
         raise ModelPackageError(f"{path}/{WEIGHTS_FILE} cannot be read as safetensors ({e}); it may be truncated") from None
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     onnx_bytes = files.get(ONNX_FILE)
+    if onnx_bytes is not None and not spec.onnx_sha256:
+        warnings.warn(f"{path}/{ONNX_FILE} has no sha256 in the spec and is ignored; "
+                      "re-create it with segloop export-onnx", stacklevel=2)
+        onnx_bytes = None
     if onnx_bytes is not None:
-        if verify and spec.onnx_sha256 and sha256_bytes(onnx_bytes) != spec.onnx_sha256:
+        if verify and sha256_bytes(onnx_bytes) != spec.onnx_sha256:
             raise IntegrityError(f"{path}/{ONNX_FILE} does not match the sha256 in the spec; re-run segloop export-onnx")
-        _check_onnx_external_data(onnx_bytes, folder, str(path))
+        try:
+            _check_onnx_external_data(onnx_bytes, folder, str(path))
+        except UnsafeModelFileError:
+            raise
+        except Exception as e:  # onnx raises protobuf DecodeError and others for junk
+            raise ModelPackageError(f"{path}/{ONNX_FILE} is not a valid ONNX model ({type(e).__name__}); "
+                                    "re-run segloop export-onnx") from None
     card = files.get(CARD_FILE)
     return ModelPackage(spec, state, path, onnx_bytes, card.decode("utf-8", "replace") if card else None)
 
@@ -350,6 +363,9 @@ def _atomic_dir_write(dest: Path, files: dict[str, bytes], *, overwrite: bool) -
         raise ModelPackageError(f"{dest} already exists; choose a new folder (packages are never overwritten)")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)            # mkdtemp makes 0700; packages are shared
     try:
         for name, data in files.items():
             with open(tmp / name, "wb") as f:
@@ -358,6 +374,7 @@ def _atomic_dir_write(dest: Path, files: dict[str, bytes], *, overwrite: bool) -
                 os.fsync(f.fileno())
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old")
+            shutil.rmtree(old, ignore_errors=True)      # left over from an interrupted replace
             os.replace(dest, old)
             os.replace(tmp, dest)
             shutil.rmtree(old, ignore_errors=True)
@@ -408,24 +425,42 @@ def save_package(dest: str | os.PathLike, spec: ModelSpec, state_dict: dict[str,
             for name, data in files.items():
                 zf.writestr(name, data)
         tmp = dest.with_name(f".{dest.name}.tmp")
-        tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, dest)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(buf.getvalue())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
     else:
         _atomic_dir_write(dest, files, overwrite=overwrite)
     return spec
 
 
 def add_onnx(path: str | os.PathLike, onnx_bytes: bytes) -> ModelSpec:
-    """Add (or replace) ``model.onnx`` in a package folder and record its sha256."""
+    """Add (or replace) ``model.onnx`` in a package folder and record its sha256.
+
+    Only ``model.onnx`` and ``segloop-model.json`` are replaced (each through
+    a temporary file and an atomic rename); everything else in the folder is
+    left as it is.
+    """
     path = Path(path)
     if not path.is_dir():
         raise ModelPackageError(f"{path}: export-onnx works on package folders; unzip the package first")
     pkg = load_package(path)
     spec = replace(pkg.spec, onnx_sha256=sha256_bytes(onnx_bytes))
-    files = {n: (path / n).read_bytes() for n in _ALLOWED_FILES if (path / n).is_file()}
-    files[ONNX_FILE] = onnx_bytes
-    files[SPEC_FILE] = (json.dumps(spec.to_dict(), indent=2) + "\n").encode()
-    _atomic_dir_write(path, files, overwrite=True)
+    for name, data in ((ONNX_FILE, onnx_bytes),
+                       (SPEC_FILE, (json.dumps(spec.to_dict(), indent=2) + "\n").encode())):
+        tmp = path / f".{name}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path / name)
+        finally:
+            tmp.unlink(missing_ok=True)
     return spec
 
 

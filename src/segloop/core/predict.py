@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -169,6 +170,8 @@ def validate_image(image, *, channels: int, channel_axis: int | None | Literal["
         if channels == 1:
             if len(shape) == 2:
                 channel_axis = None
+            elif len(shape) == 3 and last in (1, 2) and min(shape[:2]) > 2:
+                channel_axis = -1              # (H, W, 1), or grey + alpha (H, W, 2)
             elif len(shape) == 3 and last in (3, 4) and min(shape[:2]) > 4:
                 raise InvalidImageError(
                     f"image of shape {shape} looks RGB but the model takes 1 channel. For stained "
@@ -176,8 +179,12 @@ def validate_image(image, *, channels: int, channel_axis: int | None | Literal["
                     "multichannel fluorescence image pick the nuclear channel")
             elif len(shape) == 3:
                 channel_axis = None           # (Z, H, W) stack
-            elif len(shape) == 4 and last == 1:
+            elif len(shape) == 4 and last in (1, 2):
                 channel_axis = -1
+            elif len(shape) == 4 and last in (3, 4):
+                raise InvalidImageError(
+                    f"image of shape {shape} looks like an RGB stack but the model takes 1 channel; use "
+                    "hematoxylin normalization (--stain hematoxylin) or pick one channel")
             else:
                 raise InvalidImageError(
                     f"image of shape {shape} has too many axes for a 1-channel 2D model; give (H, W) or (Z, H, W)")
@@ -198,14 +205,15 @@ def validate_image(image, *, channels: int, channel_axis: int | None | Literal["
             "or a stack (Z, H, W), channels last")
     if channel_axis is not None:
         have = shape[-1]
-        if not (have == channels or (channels == 3 and have == 4)):
+        if not (have == channels or (channels == 3 and have == 4) or (channels == 1 and have == 2)):
             raise InvalidImageError(f"model needs {channels} channels, the image has {have} (shape {shape})")
     return channel_axis, spatial == 3
 
 
 def _drop_alpha(image, channel_axis, channels):
-    if channel_axis is not None and channels == 3 and image.shape[-1] == 4:
-        return image[..., :3]
+    """RGBA -> RGB and grey + alpha -> grey (a view, no copy)."""
+    if channel_axis is not None and image.shape[-1] == channels + 1 and channels in (1, 3):
+        return image[..., :channels]
     return image
 
 
@@ -323,7 +331,12 @@ class Model:
         uncertainty : bool
             Also return per-pixel entropy (float16, image-sized).
         out : ndarray, optional
-            Preallocated label array (e.g. a memmap) of the output shape.
+            Preallocated uint16/uint32 label array (e.g. a memmap) of the
+            output shape, used as working memory: its contents are undefined
+            if ``predict`` raises (cancelled, bad input).  Never pass data a
+            person drew.  ``result.labels`` is ``out`` unless more than 65,535
+            objects are found in a plane and ``out`` is uint16 (then a new
+            uint32 array, with a warning).
         progress : callable, optional
             ``progress(done, total)`` in tiles.
         cancel : threading.Event or callable, optional
@@ -347,14 +360,24 @@ class Model:
         if np.dtype(image.dtype) == np.bool_:
             image = np.asarray(image, dtype=np.uint8)
         normalizer = _norm.Normalizer.fit(norm_spec, image, channel_axis=channel_axis)
-        tile = int(tile or self.spec.tile.get("size", 256))
+        tile = int(self.spec.tile.get("size", 256) if tile is None else tile)
         overlap = float(self.spec.tile.get("overlap", 0.25) if overlap is None else overlap)
+        if tile < 8:
+            raise InvalidImageError(f"tile must be at least 8 pixels, got {tile}")
+        if not 0 <= overlap <= 0.9:
+            raise InvalidImageError(f"overlap must be a fraction of the tile in [0, 0.9], got {overlap}")
+        if int(batch_size) < 1:
+            raise InvalidImageError(f"batch_size must be at least 1, got {batch_size}")
         if skip_background is None:
             skip_background = channel_axis is not None and image.shape[-1] >= 3
         shape = tuple(image.shape[: 3 if stack else 2])
         n_z = shape[0] if stack else 1
         plane_shape = shape[-2:]
 
+        if out is not None and (tuple(out.shape) != shape or np.dtype(out.dtype) not in (
+                (np.uint16, np.uint32) if self.spec.task == "instance" else (np.uint8, np.uint16, np.uint32))):
+            raise InvalidImageError(f"out must be a uint16/uint32 array of shape {shape}, got "
+                                    f"{np.dtype(out.dtype)} {tuple(out.shape)}")
         if self.spec.task == "instance":
             params = InstanceParams.from_dict(self.spec.postprocess)
             labels = out if out is not None else np.zeros(shape, np.uint16)
@@ -362,18 +385,19 @@ class Model:
 
             def finish_plane():
                 nonlocal labels
-                if state["asm"] is None:
+                asm = state["asm"]
+                if asm is None:
                     return
-                res = state["asm"].finish()
-                z = state["z"]
-                dst = labels[z] if stack else labels
-                if res is not dst:  # widened to uint32
+                res = asm.finish()
+                if res.dtype != labels.dtype:   # > 65,535 objects in this plane: widen once
+                    warnings.warn(f"{asm.n_objects} objects: labels widened to uint32"
+                                  + (" (a new array, not `out`)" if out is not None else ""), stacklevel=3)
                     if stack:
                         labels = labels.astype(np.uint32)
-                        labels[z] = res
+                        labels[state["z"]] = res
                     else:
                         labels = res
-                state["n"] += state["asm"].n_objects
+                state["n"] += asm.n_objects
 
             def label_sink(z, y0, y1, probs):
                 if state["z"] != z:

@@ -148,11 +148,12 @@ class TileGrid:
     def build(cls, height: int, width: int, *, tile: int | tuple[int, int], overlap: float | int,
               multiple: int = 1) -> TileGrid:
         th, tw = (tile, tile) if isinstance(tile, int) else tuple(tile)
-        # Never use tiles much larger than the image: shrink to the image,
-        # rounded up to the network's multiple.
-        th = min(th, _round_up(height, multiple))
-        tw = min(tw, _round_up(width, multiple))
         ov = _overlap_px(overlap, min(th, tw))
+        # Tiles are a multiple of the network's divisor (so it never pads), and
+        # never much larger than the image: shrink to it, rounded up.
+        th = min(_round_up(th, multiple), _round_up(height, multiple))
+        tw = min(_round_up(tw, multiple), _round_up(width, multiple))
+        ov = min(ov, min(th, tw) - 1)          # a pixel overlap may exceed a shrunken tile
         return cls(height, width, (th, tw), tuple(tile_positions(height, th, ov)),
                    tuple(tile_positions(width, tw, ov)))
 
@@ -165,12 +166,15 @@ def _round_up(n: int, m: int) -> int:
 
 
 def _overlap_px(overlap: float | int, tile: int) -> int:
-    if isinstance(overlap, float) and 0 <= overlap < 1:
+    """Overlap in pixels: a float is a fraction of the tile in [0, 0.9], an int is pixels."""
+    if isinstance(overlap, float) or isinstance(overlap, np.floating):
+        if not 0 <= overlap <= 0.9:
+            raise InvalidImageError(f"overlap {overlap!r} must be a fraction of the tile in [0, 0.9]"
+                                    " (or an int number of pixels)")
         return int(round(overlap * tile))
     ov = int(overlap)
     if ov < 0 or ov >= tile:
-        raise InvalidImageError(
-            f"overlap {overlap!r} must be a fraction in [0, 1) or a pixel count below the tile size {tile}")
+        raise InvalidImageError(f"overlap {overlap!r} px must be in [0, tile size {tile})")
     return ov
 
 
@@ -366,7 +370,7 @@ def predict_tiled(
             if n_run < batch_size and len(pending) < 4 * batch_size and i + 1 < len(tiles):
                 continue
             if _is_cancelled(cancel):
-                raise Cancelled("segmentation was cancelled; no labels were written")
+                raise Cancelled("segmentation was cancelled")
             todo = [(y, x) for y, x, r in pending if r]
             preds: dict[tuple[int, int], np.ndarray] = {}
             if todo:
