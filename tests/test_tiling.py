@@ -147,3 +147,19 @@ def test_bad_overlap_and_axes_raise_typed_errors():
         predict_tiled(double, np.zeros((2, 2, 10, 10)), tile=8)
     with pytest.raises(InvalidImageError):
         predict_tiled(double, np.zeros((0, 10)), tile=8)
+
+
+def test_an_explicit_grid_is_used_as_given():
+    img = np.random.default_rng(4).random((100, 90)).astype(np.float32)
+    seen = []
+
+    def record(batch):
+        seen.append(len(batch))
+        return 2 * batch
+
+    grid = TileGrid(100, 90, (64, 64), (0, 36), (0, 26))
+    out = predict_tiled(record, img, grid=grid, batch_size=1)
+    assert len(seen) == 4
+    np.testing.assert_allclose(out[0], 2 * img, rtol=1e-5)
+    with pytest.raises(InvalidImageError, match="grid is for"):
+        predict_tiled(record, img[:50], grid=grid)

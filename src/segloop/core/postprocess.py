@@ -222,31 +222,40 @@ class InstanceAssembler:
         g[rows == _UNASSIGNED] = -1
         return g
 
-    def _rows_global(self, r0: int, r1: int, cache: dict) -> np.ndarray:
-        """Global provisional ids of rows [r0, r1), whichever bands they lie in."""
+    def _rows_global(self, r0: int, r1: int, c0: int, c1: int, cache: dict) -> np.ndarray:
+        """Global provisional ids of rows [r0, r1), columns [c0, c1), whichever bands they lie in."""
         parts = []
         for i, b in enumerate(self.bands):
             a, c = max(r0, b.y0), min(r1, b.y1)
             if a < c:
                 src = cache.get(i)
-                rows = src[a - b.y0:c - b.y0] if src is not None else np.asarray(self.work[a:c])
+                rows = src[a - b.y0:c - b.y0, c0:c1] if src is not None else np.asarray(self.work[a:c, c0:c1])
                 parts.append(self._global(rows, b))
         return np.concatenate(parts, axis=0)
 
+    #: Seeds grow at most ``grow_px``, so growth runs on column chunks of this
+    #: width (plus margins) and its scratch memory does not scale with width.
+    GROW_CHUNK = 2048
+
     def _grown_band(self, i: int, roots: np.ndarray, cache: dict) -> np.ndarray:
-        """Root ids of band i after growing seeds into foreground."""
+        """Root ids of band i after growing seeds into foreground: (rows, W) int64."""
         from skimage.segmentation import expand_labels
 
         b = self.bands[i]
         m = self.params.grow_px
-        r0, r1 = max(0, b.y0 - m), min(self.shape[0], b.y1 + m)
-        g = self._rows_global(r0, r1, cache)
-        marker = g < 0
-        lab = np.where(g > 0, roots[np.maximum(g, 0)], 0)
-        if m > 0 and marker.any():
-            grown = expand_labels(lab, distance=m)
-            lab = np.where(marker, grown, lab)
-        return lab[b.y0 - r0: b.y0 - r0 + (b.y1 - b.y0)]
+        height, width = self.shape
+        r0, r1 = max(0, b.y0 - m), min(height, b.y1 + m)
+        out = np.empty((b.y1 - b.y0, width), np.int64)
+        for x0 in range(0, width, self.GROW_CHUNK):
+            x1 = min(x0 + self.GROW_CHUNK, width)
+            c0, c1 = max(0, x0 - m), min(width, x1 + m)
+            g = self._rows_global(r0, r1, c0, c1, cache)
+            marker = g < 0
+            lab = np.where(g > 0, roots[np.maximum(g, 0)], 0)
+            if m > 0 and marker.any():
+                lab = np.where(marker, expand_labels(lab, distance=m), lab)
+            out[:, x0:x1] = lab[b.y0 - r0: b.y1 - r0, x0 - c0: x1 - c0]
+        return out
 
     # -- passes 2 and 3 ------------------------------------------------
     def finish(self) -> np.ndarray:

@@ -278,6 +278,7 @@ def predict_tiled(
     batch_size: int = 4,
     multiple: int = 1,
     skip_background: bool | np.ndarray = False,
+    grid: TileGrid | None = None,
     sink: BandSink | None = None,
     progress: ProgressCallback | None = None,
     cancel=None,
@@ -310,6 +311,9 @@ def predict_tiled(
         ``True``: compute a tissue mask (RGB only) and skip tiles with no
         tissue; an array: use it as the mask (its stride is inferred).  Pixels
         no predicted tile covers get probability 1 for class 0.
+    grid : TileGrid, optional
+        Explicit tile positions (e.g. to reproduce another tool's grid);
+        by default tiles are spread evenly, as nnU-Net does.
     sink : callable, optional
         ``sink(z, y0, y1, probs)`` receives each finished band of rows, in
         order, as ``(K, y1 - y0, W)`` float32.  When given, nothing image-sized
@@ -338,7 +342,10 @@ def predict_tiled(
     height, width = (shape[1], shape[2]) if stack else (shape[0], shape[1])
     if min(height, width) < 1 or n_z < 1:
         raise InvalidImageError(f"image has an empty axis: shape {shape}")
-    grid = TileGrid.build(height, width, tile=tile, overlap=overlap, multiple=multiple)
+    if grid is None:
+        grid = TileGrid.build(height, width, tile=tile, overlap=overlap, multiple=multiple)
+    elif (grid.height, grid.width) != (height, width):
+        raise InvalidImageError(f"grid is for {grid.height}x{grid.width}, the image is {height}x{width}")
     th, tw = grid.tile
     weight_tile = gaussian_importance((th, tw))
 
