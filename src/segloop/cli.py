@@ -190,6 +190,20 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _cmd_demo(args) -> int:
+    try:
+        from segloop._napari.demo import run_demo
+    except ImportError as e:
+        raise SegloopError(f"the demo needs napari: pip install 'napari-segloop[napari]' ({e})") from None
+    code = run_demo(sample=args.sample, model=args.model, screenshot=args.screenshot)
+    if args.screenshot:
+        if code == 0 and Path(args.screenshot).is_file():
+            print(f"wrote {args.screenshot}")
+        else:
+            raise SegloopError("the demo did not produce labels in time; see the messages above")
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     from segloop import __version__
 
@@ -225,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlay", action="store_true", help="also write a PNG with label outlines (2D)")
     p.add_argument("--overwrite", action="store_true", help="replace existing label files")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("demo", help="open napari on real sample data and segment it")
+    p.add_argument("--sample", choices=["nuclei", "ihc"], default="nuclei")
+    p.add_argument("--model", default=None, help="bundled name or package path (default: the first bundled)")
+    p.add_argument("--screenshot", default=None, metavar="PNG",
+                   help="save a screenshot once the labels are shown, then exit (headless checks)")
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("export-onnx", help="add model.onnx to a package folder (checked against torch)")
     p.add_argument("package")

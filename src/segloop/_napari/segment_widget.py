@@ -1,0 +1,330 @@
+"""The Segment dock widget: run a model package on an image layer.
+
+Thin by design: it gathers parameters, loads the model and runs
+``Model.predict`` in a napari thread worker, reports progress through a Qt
+signal, and touches layers only on the main thread.  Every result is a *new*
+Labels layer, so nothing a person edited is ever overwritten.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
+from napari.layers import Image
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QObject, Signal
+
+from segloop.errors import Cancelled, SegloopError
+
+__all__ = ["SegmentWidget", "SegmentRequest", "crop_for_scope", "result_layer_name"]
+
+LOAD_PACKAGE = "Load package…"
+SCOPES = ("whole image", "current slice", "current view")
+
+
+class _Relay(QObject):
+    """Carries progress from the worker thread to the main thread (queued signal)."""
+
+    progressed = Signal(int, int)
+
+
+@dataclass(frozen=True)
+class SegmentRequest:
+    """Everything one run needs, captured on the main thread."""
+
+    model: str
+    device: str
+    engine: str
+    tile: int
+    overlap: float
+    stain: str
+    uncertainty: bool
+    scope: str
+
+
+def result_layer_name(image_name: str, model_name: str, version: str) -> str:
+    return f"{image_name} · {model_name} v{version}"
+
+
+def _base_data(layer: Image):
+    """Level 0 of a multiscale layer, the data otherwise."""
+    return layer.data[0] if layer.multiscale else layer.data
+
+
+def crop_for_scope(layer: Image, scope: str, current_step: tuple[int, ...]) -> tuple[object, tuple[slice, ...]]:
+    """The part of the layer's level-0 data to segment, and where it sits.
+
+    Returns
+    -------
+    data : array-like
+        What to segment: 2D (+ channels) for "current slice"/"current view",
+        everything for "whole image".
+    where : tuple of slices (or ints for slice indices)
+        Index into the full label array (spatial axes only) for the result.
+    """
+    data = _base_data(layer)
+    n_spatial = data.ndim - (1 if layer.rgb else 0)
+    lead = n_spatial - 2
+    if scope == "whole image" or (scope == "current slice" and lead == 0):
+        return data, tuple(slice(None) for _ in range(n_spatial))
+    idx = tuple(int(np.clip(current_step[i], 0, data.shape[i] - 1)) for i in range(lead)) if lead else ()
+    plane = data[idx] if idx else data
+    if scope == "current slice":
+        return plane, idx + (slice(None), slice(None))
+    # current view: the visible part of the plane, from the layer's corner pixels
+    corners = np.asarray(layer.corner_pixels)[:, lead:lead + 2]
+    y0, x0 = np.clip(corners[0], 0, None).astype(int)
+    y1, x1 = (np.minimum(corners[1] + 1, plane.shape[:2])).astype(int)
+    if y1 - y0 < 1 or x1 - x0 < 1:
+        y0, x0, (y1, x1) = 0, 0, plane.shape[:2]
+    return plane[y0:y1, x0:x1], idx + (slice(y0, y1), slice(x0, x1))
+
+
+class SegmentWidget(Container):
+    """Segment the selected image layer with a model package.
+
+    The result appears as a new Labels layer named ``<image> · <model> v<version>``
+    with the image's scale and translate, and provenance in ``metadata["segloop"]``.
+    """
+
+    def __init__(self, napari_viewer):
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self._models: dict[tuple, object] = {}
+        self._worker = None
+        self._cancel: threading.Event | None = None
+        self._started = 0.0
+        self._closed = False
+        self._relay = _Relay()
+        self._relay.progressed.connect(self._on_progress)
+
+        from segloop import list_models
+
+        self.image = ComboBox(label="image", choices=self._image_choices, nullable=True)
+        names = list_models()
+        self.model = ComboBox(label="model", choices=[*names, LOAD_PACKAGE],
+                              value=names[0] if names else LOAD_PACKAGE)
+        self.package = FileEdit(label="package", mode="d", visible=not names)
+        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        self.engine = ComboBox(label="engine", choices=["torch", "onnx", "onnx-int8", "auto"], value="torch")
+        self.tile = SpinBox(label="tile", min=32, max=4096, step=32, value=256)
+        self.overlap = FloatSpinBox(label="overlap", min=0.0, max=0.9, step=0.05, value=0.25)
+        self.scope = ComboBox(label="scope", choices=list(SCOPES), value="whole image")
+        self.stain = ComboBox(label="stain", choices=["auto", "none", "hematoxylin"], value="auto",
+                              tooltip="auto: hematoxylin deconvolution for RGB images and 1-channel models")
+        self.uncertainty = CheckBox(text="add uncertainty layer", value=False)
+        self.run_button = PushButton(text="Segment")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="progress", min=0, max=1, value=0, visible=False)
+        self.status = Label(value="")
+        self.extend([self.image, self.model, self.package, self.device, self.engine, self.tile, self.overlap,
+                     self.scope, self.stain, self.uncertainty, self.run_button, self.cancel_button,
+                     self.progress, self.status])
+
+        self.model.changed.connect(self._on_model_changed)
+        self.package.changed.connect(self._on_model_changed)
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.viewer.layers.events.inserted.connect(self._refresh_images)
+        self.viewer.layers.events.removed.connect(self._refresh_images)
+        self.native.destroyed.connect(self._on_destroyed)
+        self._refresh_images()
+        self._on_model_changed()
+
+    # -- choices ------------------------------------------------------------
+    def _image_choices(self, _widget=None):
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _refresh_images(self, event=None):
+        self.image.reset_choices()
+        if self.image.value is None and self.image.choices:
+            self.image.value = self.image.choices[-1]
+
+    def _model_id(self) -> str | None:
+        if self.model.value == LOAD_PACKAGE:
+            p = self.package.value
+            return str(p) if p and str(p) not in ("", ".") else None
+        return self.model.value
+
+    def _on_model_changed(self, _event=None):
+        """Show the package picker when needed; take tile defaults from the package."""
+        self.package.visible = self.model.value == LOAD_PACKAGE
+        mid = self._model_id()
+        if not mid:
+            return
+        try:
+            from segloop.core.package import load_package
+            from segloop.core.predict import _discover
+
+            path = _discover().get(mid, Path(mid))
+            spec = load_package(path, verify=False).spec
+        except (SegloopError, OSError) as e:
+            self.status.value = f"cannot read model: {e}"
+            return
+        self.tile.value = int(spec.tile.get("size", 256))
+        self.overlap.value = float(spec.tile.get("overlap", 0.25))
+        self.status.value = f"{spec.name} v{spec.version}: {spec.description or spec.task}"
+
+    # -- running --------------------------------------------------------------
+    def request(self) -> SegmentRequest:
+        return SegmentRequest(model=self._model_id() or "", device=self.device.value, engine=self.engine.value,
+                              tile=int(self.tile.value), overlap=float(self.overlap.value),
+                              stain=self.stain.value, uncertainty=bool(self.uncertainty.value),
+                              scope=self.scope.value)
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    def run(self, _event=None):
+        """Start segmenting the selected image (ignored while a run is going)."""
+        if self.running:
+            show_info("segloop: a segmentation is already running; cancel it first")
+            return
+        layer = self.image.value
+        if layer is None or layer not in self.viewer.layers:
+            show_error("segloop: no image layer selected. Open an image (File > Open) and pick it under 'image'")
+            return
+        req = self.request()
+        if not req.model:
+            show_error("segloop: choose a model, or a package folder under 'package'")
+            return
+        data, where = crop_for_scope(layer, req.scope, tuple(self.viewer.dims.current_step))
+        full_shape = _base_data(layer).shape[: _base_data(layer).ndim - (1 if layer.rgb else 0)]
+        info = {"layer": layer, "where": where, "full_shape": full_shape, "rgb": bool(layer.rgb),
+                "name": layer.name, "scale": tuple(layer.scale), "translate": tuple(layer.translate)}
+        self._cancel = threading.Event()
+        self._started = time.perf_counter()
+        self.progress.visible = True
+        self.progress.max, self.progress.value = 1, 0
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.status.value = "loading model…"
+
+        from napari.qt.threading import create_worker
+
+        self._worker = create_worker(self._segment, data, req, info["rgb"], self._cancel,
+                                     _connect={"returned": lambda res: self._on_returned(res, info, req),
+                                               "errored": self._on_errored,
+                                               "finished": self._on_finished})
+
+    def _load_model(self, req: SegmentRequest):
+        import segloop
+
+        key = (req.model, req.device, req.engine)
+        if key not in self._models:
+            self._models[key] = segloop.load_model(req.model, device=req.device, engine=req.engine)
+        return self._models[key]
+
+    def _segment(self, data, req: SegmentRequest, rgb: bool, cancel: threading.Event):
+        """Runs in the worker thread: no layer access here."""
+        model = self._load_model(req)
+        stain = req.stain
+        if stain == "auto":
+            stain = "hematoxylin" if rgb and model.spec.in_channels == 1 else "none"
+        normalization = {"kind": "hematoxylin"} if stain == "hematoxylin" else None
+        result = model.predict(data, tile=req.tile, overlap=req.overlap, normalization=normalization,
+                               channel_axis=-1 if rgb else "auto", uncertainty=req.uncertainty,
+                               progress=self._relay.progressed.emit, cancel=cancel)
+        return model, result
+
+    # -- main-thread handlers ---------------------------------------------------
+    def _on_progress(self, done: int, total: int):
+        if self._closed:
+            return
+        self.progress.max = max(total, 1)
+        self.progress.value = done
+        elapsed = time.perf_counter() - self._started
+        eta = elapsed / done * (total - done) if done else float("nan")
+        self.status.value = f"{done}/{total} tiles" + (f", about {eta:.0f} s left" if done else "")
+
+    def _on_returned(self, payload, info: dict, req: SegmentRequest):
+        model, result = payload
+        if self._closed:
+            return
+        if info["layer"] not in self.viewer.layers:
+            show_warning(f"segloop: the image layer {info['name']!r} was removed during the run; "
+                         "the result was discarded")
+            return
+        labels = result.labels
+        if info["where"] and any(s != slice(None) for s in info["where"]):
+            full = np.zeros(info["full_shape"], labels.dtype)
+            full[info["where"]] = labels
+            labels = full
+        spec = model.spec
+        prov = {**result.provenance, "scope": req.scope, "source_layer": info["name"],
+                "region": [str(s) for s in info["where"]]}
+        name = result_layer_name(info["name"], spec.name, spec.version)
+        n_spatial = len(info["full_shape"])
+        scale, translate = info["scale"][-n_spatial:], info["translate"][-n_spatial:]
+        layer = self.viewer.add_labels(labels, name=name, scale=scale, translate=translate,
+                                       metadata={"segloop": prov})
+        if result.uncertainty is not None:
+            unc = result.uncertainty
+            if labels is not result.labels:
+                full = np.zeros(info["full_shape"], np.float16)
+                full[info["where"]] = unc
+                unc = full
+            self.viewer.add_image(unc, name=f"{name} · uncertainty", scale=scale, translate=translate,
+                                  colormap="inferno", opacity=0.5, blending="additive", visible=False,
+                                  metadata={"segloop": prov})
+        self.viewer.layers.selection.active = layer
+        secs = time.perf_counter() - self._started
+        kind = "objects" if spec.task == "instance" else "classes present"
+        self.status.value = f"{result.n_objects} {kind} in {secs:.1f} s"
+        if result.tiles_skipped:
+            self.status.value += f" ({result.tiles_skipped} background tiles skipped)"
+
+    def _on_errored(self, exc: BaseException):
+        if self._closed:
+            return
+        if isinstance(exc, Cancelled):
+            self.status.value = "cancelled; nothing was added"
+            show_info("segloop: segmentation cancelled")
+        elif isinstance(exc, SegloopError):
+            self.status.value = f"error: {exc}"
+            show_error(f"segloop: {exc}")
+        else:
+            self.status.value = f"failed: {type(exc).__name__}: {exc}"
+            show_error(f"segloop: segmentation failed ({type(exc).__name__}: {exc})")
+
+    def _on_finished(self):
+        self._worker = None
+        if self._closed:
+            return
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False
+        self.progress.visible = False
+
+    def cancel(self, _event=None):
+        """Stop the current run after the batch in progress."""
+        if self._cancel is not None:
+            self._cancel.set()
+            self.status.value = "cancelling…"
+
+    def _on_destroyed(self, *_):
+        """The dock was closed (or the viewer): stop the run, forget the viewer's events."""
+        self._closed = True
+        if self._cancel is not None:
+            self._cancel.set()
+        for event, cb in ((self.viewer.layers.events.inserted, self._refresh_images),
+                          (self.viewer.layers.events.removed, self._refresh_images)):
+            try:
+                event.disconnect(cb)
+            except (TypeError, ValueError, RuntimeError):
+                pass

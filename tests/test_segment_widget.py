@@ -1,0 +1,184 @@
+"""The Segment dock widget in a real napari viewer under Xvfb (pytest-qt)."""
+
+import numpy as np
+import pytest
+
+napari = pytest.importorskip("napari")
+
+from napari.utils.notifications import notification_manager  # noqa: E402
+
+from segloop._napari.segment_widget import LOAD_PACKAGE, SegmentWidget  # noqa: E402
+
+
+@pytest.fixture
+def notes():
+    seen = []
+
+    def grab(n):
+        seen.append(str(n.message))
+
+    notification_manager.notification_ready.connect(grab)
+    yield seen
+    notification_manager.notification_ready.disconnect(grab)
+
+
+def make(make_napari_viewer, image=None, **image_kwargs):
+    viewer = make_napari_viewer()
+    if image is not None:
+        viewer.add_image(image, **image_kwargs)
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    return viewer, widget
+
+
+def use_package(widget, path):
+    widget.model.value = LOAD_PACKAGE
+    widget.package.value = str(path)
+
+
+def wait(qtbot, widget, timeout=120_000):
+    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
+
+
+def labels_layers(viewer):
+    return [layer for layer in viewer.layers if layer._type_string == "labels"]
+
+
+def test_segment_adds_a_named_labels_layer_with_provenance_and_geometry(make_napari_viewer, qtbot, nuclei_image):
+    viewer, w = make(make_napari_viewer, nuclei_image, name="nuclei", scale=(0.5, 0.5), translate=(10, 20))
+    progress = []
+    w._relay.progressed.connect(lambda d, t: progress.append((d, t)))
+    assert w.model.value == "nuclei-unet" and w.image.value is viewer.layers["nuclei"]
+    w.run()
+    assert w.running and not w.run_button.enabled and w.cancel_button.enabled
+    wait(qtbot, w)
+    (lab,) = labels_layers(viewer)
+    assert lab.name == "nuclei · nuclei-unet v1.0.0"
+    assert tuple(lab.scale) == (0.5, 0.5) and tuple(lab.translate) == (10, 20)
+    assert lab.data.shape == nuclei_image.shape and lab.data.max() > 50
+    prov = lab.metadata["segloop"]
+    assert prov["model"]["name"] == "nuclei-unet" and prov["model"]["sha256"]
+    assert progress and progress[-1][0] == progress[-1][1] > 0
+    assert "objects in" in w.status.value and w.run_button.enabled and not w.progress.visible
+
+
+def test_rerunning_adds_a_new_layer_and_never_touches_an_edited_one(make_napari_viewer, qtbot, nuclei_image):
+    viewer, w = make(make_napari_viewer, nuclei_image, name="nuclei")
+    w.run()
+    wait(qtbot, w)
+    first = labels_layers(viewer)[0]
+    first.data[:5, :5] = 999                 # a person's edit
+    w.run()
+    wait(qtbot, w)
+    assert len(labels_layers(viewer)) == 2
+    assert (first.data[:5, :5] == 999).all()
+
+
+def test_cancel_stops_the_run_and_adds_nothing(make_napari_viewer, qtbot, tiny_package, notes):
+    big = np.random.default_rng(0).random((2048, 2048)).astype(np.float32)
+    viewer, w = make(make_napari_viewer, big, name="big")
+    use_package(w, tiny_package)
+    w.tile.value = 64
+    started = []
+    w._relay.progressed.connect(lambda d, t: started.append(d))
+    w.run()
+    qtbot.waitUntil(lambda: len(started) > 0, timeout=60_000)
+    w.cancel()
+    wait(qtbot, w)
+    assert not labels_layers(viewer)
+    assert "cancelled" in w.status.value and any("cancelled" in n for n in notes)
+    assert started[-1] < 1025                 # stopped long before the 1024 tiles
+
+
+def test_a_model_that_fails_to_load_is_a_notification(make_napari_viewer, qtbot, tmp_path, nuclei_image, notes):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "segloop-model.json").write_text("{ not json")
+    (broken / "model.safetensors").write_bytes(b"\0" * 10)
+    viewer, w = make(make_napari_viewer, nuclei_image)
+    use_package(w, broken)
+    w.run()
+    wait(qtbot, w)
+    assert not labels_layers(viewer)
+    assert any("not valid JSON" in n for n in notes) and w.run_button.enabled
+
+
+def test_no_image_layer_and_shapes_layers_are_not_offered(make_napari_viewer, notes):
+    viewer, w = make(make_napari_viewer)
+    viewer.add_shapes([[0, 0], [10, 10], [0, 10]], shape_type="polygon")
+    viewer.add_points([[1, 1]])
+    assert [c for c in w.image.choices if c is not None] == []
+    w.run()
+    assert not w.running and any("no image layer" in n for n in notes)
+
+
+def test_rgb_histology_runs_through_hematoxylin_automatically(make_napari_viewer, qtbot, ihc_image):
+    viewer, w = make(make_napari_viewer, ihc_image[:256, :256], name="ihc", rgb=True)
+    w.run()
+    wait(qtbot, w)
+    (lab,) = labels_layers(viewer)
+    assert lab.data.shape == (256, 256)
+    assert lab.metadata["segloop"]["parameters"]["normalization"]["kind"] == "hematoxylin"
+
+
+def test_multiscale_and_dask_layers_use_level_zero(make_napari_viewer, qtbot, nuclei_image):
+    da = pytest.importorskip("dask.array")
+    pyramid = [da.from_array(nuclei_image, chunks=128), nuclei_image[::2, ::2]]
+    viewer, w = make(make_napari_viewer, pyramid, name="pyr", multiscale=True)
+    w.run()
+    wait(qtbot, w)
+    (lab,) = labels_layers(viewer)
+    assert lab.data.shape == nuclei_image.shape
+
+
+def test_current_slice_of_a_stack(make_napari_viewer, qtbot, nuclei_image):
+    stack = np.stack([np.zeros_like(nuclei_image), nuclei_image, np.zeros_like(nuclei_image)])
+    viewer, w = make(make_napari_viewer, stack, name="stack")
+    viewer.dims.set_current_step(0, 1)
+    w.scope.value = "current slice"
+    w.run()
+    wait(qtbot, w)
+    (lab,) = labels_layers(viewer)
+    assert lab.data.shape == stack.shape
+    assert lab.data[1].max() > 0 and lab.data[0].max() == 0 and lab.data[2].max() == 0
+
+
+def test_deleting_the_image_mid_run_discards_the_result_without_crashing(make_napari_viewer, qtbot, nuclei_image,
+                                                                         notes):
+    viewer, w = make(make_napari_viewer, nuclei_image, name="nuclei")
+    w.run()
+    viewer.layers.remove("nuclei")
+    wait(qtbot, w)
+    assert not labels_layers(viewer) and any("was removed during the run" in n for n in notes)
+
+
+def test_pressing_segment_twice_runs_once(make_napari_viewer, qtbot, nuclei_image, notes):
+    viewer, w = make(make_napari_viewer, nuclei_image, name="nuclei")
+    w.run()
+    w.run()
+    wait(qtbot, w)
+    assert len(labels_layers(viewer)) == 1 and any("already running" in n for n in notes)
+
+
+def test_uncertainty_layer_on_request(make_napari_viewer, qtbot, nuclei_image):
+    viewer, w = make(make_napari_viewer, nuclei_image, name="nuclei")
+    w.uncertainty.value = True
+    w.run()
+    wait(qtbot, w)
+    unc = viewer.layers["nuclei · nuclei-unet v1.0.0 · uncertainty"]
+    assert unc.data.dtype == np.float16 and unc.data.shape == nuclei_image.shape
+
+
+def test_closing_the_widget_mid_run_cancels_it(make_napari_viewer, qtbot, tiny_package):
+    big = np.random.default_rng(0).random((2048, 2048)).astype(np.float32)
+    viewer, w = make(make_napari_viewer, big, name="big")
+    use_package(w, tiny_package)
+    w.tile.value = 64
+    w.run()
+    worker = w._worker
+    cancel = w._cancel
+    viewer.window.remove_dock_widget(w.native)
+    w.native.deleteLater()
+    qtbot.waitUntil(lambda: cancel.is_set(), timeout=10_000)
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=60_000)
+    assert not labels_layers(viewer)
