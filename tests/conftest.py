@@ -54,3 +54,9 @@ def ihc_image() -> np.ndarray:
     from skimage import data
 
     return data.immunohistochemistry()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Engine choices and remembered widget settings go to a fresh folder per test."""
+    monkeypatch.setenv("SEGLOOP_CACHE_DIR", str(tmp_path_factory.mktemp("segloop-cache")))

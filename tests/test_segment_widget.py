@@ -182,3 +182,29 @@ def test_closing_the_widget_mid_run_cancels_it(make_napari_viewer, qtbot, tiny_p
     qtbot.waitUntil(lambda: cancel.is_set(), timeout=10_000)
     qtbot.waitUntil(lambda: not worker.is_running, timeout=60_000)
     assert not labels_layers(viewer)
+
+
+def test_the_model_choice_is_remembered(make_napari_viewer, qtbot, tiny_package, nuclei_image, tmp_path,
+                                        monkeypatch):
+    monkeypatch.setenv("SEGLOOP_CACHE_DIR", str(tmp_path / "cache"))
+    viewer, w = make(make_napari_viewer, nuclei_image[:128, :128])
+    use_package(w, tiny_package)
+    w.engine.value = "onnx"
+    w.run()
+    wait(qtbot, w)
+    again = SegmentWidget(viewer)
+    assert again.model.value == LOAD_PACKAGE and str(again.package.value) == str(tiny_package)
+    assert again.engine.value == "onnx"
+
+
+def test_a_4d_image_as_a_whole_is_a_clear_notification_but_its_slice_works(make_napari_viewer, qtbot,
+                                                                          nuclei_image, notes):
+    vol = np.stack([np.stack([nuclei_image[:128, :128]] * 2)] * 2)      # (T, Z, Y, X)
+    viewer, w = make(make_napari_viewer, vol, name="tzyx")
+    w.run()
+    wait(qtbot, w)
+    assert not labels_layers(viewer) and any("too many axes" in n for n in notes)
+    w.scope.value = "current slice"
+    w.run()
+    wait(qtbot, w)
+    assert labels_layers(viewer)[0].data.shape == vol.shape

@@ -144,7 +144,45 @@ class SegmentWidget(Container):
         self.viewer.layers.events.removed.connect(self._refresh_images)
         self.native.destroyed.connect(self._on_destroyed)
         self._refresh_images()
+        self._restore_choice()
         self._on_model_changed()
+
+    # -- remembered choice ------------------------------------------------------
+    @staticmethod
+    def _settings_path() -> Path:
+        from segloop.core.engines import cache_dir
+
+        return cache_dir() / "segment-widget.json"
+
+    def _restore_choice(self):
+        import json
+
+        try:
+            saved = json.loads(self._settings_path().read_text())
+        except (OSError, ValueError):
+            return
+        if not isinstance(saved, dict):
+            return
+        if saved.get("package") and Path(saved["package"]).is_dir():
+            self.model.value = LOAD_PACKAGE
+            self.package.value = saved["package"]
+        elif saved.get("model") in self.model.choices:
+            self.model.value = saved["model"]
+        for name in ("device", "engine"):
+            if saved.get(name) in getattr(self, name).choices:
+                getattr(self, name).value = saved[name]
+
+    def _remember_choice(self, req: SegmentRequest):
+        import json
+
+        data = {"model": self.model.value, "device": req.device, "engine": req.engine,
+                "package": req.model if self.model.value == LOAD_PACKAGE else None}
+        try:
+            p = self._settings_path()
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(json.dumps(data))
+        except OSError:
+            pass   # a read-only home must not stop segmentation
 
     # -- choices ------------------------------------------------------------
     def _image_choices(self, _widget=None):
@@ -204,6 +242,7 @@ class SegmentWidget(Container):
         if not req.model:
             show_error("segloop: choose a model, or a package folder under 'package'")
             return
+        self._remember_choice(req)
         data, where = crop_for_scope(layer, req.scope, tuple(self.viewer.dims.current_step))
         full_shape = _base_data(layer).shape[: _base_data(layer).ndim - (1 if layer.rgb else 0)]
         info = {"layer": layer, "where": where, "full_shape": full_shape, "rgb": bool(layer.rgb),
