@@ -37,6 +37,13 @@ LOAD_PACKAGE = "Load package…"
 SCOPES = ("whole image", "current slice", "current view")
 
 
+def _warm_imports() -> None:
+    import torch  # noqa: F401
+
+    import segloop.core.engines  # noqa: F401
+    import segloop.core.predict  # noqa: F401
+
+
 class _Relay(QObject):
     """Carries progress from the worker thread to the main thread (queued signal)."""
 
@@ -145,6 +152,9 @@ class SegmentWidget(Container):
         self.native.destroyed.connect(self._on_destroyed)
         self._refresh_images()
         self._restore_choice()
+        # Import the inference stack now, in the background, so the first click
+        # does not stall napari on imports (they hold the interpreter lock).
+        threading.Thread(target=_warm_imports, daemon=True, name="segloop-warm-imports").start()
         self._on_model_changed()
 
     # -- remembered choice ------------------------------------------------------
@@ -257,7 +267,7 @@ class SegmentWidget(Container):
 
         from napari.qt.threading import create_worker
 
-        self._worker = create_worker(self._segment, data, req, info["rgb"], self._cancel,
+        self._worker = create_worker(self._segment, data, req, info, self._cancel,
                                      _connect={"returned": lambda res: self._on_returned(res, info, req),
                                                "errored": self._on_errored,
                                                "finished": self._on_finished})
@@ -270,8 +280,17 @@ class SegmentWidget(Container):
             self._models[key] = segloop.load_model(req.model, device=req.device, engine=req.engine)
         return self._models[key]
 
-    def _segment(self, data, req: SegmentRequest, rgb: bool, cancel: threading.Event):
-        """Runs in the worker thread: no layer access here."""
+    def _segment(self, data, req: SegmentRequest, info: dict, cancel: threading.Event):
+        """Runs in the worker thread: never touches the viewer or its layers.
+
+        Builds the result layers as napari model objects here (constructing a
+        16 Mpx Labels layer takes several hundred ms), so the main thread only
+        has to insert them.
+        """
+        from napari.layers import Image as ImageLayer
+        from napari.layers import Labels
+
+        rgb = info["rgb"]
         model = self._load_model(req)
         stain = req.stain
         if stain == "auto":
@@ -280,7 +299,28 @@ class SegmentWidget(Container):
         result = model.predict(data, tile=req.tile, overlap=req.overlap, normalization=normalization,
                                channel_axis=-1 if rgb else "auto", uncertainty=req.uncertainty,
                                progress=self._relay.progressed.emit, cancel=cancel)
-        return model, result
+        where = info["where"]
+        partial = bool(where) and any(s != slice(None) for s in where)
+
+        def placed(arr, dtype):
+            if not partial:
+                return arr
+            full = np.zeros(info["full_shape"], dtype)
+            full[where] = arr
+            return full
+
+        spec = model.spec
+        prov = {**result.provenance, "scope": req.scope, "source_layer": info["name"],
+                "region": [str(s) for s in where]}
+        name = result_layer_name(info["name"], spec.name, spec.version)
+        n_spatial = len(info["full_shape"])
+        geo = {"scale": info["scale"][-n_spatial:], "translate": info["translate"][-n_spatial:]}
+        layers = [Labels(placed(result.labels, result.labels.dtype), name=name, metadata={"segloop": prov}, **geo)]
+        if result.uncertainty is not None:
+            layers.append(ImageLayer(placed(result.uncertainty, np.float16), name=f"{name} · uncertainty",
+                                     colormap="inferno", opacity=0.5, blending="additive", visible=False,
+                                     metadata={"segloop": prov}, **geo))
+        return model, result, layers
 
     # -- main-thread handlers ---------------------------------------------------
     def _on_progress(self, done: int, total: int):
@@ -293,38 +333,18 @@ class SegmentWidget(Container):
         self.status.value = f"{done}/{total} tiles" + (f", about {eta:.0f} s left" if done else "")
 
     def _on_returned(self, payload, info: dict, req: SegmentRequest):
-        model, result = payload
+        model, result, layers = payload
         if self._closed:
             return
         if info["layer"] not in self.viewer.layers:
             show_warning(f"segloop: the image layer {info['name']!r} was removed during the run; "
                          "the result was discarded")
             return
-        labels = result.labels
-        if info["where"] and any(s != slice(None) for s in info["where"]):
-            full = np.zeros(info["full_shape"], labels.dtype)
-            full[info["where"]] = labels
-            labels = full
-        spec = model.spec
-        prov = {**result.provenance, "scope": req.scope, "source_layer": info["name"],
-                "region": [str(s) for s in info["where"]]}
-        name = result_layer_name(info["name"], spec.name, spec.version)
-        n_spatial = len(info["full_shape"])
-        scale, translate = info["scale"][-n_spatial:], info["translate"][-n_spatial:]
-        layer = self.viewer.add_labels(labels, name=name, scale=scale, translate=translate,
-                                       metadata={"segloop": prov})
-        if result.uncertainty is not None:
-            unc = result.uncertainty
-            if labels is not result.labels:
-                full = np.zeros(info["full_shape"], np.float16)
-                full[info["where"]] = unc
-                unc = full
-            self.viewer.add_image(unc, name=f"{name} · uncertainty", scale=scale, translate=translate,
-                                  colormap="inferno", opacity=0.5, blending="additive", visible=False,
-                                  metadata={"segloop": prov})
-        self.viewer.layers.selection.active = layer
+        for layer in layers:
+            self.viewer.layers.append(layer)
+        self.viewer.layers.selection.active = layers[0]
         secs = time.perf_counter() - self._started
-        kind = "objects" if spec.task == "instance" else "classes present"
+        kind = "objects" if model.spec.task == "instance" else "classes present"
         self.status.value = f"{result.n_objects} {kind} in {secs:.1f} s"
         if result.tiles_skipped:
             self.status.value += f" ({result.tiles_skipped} background tiles skipped)"
