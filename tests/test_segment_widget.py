@@ -208,3 +208,24 @@ def test_a_4d_image_as_a_whole_is_a_clear_notification_but_its_slice_works(make_
     w.run()
     wait(qtbot, w)
     assert labels_layers(viewer)[0].data.shape == vol.shape
+
+
+def test_current_view_segments_only_what_is_visible(make_napari_viewer, qtbot, nuclei_image):
+    viewer = make_napari_viewer(show=True)
+    big = np.tile(nuclei_image, (2, 2))
+    viewer.add_image(big, name="big")
+    w = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera   # napari >= 0.9 / older
+    camera.center = (200, 200)
+    camera.zoom = 4                         # only a small part of the 900 x 900 image is on screen
+    qtbot.wait(200)
+    corners = np.asarray(viewer.layers["big"].corner_pixels)
+    assert (corners[1] - corners[0]).max() < 600
+    w.scope.value = "current view"
+    w.run()
+    wait(qtbot, w)
+    (lab,) = labels_layers(viewer)
+    assert lab.data.shape == big.shape
+    assert lab.data[corners[0][0]:corners[1][0], corners[0][1]:corners[1][1]].max() > 0
+    assert lab.data[800:, 800:].max() == 0          # far outside the view: not segmented
