@@ -199,3 +199,12 @@ def test_zips_from_finder_with_a_folder_and_macosx_metadata_load(tiny_package, t
             zf.write(f, f"tiny-pkg/{f.name}")
         zf.writestr("__MACOSX/tiny-pkg/._model.safetensors", "resource fork")
     assert load_package(z).spec.name == "tiny"
+
+
+def test_read_spec_reads_only_the_json(tiny_package):
+    from segloop.core.package import read_spec
+
+    (tiny_package / "model.safetensors").write_bytes(b"garbage")     # weights are not touched
+    assert read_spec(tiny_package).name == "tiny"
+    with pytest.raises(IntegrityError):
+        load_package(tiny_package)                                  # running still verifies them

@@ -229,3 +229,15 @@ def test_current_view_segments_only_what_is_visible(make_napari_viewer, qtbot, n
     assert lab.data.shape == big.shape
     assert lab.data[corners[0][0]:corners[1][0], corners[0][1]:corners[1][1]].max() > 0
     assert lab.data[800:, 800:].max() == 0          # far outside the view: not segmented
+
+
+def test_closing_the_viewer_mid_run_cancels_it(make_napari_viewer, qtbot, tiny_package):
+    big = np.random.default_rng(0).random((2048, 2048)).astype(np.float32)
+    viewer, w = make(make_napari_viewer, big, name="big")
+    use_package(w, tiny_package)
+    w.tile.value = 64
+    w.run()
+    worker, cancel = w._worker, w._cancel
+    viewer.close()
+    qtbot.waitUntil(lambda: cancel.is_set(), timeout=10_000)
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=60_000)

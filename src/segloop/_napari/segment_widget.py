@@ -216,11 +216,10 @@ class SegmentWidget(Container):
         if not mid:
             return
         try:
-            from segloop.core.package import load_package
+            from segloop.core.package import read_spec
             from segloop.core.predict import _discover
 
-            path = _discover().get(mid, Path(mid))
-            spec = load_package(path, verify=False).spec
+            spec = read_spec(_discover().get(mid, Path(mid)))      # JSON only: no weights on the UI thread
         except (SegloopError, OSError) as e:
             self.status.value = f"cannot read model: {e}"
             return

@@ -44,6 +44,7 @@ __all__ = [
     "ModelSpec",
     "ModelPackage",
     "load_package",
+    "read_spec",
     "save_package",
     "verify_package",
     "sha256_bytes",
@@ -348,6 +349,35 @@ def load_package(path: str | os.PathLike, *, verify: bool = True) -> ModelPackag
                                     "re-run segloop export-onnx") from None
     card = files.get(CARD_FILE)
     return ModelPackage(spec, state, path, onnx_bytes, card.decode("utf-8", "replace") if card else None)
+
+
+def read_spec(path: str | os.PathLike) -> ModelSpec:
+    """Read and validate only ``segloop-model.json`` (no weights): cheap, for UIs and listings.
+
+    Use :func:`load_package` before running anything: only it checks the hashes.
+    """
+    path = Path(path)
+    if path.name == SPEC_FILE:
+        path = path.parent
+    if not path.exists():
+        raise ModelNotFoundError(f"no model package at {path}")
+    check_not_pickle(path)
+    if path.is_dir():
+        spec_path = path / SPEC_FILE
+        if not spec_path.is_file():
+            raise ModelPackageError(f"{path}: {SPEC_FILE} is missing")
+        raw_bytes = spec_path.read_bytes()
+    elif zipfile.is_zipfile(path):
+        raw_bytes = _read_zip(path).get(SPEC_FILE)
+        if raw_bytes is None:
+            raise ModelPackageError(f"{path}: {SPEC_FILE} is missing")
+    else:
+        raise ModelPackageError(f"{path} is neither a model package folder nor a .zip package")
+    try:
+        raw = json.loads(raw_bytes.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelPackageError(f"{path}/{SPEC_FILE} is not valid JSON ({e}); the file may be truncated") from None
+    return ModelSpec.from_dict(raw, source=f"{path}/{SPEC_FILE}")
 
 
 def verify_package(path: str | os.PathLike) -> ModelSpec:
