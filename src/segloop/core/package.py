@@ -24,8 +24,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from segloop.errors import (
     FormatVersionError,
     IntegrityError,
@@ -492,7 +490,3 @@ def add_onnx(path: str | os.PathLike, onnx_bytes: bytes) -> ModelSpec:
         finally:
             tmp.unlink(missing_ok=True)
     return spec
-
-
-def state_dict_numpy(state: dict[str, Any]) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in state.items()}

@@ -8,10 +8,9 @@ tiled inference through the chosen engine and assembles labels band by band.
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import os
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -443,10 +442,3 @@ class Model:
             "n_planes": n_z,
         }
         return SegmentationResult(labels, unc, n_objects, stats.predicted_tiles, stats.skipped_tiles, prov)
-
-    def with_spec(self, **changes) -> ModelSpec:
-        return replace(self.spec, **changes)
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return int(math.ceil(a / b))

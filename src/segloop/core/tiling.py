@@ -41,10 +41,6 @@ class BandSink(Protocol):
     def __call__(self, z: int, y0: int, y1: int, probs: np.ndarray) -> None: ...
 
 
-class _CancelLike(Protocol):
-    def is_set(self) -> bool: ...
-
-
 def _is_cancelled(cancel) -> bool:
     if cancel is None:
         return False
