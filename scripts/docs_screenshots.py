@@ -32,26 +32,21 @@ def main() -> None:
     app = QApplication.instance()
     _, widget = viewer.window.add_plugin_dock_widget("napari-segloop", "Segment")
 
-    viewer.open_sample("napari-segloop", "nuclei")
-    widget.image.value = viewer.layers[-1]
-    widget.uncertainty.value = True
-    widget.run()
-    _wait(app, widget)
-    viewer.reset_view()
-    viewer.screenshot(str(OUT / "segment-fluorescence.png"), canvas_only=False)
-    unc = viewer.layers[-1]
-    unc.visible = True
+    def segment_sample(sample: str, *, uncertainty: bool, shot: str) -> None:
+        viewer.layers.clear()
+        viewer.open_sample("napari-segloop", sample)
+        widget.image.value = viewer.layers[-1]
+        widget.uncertainty.value = uncertainty
+        widget.run()
+        _wait(app, widget)
+        viewer.reset_view()
+        viewer.screenshot(str(OUT / shot), canvas_only=False)
+
+    segment_sample("nuclei", uncertainty=True, shot="segment-fluorescence.png")
+    viewer.layers[-1].visible = True          # the uncertainty layer, on its own
     viewer.layers[-2].visible = False
     viewer.screenshot(str(OUT / "segment-uncertainty.png"), canvas_only=True)
-
-    viewer.layers.clear()
-    viewer.open_sample("napari-segloop", "ihc")
-    widget.image.value = viewer.layers[-1]
-    widget.uncertainty.value = False
-    widget.run()
-    _wait(app, widget)
-    viewer.reset_view()
-    viewer.screenshot(str(OUT / "segment-ihc.png"), canvas_only=False)
+    segment_sample("ihc", uncertainty=False, shot="segment-ihc.png")
     viewer.close()
     print(f"wrote screenshots to {OUT}")
 

@@ -40,6 +40,15 @@ def wait(qtbot, widget, timeout=120_000):
     qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
 
 
+def start_long_run(make_napari_viewer, tiny_package):
+    """A 2048^2 image in 64 px tiles with the tiny model: ~1000 tiles, long enough to interrupt."""
+    big = np.random.default_rng(0).random((2048, 2048)).astype(np.float32)
+    viewer, w = make(make_napari_viewer, big, name="big")
+    use_package(w, tiny_package)
+    w.tile.value = 64
+    return viewer, w
+
+
 def labels_layers(viewer):
     return [layer for layer in viewer.layers if layer._type_string == "labels"]
 
@@ -75,10 +84,7 @@ def test_rerunning_adds_a_new_layer_and_never_touches_an_edited_one(make_napari_
 
 
 def test_cancel_stops_the_run_and_adds_nothing(make_napari_viewer, qtbot, tiny_package, notes):
-    big = np.random.default_rng(0).random((2048, 2048)).astype(np.float32)
-    viewer, w = make(make_napari_viewer, big, name="big")
-    use_package(w, tiny_package)
-    w.tile.value = 64
+    viewer, w = start_long_run(make_napari_viewer, tiny_package)
     started = []
     w._relay.progressed.connect(lambda d, t: started.append(d))
     w.run()
@@ -170,10 +176,7 @@ def test_uncertainty_layer_on_request(make_napari_viewer, qtbot, nuclei_image):
 
 
 def test_closing_the_widget_mid_run_cancels_it(make_napari_viewer, qtbot, tiny_package):
-    big = np.random.default_rng(0).random((2048, 2048)).astype(np.float32)
-    viewer, w = make(make_napari_viewer, big, name="big")
-    use_package(w, tiny_package)
-    w.tile.value = 64
+    viewer, w = start_long_run(make_napari_viewer, tiny_package)
     w.run()
     worker = w._worker
     cancel = w._cancel
@@ -232,10 +235,7 @@ def test_current_view_segments_only_what_is_visible(make_napari_viewer, qtbot, n
 
 
 def test_closing_the_viewer_mid_run_cancels_it(make_napari_viewer, qtbot, tiny_package):
-    big = np.random.default_rng(0).random((2048, 2048)).astype(np.float32)
-    viewer, w = make(make_napari_viewer, big, name="big")
-    use_package(w, tiny_package)
-    w.tile.value = 64
+    viewer, w = start_long_run(make_napari_viewer, tiny_package)
     w.run()
     worker, cancel = w._worker, w._cancel
     viewer.close()

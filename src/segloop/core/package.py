@@ -277,6 +277,28 @@ def _check_onnx_external_data(onnx_bytes: bytes, folder: Path | None, source: st
             raise UnsafeModelFileError(f"{source}: ONNX external data is not supported inside .zip packages")
 
 
+def _package_path(path: str | os.PathLike) -> Path:
+    """Resolve a package argument (folder, .zip or its spec file); refuse missing paths and pickles."""
+    path = Path(path)
+    if path.name == SPEC_FILE:
+        path = path.parent
+    if not path.exists():
+        raise ModelNotFoundError(f"no model package at {path}")
+    check_not_pickle(path)
+    return path
+
+
+def _spec_from_bytes(data: bytes | None, path: Path) -> ModelSpec:
+    """Parse and validate ``segloop-model.json`` read from ``path``."""
+    if data is None:
+        raise ModelPackageError(f"{path}: {SPEC_FILE} is missing; a model package needs {SPEC_FILE} and {WEIGHTS_FILE}")
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelPackageError(f"{path}/{SPEC_FILE} is not valid JSON ({e}); the file may be truncated") from None
+    return ModelSpec.from_dict(raw, source=f"{path}/{SPEC_FILE}")
+
+
 def load_package(path: str | os.PathLike, *, verify: bool = True) -> ModelPackage:
     """Load a model package from a directory or ``.zip``.
 
@@ -295,12 +317,7 @@ def load_package(path: str | os.PathLike, *, verify: bool = True) -> ModelPackag
     from safetensors import SafetensorError
     from safetensors.torch import load as st_load
 
-    path = Path(path)
-    if path.name == SPEC_FILE:
-        path = path.parent
-    if not path.exists():
-        raise ModelNotFoundError(f"no model package at {path}")
-    check_not_pickle(path)
+    path = _package_path(path)
     if path.is_dir():
         files, folder = _read_dir(path), path
     elif zipfile.is_zipfile(path):
@@ -308,14 +325,9 @@ def load_package(path: str | os.PathLike, *, verify: bool = True) -> ModelPackag
     else:
         raise ModelPackageError(
             f"{path} is neither a model package folder nor a .zip package (expected {SPEC_FILE} + {WEIGHTS_FILE})")
-    for needed in (SPEC_FILE, WEIGHTS_FILE):
-        if needed not in files:
-            raise ModelPackageError(f"{path}: {needed} is missing; a model package needs {SPEC_FILE} and {WEIGHTS_FILE}")
-    try:
-        raw = json.loads(files[SPEC_FILE].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelPackageError(f"{path}/{SPEC_FILE} is not valid JSON ({e}); the file may be truncated") from None
-    spec = ModelSpec.from_dict(raw, source=f"{path}/{SPEC_FILE}")
+    spec = _spec_from_bytes(files.get(SPEC_FILE), path)
+    if WEIGHTS_FILE not in files:
+        raise ModelPackageError(f"{path}: {WEIGHTS_FILE} is missing; a model package needs {SPEC_FILE} and {WEIGHTS_FILE}")
     weights = files[WEIGHTS_FILE]
     if verify:
         digest = sha256_bytes(weights)
@@ -354,28 +366,13 @@ def read_spec(path: str | os.PathLike) -> ModelSpec:
 
     Use :func:`load_package` before running anything: only it checks the hashes.
     """
-    path = Path(path)
-    if path.name == SPEC_FILE:
-        path = path.parent
-    if not path.exists():
-        raise ModelNotFoundError(f"no model package at {path}")
-    check_not_pickle(path)
+    path = _package_path(path)
     if path.is_dir():
         spec_path = path / SPEC_FILE
-        if not spec_path.is_file():
-            raise ModelPackageError(f"{path}: {SPEC_FILE} is missing")
-        raw_bytes = spec_path.read_bytes()
-    elif zipfile.is_zipfile(path):
-        raw_bytes = _read_zip(path).get(SPEC_FILE)
-        if raw_bytes is None:
-            raise ModelPackageError(f"{path}: {SPEC_FILE} is missing")
-    else:
-        raise ModelPackageError(f"{path} is neither a model package folder nor a .zip package")
-    try:
-        raw = json.loads(raw_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelPackageError(f"{path}/{SPEC_FILE} is not valid JSON ({e}); the file may be truncated") from None
-    return ModelSpec.from_dict(raw, source=f"{path}/{SPEC_FILE}")
+        return _spec_from_bytes(spec_path.read_bytes() if spec_path.is_file() else None, path)
+    if zipfile.is_zipfile(path):
+        return _spec_from_bytes(_read_zip(path).get(SPEC_FILE), path)
+    raise ModelPackageError(f"{path} is neither a model package folder nor a .zip package")
 
 
 def verify_package(path: str | os.PathLike) -> ModelSpec:
