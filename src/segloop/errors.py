@@ -22,6 +22,12 @@ __all__ = [
     "OnnxUnavailableError",
     "Cancelled",
     "ImageReadError",
+    "InvalidLabelsError",
+    "TrainingFolderError",
+    "SampleExistsError",
+    "FolderLockedError",
+    "FolderVersionError",
+    "ExportError",
 ]
 
 
@@ -71,3 +77,27 @@ class OnnxUnavailableError(EngineError, ImportError):
 
 class Cancelled(SegloopError):
     """The run was cancelled through its cancel token; nothing was written."""
+
+
+class InvalidLabelsError(SegloopError, ValueError):
+    """A label array cannot be used as given (float or negative values, shape, too many ids)."""
+
+
+class TrainingFolderError(SegloopError, ValueError):
+    """A training folder is missing, malformed, or not a training folder at all."""
+
+
+class SampleExistsError(TrainingFolderError, FileExistsError):
+    """A sample with this id already exists; pass ``replace=True`` to replace it explicitly."""
+
+
+class FolderLockedError(TrainingFolderError, TimeoutError):
+    """Another writer holds the training folder's lock for longer than the timeout."""
+
+
+class FolderVersionError(TrainingFolderError):
+    """The training folder was written by a newer (or unknown) format version."""
+
+
+class ExportError(SegloopError, OSError):
+    """A sample could not be written (read-only folder, disk full ...); nothing partial was left."""
