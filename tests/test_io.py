@@ -43,3 +43,37 @@ def test_write_labels_is_atomic_and_round_trips(tmp_path):
     p = write_labels(tmp_path / "l.tif", lab, metadata={"model": "x"})
     np.testing.assert_array_equal(tifffile.imread(p), lab)
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def _write_pyramid(path, data, levels=3):
+    """A tiled, zlib-compressed OME-TIFF pyramid (level 0 + SubIFDs), as slide scanners write."""
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        kw = dict(tile=(256, 256), compression="zlib", photometric="rgb" if data.ndim == 3 else "minisblack")
+        tw.write(data, subifds=levels - 1, metadata={"axes": "YXS" if data.ndim == 3 else "YX"}, **kw)
+        for i in range(1, levels):
+            tw.write(data[:: 2**i, :: 2**i], subfiletype=1, **kw)
+
+
+def test_compressed_pyramid_is_read_lazily_at_level_0(tmp_path):
+    from segloop.core.io import read_pyramid
+
+    data = np.random.default_rng(1).integers(0, 255, (1024, 768, 3), dtype=np.uint8)
+    p = tmp_path / "slide.ome.tif"
+    _write_pyramid(p, data)
+    img, info = read_image(p)
+    assert info.extra["lazy"] and not isinstance(img, np.ndarray)       # nothing decoded yet
+    assert img.shape == (1024, 768, 3) and info.axes == "YXS"
+    np.testing.assert_array_equal(np.asarray(img[300:557, 100:400]), data[300:557, 100:400])
+    levels, _ = read_pyramid(p)
+    assert [lv.shape[:2] for lv in levels] == [(1024, 768), (512, 384), (256, 192)]
+    np.testing.assert_array_equal(np.asarray(levels[2]), data[::4, ::4])
+
+
+def test_truncated_compressed_pyramid_is_refused_at_open(tmp_path):
+    data = np.random.default_rng(1).integers(0, 255, (1024, 1024, 3), dtype=np.uint8)
+    p = tmp_path / "slide.ome.tif"
+    _write_pyramid(p, data)
+    bad = tmp_path / "cut.ome.tif"
+    bad.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    with pytest.raises(ImageReadError, match="truncated|cannot read"):
+        read_image(bad)

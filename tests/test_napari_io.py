@@ -50,3 +50,24 @@ def test_demo_saves_a_screenshot_with_labels_and_exits(tmp_path):
 
     img = imread(shot)
     assert img.shape[0] > 500 and img[..., :3].std() > 20
+
+
+def test_reader_opens_a_compressed_pyramid_lazily_and_segment_uses_level_0(make_napari_viewer, qtbot, tmp_path,
+                                                                          nuclei_image):
+    from segloop._napari.segment_widget import SegmentWidget
+
+    from .test_io import _write_pyramid
+
+    big = np.tile(nuclei_image, (2, 2))                       # 900 x 900 real nuclei
+    p = tmp_path / "slide.ome.tif"
+    _write_pyramid(p, big)
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(p), plugin="napari-segloop")
+    assert layer.multiscale and len(layer.data) == 3
+    assert not isinstance(layer.data[0], np.ndarray)          # lazy: decoded tile by tile
+    w = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.run()
+    qtbot.waitUntil(lambda: not w.running, timeout=120_000)
+    lab = viewer.layers[-1]
+    assert lab._type_string == "labels" and lab.data.shape == (900, 900) and lab.data.max() > 100

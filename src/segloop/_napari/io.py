@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from segloop.core.io.images import read_image, write_labels
+from segloop.core.io.images import read_pyramid, write_labels
 
 _SUFFIXES = (".tif", ".tiff", ".btf", ".png", ".jpg", ".jpeg")
 
@@ -15,7 +15,8 @@ def get_reader(path):
 
 
 def _read(path):
-    image, info = read_image(path)      # ImageReadError says what is wrong; napari shows it
+    levels, info = read_pyramid(path)   # ImageReadError says what is wrong; napari shows it
+    image = levels[0]                   # memmap or lazy (dask over zarr) for big/compressed pyramids
     rgb = info.axes.endswith(("S", "C")) and image.shape[-1] in (3, 4)
     meta = {"source": str(info.path), "axes": info.axes, "pixel_size": info.pixel_size}
     kwargs = {"name": info.path.stem, "rgb": rgb, "metadata": {"segloop_source": meta}}
@@ -23,6 +24,9 @@ def _read(path):
         kwargs["scale"] = (1.0,) * (image.ndim - 2) + tuple(info.pixel_size)
     elif info.pixel_size:
         kwargs["scale"] = (1.0,) * (image.ndim - 3) + tuple(info.pixel_size)
+    if len(levels) > 1:
+        kwargs["multiscale"] = True
+        return [(levels, kwargs, "image")]
     return [(image, kwargs, "image")]
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from segloop.errors import ImageReadError
 
-__all__ = ["ImageInfo", "read_image", "write_labels", "write_overlay", "create_label_memmap"]
+__all__ = ["ImageInfo", "read_image", "read_pyramid", "write_labels", "write_overlay", "create_label_memmap"]
 
 _TIFF = {".tif", ".tiff", ".btf", ".tf8", ".ome.tif", ".ome.tiff"}
 _PLAIN = {".png", ".jpg", ".jpeg", ".bmp"}
@@ -39,8 +39,12 @@ def _suffix(path: Path) -> str:
     return ".ome.tif" if name.endswith((".ome.tif", ".ome.tiff")) else path.suffix.lower()
 
 
-def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
+def read_image(path: str | os.PathLike, *, lazy: bool | str = "auto") -> tuple[np.ndarray, ImageInfo]:
     """Read an image with channels (``C``/``S`` axes) last.
+
+    Uncompressed TIFFs are memory-mapped.  Compressed TIFFs with pyramid levels
+    or over ``LAZY_BYTES`` are opened lazily (``lazy="auto"``; needs zarr and
+    dask): a dask array whose tiles are decoded when a region is read.
 
     Returns
     -------
@@ -58,7 +62,7 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
         raise ImageReadError(f"{path}: no such file")
     suf = _suffix(path)
     if suf in _TIFF:
-        return _read_tiff(path)
+        return _read_tiff(path, lazy=lazy)
     if suf in _PLAIN:
         from skimage.io import imread
 
@@ -71,30 +75,110 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
     raise ImageReadError(f"{path}: unsupported file type {suf!r}; use TIFF, PNG or JPEG")
 
 
-def _read_tiff(path: Path) -> tuple[np.ndarray, ImageInfo]:
+def read_pyramid(path: str | os.PathLike) -> tuple[list, ImageInfo]:
+    """Read every resolution level of an (OME-)TIFF pyramid, level 0 first, channels last.
+
+    Level 0 is memory-mapped when uncompressed; other levels (and level 0 of
+    compressed files) are lazy dask arrays when zarr and dask are installed,
+    else only level 0 is returned, read into memory.  Non-TIFF files give one level.
+    """
+    path = Path(path)
+    if _suffix(path) not in _TIFF:
+        image, info = read_image(path)
+        return [image], info
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such file")
+    return _read_tiff(path, pyramid=True)
+
+
+def _read_tiff(path: Path, *, lazy: bool | str = "auto", pyramid: bool = False):
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tf:
-            if not tf.series:
-                raise ImageReadError(f"{path}: TIFF has no image data; the file may be truncated or corrupt")
-            series = tf.series[0]
-            level = series.levels[0] if getattr(series, "levels", None) else series
-            axes = level.axes
-            pixel_size = _pixel_size(tf)
-            try:
-                img = tifffile.memmap(path, series=0, level=0, mode="r")
-                memmapped = True
-            except (ValueError, tifffile.TiffFileError, OSError):
-                img = level.asarray()
-                memmapped = False
+        tf = tifffile.TiffFile(path)
     except (tifffile.TiffFileError, ValueError, OSError, IndexError, KeyError, EOFError) as e:
         raise ImageReadError(f"{path}: cannot read TIFF ({type(e).__name__}: {e}); the file may be truncated "
                              "or corrupt") from None
-    if img.size and not memmapped and img.shape != tuple(level.shape):
-        raise ImageReadError(f"{path}: TIFF data is incomplete (truncated file?)")
-    img, axes = _channels_last(img, axes)
-    return img, ImageInfo(path, axes, tuple(img.shape), str(img.dtype), memmapped, pixel_size)
+    keep_open = False            # lazy arrays read through the open file
+    try:
+        if not tf.series:
+            raise ImageReadError(f"{path}: TIFF has no image data; the file may be truncated or corrupt")
+        series = tf.series[0]
+        levels = list(getattr(series, "levels", None) or [series])
+        axes = levels[0].axes
+        pixel_size = _pixel_size(tf)
+        nbytes = int(np.prod(levels[0].shape)) * np.dtype(levels[0].dtype).itemsize
+        want_lazy = lazy is True or (lazy == "auto" and (len(levels) > 1 or nbytes > LAZY_BYTES))
+        lazy_levels = _lazy_levels(series, levels) if (want_lazy or (pyramid and len(levels) > 1)) else None
+        try:
+            images = [tifffile.memmap(path, series=0, level=0, mode="r")]
+            memmapped = True
+        except (ValueError, tifffile.TiffFileError, OSError):
+            memmapped = False
+            if want_lazy and lazy_levels is not None:
+                _check_complete(tf, levels[0], path)
+                images = [lazy_levels[0]]
+            else:
+                images = [levels[0].asarray()]
+                if images[0].size and images[0].shape != tuple(levels[0].shape):
+                    raise ImageReadError(f"{path}: TIFF data is incomplete (truncated file?)") from None
+        if pyramid and lazy_levels is not None:
+            images += lazy_levels[1:]
+        keep_open = lazy_levels is not None and (len(images) > 1 or not memmapped and want_lazy)
+    except (tifffile.TiffFileError, ValueError, OSError, IndexError, KeyError, EOFError, RuntimeError) as e:
+        # RuntimeError: imagecodecs' decode errors (DeflateError ...) on truncated tiles
+        raise ImageReadError(f"{path}: cannot read TIFF ({type(e).__name__}: {e}); the file may be truncated "
+                             "or corrupt") from None
+    finally:
+        if not keep_open:
+            tf.close()
+    out = []
+    for img in images:
+        img, ax = _channels_last(img, axes)
+        out.append(img)
+    info = ImageInfo(path, ax, tuple(out[0].shape), str(out[0].dtype), memmapped, pixel_size,
+                     extra={"lazy": keep_open and not memmapped, "levels": len(levels)})
+    return (out if pyramid else out[0]), info
+
+
+def _check_complete(tf, level, path: Path) -> None:
+    """A lazily read file is decoded later: check now that every tile lies inside the file."""
+    size = tf.filehandle.size
+    for page in level.pages:
+        if page is None:
+            continue
+        ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts) if c]
+        if not ends or max(ends) > size:
+            raise ImageReadError(f"{path}: TIFF data is incomplete (truncated file?)")
+
+
+LAZY_BYTES = 256 * 2**20
+"""Compressed TIFFs larger than this (or with pyramid levels) are read lazily when zarr is installed."""
+
+
+def _zarr_ok() -> bool:
+    try:
+        import dask.array  # noqa: F401
+        import zarr  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _lazy_levels(series, levels) -> list | None:
+    """Every pyramid level as a lazy dask array (tiles decoded on access), or None without zarr/dask."""
+    if not _zarr_ok():
+        return None
+    import dask.array as da
+    import zarr
+
+    store = series.aszarr()
+    node = zarr.open(store, mode="r")
+    if len(levels) == 1 and not hasattr(node, "keys"):
+        arrays = [node]
+    else:
+        arrays = [node[str(i)] for i in range(len(levels))]
+    return [da.from_zarr(a) for a in arrays]
 
 
 def _channels_last(img: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
