@@ -6,6 +6,9 @@ Every arrow of the loop is a command, so it runs without a screen::
     segloop info nuclei-unet
     segloop predict slide.tif --model nuclei-unet --out results/
     segloop export-onnx path/to/package
+    segloop export --image tile.tif --labels corrected.tif --folder corrections/
+    segloop validate corrections/
+    segloop convert corrections/ --to nnunet nnunet_raw/
 
 Bad input prints one line (``segloop: error: ...``) and exits with status 2.
 """
@@ -204,6 +207,87 @@ def _cmd_demo(args) -> int:
     return code
 
 
+def _parse_crop(text: str | None) -> tuple[slice, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(slice(int(a), int(b)) for a, b in (part.split(":") for part in text.split(",")))
+    except ValueError:
+        raise SegloopError(f"--crop {text!r}: write start:stop per axis, e.g. 0:512,256:768") from None
+
+
+def _cmd_export(args) -> int:
+    import numpy as np
+    import tifffile
+
+    from segloop.core.io.images import read_image
+    from segloop.core.trainfolder import TrainingFolder
+    from segloop.errors import ImageReadError, InvalidLabelsError
+
+    image, info = read_image(args.image)
+    try:
+        labels = tifffile.imread(args.labels)
+        reviewed = tifffile.imread(args.reviewed) if args.reviewed else None
+    except (OSError, ValueError, tifffile.TiffFileError) as e:
+        raise ImageReadError(f"cannot read labels/reviewed TIFF ({e})") from None
+    spatial = image.shape[:-1] if info.axes.endswith(("C", "S")) else image.shape
+    if labels.shape != tuple(spatial):
+        raise InvalidLabelsError(f"labels {args.labels} have shape {labels.shape} but the image's spatial shape "
+                                 f"is {tuple(spatial)}; export labels made for this image")
+    crop = _parse_crop(args.crop)
+    box = None
+    if crop is not None:
+        if len(crop) != labels.ndim:
+            raise SegloopError(f"--crop has {len(crop)} axes; the labels have {labels.ndim}")
+        box = [[s.indices(n)[0], s.indices(n)[1]] for s, n in zip(crop, labels.shape)]
+        image, labels = image[crop], labels[crop]
+        reviewed = reviewed[crop] if reviewed is not None else None
+    n = labels.ndim
+    axes = "ZYX"[-n:] + ("C" if info.axes.endswith(("C", "S")) else "")
+    folder_path = Path(args.folder)
+    if (folder_path / "segloop-training.json").is_file():
+        folder = TrainingFolder.open(folder_path)
+    else:
+        classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+        folder = TrainingFolder.create(folder_path, classes=classes, task=args.task, modality=args.modality)
+    import hashlib
+
+    sha = hashlib.sha256(Path(args.image).read_bytes()).hexdigest()
+    result = folder.add_sample(np.asarray(image), labels, reviewed, axes=axes, source=str(Path(args.image).resolve()),
+                               source_sha256=sha, crop=box,
+                               spacing=list(info.pixel_size) if info.pixel_size and n == 2 else None,
+                               split=None if args.split == "auto" else args.split, sample_id=args.id,
+                               replace=args.replace)
+    for rec in result.records:
+        print(f"{rec.sample_id}\t{rec.split}\t{rec.path}")
+    if result.notice:
+        print(f"segloop: {result.notice}", file=sys.stderr)
+    return 0
+
+
+def _cmd_validate(args) -> int:
+    from segloop.core.trainfolder import validate_folder
+
+    report = validate_folder(args.folder, check_hashes=not args.no_hashes)
+    for problem in report.problems:
+        where = problem.sample_id or "folder"
+        print(f"BAD {where}: {problem.message}")
+    for note in report.notes:
+        print(f"note: {note}")
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(report.split_counts.items()))
+    status = "OK" if report.ok else f"{len(report.problems)} problem(s)"
+    print(f"{report.folder}: {report.n_samples} samples ({counts}); {status}")
+    return 0 if report.ok else 1
+
+
+def _cmd_convert(args) -> int:
+    from segloop.core.convert import convert
+
+    report = convert(args.folder, args.out, to=args.to, dataset_id=args.dataset_id)
+    print(report.describe())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from segloop import __version__
 
@@ -251,6 +335,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("package")
     p.add_argument("--tile", type=int, default=None)
     p.set_defaults(func=_cmd_export_onnx)
+
+    p = sub.add_parser("export", help="add an image + corrected labels to a training folder (atomic)")
+    p.add_argument("--image", required=True, help="the image (TIFF / PNG / JPEG)")
+    p.add_argument("--labels", required=True, help="corrected labels TIFF, same spatial shape")
+    p.add_argument("--reviewed", default=None,
+                   help="uint8 TIFF, 1 = reviewed (default: every pixel counts as reviewed)")
+    p.add_argument("--folder", required=True, help="training folder (created if missing)")
+    p.add_argument("--crop", default=None, help="export only start:stop per axis, e.g. 0:512,0:512")
+    p.add_argument("--classes", default="background,object", help="class names for a new folder")
+    p.add_argument("--task", choices=["instance", "semantic"], default="instance", help="for a new folder")
+    p.add_argument("--modality", default="other", help="for a new folder: fluorescence, histology, ct ...")
+    p.add_argument("--split", choices=["auto", "train", "val", "test"], default="auto")
+    p.add_argument("--id", default=None, help="sample id (default: from the image name)")
+    p.add_argument("--replace", action="store_true", help="replace the sample with this --id")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("validate", help="check a training folder; exit 1 naming each bad sample")
+    p.add_argument("folder")
+    p.add_argument("--no-hashes", action="store_true", help="skip the sha256 checks (faster)")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("convert", help="write a training folder in nnU-Net v2 / cellpose / StarDist layout")
+    p.add_argument("folder")
+    p.add_argument("out", help="new, empty output folder")
+    p.add_argument("--to", required=True, choices=["nnunet", "cellpose", "stardist"])
+    p.add_argument("--dataset-id", type=int, default=501, help="nnU-Net dataset id")
+    p.set_defaults(func=_cmd_convert)
     return ap
 
 

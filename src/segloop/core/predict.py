@@ -430,7 +430,9 @@ class Model:
         engine = getattr(self.predictor, "choice", None)
         prov = {
             "model": {"name": self.spec.name, "version": self.spec.version, "sha256": self.spec.sha256,
-                      "architecture": self.spec.architecture, "path": str(self.package.path or "")},
+                      "architecture": self.spec.architecture, "path": str(self.package.path or ""),
+                      "classes": list(self.spec.classes), "task": self.spec.task,
+                      "modality": getattr(self.spec, "modality", None)},
             "parameters": {"tile": tile, "overlap": overlap, "batch_size": batch_size,
                            "skip_background": bool(skip_background), "channel_axis": channel_axis,
                            "normalization": norm_spec.to_dict(), "normalization_stats": normalizer.stats,
