@@ -34,3 +34,56 @@ def write_labels_tiff(path, data, meta):
     """Save a Labels layer as an (atomically written) TIFF with its provenance."""
     write_labels(path, data, metadata=meta.get("metadata", {}).get("segloop", {}))
     return [str(path)]
+
+
+MAX_FOLDER_SAMPLES = 24
+"""Opening a whole training folder shows at most this many samples (open a sample folder for others)."""
+
+
+def get_folder_reader(path):
+    """A reader for a segloop training folder, or one of its sample folders; else None."""
+    if isinstance(path, list):
+        return None
+    from pathlib import Path
+
+    p = Path(path)
+    if (p / "segloop-training.json").is_file():
+        return _read_training_folder
+    if (p / "meta.json").is_file() and (p.parent.parent / "segloop-training.json").is_file():
+        return _read_training_folder
+    return None
+
+
+def _read_training_folder(path):
+    """Each sample as image + labels + reviewed layers, with the sample's metadata."""
+    from pathlib import Path
+
+    from segloop.core.trainfolder import TrainingFolder
+
+    p = Path(path)
+    is_sample = (p / "meta.json").is_file()
+    folder = TrainingFolder.open(p.parent.parent if is_sample else p)
+    records = [r for r in folder.samples() if not is_sample or r.sample_id == p.name]
+    if len(records) > MAX_FOLDER_SAMPLES:
+        from napari.utils.notifications import show_warning
+
+        show_warning(f"segloop: {folder.path} has {len(records)} samples; showing the first "
+                     f"{MAX_FOLDER_SAMPLES} (open a sample's folder to see another)")
+        records = records[:MAX_FOLDER_SAMPLES]
+    out = []
+    for rec in records:
+        s = folder.read_sample(rec)       # hashes verified: a tampered sample is refused with its id
+        meta = dict(s.meta)
+        rgb = meta.get("axes", "").endswith("C") and s.image.shape[-1] in (3, 4)
+        spacing = meta.get("spacing")
+        geo = {"scale": tuple(spacing)} if spacing and len(spacing) == s.labels.ndim else {}
+        sample_ref = {"folder": str(folder.path), "sample_id": rec.sample_id, "split": rec.split}
+        prov = {"model": meta.get("model") or {}, "sample": sample_ref, "corrections": meta.get("corrections")}
+        out.append((s.image, {"name": f"{rec.sample_id} image", "rgb": rgb,
+                              "metadata": {"segloop_source": {"source": meta.get("source")},
+                                           "segloop_sample": meta}, **geo}, "image"))
+        out.append((s.labels, {"name": f"{rec.sample_id} labels", "metadata": {"segloop": prov}, **geo}, "labels"))
+        out.append((s.reviewed, {"name": f"{rec.sample_id} reviewed", "colormap": "green", "opacity": 0.3,
+                                 "blending": "additive", "contrast_limits": (0, 1), "visible": False,
+                                 "metadata": {"segloop_sample": sample_ref}, **geo}, "image"))
+    return out

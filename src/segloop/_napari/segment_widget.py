@@ -29,6 +29,8 @@ from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, Signal
 
+from segloop._napari.tracking import track
+from segloop.core.corrections import PredictionSnapshot
 from segloop.errors import Cancelled, SegloopError
 
 __all__ = ["SegmentWidget", "SegmentRequest", "crop_for_scope", "result_layer_name"]
@@ -314,12 +316,14 @@ class SegmentWidget(Container):
         name = result_layer_name(info["name"], spec.name, spec.version)
         n_spatial = len(info["full_shape"])
         geo = {"scale": info["scale"][-n_spatial:], "translate": info["translate"][-n_spatial:]}
-        layers = [Labels(placed(result.labels, result.labels.dtype), name=name, metadata={"segloop": prov}, **geo)]
+        labels = placed(result.labels, result.labels.dtype)
+        snapshot = PredictionSnapshot(labels)    # kept compressed: what the person changes is derived from it
+        layers = [Labels(labels, name=name, metadata={"segloop": prov}, **geo)]
         if result.uncertainty is not None:
             layers.append(ImageLayer(placed(result.uncertainty, np.float16), name=f"{name} · uncertainty",
                                      colormap="inferno", opacity=0.5, blending="additive", visible=False,
                                      metadata={"segloop": prov}, **geo))
-        return model, result, layers
+        return model, result, layers, snapshot
 
     # -- main-thread handlers ---------------------------------------------------
     def _on_progress(self, done: int, total: int):
@@ -332,7 +336,7 @@ class SegmentWidget(Container):
         self.status.value = f"{done}/{total} tiles" + (f", about {eta:.0f} s left" if done else "")
 
     def _on_returned(self, payload, info: dict, req: SegmentRequest):
-        model, result, layers = payload
+        model, result, layers, snapshot = payload
         if self._closed:
             return
         if info["layer"] not in self.viewer.layers:
@@ -341,6 +345,7 @@ class SegmentWidget(Container):
             return
         for layer in layers:
             self.viewer.layers.append(layer)
+        track(layers[0], snapshot=snapshot)
         self.viewer.layers.selection.active = layers[0]
         secs = time.perf_counter() - self._started
         kind = "objects" if model.spec.task == "instance" else "classes present"

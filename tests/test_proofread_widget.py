@@ -1,0 +1,310 @@
+"""Proofread and Export widgets in a real napari viewer under Xvfb, driven by real mouse and key events."""
+
+import json
+
+import numpy as np
+import pytest
+
+napari = pytest.importorskip("napari")
+
+from qtpy.QtCore import QPoint, Qt  # noqa: E402
+
+from segloop._napari.export_widget import ExportWidget  # noqa: E402
+from segloop._napari.proofread_widget import ProofreadWidget  # noqa: E402
+from segloop._napari.tracking import track, tracker_for  # noqa: E402
+from segloop.core.corrections import PredictionSnapshot  # noqa: E402
+
+
+def hand_made_labels() -> np.ndarray:
+    """1 and 2: two halves of one nucleus (over-split); 3: two touching discs (merged); 4: a false positive."""
+    lab = np.zeros((120, 160), np.uint16)
+    lab[20:50, 20:40] = 1
+    lab[20:50, 40:60] = 2
+    yy, xx = np.mgrid[:120, :160]
+    lab[((yy - 80) ** 2 + (xx - 40) ** 2 < 15**2) | ((yy - 80) ** 2 + (xx - 66) ** 2 < 15**2)] = 3
+    lab[30:40, 110:120] = 4
+    return lab
+
+
+def setup(make_napari_viewer, qtbot, labels=None, predicted=True):
+    viewer = make_napari_viewer(show=True)
+    rng = np.random.default_rng(0)
+    viewer.add_image(rng.integers(0, 255, (120, 160), dtype=np.uint8), name="img")
+    layer = viewer.add_labels(hand_made_labels() if labels is None else labels, name="pred")
+    if predicted:
+        track(layer, snapshot=PredictionSnapshot(layer.data))
+    widget = ProofreadWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    viewer.layers.selection.active = layer
+    layer.mode = "pan_zoom"
+    viewer.reset_view()
+    qtbot.wait(50)
+    return viewer, layer, widget
+
+
+def canvas_point(viewer, data_yx) -> QPoint:
+    """Canvas pixel of a data point (2D view, layer scale 1)."""
+    canvas = viewer.window._qt_viewer.canvas
+    h, w = canvas.size                         # napari gives (height, width)
+    cy, cx = viewer.scene.camera.center[-2:]
+    z = viewer.scene.camera.zoom
+    return QPoint(int(round((data_yx[1] - cx) * z + w / 2)), int(round((data_yx[0] - cy) * z + h / 2)))
+
+
+def click(qtbot, viewer, data_yx):
+    native = viewer.window._qt_viewer.canvas.native
+    qtbot.mouseClick(native, Qt.MouseButton.LeftButton, pos=canvas_point(viewer, data_yx))
+    qtbot.wait(10)
+
+
+def key(qtbot, viewer, k, mod=Qt.KeyboardModifier.NoModifier):
+    native = viewer.window._qt_viewer.canvas.native
+    native.setFocus()
+    qtbot.keyClick(native, k, mod)
+    qtbot.wait(10)
+
+
+CTRL = Qt.KeyboardModifier.ControlModifier
+SHIFT = Qt.KeyboardModifier.ShiftModifier
+
+
+def test_merge_split_delete_by_mouse_and_keys_each_undone_and_redone_exactly(make_napari_viewer, qtbot):
+    viewer, layer, w = setup(make_napari_viewer, qtbot)
+    original = layer.data.copy()
+
+    click(qtbot, viewer, (35, 30))
+    click(qtbot, viewer, (35, 50))
+    assert w.selected == [1, 2]
+    key(qtbot, viewer, Qt.Key.Key_M)
+    merged = layer.data.copy()
+    assert (merged[20:50, 20:60] == 1).all() and 2 not in merged
+    key(qtbot, viewer, Qt.Key.Key_Z, CTRL)
+    np.testing.assert_array_equal(layer.data, original)
+    key(qtbot, viewer, Qt.Key.Key_Z, CTRL | SHIFT)
+    np.testing.assert_array_equal(layer.data, merged)
+
+    click(qtbot, viewer, (80, 38))
+    click(qtbot, viewer, (80, 68))
+    key(qtbot, viewer, Qt.Key.Key_S)
+    split = layer.data.copy()
+    left, right = split[80, 38], split[80, 68]
+    assert left == 3 and right not in (0, 3) and set(np.unique(split[original == 3])) == {3, right}
+    key(qtbot, viewer, Qt.Key.Key_Z, CTRL)
+    np.testing.assert_array_equal(layer.data, merged)
+    key(qtbot, viewer, Qt.Key.Key_Z, CTRL | SHIFT)
+    np.testing.assert_array_equal(layer.data, split)
+
+    click(qtbot, viewer, (35, 115))
+    key(qtbot, viewer, Qt.Key.Key_Delete)
+    assert 4 not in layer.data
+    deleted = layer.data.copy()
+    key(qtbot, viewer, Qt.Key.Key_Z, CTRL)
+    np.testing.assert_array_equal(layer.data, split)
+    key(qtbot, viewer, Qt.Key.Key_Z, CTRL | SHIFT)
+    np.testing.assert_array_equal(layer.data, deleted)
+
+    # every edit grew the reviewed region; the summary sees one merge, one split, one deletion
+    tr = tracker_for(layer)
+    rev = tr.reviewed.mask()
+    assert rev[35, 30] and rev[80, 68] and rev[35, 115] and not rev[110, 150]
+    s = tr.summary()
+    assert (s.merged, s.split, s.deleted) == (1, 1, 1)
+    assert "1 merged, 1 split" in w.review.value and "reviewed:" in w.review.value
+
+
+def test_brush_strokes_and_our_edits_share_one_undo_stack(make_napari_viewer, qtbot):
+    viewer, layer, w = setup(make_napari_viewer, qtbot)
+    original = layer.data.copy()
+    layer.paint((100, 140), 9)                          # a brush stroke (napari's own paint)
+    painted = layer.data.copy()
+    w.click(1, (35, 30))
+    w.click(2, (35, 50))
+    w.merge()
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, painted)
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, original)
+    assert tracker_for(layer).reviewed.mask()[100, 140]
+
+
+def test_fill_holes_remove_small_new_label_and_errors(make_napari_viewer, qtbot):
+    lab = hand_made_labels()
+    lab[30:34, 28:32] = 0                               # a hole in label 1
+    lab[5, 5] = 7                                       # a speck
+    viewer, layer, w = setup(make_napari_viewer, qtbot, labels=lab)
+    w.click(1, (25, 25))
+    assert w.fill_holes() == 16 and (layer.data[30:34, 28:32] == 1).all()
+    w.min_size.value = 5
+    assert w.remove_small() == 1 and layer.data[5, 5] == 0
+    assert w.new_label() == 5 and layer.mode == "paint" and layer.selected_label == 5
+    lab_after = layer.data.copy()
+    layer.mode = "pan_zoom"
+    w.clear()
+    assert w.merge() == 0 and "click two or more" in w.status.value
+    w.click(3, (80, 38))
+    assert w.split() == 0 and "two or more points" in w.status.value
+    w.click(3, (80.2, 37.9))                            # a second click on the same pixel: not two pieces
+    assert w.split() == 0 and "different" in w.status.value and (layer.data == lab_after).all()
+
+
+def test_current_slice_of_a_stack_is_edited_alone(make_napari_viewer, qtbot):
+    stack = np.stack([hand_made_labels()] * 3)
+    viewer, layer, w = setup(make_napari_viewer, qtbot, labels=stack)
+    viewer.dims.set_current_step(0, 1)
+    w.scope.value = "current slice"
+    w.click(1, (1, 35, 30))
+    w.click(2, (1, 35, 50))
+    w.merge()
+    assert 2 not in layer.data[1] and 2 in layer.data[0] and 2 in layer.data[2]
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, stack)
+    w.scope.value = "whole stack / volume"
+    w.click(4, (1, 35, 115))
+    w.delete()
+    assert 4 not in layer.data
+
+
+def test_mark_view_slice_and_rectangles_reviewed_with_overlay(make_napari_viewer, qtbot):
+    stack = np.stack([hand_made_labels()] * 2)
+    viewer, layer, w = setup(make_napari_viewer, qtbot, labels=stack)
+    tr = tracker_for(layer)
+    viewer.dims.set_current_step(0, 1)
+    w.mark_slice()
+    assert tr.reviewed.mask()[1].all() and not tr.reviewed.mask()[0].any()
+    viewer.dims.set_current_step(0, 0)
+    assert w.mark_rectangles() == 0 and "reviewed rectangles" in viewer.layers
+    shapes = viewer.layers["reviewed rectangles"]
+    shapes.add_rectangles(np.array([[0, 10, 10], [0, 10, 30], [0, 40, 30], [0, 40, 10]]))
+    assert w.mark_rectangles() == 1
+    m = tr.reviewed.mask()
+    assert m[0, 20, 20] and not m[0, 60, 60]
+    w.overlay.value = True
+    over = viewer.layers[f"{layer.name} · reviewed"]
+    assert over.data[0, 20, 20] == 1 and over.data[1].all()
+    assert layer.metadata["segloop"]["reviewed"]["boxes"]
+    w.overlay.value = False
+    assert f"{layer.name} · reviewed" not in viewer.layers
+
+
+def test_proofread_then_export_then_validate(make_napari_viewer, qtbot, tmp_path):
+    from segloop.core.trainfolder import TrainingFolder, validate_folder
+
+    viewer, layer, w = setup(make_napari_viewer, qtbot)
+    click(qtbot, viewer, (35, 30))
+    click(qtbot, viewer, (35, 50))
+    key(qtbot, viewer, Qt.Key.Key_M)
+    ex = ExportWidget(viewer)
+    viewer.window.add_dock_widget(ex)
+    ex.image.value = viewer.layers["img"]
+    ex.labels.value = layer
+    ex.folder.value = str(tmp_path / "my corrections ü")
+    ex.what.value = "whole image"
+    worker = ex.export()
+    assert worker is not None
+    qtbot.waitUntil(lambda: ex._worker is None, timeout=60_000)
+    assert "exported" in ex.status.value, ex.status.value
+    report = validate_folder(tmp_path / "my corrections ü")
+    assert report.ok and report.n_samples >= 1
+    folder = TrainingFolder.open(tmp_path / "my corrections ü")
+    rec = [r for r in folder.samples() if r.split == "train"][0]
+    s = folder.read_sample(rec)
+    assert s.meta["corrections"]["merged"] == 1
+    assert s.reviewed[35, 30] == 1 and s.reviewed[110, 150] == 0
+    np.testing.assert_array_equal(s.labels, layer.data)
+    assert "train" in ex.counts.value
+
+
+@pytest.fixture
+def notes():
+    from napari.utils.notifications import notification_manager
+
+    seen = []
+
+    def grab(n):
+        seen.append(str(n.message))
+
+    notification_manager.notification_ready.connect(grab)
+    yield seen
+    notification_manager.notification_ready.disconnect(grab)
+
+
+def export_widget(viewer, layer, folder, what="whole image"):
+    ex = ExportWidget(viewer)
+    viewer.window.add_dock_widget(ex)
+    ex.image.value = viewer.layers["img"]
+    ex.labels.value = layer
+    ex.folder.value = str(folder)
+    ex.what.value = what
+    return ex
+
+
+def run_export(qtbot, ex):
+    worker = ex.export()
+    if worker is not None:
+        qtbot.waitUntil(lambda: ex._worker is None, timeout=60_000)
+    return worker
+
+
+def test_export_refuses_bad_targets_and_keeps_the_layer(make_napari_viewer, qtbot, tmp_path, notes):
+    viewer, layer, w = setup(make_napari_viewer, qtbot)
+    w.click(4, (35, 115))
+    w.delete()
+    before = layer.data.copy()
+    a_file = tmp_path / "not a folder.txt"
+    a_file.write_text("x")
+    ex = export_widget(viewer, layer, a_file)
+    run_export(qtbot, ex)
+    assert "export failed" in ex.status.value and any("not changed" in n for n in notes)
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    (newer / "segloop-training.json").write_text(json.dumps(
+        {"format": "segloop-training", "format_version": 99, "classes": ["background", "x"], "task": "instance"}))
+    ex.folder.value = str(newer)
+    run_export(qtbot, ex)
+    assert "newer" in ex.status.value
+    ex.folder.value = "/proc/segloop-cannot-write-here"
+    run_export(qtbot, ex)
+    assert "export failed" in ex.status.value
+    np.testing.assert_array_equal(layer.data, before)
+    assert layer in viewer.layers
+
+
+def test_export_needs_a_reviewed_region_for_a_prediction_but_not_for_drawn_labels(make_napari_viewer, qtbot,
+                                                                                  tmp_path, notes):
+    viewer, layer, w = setup(make_napari_viewer, qtbot)
+    ex = export_widget(viewer, layer, tmp_path / "f", what="reviewed bounding box")
+    assert run_export(qtbot, ex) is None and "nothing is reviewed" in ex.status.value
+    ex.what.value = "whole image"
+    assert run_export(qtbot, ex) is None and "nothing is reviewed" in ex.status.value
+    drawn = viewer.add_labels(hand_made_labels(), name="drawn from scratch")   # no provenance, no snapshot
+    ex.labels.value = drawn
+    run_export(qtbot, ex)
+    assert "exported" in ex.status.value
+    from segloop.core.trainfolder import TrainingFolder
+
+    s = TrainingFolder.open(tmp_path / "f").read_sample(TrainingFolder.open(tmp_path / "f").samples()[0])
+    assert s.meta["model"] is None and s.meta["corrections"] is None
+
+
+def test_export_of_mismatched_layers_is_an_error(make_napari_viewer, qtbot, tmp_path, notes):
+    viewer, layer, w = setup(make_napari_viewer, qtbot)
+    small = viewer.add_labels(np.zeros((10, 10), np.uint16), name="small")
+    ex = export_widget(viewer, small, tmp_path / "f")
+    assert run_export(qtbot, ex) is None
+    assert "spatial shape" in ex.status.value and any("spatial shape" in n for n in notes)
+
+
+def test_reader_opens_an_exported_sample_again(make_napari_viewer, qtbot, tmp_path):
+    viewer, layer, w = setup(make_napari_viewer, qtbot, predicted=False)
+    ex = export_widget(viewer, layer, tmp_path / "f")
+    run_export(qtbot, ex)
+    v2 = make_napari_viewer()
+    layers = v2.open(str(tmp_path / "f"), plugin="napari-segloop")
+    names = [lyr.name for lyr in layers]
+    assert len(layers) == 6 and any(n.endswith("labels") for n in names)      # sample + its held-out block
+    lab = [lyr for lyr in layers if lyr.name.endswith("labels") and "-val" not in lyr.name][0]
+    np.testing.assert_array_equal(lab.data, layer.data)
+    assert lab.metadata["segloop"]["sample"]["split"] == "train"
+    one = v2.open(str(tmp_path / "f" / "samples" / lab.metadata["segloop"]["sample"]["sample_id"]),
+                  plugin="napari-segloop")
+    assert len(one) == 3
