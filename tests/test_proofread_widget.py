@@ -308,3 +308,65 @@ def test_reader_opens_an_exported_sample_again(make_napari_viewer, qtbot, tmp_pa
     one = v2.open(str(tmp_path / "f" / "samples" / lab.metadata["segloop"]["sample"]["sample_id"]),
                   plugin="napari-segloop")
     assert len(one) == 3
+
+
+def test_a_sample_read_back_is_corrected_and_replaced_explicitly(make_napari_viewer, qtbot, tmp_path):
+    from segloop.core.trainfolder import TrainingFolder, validate_folder
+
+    viewer, layer, w = setup(make_napari_viewer, qtbot, predicted=False)
+    run_export(qtbot, export_widget(viewer, layer, tmp_path / "f"))
+    folder = TrainingFolder.open(tmp_path / "f")
+    (train_rec,) = folder.samples("train")
+    (val_rec,) = folder.samples("val")
+    val_before = folder.read_sample(val_rec)
+
+    v2 = make_napari_viewer()
+    opened = v2.open(str(train_rec.path), plugin="napari-segloop")
+    img, lab = opened[0], opened[1]
+    img.name = "img"
+    w2 = ProofreadWidget(v2)
+    v2.window.add_dock_widget(w2)
+    w2.layer.value = lab
+    w2.click(4, (35, 115))
+    assert w2.delete() == 100
+    ex = export_widget(v2, lab, tmp_path / "elsewhere")
+    assert not ex.replace.native.isHidden()          # offered only for labels opened from a sample
+    ex.replace.value = True
+    run_export(qtbot, ex)
+    assert "exported" in ex.status.value, ex.status.value
+    folder = TrainingFolder.open(tmp_path / "f")
+    assert [r.sample_id for r in folder.samples()] == [train_rec.sample_id, val_rec.sample_id]
+    assert not (tmp_path / "elsewhere").exists()
+    new_train = folder.read_sample(train_rec.sample_id)
+    assert 4 not in new_train.labels
+    np.testing.assert_array_equal(new_train.reviewed, folder.read_sample(train_rec.sample_id).reviewed)
+    val_after = folder.read_sample(val_rec.sample_id)
+    np.testing.assert_array_equal(val_after.reviewed, val_before.reviewed)     # the held-out block kept its review
+    np.testing.assert_array_equal(val_after.labels, val_before.labels)
+    assert validate_folder(tmp_path / "f").ok
+
+
+def test_export_from_a_lazy_multiscale_image_and_the_current_view(make_napari_viewer, qtbot, tmp_path):
+    import dask.array as da
+
+    from segloop.core.trainfolder import TrainingFolder
+
+    viewer = make_napari_viewer(show=True)
+    base = np.random.default_rng(0).integers(0, 255, (400, 600), dtype=np.uint8)
+    viewer.add_image([da.from_array(base, chunks=100), da.from_array(base[::2, ::2], chunks=100)], name="img",
+                     multiscale=True)
+    lab = viewer.add_labels(np.zeros((400, 600), np.uint16), name="drawn")
+    lab.data[100:120, 100:130] = 1
+    viewer.scene.camera.center = (150, 200)
+    viewer.scene.camera.zoom = 4
+    qtbot.wait(100)
+    ex = export_widget(viewer, lab, tmp_path / "f", what="current view")
+    ex.split.value = "train"
+    run_export(qtbot, ex)
+    assert "exported" in ex.status.value, ex.status.value
+    (rec,) = TrainingFolder.open(tmp_path / "f").samples()
+    s = TrainingFolder.open(tmp_path / "f").read_sample(rec)
+    (y0, y1), (x0, x1) = s.meta["crop"]
+    assert 0 < y1 - y0 < 400 and 0 < x1 - x0 < 600 and y0 <= 150 < y1 and x0 <= 200 < x1
+    np.testing.assert_array_equal(s.image, base[y0:y1, x0:x1])
+    np.testing.assert_array_equal(s.labels, lab.data[y0:y1, x0:x1])

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FileEdit,
@@ -59,12 +60,14 @@ class ExportWidget(Container):
         self.task = ComboBox(label="task", choices=("instance", "semantic"), value="instance")
         self.modality = ComboBox(label="modality", choices=MODALITIES, value="other")
         self.split = ComboBox(label="split", choices=SPLITS, value="auto")
+        self.replace = CheckBox(text="replace the sample these labels were opened from", value=False,
+                                visible=False)
         self.export_button = PushButton(text="Export")
         self.progress = ProgressBar(label="", value=0, min=0, max=0, visible=False)
         self.counts = Label(label="folder", value="")
         self.status = Label(label="", value="")
         self.extend([self.image, self.labels, self.folder, self.what, self.z_from, self.z_to, self.classes,
-                     self.task, self.modality, self.split, self.export_button, self.progress, self.counts,
+                     self.task, self.modality, self.split, self.replace, self.export_button, self.progress, self.counts,
                      self.status])
         self.export_button.changed.connect(lambda *_: self.export())
         self.labels.changed.connect(self._defaults_from_provenance)
@@ -89,7 +92,18 @@ class ExportWidget(Container):
                 combo.value = combo.choices[-1]
         self._defaults_from_provenance()
 
+    def _opened_sample(self) -> dict | None:
+        layer = self.labels.value
+        ref = ((layer.metadata.get("segloop") or {}).get("sample") or {}) if layer is not None else {}
+        return ref if ref.get("folder") and ref.get("sample_id") else None
+
     def _defaults_from_provenance(self, *_):
+        ref = self._opened_sample()
+        self.replace.visible = ref is not None
+        if ref is None:
+            self.replace.value = False
+        else:
+            self.replace.text = f"replace sample {ref['sample_id']} (opened from its folder)"
         layer = self.labels.value
         model = ((layer.metadata.get("segloop") or {}).get("model") or {}) if layer is not None else {}
         if model.get("classes"):
@@ -151,13 +165,13 @@ class ExportWidget(Container):
             return full
         if what == "reviewed bounding box":
             tr = tracker_for(labels)
-            bbox = tr.reviewed.bbox()
+            bbox = tr.reviewed_bbox()
             if bbox is None:
                 if tr.snapshot is None:
                     return full
                 raise _UserError("nothing is reviewed yet: edit labels, or use Proofread's 'Mark view "
                                  "reviewed', then export")
-            return tuple(slice(a, b) for a, b in bbox)
+            return bbox
         if what == "current view":
             idx = tuple(slice(i, i + 1) for i in plane_index(labels, self.viewer))
             return idx + view_box(labels)
@@ -176,7 +190,7 @@ class ExportWidget(Container):
         img_layer, lab_layer = self.image.value, self.labels.value
         if img_layer is None or lab_layer is None:
             raise _UserError("choose an image layer and a Labels layer to export")
-        if not str(self.folder.value) or str(self.folder.value) in (".", ""):
+        if not self.replace.value and (not str(self.folder.value) or str(self.folder.value) in (".", "")):
             raise _UserError("choose a training folder (a new, empty folder is made into one)")
         img = img_layer.data[0] if img_layer.multiscale else img_layer.data
         rgb = bool(getattr(img_layer, "rgb", False))
@@ -185,15 +199,16 @@ class ExportWidget(Container):
         if img_shape != lab_shape:
             raise SegloopError(f"image {img_layer.name!r} has spatial shape {img_shape} but labels "
                                f"{lab_layer.name!r} have {lab_shape}; pick the matching pair")
-        crop = self.crop(lab_layer)
+        ref = self._opened_sample() if self.replace.value else None
+        crop = tuple(slice(0, n) for n in lab_shape) if ref else self.crop(lab_layer)
         if any(s.stop - s.start < 1 for s in crop):
             raise _UserError("the region to export is empty")
         squeeze = tuple(i for i, s in enumerate(crop[:-2]) if s.stop - s.start == 1)
         image = np.asarray(img[crop])                       # level 0, read lazily if dask/zarr
         labels = np.array(lab_layer.data[crop], copy=True)
         tr = tracker_for(lab_layer)
-        if tr.reviewed.boxes:
-            reviewed = tr.reviewed.mask(crop)
+        if tr.has_review:
+            reviewed = tr.reviewed_mask(crop)
         elif tr.snapshot is None:
             reviewed = np.ones(labels.shape, np.uint8)       # drawn from scratch / opened: all a person's work
         else:
@@ -209,18 +224,27 @@ class ExportWidget(Container):
         prov = lab_layer.metadata.get("segloop") or {}
         scale = tuple(float(s) for s in img_layer.scale[-len(img_shape):])
         kept = [i for i in range(len(crop)) if i not in squeeze]
+        job_source = {"source": str(src) if src else img_layer.name, "source_path": str(src) if src else None,
+                      "source_sha256": None, "crop": [list(b) for b in box_from_slices(crop, lab_shape)]}
+        sample_meta = img_layer.metadata.get("segloop_sample") or {}
+        if ref and sample_meta.get("sample_id") == ref["sample_id"]:
+            # replacing: keep the sample's own source identity and place in the source image
+            job_source = {"source": sample_meta.get("source") or job_source["source"], "source_path": None,
+                          "source_sha256": sample_meta.get("source_sha256"),
+                          "crop": sample_meta.get("crop")}
         return {
+            **job_source,
             "image": image, "labels": labels, "reviewed": reviewed, "predicted": predicted,
             "axes": axes + ("C" if rgb else ""),
-            "source": str(src) if src else img_layer.name, "source_path": str(src) if src else None,
-            "crop": [list(b) for b in box_from_slices(crop, lab_shape)],
             "spacing": [scale[i] for i in kept],
             "model": {k: prov["model"][k] for k in ("name", "version", "sha256") if k in prov.get("model", {})}
             or None,
             "classes": [c.strip() for c in self.classes.value.split(",") if c.strip()],
             "task": self.task.value, "modality": self.modality.value,
             "split": None if self.split.value == "auto" else self.split.value,
-            "folder": Path(self.folder.value), "labels_layer": lab_layer.name, "image_layer": img_layer.name,
+            "folder": Path(ref["folder"]) if ref else Path(self.folder.value),
+            "sample_id": ref["sample_id"] if ref else None, "replace": bool(ref),
+            "labels_layer": lab_layer.name, "image_layer": img_layer.name,
         }
 
     # -- running -------------------------------------------------------------------
@@ -313,11 +337,11 @@ def _write_sample(job: dict):
     corrections = None
     if job["predicted"] is not None:
         corrections = summarize_corrections(job["predicted"], job["labels"], task=folder.info.task).to_dict()
-    src_sha = _sha256_file(Path(job["source_path"])) if job["source_path"] else None
+    src_sha = job["source_sha256"] or (_sha256_file(Path(job["source_path"])) if job["source_path"] else None)
     result = folder.add_sample(
         job["image"], job["labels"], job["reviewed"], axes=job["axes"], source=job["source"],
         source_sha256=src_sha, crop=job["crop"], spacing=job["spacing"], model=job["model"],
-        corrections=corrections, split=job["split"],
+        corrections=corrections, split=job["split"], sample_id=job["sample_id"], replace=job["replace"],
         extra={"napari": {"image_layer": job["image_layer"], "labels_layer": job["labels_layer"]},
                "export_seconds": round(time.perf_counter() - t0, 3)})
     return result, folder

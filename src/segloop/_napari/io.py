@@ -70,10 +70,12 @@ def _read_training_folder(path):
         show_warning(f"segloop: {folder.path} has {len(records)} samples; showing the first "
                      f"{MAX_FOLDER_SAMPLES} (open a sample's folder to see another)")
         records = records[:MAX_FOLDER_SAMPLES]
+    by_id = {r.sample_id: r for r in folder.samples()}
     out = []
     for rec in records:
         s = folder.read_sample(rec)       # hashes verified: a tampered sample is refused with its id
         meta = dict(s.meta)
+        base = _reviewed_with_holdout(folder, s, by_id)
         rgb = meta.get("axes", "").endswith("C") and s.image.shape[-1] in (3, 4)
         spacing = meta.get("spacing")
         geo = {"scale": tuple(spacing)} if spacing and len(spacing) == s.labels.ndim else {}
@@ -82,8 +84,30 @@ def _read_training_folder(path):
         out.append((s.image, {"name": f"{rec.sample_id} image", "rgb": rgb,
                               "metadata": {"segloop_source": {"source": meta.get("source")},
                                            "segloop_sample": meta}, **geo}, "image"))
-        out.append((s.labels, {"name": f"{rec.sample_id} labels", "metadata": {"segloop": prov}, **geo}, "labels"))
+        out.append((s.labels, {"name": f"{rec.sample_id} labels", **geo,
+                               "metadata": {"segloop": prov, "segloop_reviewed_base": base}}, "labels"))
         out.append((s.reviewed, {"name": f"{rec.sample_id} reviewed", "colormap": "green", "opacity": 0.3,
                                  "blending": "additive", "contrast_limits": (0, 1), "visible": False,
                                  "metadata": {"segloop_sample": sample_ref}, **geo}, "image"))
     return out
+
+
+def _reviewed_with_holdout(folder, sample, by_id):
+    """The reviewed mask a person made: for a training sample whose last block was held out for
+    validation (and cleared in its own mask), the held-out block's mask is put back, so that
+    replacing the sample re-creates the same validation block instead of an unreviewed one."""
+    hold = sample.meta.get("holdout") or {}
+    partner = by_id.get(hold.get("partner") or "")
+    if hold.get("role") != "train" or partner is None:
+        return sample.reviewed
+    axes = sample.meta.get("axes", "").rstrip("C")
+    axis = axes.find(hold.get("axis", ""))
+    start, stop = hold.get("block", (0, 0))
+    val = folder.read_sample(partner)
+    if axis < 0 or val.reviewed.shape[axis] != stop - start:
+        return sample.reviewed
+    base = sample.reviewed.copy()
+    sl = [slice(None)] * base.ndim
+    sl[axis] = slice(start, stop)
+    base[tuple(sl)] = val.reviewed
+    return base

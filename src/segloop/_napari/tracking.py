@@ -51,6 +51,8 @@ class Tracker:
         meta = layer.metadata.setdefault("segloop", {})
         saved = (meta.get("reviewed") or {}).get("boxes", ())
         self.reviewed = ReviewedRegions.from_list(layer.data.shape, saved)
+        base = layer.metadata.get("segloop_reviewed_base")     # a sample's reviewed mask, read back
+        self.base = np.asarray(base, np.uint8) if base is not None and np.shape(base) == layer.data.shape else None
         self.edits = 0
         self.listeners: list[Callable[[], None]] = []
         self.overlay = None
@@ -77,6 +79,28 @@ class Tracker:
         """Mark a box (``((start, stop), ...)`` or slices, data coordinates) as reviewed."""
         self.reviewed.add(box)
         self._sync()
+
+    @property
+    def has_review(self) -> bool:
+        return bool(self.reviewed.boxes) or (self.base is not None and bool(self.base.any()))
+
+    def reviewed_mask(self, crop=None) -> np.ndarray:
+        """uint8 reviewed mask of ``crop``: marked boxes, plus the mask a sample was read back with."""
+        mask = self.reviewed.mask(crop)
+        if self.base is not None:
+            mask |= self.base[tuple(crop) if crop is not None else ...]
+        return mask
+
+    def reviewed_bbox(self):
+        """Bounding box (slices) of everything reviewed, or None."""
+        boxes = list(self.reviewed.boxes)
+        if self.base is not None and self.base.any():
+            idx = np.nonzero(self.base)
+            boxes.append(tuple((int(i.min()), int(i.max()) + 1) for i in idx))
+        if not boxes:
+            return None
+        arr = np.array(boxes)
+        return tuple(slice(int(a), int(b)) for a, b in zip(arr[:, :, 0].min(0), arr[:, :, 1].max(0)))
 
     def mark_many(self, boxes) -> None:
         for box in boxes:
