@@ -46,9 +46,63 @@ def main() -> None:
     viewer.layers[-1].visible = True          # the uncertainty layer, on its own
     viewer.layers[-2].visible = False
     viewer.screenshot(str(OUT / "segment-uncertainty.png"), canvas_only=True)
+    proofread_and_export(viewer, app)
     segment_sample("ihc", uncertainty=False, shot="segment-ihc.png")
     viewer.close()
     print(f"wrote screenshots to {OUT}")
+
+
+def proofread_and_export(viewer, app) -> None:
+    """Correct the fluorescence result a little, show the reviewed overlay, and export it."""
+    import tempfile
+
+    import numpy as np
+
+    from segloop.core import proofread as pr
+
+    labels = next(layer for layer in viewer.layers if layer._type_string == "labels")
+    image = next(layer for layer in viewer.layers if layer._type_string == "image")
+    labels.visible = True
+    for layer in viewer.layers:
+        if layer.name.endswith("uncertainty"):
+            layer.visible = False
+    pdock, pw = viewer.window.add_plugin_dock_widget("napari-segloop", "Proofread")
+    viewer.layers.selection.active = labels
+    # two neighbouring nuclei -> merge; then click two points of the merged object and split it back
+    ids = [i for i in np.unique(labels.data[150:300, 150:300]) if i][:2]
+    for i in ids:
+        yy, xx = np.nonzero(labels.data == i)
+        pw.click(int(i), (float(yy.mean()), float(xx.mean())))
+    pw.merge()
+    big = int(np.bincount(labels.data.ravel())[1:].argmax()) + 1
+    pw.click(big, tuple(float(c) for c in np.argwhere(labels.data == big)[0]))
+    pw.delete()
+    viewer.camera.center = (120, 120)          # look closely at the top-left quarter, mark it reviewed
+    viewer.camera.zoom = viewer.camera.zoom * 2.2
+    for _ in range(10):
+        app.processEvents()
+    pw.mark_view()
+    viewer.reset_view()
+    pw.overlay.value = True
+    for _ in range(20):
+        app.processEvents()
+    viewer.screenshot(str(OUT / "proofread.png"), canvas_only=False)
+    edock, ew = viewer.window.add_plugin_dock_widget("napari-segloop", "Export to training folder")
+    ew.image.value = image
+    ew.labels.value = labels
+    ew.folder.value = str(Path(tempfile.mkdtemp()) / "corrections")
+    ew.what.value = "whole image"
+    ew.export()
+    t0 = time.perf_counter()
+    while ew._worker is not None and time.perf_counter() - t0 < 60:
+        app.processEvents()
+        time.sleep(0.01)
+    for _ in range(20):
+        app.processEvents()
+    viewer.screenshot(str(OUT / "export.png"), canvas_only=False)
+    pw.overlay.value = False
+    viewer.window.remove_dock_widget(pdock)
+    viewer.window.remove_dock_widget(edock)
 
 
 if __name__ == "__main__":

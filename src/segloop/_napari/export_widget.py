@@ -66,6 +66,8 @@ class ExportWidget(Container):
         self.progress = ProgressBar(label="", value=0, min=0, max=0, visible=False)
         self.counts = Label(label="folder", value="")
         self.status = Label(label="", value="")
+        for label in (self.counts, self.status):
+            label.native.setWordWrap(True)
         self.extend([self.image, self.labels, self.folder, self.what, self.z_from, self.z_to, self.classes,
                      self.task, self.modality, self.split, self.replace, self.export_button, self.progress, self.counts,
                      self.status])

@@ -57,6 +57,8 @@ class ProofreadWidget(Container):
         self.overlay = CheckBox(text="show reviewed overlay", value=False)
         self.status = Label(value="")
         self.review = Label(value="")
+        for label in (self.selection, self.status, self.review):
+            label.native.setWordWrap(True)          # long messages wrap instead of widening the dock
         edit = Container(layout="horizontal", labels=False,
                          widgets=[self.merge_button, self.split_button, self.delete_button])
         clean = Container(layout="horizontal", labels=False, widgets=[self.fill_button, self.new_button])

@@ -141,6 +141,7 @@ class SegmentWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1, value=0, visible=False)
         self.status = Label(value="")
+        self.status.native.setWordWrap(True)
         self.extend([self.image, self.model, self.package, self.device, self.engine, self.tile, self.overlap,
                      self.scope, self.stain, self.uncertainty, self.run_button, self.cancel_button,
                      self.progress, self.status])
