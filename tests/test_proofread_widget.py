@@ -370,3 +370,63 @@ def test_export_from_a_lazy_multiscale_image_and_the_current_view(make_napari_vi
     assert 0 < y1 - y0 < 400 and 0 < x1 - x0 < 600 and y0 <= 150 < y1 and x0 <= 200 < x1
     np.testing.assert_array_equal(s.image, base[y0:y1, x0:x1])
     np.testing.assert_array_equal(s.labels, lab.data[y0:y1, x0:x1])
+
+
+def test_review_regressions_found_in_review(make_napari_viewer, qtbot, tmp_path):
+    """Edits far apart mark small boxes; Segment's tracker keeps the widget's listener; overlay keeps focus;
+    a full uint8 layer says so; a view off the image says so; 3D view refuses 'current slice'."""
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(np.zeros((2000, 2000), np.uint8), name="img")
+    layer = viewer.add_labels(np.zeros((2000, 2000), np.uint16), name="pred")
+    layer.data[5, 5] = layer.data[1990, 1990] = 3
+    w = ProofreadWidget(viewer)                       # binds first, makes a tracker
+    viewer.window.add_dock_widget(w)
+    track(layer, snapshot=PredictionSnapshot(layer.data))   # as Segment does afterwards
+    w.click(3, (5, 5))
+    w.delete()
+    tr = tracker_for(layer)
+    assert tr.snapshot is not None and tr.reviewed.fraction() < 0.01     # two corners, not the square between
+    assert "1 deleted" in w.review.value                                  # the widget still listens
+    w.overlay.value = True
+    assert viewer.layers.selection.active is layer
+    small = viewer.add_labels(np.full((8, 8), 255, np.uint8), name="full")
+    w.layer.value = small
+    assert w.new_label() == 0 and "wider" in w.status.value
+    viewer.scene.camera.center = (0, 50_000, 50_000)
+    qtbot.wait(50)
+    w.mark_view()
+    assert "none of the layer" in w.status.value
+    stack = viewer.add_labels(np.stack([hand_made_labels()] * 3), name="stack")
+    w.layer.value = stack
+    viewer.dims.ndisplay = 3
+    w.click(1, (1, 35, 30))
+    w.click(2, (1, 35, 50))
+    assert w.merge() == 0 and "2D view" in w.status.value
+
+
+def test_export_one_slice_of_a_stack_and_default_image_is_the_source(make_napari_viewer, qtbot, tmp_path):
+    from segloop.core.trainfolder import TrainingFolder
+
+    viewer = make_napari_viewer(show=True)
+    vol = np.random.default_rng(0).integers(0, 255, (5, 64, 80), dtype=np.uint8)
+    viewer.add_image(vol, name="ct")
+    lab = viewer.add_labels(np.zeros((5, 64, 80), np.uint16), name="ct · model v1",
+                            metadata={"segloop": {"source_layer": "ct"}})
+    viewer.add_image(np.zeros((5, 64, 80), np.float16), name="ct · model v1 · uncertainty",
+                     metadata={"segloop": {"source_layer": "ct"}})
+    lab.data[2, 10:20, 10:20] = 1
+    viewer.dims.set_current_step(0, 2)
+    ex = ExportWidget(viewer)
+    viewer.window.add_dock_widget(ex)
+    ex.labels.value = lab
+    assert ex.image.value.name == "ct"                # not the uncertainty map
+    ex.folder.value = str(tmp_path / "f")
+    ex.what.value = "current slice"
+    ex.split.value = "train"
+    run_export(qtbot, ex)
+    assert "exported" in ex.status.value, ex.status.value
+    (rec,) = TrainingFolder.open(tmp_path / "f").samples()
+    s = TrainingFolder.open(tmp_path / "f").read_sample(rec)
+    assert s.image.shape == (64, 80) and s.meta["slice_range"] == [2, 3]
+    np.testing.assert_array_equal(s.image, vol[2])
+    np.testing.assert_array_equal(s.labels, lab.data[2])

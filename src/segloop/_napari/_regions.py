@@ -5,6 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 
+class OffView(ValueError):
+    """The view shows none of the layer."""
+
+
 def spatial_shape(layer) -> tuple[int, ...]:
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
     shape = tuple(data.shape)
@@ -32,6 +36,9 @@ def view_box(layer) -> tuple[slice, slice]:
     y1, x1 = np.minimum(corners[1] + 1, shape[-2:]).astype(int)
     if y1 - y0 < 1 or x1 - x0 < 1:
         y0, x0, (y1, x1) = 0, 0, shape[-2:]
+    # napari clamps the corners to the data: a view panned off the image collapses to its edge
+    if (y1 - y0 <= 1 or x1 - x0 <= 1) and min(shape[-2:]) > 1:
+        raise OffView("the view shows none of the layer; pan back onto the image")
     return slice(int(y0), int(y1)), slice(int(x0), int(x1))
 
 

@@ -30,7 +30,7 @@ from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from segloop._napari._regions import plane_index, spatial_shape, view_box
+from segloop._napari._regions import OffView, plane_index, spatial_shape, view_box
 from segloop._napari.tracking import tracker_for
 from segloop.core.corrections import box_from_slices, summarize_corrections
 from segloop.errors import SegloopError
@@ -90,9 +90,21 @@ class ExportWidget(Container):
     def _refresh(self, *_):
         for combo in (self.image, self.labels):
             combo.reset_choices()
-            if combo.value is None and combo.choices:
-                combo.value = combo.choices[-1]
+        labels = [c for c in self.labels.choices if c is not None]
+        if self.labels.value is None and labels:
+            self.labels.value = labels[-1]
+        if self.image.value is None and any(c is not None for c in self.image.choices):
+            self.image.value = self._default_image()
         self._defaults_from_provenance()
+
+    def _default_image(self):
+        """The image the labels were segmented from, else the last image that segloop did not make."""
+        layer = self.labels.value
+        src = ((layer.metadata.get("segloop") or {}).get("source_layer")) if layer is not None else None
+        choices = [im for im in self.image.choices if im is not None]
+        images = [im for im in choices if not im.metadata.get("segloop_overlay_of") and "segloop" not in im.metadata]
+        named = [im for im in choices if src and im.name == src]
+        return (named or images or choices)[-1]
 
     def _opened_sample(self) -> dict | None:
         layer = self.labels.value
@@ -100,6 +112,10 @@ class ExportWidget(Container):
         return ref if ref.get("folder") and ref.get("sample_id") else None
 
     def _defaults_from_provenance(self, *_):
+        layer = self.labels.value
+        src = ((layer.metadata.get("segloop") or {}).get("source_layer")) if layer is not None else None
+        if src and src in self.viewer.layers and isinstance(self.viewer.layers[src], Image):
+            self.image.value = self.viewer.layers[src]
         ref = self._opened_sample()
         self.replace.visible = ref is not None
         if ref is None:
@@ -202,11 +218,14 @@ class ExportWidget(Container):
             raise SegloopError(f"image {img_layer.name!r} has spatial shape {img_shape} but labels "
                                f"{lab_layer.name!r} have {lab_shape}; pick the matching pair")
         ref = self._opened_sample() if self.replace.value else None
-        crop = tuple(slice(0, n) for n in lab_shape) if ref else self.crop(lab_layer)
+        try:
+            crop = tuple(slice(0, n) for n in lab_shape) if ref else self.crop(lab_layer)
+        except OffView as e:
+            raise _UserError(str(e)) from None
         if any(s.stop - s.start < 1 for s in crop):
             raise _UserError("the region to export is empty")
         squeeze = tuple(i for i, s in enumerate(crop[:-2]) if s.stop - s.start == 1)
-        image = np.asarray(img[crop])                       # level 0, read lazily if dask/zarr
+        image = np.array(img[crop], copy=True)              # level 0 (read here if dask/zarr); a copy
         labels = np.array(lab_layer.data[crop], copy=True)
         tr = tracker_for(lab_layer)
         if tr.has_review:
@@ -226,14 +245,17 @@ class ExportWidget(Container):
         prov = lab_layer.metadata.get("segloop") or {}
         scale = tuple(float(s) for s in img_layer.scale[-len(img_shape):])
         kept = [i for i in range(len(crop)) if i not in squeeze]
+        box = [list(b) for b in box_from_slices(crop, lab_shape)]
         job_source = {"source": str(src) if src else img_layer.name, "source_path": str(src) if src else None,
-                      "source_sha256": None, "crop": [list(b) for b in box_from_slices(crop, lab_shape)]}
+                      "source_sha256": None, "crop": [box[i] for i in kept],
+                      # a single slice of a stack: the slice it came from
+                      "slice_range": box[squeeze[0]] if squeeze else None}
         sample_meta = img_layer.metadata.get("segloop_sample") or {}
         if ref and sample_meta.get("sample_id") == ref["sample_id"]:
             # replacing: keep the sample's own source identity and place in the source image
             job_source = {"source": sample_meta.get("source") or job_source["source"], "source_path": None,
                           "source_sha256": sample_meta.get("source_sha256"),
-                          "crop": sample_meta.get("crop")}
+                          "crop": sample_meta.get("crop"), "slice_range": sample_meta.get("slice_range")}
         return {
             **job_source,
             "image": image, "labels": labels, "reviewed": reviewed, "predicted": predicted,
@@ -342,7 +364,7 @@ def _write_sample(job: dict):
     src_sha = job["source_sha256"] or (_sha256_file(Path(job["source_path"])) if job["source_path"] else None)
     result = folder.add_sample(
         job["image"], job["labels"], job["reviewed"], axes=job["axes"], source=job["source"],
-        source_sha256=src_sha, crop=job["crop"], spacing=job["spacing"], model=job["model"],
+        source_sha256=src_sha, crop=job["crop"], slice_range=job["slice_range"], spacing=job["spacing"], model=job["model"],
         corrections=corrections, split=job["split"], sample_id=job["sample_id"], replace=job["replace"],
         extra={"napari": {"image_layer": job["image_layer"], "labels_layer": job["labels_layer"]},
                "export_seconds": round(time.perf_counter() - t0, 3)})

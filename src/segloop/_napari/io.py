@@ -76,12 +76,14 @@ def _read_training_folder(path):
         s = folder.read_sample(rec)       # hashes verified: a tampered sample is refused with its id
         meta = dict(s.meta)
         base = _reviewed_with_holdout(folder, s, by_id)
-        rgb = meta.get("axes", "").endswith("C") and s.image.shape[-1] in (3, 4)
+        has_c = meta.get("axes", "").endswith("C")
+        rgb = has_c and s.image.shape[-1] in (3, 4) and s.image.dtype == "uint8"
         spacing = meta.get("spacing")
         geo = {"scale": tuple(spacing)} if spacing and len(spacing) == s.labels.ndim else {}
         sample_ref = {"folder": str(folder.path), "sample_id": rec.sample_id, "split": rec.split}
         prov = {"model": meta.get("model") or {}, "sample": sample_ref, "corrections": meta.get("corrections")}
-        out.append((s.image, {"name": f"{rec.sample_id} image", "rgb": rgb,
+        chan = {"channel_axis": -1} if has_c and not rgb else {}
+        out.append((s.image, {"name": f"{rec.sample_id} image", "rgb": rgb, **chan,
                               "metadata": {"segloop_source": {"source": meta.get("source")},
                                            "segloop_sample": meta}, **geo}, "image"))
         out.append((s.labels, {"name": f"{rec.sample_id} labels", **geo,

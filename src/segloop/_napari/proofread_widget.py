@@ -7,8 +7,8 @@ stack next to brush strokes: napari's Ctrl+Z / Ctrl+Shift+Z undo and redo it.
 
 Selecting: with the layer in pan/zoom mode, click labels to select them (each
 click is kept, so two clicks inside one object are two split seeds); a click
-on background clears the selection.  Keys on the layer: M merge, S split,
-Delete delete, N new label for painting, Escape clear the selection.
+on background clears the selection.  Keys on the layer: M merge (instead of
+napari's "new label", which N now does), S split, Delete delete, N new label.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, S
 from napari.layers import Labels, Shapes
 from napari.utils.notifications import show_error, show_info
 
-from segloop._napari._regions import plane_index, region, view_box
+from segloop._napari._regions import OffView, plane_index, region, view_box
 from segloop._napari.tracking import tracker_for
 from segloop.core import proofread as pr
 from segloop.errors import SegloopError
@@ -50,7 +50,7 @@ class ProofreadWidget(Container):
         self.min_size = SpinBox(label="smaller than", value=30, min=1, max=10**7)
         self.small_button = PushButton(text="Remove small objects")
         self.new_button = PushButton(text="New label [N]")
-        self.clear_button = PushButton(text="Clear selection [Esc]")
+        self.clear_button = PushButton(text="Clear selection")
         self.mark_view_button = PushButton(text="Mark view reviewed")
         self.mark_slice_button = PushButton(text="Mark slice reviewed")
         self.mark_rect_button = PushButton(text="Mark rectangles reviewed")
@@ -116,7 +116,7 @@ class ProofreadWidget(Container):
             return
         layer.mouse_drag_callbacks.append(self._on_mouse)
         for key, fn in (("m", self.merge), ("s", self.split), ("Delete", self.delete),
-                        ("Backspace", self.delete), ("n", self.new_label), ("Escape", self.clear)):
+                        ("Backspace", self.delete), ("n", self.new_label)):
             layer.bind_key(key, lambda _layer, fn=fn: fn(), overwrite=True)
         tr = tracker_for(layer)
         tr.listeners.append(self._show_review)
@@ -130,7 +130,7 @@ class ProofreadWidget(Container):
             return
         if self._on_mouse in layer.mouse_drag_callbacks:
             layer.mouse_drag_callbacks.remove(self._on_mouse)
-        for key in ("m", "s", "Delete", "Backspace", "n", "Escape"):
+        for key in ("m", "s", "Delete", "Backspace", "n"):
             layer.bind_key(key, None)
         tr = tracker_for(layer, create=False)
         if tr is not None and self._show_review in tr.listeners:
@@ -158,6 +158,8 @@ class ProofreadWidget(Container):
             yield
         value = layer.get_value(event.position, view_direction=event.view_direction,
                                 dims_displayed=event.dims_displayed, world=True)
+        if isinstance(value, tuple):            # multiscale labels: (level, value)
+            value = value[-1]
         coord = tuple(float(c) for c in layer.world_to_data(event.position))
         self.click(int(value or 0), coord)
 
@@ -194,6 +196,11 @@ class ProofreadWidget(Container):
         if not isinstance(data, np.ndarray):
             raise _UserError(f"{layer.name!r} is not an in-memory array; proofreading needs a NumPy-backed layer")
         if data.ndim >= 3 and self.scope.value == SCOPES[0]:
+            dims = self.viewer.dims
+            shown = tuple(dims.displayed)[-2:]
+            if dims.ndisplay == 3 or shown != (dims.ndim - 2, dims.ndim - 1):
+                raise _UserError("'current slice' needs the 2D view with the default axis order; switch to 2D "
+                                 "(or pick 'whole stack / volume' to edit in 3D)")
             lead = plane_index(layer, self.viewer)
             return layer, data[lead], lead
         return layer, data, ()
@@ -209,13 +216,15 @@ class ProofreadWidget(Container):
         layer.data_setitem(edit.indices, edit.values)        # one step on napari's undo stack
         if looked_at is not None:                            # the whole objects, not only changed pixels
             tracker_for(layer).mark(tuple(slice(i, i + 1) for i in lead) + tuple(looked_at))
+        else:
+            self._show_review()        # napari emits `paint` before data_setitem writes: summarize after
         self.status.value = f"{what}: {edit.n_changed:,} pixels changed (Ctrl+Z undoes)"
         return edit.n_changed
 
     def _run(self, what: str, fn) -> int:
         try:
             return fn()
-        except _UserError as e:
+        except (_UserError, OffView) as e:
             self.status.value = str(e)
             show_info(f"segloop: {e}")
         except SegloopError as e:
@@ -289,7 +298,11 @@ class ProofreadWidget(Container):
             layer = self.layer.value
             if layer is None:
                 raise _UserError("no Labels layer")
-            layer.selected_label = pr.next_free_label(np.asarray(layer.data))
+            new = pr.next_free_label(layer.data)
+            if new > np.iinfo(layer.data.dtype).max:
+                raise _UserError(f"no free label id left in {layer.data.dtype}; convert the layer to a wider "
+                                 "type (e.g. layer.data = layer.data.astype('uint32'))")
+            layer.selected_label = new
             layer.mode = "paint"
             self.status.value = f"painting new label {layer.selected_label}"
             return layer.selected_label
@@ -297,9 +310,12 @@ class ProofreadWidget(Container):
 
     # -- reviewed regions ------------------------------------------------------------
     def mark_view(self) -> None:
-        layer = self.layer.value
-        if layer is not None:
+        def go():
+            layer = self.layer.value
+            if layer is None:
+                raise _UserError("no Labels layer")
             tracker_for(layer).mark(region(layer, self.viewer, "view"))
+        self._run("mark view reviewed", go)
 
     def mark_slice(self) -> None:
         layer = self.layer.value
@@ -348,8 +364,7 @@ class ProofreadWidget(Container):
         if layer is None:
             return
         tr = tracker_for(layer)
-        coarse, _ = tr.coarse_mask()
-        msg = f"reviewed: {100 * coarse.mean():.1f}% of {layer.name!r}"
+        msg = f"reviewed: {tr.reviewed_percent():.1f}% of {layer.name!r}"
         bbox = tr.reviewed.bbox()
         if bbox is not None and np.prod([b - a for a, b in bbox]) <= SUMMARY_MAX_PIXELS:
             summary = tr.summary(tuple(slice(a, b) for a, b in bbox))

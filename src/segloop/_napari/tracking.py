@@ -31,15 +31,32 @@ OVERLAY_MAX_SIDE = 1024
 _TRACKERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def atom_box(atom, shape) -> tuple[tuple[int, int], ...] | None:
-    """Bounding box of one napari history atom (mask-paint atom or (indices, old, new) tuple)."""
+ATOM_TILE = 128
+"""Pixels changed by one edit are grouped per tile of this size: removing two specks in opposite
+corners marks two small boxes, not the whole image between them."""
+
+
+def atom_boxes(atom, shape) -> list[tuple[tuple[int, int], ...]]:
+    """Boxes around what one napari history atom changed (mask-paint atom or (indices, old, new) tuple)."""
     key = getattr(atom, "slice_key", None)
-    if key is not None:
-        return tuple((s.indices(n)[0], s.indices(n)[1]) for s, n in zip(key, shape))
-    indices = atom[0]
-    if not len(indices) or np.size(indices[0]) == 0:
-        return None
-    return tuple((int(np.min(ix)), int(np.max(ix)) + 1) for ix in indices)
+    if key is not None:                 # brush dab, fill, polygon: napari's own bounding box
+        return [tuple((s.indices(n)[0], s.indices(n)[1]) for s, n in zip(key, shape))]
+    indices = [np.asarray(ix, np.int64).ravel() for ix in atom[0]]
+    if not indices or indices[0].size == 0:
+        return []
+    tiles = np.stack([ix // ATOM_TILE for ix in indices])
+    _, group = np.unique(tiles, axis=1, return_inverse=True)
+    group = group.ravel()
+    n = int(group.max()) + 1
+    boxes = []
+    lo = [np.full(n, np.iinfo(np.int64).max) for _ in indices]
+    hi = [np.full(n, -1, np.int64) for _ in indices]
+    for ax, ix in enumerate(indices):
+        np.minimum.at(lo[ax], group, ix)
+        np.maximum.at(hi[ax], group, ix)
+    for g in range(n):
+        boxes.append(tuple((int(lo[ax][g]), int(hi[ax][g]) + 1) for ax in range(len(indices))))
+    return boxes
 
 
 class Tracker:
@@ -69,8 +86,7 @@ class Tracker:
         if layer is None:
             return
         for atom in event.value or ():
-            box = atom_box(atom, layer.data.shape)
-            if box is not None:
+            for box in atom_boxes(atom, layer.data.shape):
                 self.reviewed.add(box, margin=EDIT_MARGIN)
         self.edits += 1
         self._sync()
@@ -90,6 +106,17 @@ class Tracker:
         if self.base is not None:
             mask |= self.base[tuple(crop) if crop is not None else ...]
         return mask
+
+    def reviewed_percent(self) -> float:
+        """Reviewed share of the layer in %, from a grid of 64-px cells (cheap enough for every edit)."""
+        if self.base is not None:                # a sample read back: small, count exactly
+            return 100.0 * float(self.reviewed_mask().mean())
+        shape = self.reviewed.shape
+        cells = [max(1, -(-n // 64)) for n in shape]
+        grid = np.zeros(cells, bool)
+        for box in self.reviewed.boxes:
+            grid[tuple(slice(a * c // n, -(-b * c // n)) for (a, b), c, n in zip(box, cells, shape))] = True
+        return 100.0 * float(grid.mean())
 
     def reviewed_bbox(self):
         """Bounding box (slices) of everything reviewed, or None."""
@@ -134,10 +161,12 @@ class Tracker:
         return summarize_corrections(self.snapshot.read(crop), np.asarray(layer.data[tuple(crop)]), task=task)
 
     # -- overlay ---------------------------------------------------------------------
-    def coarse_mask(self) -> tuple[np.ndarray, int]:
-        """The reviewed mask downsampled in-plane so no side exceeds OVERLAY_MAX_SIDE (any pixel reviewed)."""
+    def coarse_mask(self, max_bytes: int = 32 * 2**20) -> tuple[np.ndarray, int]:
+        """The reviewed mask downsampled in-plane (any pixel reviewed), at most ``max_bytes`` in all."""
         shape = self.reviewed.shape
-        f = max(1, -(-max(shape[-2:]) // OVERLAY_MAX_SIDE))
+        planes = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+        side = min(OVERLAY_MAX_SIDE, max(16, int((max_bytes / planes) ** 0.5)))
+        f = max(1, -(-max(shape[-2:]) // side))
         lead = shape[:-2]
         out = np.zeros(lead + tuple(-(-n // f) for n in shape[-2:]), np.uint8)
         for box in self.reviewed.boxes:
@@ -164,6 +193,7 @@ class Tracker:
                                             contrast_limits=(0, 1), opacity=0.3, blending="additive",
                                             scale=scale, translate=translate,
                                             metadata={"segloop_overlay_of": layer.name})
+            viewer.layers.selection.active = layer      # keep clicks and keys going to the labels
         else:
             self._refresh_overlay()
 
@@ -182,6 +212,15 @@ def tracker_for(layer, *, create: bool = True) -> Tracker | None:
 
 
 def track(layer, *, snapshot: PredictionSnapshot | None) -> Tracker:
-    """Start tracking a layer that Segment just produced (its data is the prediction)."""
-    tr = _TRACKERS[layer] = Tracker(layer, snapshot=snapshot)
+    """Start tracking a layer that Segment just produced (its data is the prediction).
+
+    A widget may already have made the layer's tracker when the layer was inserted: the
+    snapshot is given to that one, so its listeners keep working.
+    """
+    tr = _TRACKERS.get(layer)
+    if tr is None:
+        tr = _TRACKERS[layer] = Tracker(layer, snapshot=snapshot)
+    else:
+        tr.snapshot = snapshot
+        tr._sync()
     return tr
