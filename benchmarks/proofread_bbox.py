@@ -48,6 +48,7 @@ import tracemalloc
 import numpy as np
 import scipy
 import skimage
+from _machine import cpu_model
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
@@ -159,17 +160,6 @@ def agree(edit: pr.LabelEdit, out: np.ndarray, labels: np.ndarray) -> bool:
     return n_diff == edit.n_changed
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192, 20000])
@@ -180,7 +170,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-naive", action="store_true")
     args = ap.parse_args(argv)
 
-    print(f"cpu: {cpu_name()}  ({os.cpu_count()} logical cores)")
+    print(f"cpu: {cpu_model()}  ({os.cpu_count()} logical cores)")
     print(f"python {platform.python_version()}  numpy {np.__version__}  scipy {scipy.__version__}  "
           f"scikit-image {skimage.__version__}")
     print(f"repeats {args.repeats} (best time), chunk {pr.CHUNK_ELEMENTS} elements")

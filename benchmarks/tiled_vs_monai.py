@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from _machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 NUCLEI_TIF = ROOT / "src" / "segloop" / "data" / "bbbc007_A9_p10d.tif"
@@ -54,17 +55,6 @@ AGREE = 0.99
 # ---------------------------------------------------------------------------
 # Machine and model
 # ---------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_network(name_or_path: str = "nuclei-unet", seed: int = 0):

@@ -60,3 +60,18 @@ def ihc_image() -> np.ndarray:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Engine choices and remembered widget settings go to a fresh folder per test."""
     monkeypatch.setenv("SEGLOOP_CACHE_DIR", str(tmp_path_factory.mktemp("segloop-cache")))
+
+
+@pytest.fixture
+def notes():
+    """The messages of napari notifications shown during a test."""
+    from napari.utils.notifications import notification_manager
+
+    seen = []
+
+    def grab(n):
+        seen.append(str(n.message))
+
+    notification_manager.notification_ready.connect(grab)
+    yield seen
+    notification_manager.notification_ready.disconnect(grab)

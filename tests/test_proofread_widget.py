@@ -214,20 +214,6 @@ def test_proofread_then_export_then_validate(make_napari_viewer, qtbot, tmp_path
     assert "train" in ex.counts.value
 
 
-@pytest.fixture
-def notes():
-    from napari.utils.notifications import notification_manager
-
-    seen = []
-
-    def grab(n):
-        seen.append(str(n.message))
-
-    notification_manager.notification_ready.connect(grab)
-    yield seen
-    notification_manager.notification_ready.disconnect(grab)
-
-
 def export_widget(viewer, layer, folder, what="whole image"):
     ex = ExportWidget(viewer)
     viewer.window.add_dock_widget(ex)

@@ -5,21 +5,8 @@ import pytest
 
 napari = pytest.importorskip("napari")
 
-from napari.utils.notifications import notification_manager  # noqa: E402
 
 from segloop._napari.segment_widget import LOAD_PACKAGE, SegmentWidget  # noqa: E402
-
-
-@pytest.fixture
-def notes():
-    seen = []
-
-    def grab(n):
-        seen.append(str(n.message))
-
-    notification_manager.notification_ready.connect(grab)
-    yield seen
-    notification_manager.notification_ready.disconnect(grab)
 
 
 def make(make_napari_viewer, image=None, **image_kwargs):
