@@ -29,6 +29,18 @@ def test_register_model_makes_it_listed(tiny_package):
     assert segloop.load_model(name, device="cpu").spec.name == "tiny"
 
 
+def test_a_persisted_registration_survives_a_new_session_and_a_deleted_package_is_skipped(tiny_package):
+    import shutil
+
+    from segloop.core import predict
+
+    segloop.register_model(tiny_package, name="tiny v9", persist=True)
+    predict._registered.clear()                           # a new session: only the saved file remains
+    assert "tiny v9" in segloop.list_models()
+    shutil.rmtree(tiny_package)
+    assert "tiny v9" not in segloop.list_models()
+
+
 def test_predict_real_image_returns_labels_provenance_and_uncertainty(model, nuclei_image):
     seen = []
     res = model.predict(nuclei_image, uncertainty=True, progress=lambda d, t: seen.append((d, t)))

@@ -29,8 +29,8 @@ def load_model(name_or_path, *, device: str = "auto", engine: str = "torch", pre
     return _load(name_or_path, device=device, engine=engine, precision=precision)
 
 
-def register_model(path, *, name: str | None = None) -> str:
+def register_model(path, *, name: str | None = None, persist: bool = False) -> str:
     """Make a package folder available by name; see :func:`segloop.core.predict.register_model`."""
     from segloop.core.predict import register_model as _reg
 
-    return _reg(path, name=name)
+    return _reg(path, name=name, persist=persist)

@@ -52,15 +52,54 @@ def _discover() -> dict[str, Path]:
         for p in sorted(d.iterdir()):
             if (p / "segloop-model.json").is_file() or (p.suffix == ".zip" and p.is_file()):
                 found.setdefault(p.stem if p.suffix == ".zip" else p.name, p)
+    for key, p in _saved_registrations().items():
+        if Path(p).exists():
+            found.setdefault(key, Path(p))
     found.update(_registered)
     return found
 
 
-def register_model(path: str | os.PathLike, *, name: str | None = None) -> str:
-    """Make a package available by name to :func:`list_models` / :func:`load_model`."""
-    pkg = load_package(path)
-    key = name or pkg.spec.name
-    _registered[key] = Path(path)
+def _registry_file() -> Path:
+    from segloop.core.engines import cache_dir
+
+    return cache_dir() / "registered-models.json"
+
+
+def _saved_registrations() -> dict[str, str]:
+    import json
+
+    try:
+        data = json.loads(_registry_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def register_model(path: str | os.PathLike, *, name: str | None = None, persist: bool = False) -> str:
+    """Make a package available by name to :func:`list_models` / :func:`load_model`.
+
+    The package is verified (sha256) first.  ``persist=True`` also remembers it
+    for later sessions (``registered-models.json`` in the segloop cache folder;
+    packages that no longer exist are skipped).
+    """
+    import json
+
+    from segloop.core.package import read_spec
+
+    load_package(path)                   # verified: a broken package is refused here, not at first use
+    key = name or read_spec(path).name
+    path = Path(path).resolve()
+    _registered[key] = path
+    if persist:
+        saved = {**_saved_registrations(), key: str(path)}
+        f = _registry_file()
+        try:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            tmp = f.with_name(f".{f.name}.tmp")
+            tmp.write_text(json.dumps(saved, indent=1))
+            os.replace(tmp, f)
+        except OSError:
+            pass                          # remembered for this session only
     return key
 
 
