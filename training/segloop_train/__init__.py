@@ -1,9 +1,23 @@
-"""segloop_train: turns labelled samples (and, soon, training folders) into model packages.
+"""segloop_train: turns training folders (or labelled samples) into new, evaluated model packages.
 
-No Qt, no napari.  See ``segloop_train.train`` and ``segloop_train.recipes``.
+No Qt, no napari.  :func:`finetune` is the entry point (CLI: ``segloop-train``, or
+``python -m segloop_train``); ``segloop_train.train`` and ``segloop_train.recipes`` hold the
+from-samples loop and the recipes of the bundled models.
 """
 
+from segloop_train.augment import AugmentConfig
 from segloop_train.data import Sample, instance_targets
+from segloop_train.finetune import (
+    FinetuneResult,
+    TrainingDivergedError,
+    TrainingError,
+    TrainingOutOfMemoryError,
+    evaluate_samples,
+    finetune,
+)
+from segloop_train.folders import load_folders
 from segloop_train.train import TrainConfig, evaluate, train, train_and_save
 
-__all__ = ["Sample", "TrainConfig", "evaluate", "instance_targets", "train", "train_and_save"]
+__all__ = ["AugmentConfig", "FinetuneResult", "Sample", "TrainConfig", "TrainingDivergedError", "TrainingError",
+           "TrainingOutOfMemoryError", "evaluate", "evaluate_samples", "finetune", "instance_targets",
+           "load_folders", "train", "train_and_save"]

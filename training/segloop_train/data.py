@@ -17,7 +17,7 @@ from skimage.segmentation import find_boundaries
 
 from segloop.core.normalize import Normalizer, spec_from_dict
 
-__all__ = ["Sample", "instance_targets", "PatchSampler", "normalize_sample"]
+__all__ = ["Sample", "instance_targets", "reviewed_targets", "PatchSampler", "normalize_sample"]
 
 IGNORE = 255
 
@@ -58,6 +58,38 @@ def instance_targets(labels: np.ndarray, *, boundary_px: int = 2) -> np.ndarray:
     out[lab > 0] = 1
     out[bnd & (lab > 0)] = 2
     return out
+
+
+def reviewed_targets(sample: Sample, task: str, *, boundary_px: int = 2) -> np.ndarray:
+    """Class targets of ``sample`` with ``IGNORE`` (255) wherever they depend on unreviewed pixels.
+
+    Semantic: the labels, ``IGNORE`` where ``reviewed == 0``.  Instance: the
+    :func:`instance_targets` classes, ``IGNORE`` where ``reviewed == 0`` and also on object
+    pixels within ``boundary_px`` of an unreviewed pixel, because whether such a pixel is
+    interior or boundary depends on the (unknown) labels next to it.  So changing the labels
+    of unreviewed pixels never changes a target, hence never the loss or its gradient.
+
+    Returns
+    -------
+    (H, W) uint8 ndarray
+    """
+    from scipy import ndimage as ndi
+
+    lab = np.asarray(sample.labels)
+    if task == "instance":
+        t = instance_targets(lab, boundary_px=boundary_px)
+    else:
+        t = lab.astype(np.uint8)
+    if sample.reviewed is None:
+        return t
+    unreviewed = np.asarray(sample.reviewed) == 0
+    if not unreviewed.any():
+        return t
+    t = np.where(unreviewed, IGNORE, t).astype(np.uint8)
+    if task == "instance":
+        near = ndi.binary_dilation(unreviewed, structure=np.ones((3, 3), bool), iterations=boundary_px)
+        t[near & (lab > 0)] = IGNORE
+    return t
 
 
 def normalize_sample(sample: Sample, norm_spec: dict) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,8 +112,22 @@ class SegmentWidget(Container):
     with the image's scale and translate, and provenance in ``metadata["segloop"]``.
     """
 
+    _instances: weakref.WeakSet = weakref.WeakSet()
+
+    @classmethod
+    def instances(cls) -> list[SegmentWidget]:
+        """Segment widgets alive in this process (the Fine-tune widget offers them new models)."""
+        return list(cls._instances)
+
+    def add_model_choice(self, name: str, *, select: bool = True) -> None:
+        """Offer a newly registered model (e.g. a fine-tuned version) and optionally select it."""
+        self.model.reset_choices()                         # the list comes from list_models()
+        if select:
+            self.model.value = name
+
     def __init__(self, napari_viewer):
         super().__init__(labels=True)
+        SegmentWidget._instances.add(self)
         self.viewer = napari_viewer
         self._models: dict[tuple, object] = {}
         self._worker = None
@@ -126,7 +141,8 @@ class SegmentWidget(Container):
 
         self.image = ComboBox(label="image", choices=self._image_choices, nullable=True)
         names = list_models()
-        self.model = ComboBox(label="model", choices=[*names, LOAD_PACKAGE],
+        # a callable, so napari's reset_choices (on every layer change) keeps newly registered models
+        self.model = ComboBox(label="model", choices=lambda _w=None: [*list_models(), LOAD_PACKAGE],
                               value=names[0] if names else LOAD_PACKAGE)
         self.package = FileEdit(label="package", mode="d", visible=not names)
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")

@@ -1,0 +1,208 @@
+"""``segloop-train``: fine-tune a model package on training folders (or train one from scratch).
+
+::
+
+    segloop-train FOLDER... --from MODEL --out DIR [--epochs N | --steps N] [--lr --batch --patch
+                  --device --seed --resume --eval-every --checkpoint-every --patience --version --name]
+    segloop-train FOLDER... --arch unet --out DIR [--arch-kwargs JSON --classes a,b
+                  --task semantic|instance --normalization JSON] ...
+
+A progress bar goes to the terminal.  With ``--progress-json`` stdout carries instead ONE JSON
+object per line, for programs (the napari widget runs training in a subprocess)::
+
+    {"event": "start", "steps": N, "parent_metrics": {...}, "epochs": E, "steps_per_epoch": S,
+     "batch": B, "patch": P, "device": "cpu", "train": n, "val": n, "resumed_from": null|step, ...}
+    {"event": "step", "step": i, "steps": N, "epoch": e, "loss": x, "lr": x, "batch": B}
+    {"event": "eval", "step": i, "epoch": e, "metrics": {...}, "best": bool, "best_step": i}
+    {"event": "checkpoint", "step": i, "path": "..."}
+    {"event": "warning", "message": "..."}
+    {"event": "done", "package": path, "metrics": {...}, "parent_metrics": {...}, "improved": bool|null, ...}
+    {"event": "cancelled", "package": path|null, "message": "..."}
+    {"event": "error", "message": "..."}
+
+SIGINT / SIGTERM cancel the run at the next step: the package is written from the best weights
+evaluated so far (if any) and the checkpoint is kept for ``--resume``.  Errors print one line
+``segloop-train: error: ...`` on stderr (and an ``error`` event with ``--progress-json``) and
+exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import signal
+import sys
+import threading
+import warnings
+
+from segloop.errors import SegloopError
+
+__all__ = ["main", "build_parser"]
+
+PROG = "segloop-train"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Fine-tune a segloop model package on training folders "
+                                "and write a new, evaluated package (parent recorded).")
+    p.add_argument("folders", nargs="+", metavar="FOLDER", help="training folder(s) v1 (segloop export)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from", dest="parent", metavar="MODEL",
+                     help="model to fine-tune: a bundled name (segloop models) or a package path")
+    src.add_argument("--arch", choices=["unet", "unet26", "segunet", "convnext_unet"],
+                     help="train this architecture from scratch instead")
+    p.add_argument("--out", required=True, metavar="DIR", help="the new package folder (must not exist)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="optimizer steps (default 500)")
+    length.add_argument("--epochs", type=int, help="epochs (an epoch draws as many pixels as the samples hold)")
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4)")
+    p.add_argument("--batch", type=int, default=8, help="patches per step (default 8)")
+    p.add_argument("--patch", type=int, default=256, help="patch side in pixels (default 256; reduced to fit)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in DIR.ckpt")
+    p.add_argument("--eval-every", type=int, help="steps between evaluations (default: an epoch, <= 20 evals)")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: an epoch)")
+    p.add_argument("--patience", type=int, help="stop after this many evaluations without improvement")
+    p.add_argument("--version", help="version of the new package (default: the parent's, minor bumped)")
+    p.add_argument("--name", help="name of the new package (default: the parent's)")
+    p.add_argument("--arch-kwargs", type=json.loads, metavar="JSON", help='from scratch: e.g. \'{"depth": 4}\'')
+    p.add_argument("--classes", help="from scratch: class names, e.g. background,nucleus")
+    p.add_argument("--task", choices=["semantic", "instance"], help="from scratch: default the folders' task")
+    p.add_argument("--normalization", metavar="JSON",
+                   help='e.g. \'{"kind": "hematoxylin"}\' or just hematoxylin; default: the parent\'s')
+    p.add_argument("--no-onnx", action="store_true", help="do not export model.onnx")
+    p.add_argument("--keep-checkpoint", action="store_true", help="keep DIR.ckpt after writing the package")
+    p.add_argument("--progress-json", action="store_true", help="one JSON object per line on stdout")
+    return p
+
+
+class _Printer:
+    """Turns progress events into a tqdm bar and short lines (or JSON lines)."""
+
+    def __init__(self, as_json: bool):
+        self.as_json = as_json
+        self.bar = None
+
+    def __call__(self, ev: dict) -> None:
+        if self.as_json:
+            sys.stdout.write(json.dumps(_clean(ev), allow_nan=False, default=str) + "\n")
+            sys.stdout.flush()
+            return
+        kind = ev["event"]
+        if kind == "start":
+            from tqdm import tqdm
+
+            pm = ev.get("parent_metrics") or {}
+            self.line(f"{ev['train']} train / {ev['val']} val image(s); {ev['steps']} steps "
+                      f"({ev['steps_per_epoch']}/epoch), batch {ev['batch']}, patch {ev['patch']}, {ev['device']}"
+                      + (f"; resuming from step {ev['resumed_from']}" if ev.get("resumed_from") else ""))
+            if pm:
+                self.line("parent: " + _fmt(pm))
+            self.bar = tqdm(total=ev["steps"], initial=ev.get("resumed_from") or 0, unit="step",
+                            dynamic_ncols=True, file=sys.stderr)
+        elif kind == "step" and self.bar is not None:
+            self.bar.update(ev["step"] - self.bar.n)
+            self.bar.set_postfix(epoch=ev["epoch"], loss=f"{ev['loss']:.4f}")
+        elif kind == "eval":
+            self.line(f"step {ev['step']}: " + _fmt(ev["metrics"]) + ("  (best)" if ev.get("best") else ""))
+        elif kind == "warning":
+            self.line(f"{PROG}: warning: {ev['message']}")
+        elif kind in ("done", "cancelled"):
+            self.close()
+            print(ev.get("message") or f"wrote {ev.get('package')}")
+            if ev.get("metrics"):
+                if ev.get("parent_metrics"):
+                    print("parent: " + _fmt(ev["parent_metrics"]))
+                print("new:    " + _fmt(ev["metrics"]))
+
+    def line(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _clean(obj):
+    """JSON-safe: non-finite floats become null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _fmt(metrics: dict) -> str:
+    return "  ".join(f"{k}={v:.3f}" for k, v in metrics.items() if not k.startswith(("dice:", "jaccard:")))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    printer = _Printer(args.progress_json)
+    cancel = threading.Event()
+
+    def on_signal(signum, frame):
+        if cancel.is_set():                      # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        cancel.set()
+        if not args.progress_json:
+            printer.line(f"{PROG}: {signal.Signals(signum).name}: stopping at the next step ...")
+
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    command = " ".join([PROG, *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
+    try:
+        from segloop_train.finetune import FinetuneWarning, finetune
+        from segloop_train.folders import SkippedSampleWarning
+
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        with warnings.catch_warnings():            # shown through the printer instead
+            warnings.simplefilter("ignore", FinetuneWarning)
+            warnings.simplefilter("ignore", SkippedSampleWarning)
+            finetune(args.folders, parent=args.parent, out=args.out, steps=args.steps, epochs=args.epochs,
+                     lr=args.lr, batch=args.batch, patch=args.patch, device=args.device, seed=args.seed,
+                     resume=args.resume, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+                     patience=args.patience, version=args.version, name=args.name, arch=args.arch,
+                     arch_kwargs=args.arch_kwargs,
+                     classes=[c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None,
+                     task=args.task, normalization=args.normalization, onnx=not args.no_onnx,
+                     keep_checkpoint=args.keep_checkpoint, command=command, progress=printer, cancel=cancel)
+    except (SegloopError, ValueError, OSError) as e:
+        printer.close()
+        msg = str(e).replace("\n", " ")
+        if args.progress_json:
+            printer({"event": "error", "message": msg})
+        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        printer.close()
+        print(f"{PROG}: interrupted; the last checkpoint is kept for --resume", file=sys.stderr)
+        return 130
+    except Exception as e:
+        printer.close()
+        if args.progress_json:
+            printer({"event": "error", "message": f"{type(e).__name__}: {e}".replace("\n", " ")})
+        raise
+    finally:
+        printer.close()
+        for s, h in old.items():
+            signal.signal(s, h)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1037 @@
+"""Fine-tune a model package on training folders; write a new, evaluated package (no Qt, no napari).
+
+>>> from segloop_train import finetune
+>>> res = finetune(["corrections/"], parent="nuclei-unet", out="nuclei-unet-v1.1", epochs=20)
+>>> res.package, res.parent_metrics["f1@0.5"], res.metrics["f1@0.5"], res.improved
+
+What a run does, in order:
+
+1. checks that ``out`` can be written and does not exist (before anything else);
+2. loads the parent (a name from :func:`segloop.list_models` or a package path): its
+   architecture, weights, normalization and tile size are used; the folders must have its
+   task and classes (:mod:`segloop_train.folders`);
+3. reads the folders (corrupt samples skipped with a warning), fits each image's
+   normalization on the whole image (as ``Model.predict`` does), and chooses the patch size
+   (reduced to fit the samples, see :func:`fit_patch`);
+4. evaluates the **parent** on the ``val`` samples once, through ``Model.predict``;
+5. trains with Dice + cross-entropy, pixels with ``reviewed == 0`` ignored, on augmented
+   patches (:mod:`segloop_train.augment`); every ``eval_every`` steps evaluates the new
+   weights, keeps the best (instance F1 at IoU 0.5, or Dice for semantic models) and stops
+   early after ``patience`` evaluations without improvement; every ``checkpoint_every``
+   steps writes a checkpoint to ``<out>.ckpt/``;
+6. writes a NEW package at ``out`` from the best weights: version bumped, ``parent``
+   recorded, and a ``training`` record (folders with fingerprints and sample counts, config,
+   history, best, parent_metrics, metrics, improved, command, seconds, torch); plus
+   ``model.onnx`` when onnx and onnxruntime are installed (checked against torch).
+
+Reproducibility: the patches and dropout of step ``i`` come from generators seeded with
+``(seed, i)``, and checkpoints hold weights, optimizer, scheduler and RNG state, so on CPU a
+run resumed after being killed ends with the same weights as an uninterrupted one.
+
+Checkpoints: ``<out>.ckpt/latest`` names the newest ``step-NNNNNNN/`` folder, which holds
+``weights.safetensors``, ``best.safetensors`` (best evaluated weights so far),
+``checkpoint.json`` (architecture, config, history ...) and ``state.pt`` (optimizer,
+scheduler, RNG and step as plain tensors and dicts, saved with ``torch.save`` and read back
+only with ``torch.load(..., weights_only=True)``).  Each is written to a temporary folder
+and renamed into place, so a kill leaves the previous checkpoint intact.  The folder is
+removed once the package is written, unless ``keep_checkpoint=True``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from segloop.core import metrics as M
+from segloop.core.models import build
+from segloop.core.normalize import Normalizer, output_channels, spec_from_dict
+from segloop.core.package import ModelPackage, ModelSpec, save_package
+from segloop.core.postprocess import InstanceParams
+from segloop.core.predict import Model, load_model
+from segloop.errors import ModelPackageError, SegloopError, TrainingFolderError
+from segloop_train.augment import AugmentConfig, AugmentedPatchSampler
+from segloop_train.data import Sample, reviewed_targets
+from segloop_train.folders import LoadedFolders, check_classes, load_folders
+from segloop_train.losses import dice_ce_loss
+
+__all__ = [
+    "FinetuneConfig",
+    "FinetuneResult",
+    "FinetuneWarning",
+    "TrainingError",
+    "TrainingDivergedError",
+    "TrainingOutOfMemoryError",
+    "bump_version",
+    "evaluate_samples",
+    "finetune",
+    "fit_patch",
+    "checkpoint_dir",
+]
+
+CKPT_FORMAT = "segloop-train-checkpoint"
+CKPT_VERSION = 1
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+Progress = Callable[[dict], None]
+
+
+class FinetuneWarning(UserWarning):
+    """Something about a fine-tuning run the user should know (patch reduced, no val samples ...)."""
+
+
+class TrainingError(SegloopError, RuntimeError):
+    """Training could not go on; the message says what happened and what to do."""
+
+
+class TrainingDivergedError(TrainingError, FloatingPointError):
+    """The loss or the gradients became NaN / inf; the last good checkpoint was kept."""
+
+
+class TrainingOutOfMemoryError(TrainingError, MemoryError):
+    """Out of memory even with a batch of 1."""
+
+
+# --------------------------------------------------------------------------- config / result
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Everything that decides the result of a run (saved in the package and the checkpoint).
+
+    ``patch`` is the size actually used (after :func:`fit_patch`); ``batch`` the batch asked
+    for (an out-of-memory retry halves it, recorded in the history).
+    """
+
+    steps: int
+    steps_per_epoch: int
+    batch: int
+    patch: int
+    lr: float
+    weight_decay: float
+    class_weights: tuple[float, ...] | None
+    eval_every: int
+    checkpoint_every: int
+    patience: int | None
+    seed: int
+    grad_clip: float
+    augment: dict
+    normalization: dict
+    schema_version: int = 1
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["class_weights"] = list(self.class_weights) if self.class_weights else None
+        return d
+
+
+#: Config keys a resumed run must share with its checkpoint.
+_RESUME_KEYS = ("steps", "batch", "patch", "lr", "weight_decay", "class_weights", "seed", "grad_clip",
+                "augment", "normalization", "steps_per_epoch")
+
+
+@dataclass
+class FinetuneResult:
+    """What :func:`finetune` did.
+
+    Attributes
+    ----------
+    package : Path or None
+        The new package (None when cancelled before any evaluation).
+    spec : ModelSpec or None
+        Its spec as written.
+    metrics, parent_metrics : dict
+        Best held-out metrics of the new weights / of the parent ({} when there is no val
+        sample or no parent).
+    improved : bool or None
+        New score > parent score (instance F1@0.5 or Dice); None without val samples or parent.
+    stopped : {"completed", "early_stopping", "cancelled"}
+    history : list of dict
+        One entry per evaluation: step, epoch, loss, metrics, seconds.
+    message : str
+        One sentence for the user.
+    checkpoint : Path or None
+        The checkpoint folder, if it was kept.
+    seconds : float
+    """
+
+    package: Path | None
+    spec: ModelSpec | None
+    metrics: dict[str, float]
+    parent_metrics: dict[str, float]
+    improved: bool | None
+    stopped: str
+    history: list[dict] = field(default_factory=list)
+    message: str = ""
+    checkpoint: Path | None = None
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def bump_version(version: str) -> str:
+    """Next minor version: ``1.0.0 -> 1.1.0``, ``2.3 -> 2.4.0``; other strings get ``.1`` appended."""
+    m = re.fullmatch(r"v?(\d+)\.(\d+)(?:\.(\d+))?", str(version).strip())
+    if m:
+        return f"{int(m.group(1))}.{int(m.group(2)) + 1}.0"
+    return f"{version}.1"
+
+
+def checkpoint_dir(out: str | os.PathLike) -> Path:
+    """Where a run writing ``out`` keeps its checkpoints: ``<out>.ckpt`` next to it."""
+    out = Path(out)
+    return out.with_name(out.name + ".ckpt")
+
+
+def _is_cancelled(cancel) -> bool:
+    if cancel is None:
+        return False
+    return bool(cancel()) if callable(cancel) else bool(cancel.is_set())
+
+
+def _is_oom(e: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
+    return isinstance(e, oom) or (isinstance(e, RuntimeError) and (
+        "out of memory" in str(e).lower() or "can't allocate memory" in str(e).lower()))
+
+
+def _check_out(out: Path, ckpt: Path, *, resume: bool) -> None:
+    """Refuse an existing or unwritable ``out`` before any work is done."""
+    if out.exists():
+        raise ModelPackageError(f"{out} already exists; packages are never overwritten, choose a new --out")
+    for parent in (out.parent, ckpt.parent):
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            probe = Path(tempfile.mkdtemp(prefix=".segloop-write-test-", dir=parent))
+            probe.rmdir()
+        except OSError as e:
+            raise ModelPackageError(
+                f"cannot write the new package to {out}: {parent} is not a writable folder "
+                f"({e.strerror or e}); choose an --out in a folder you can write to") from None
+    latest = ckpt / "latest"
+    if not resume and latest.exists():
+        raise ModelPackageError(
+            f"{ckpt} holds a checkpoint of an earlier run; pass --resume to continue it, or delete "
+            f"{ckpt} to start again")
+
+
+def fit_patch(patch: int, sizes: Sequence[tuple[int, int]], divisor: int) -> tuple[int, str | None]:
+    """The patch side to train with, and a warning if it differs from the one asked for.
+
+    The patch is rounded down to a multiple of the network's ``divisor``.  When it is larger
+    than the largest training sample (its shorter side), it is **reduced** to the largest
+    multiple of ``divisor`` that fits that sample (at least ``divisor``).  Samples smaller
+    than the patch are **padded**; padded pixels are ignored by the loss.
+
+    Parameters
+    ----------
+    patch : int
+    sizes : sequence of (H, W)
+        Spatial sizes of the training samples.
+    divisor : int
+        The network's size divisor (``2 ** depth`` for a U-Net).
+    """
+    if int(patch) < 1:
+        raise ValueError(f"patch must be a positive number of pixels, got {patch}")
+    divisor = max(1, int(divisor))
+    fits = max(min(s) for s in sizes)
+    want = max(divisor, int(patch) // divisor * divisor)
+    if want > fits:
+        new = max(divisor, fits // divisor * divisor)
+        why = (f"patch {patch} is larger than the largest training sample ({fits} px on its shorter side); "
+               f"using {new}, the largest multiple of the network's divisor {divisor} that fits"
+               + (" (samples smaller than that are padded; padding is ignored by the loss)" if new > min(
+                   min(s) for s in sizes) else ""))
+        return new, why
+    if want != patch:
+        return want, f"patch {patch} is not a multiple of the network's divisor {divisor}; using {want}"
+    return want, None
+
+
+def _drop_alpha(image: np.ndarray, in_channels_raw: int | None) -> np.ndarray:
+    if image.ndim == 3 and image.shape[-1] == 4 and in_channels_raw in (3, None):
+        return image[..., :3]
+    if image.ndim == 3 and image.shape[-1] == 2 and in_channels_raw == 1:
+        return image[..., :1]
+    return image
+
+
+def _raw_channels(spec: ModelSpec, norm: dict) -> int:
+    return 3 if norm.get("kind") == "hematoxylin" else spec.in_channels
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _restrict_objects(lab: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Keep the objects of ``lab`` with at least half their pixels inside ``mask``."""
+    if mask.all():
+        return lab
+    lab = np.asarray(lab)
+    n = int(lab.max()) + 1
+    total = np.bincount(lab.ravel(), minlength=n)
+    inside = np.bincount(lab[mask].ravel(), minlength=n)
+    keep = inside * 2 >= total
+    keep[0] = False
+    return np.where(keep[lab], lab, 0)
+
+
+_AP_THRESHOLDS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+
+
+def evaluate_samples(model: Model, samples: Sequence[Sample], *, normalization: dict | None = None,
+                     batch_size: int = 8) -> dict[str, float]:
+    """Held-out metrics of ``model`` on ``samples``, predicted through ``Model.predict``.
+
+    Counts are pooled over all samples (micro averages), so small or empty samples do not
+    dominate.  Only reviewed pixels count; for instance metrics an object (true or
+    predicted) counts when at least half of it is reviewed.
+
+    Parameters
+    ----------
+    model : Model
+    samples : sequence of Sample
+        2D samples; ``labels`` are object ids (instance) or class ids (semantic).
+    normalization : dict, optional
+        Override the model's normalization (e.g. hematoxylin for a fluorescence model).
+
+    Returns
+    -------
+    dict
+        ``dice``, ``jaccard``, ``pixel_accuracy`` (foreground vs background for instance
+        models, class ids for semantic ones); instance: ``f1@0.5``, ``precision@0.5``,
+        ``recall@0.5``, ``ap@0.5:0.95``; semantic with 2+ foreground classes: ``dice:<class>``
+        and ``jaccard:<class>``.  Empty when ``samples`` is empty.
+    """
+    if not samples:
+        return {}
+    spec = model.spec
+    k = spec.n_classes
+    inter = np.zeros(k, np.int64)
+    t_sum = np.zeros(k, np.int64)
+    p_sum = np.zeros(k, np.int64)
+    correct = total = 0
+    counts = {th: [0, 0, 0] for th in _AP_THRESHOLDS}
+    for s in samples:
+        pred = model.predict(s.image, normalization=normalization, batch_size=batch_size).labels
+        truth = np.asarray(s.labels)
+        mask = np.ones(truth.shape, bool) if s.reviewed is None else np.asarray(s.reviewed) > 0
+        if spec.task == "instance":
+            t, p = (truth != 0)[mask], (pred != 0)[mask]
+            inter[1] += int((t & p).sum())
+            t_sum[1] += int(t.sum())
+            p_sum[1] += int(p.sum())
+            correct += int((t == p).sum())
+            total += int(mask.sum())
+            tr, pr = _restrict_objects(truth, mask), _restrict_objects(pred, mask)
+            for th in _AP_THRESHOLDS:
+                r = M.match_instances(tr, pr, iou=th)
+                c = counts[th]
+                c[0] += r["tp"]
+                c[1] += r["fp"]
+                c[2] += r["fn"]
+        else:
+            t, p = truth[mask].astype(np.int64), pred[mask].astype(np.int64)
+            correct += int((t == p).sum())
+            total += int(mask.sum())
+            for c in range(1, k):
+                tc, pc = t == c, p == c
+                inter[c] += int((tc & pc).sum())
+                t_sum[c] += int(tc.sum())
+                p_sum[c] += int(pc.sum())
+
+    def dice_of(c):
+        d = t_sum[c] + p_sum[c]
+        return 1.0 if d == 0 else 2 * inter[c] / d
+
+    def jac_of(c):
+        u = t_sum[c] + p_sum[c] - inter[c]
+        return 1.0 if u == 0 else inter[c] / u
+
+    out: dict[str, float] = {}
+    if spec.task == "instance":
+        out["dice"], out["jaccard"] = float(dice_of(1)), float(jac_of(1))
+        out["pixel_accuracy"] = correct / total if total else 1.0
+        tp, fp, fn = counts[0.5]
+        out["f1@0.5"] = 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+        out["precision@0.5"] = tp / (tp + fp) if tp + fp else (1.0 if fn == 0 else 0.0)
+        out["recall@0.5"] = tp / (tp + fn) if tp + fn else 1.0
+        out["ap@0.5:0.95"] = float(np.mean([1.0 if sum(c) == 0 else c[0] / sum(c) for c in counts.values()]))
+    else:
+        present = [c for c in range(1, k) if t_sum[c] + p_sum[c] > 0] or list(range(1, k))
+        out["dice"] = float(np.mean([dice_of(c) for c in present]))
+        out["jaccard"] = float(np.mean([jac_of(c) for c in present]))
+        out["pixel_accuracy"] = correct / total if total else 1.0
+        if k > 2:
+            for c in range(1, k):
+                out[f"dice:{spec.classes[c]}"] = float(dice_of(c))
+                out[f"jaccard:{spec.classes[c]}"] = float(jac_of(c))
+    return {key: float(v) for key, v in out.items()}
+
+
+def _score_key(task: str) -> str:
+    return "f1@0.5" if task == "instance" else "dice"
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _state_copy(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").clone().contiguous() for k, v in net.state_dict().items()}
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _save_checkpoint(ckpt: Path, *, meta: dict, weights: dict[str, torch.Tensor],
+                     best: dict[str, torch.Tensor] | None, state: dict) -> Path:
+    """Write ``ckpt/step-NNNNNNN`` atomically, point ``latest`` at it, drop older ones."""
+    from safetensors.torch import save as st_save
+
+    ckpt.mkdir(parents=True, exist_ok=True)
+    name = f"step-{meta['step']:07d}"
+    tmp = ckpt / f".tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        _fsync_write(tmp / "weights.safetensors", st_save(weights, metadata={"format": CKPT_FORMAT}))
+        if best is not None:
+            _fsync_write(tmp / "best.safetensors", st_save(best, metadata={"format": CKPT_FORMAT}))
+        with open(tmp / "state.pt", "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_write(tmp / "checkpoint.json", (json.dumps(meta, indent=1) + "\n").encode())
+        dest = ckpt / name
+        if dest.exists():                      # left by a run killed before it updated `latest`
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+        ptr = ckpt / f".latest-{uuid.uuid4().hex}"
+        _fsync_write(ptr, name.encode())
+        os.replace(ptr, ckpt / "latest")
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    for p in ckpt.iterdir():
+        if p.name != name and (_STEP_DIR.match(p.name) or p.name.startswith((".tmp-", ".latest-"))):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return ckpt / name
+
+
+def _load_checkpoint(ckpt: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict]:
+    """(meta, weights, best weights or None, trainer state) of the newest checkpoint in ``ckpt``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    latest = ckpt / "latest"
+    if not latest.is_file():
+        raise ModelPackageError(
+            f"nothing to resume: no checkpoint in {ckpt}; run without --resume to start a new run")
+    step_dir = ckpt / latest.read_text().strip()
+    try:
+        meta = json.loads((step_dir / "checkpoint.json").read_text())
+        if meta.get("format") != CKPT_FORMAT or meta.get("format_version") != CKPT_VERSION:
+            raise ValueError(f"format {meta.get('format')!r} version {meta.get('format_version')!r}")
+        weights = load_file(step_dir / "weights.safetensors")
+        best_path = step_dir / "best.safetensors"
+        best = load_file(best_path) if best_path.is_file() else None
+        state = torch.load(step_dir / "state.pt", map_location="cpu", weights_only=True)
+    except (OSError, ValueError, SafetensorError, RuntimeError) as e:
+        raise ModelPackageError(f"checkpoint {step_dir} cannot be read ({type(e).__name__}: {e}); delete "
+                                f"{ckpt} and start again") from None
+    return meta, weights, best, state
+
+
+def _arch_of(spec: ModelSpec) -> dict:
+    return {"architecture": spec.architecture, "architecture_kwargs": spec.architecture_kwargs,
+            "dims": spec.dims, "in_channels": spec.in_channels, "classes": list(spec.classes)}
+
+
+def _check_resume(meta: dict, ckpt: Path, spec: ModelSpec, config: FinetuneConfig, fingerprints: list[str],
+                  parent_sha: str | None) -> None:
+    have, want = meta.get("model", {}), _arch_of(spec)
+    if have != want:
+        diffs = [f"{k} {have.get(k)!r} (this run: {want[k]!r})" for k in want if have.get(k) != want[k]]
+        raise ModelPackageError(
+            f"checkpoint {ckpt} was made for another network: {'; '.join(diffs)}. Resume with the same "
+            f"--from / --arch as the run that wrote it, or delete {ckpt} to start again")
+    cfg = meta.get("config", {})
+    new = json.loads(json.dumps(config.to_dict()))
+    diffs = [f"{k} {cfg.get(k)!r} (now {new[k]!r})" for k in _RESUME_KEYS if cfg.get(k) != new[k]]
+    if diffs:
+        raise ModelPackageError(
+            f"checkpoint {ckpt} was made with other settings: {'; '.join(diffs)}. Resume with the same "
+            f"settings, or delete {ckpt} to start again")
+    if meta.get("fingerprints") != fingerprints:
+        raise ModelPackageError(
+            f"the training data changed since checkpoint {ckpt} was written (folder fingerprints differ); "
+            f"resume on the same folders, or delete {ckpt} to start again")
+    if meta.get("parent_sha256") != parent_sha:
+        raise ModelPackageError(f"checkpoint {ckpt} was made from another parent model; resume with the same "
+                                f"--from, or delete {ckpt} to start again")
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class FolderInfoView:
+    """The folders' classes and task shaped like a FolderInfo, for :func:`check_classes`."""
+
+    def __init__(self, loaded: LoadedFolders):
+        self.classes, self.task = loaded.classes, loaded.task
+
+
+def _resolve_parent(parent: str | os.PathLike) -> ModelPackage:
+    return load_model(parent, device="cpu", precision="fp32").package
+
+
+def _scratch_spec(*, arch: str, arch_kwargs: dict | None, loaded: LoadedFolders, classes: Sequence[str] | None,
+                  task: str | None, normalization: dict | None, name: str, version: str | None) -> ModelSpec:
+    task = task or loaded.task
+    fclasses = tuple(classes) if classes else loaded.classes
+    if task == "instance":
+        if fclasses[-1] == "boundary" and len(fclasses) >= 3:
+            fclasses = fclasses[:-1]
+        if len(fclasses) != 2:
+            raise TrainingFolderError(
+                f"instance models segment one object class; got classes {list(fclasses)}. Give "
+                "background and one object class (e.g. --classes background,nucleus)")
+        model_classes = (*fclasses, "boundary")
+        post = InstanceParams().to_dict()
+    else:
+        model_classes, post = fclasses, {}
+    img = loaded.train[0].image
+    raw_c = img.shape[-1] if img.ndim == 3 else 1
+    norm = normalization or {"kind": "percentile"}
+    norm = spec_from_dict(norm).to_dict()
+    if norm["kind"] == "hematoxylin":
+        raw_c = 3
+    elif raw_c == 4:
+        raw_c = 3
+    in_c = output_channels(spec_from_dict(norm), raw_c)
+    modality = sorted(loaded.modalities)[0] if len(loaded.modalities) == 1 else ""
+    spec = ModelSpec(name=name, version=version or "0.1.0", architecture=arch,
+                     architecture_kwargs=dict(arch_kwargs or {}), dims=2, in_channels=in_c,
+                     classes=tuple(model_classes), task=task, postprocess=post, normalization=norm,
+                     tile={"size": 256, "overlap": 0.25}, modality=modality,
+                     description=f"{task} segmentation trained from scratch with segloop-train")
+    spec.validate(source="from-scratch model")
+    return spec
+
+
+def _prepare(samples: Sequence[Sample], spec: ModelSpec, norm: dict) -> tuple[list, list, list, list]:
+    """Raw images, fitted normalizers, targets and modalities of training samples."""
+    raw_c = _raw_channels(spec, norm)
+    images, normalizers, targets, modalities = [], [], [], []
+    for s in samples:
+        img = _drop_alpha(np.asarray(s.image), raw_c)
+        ca = -1 if img.ndim == 3 else None
+        try:
+            nz = Normalizer.fit(norm, img, channel_axis=ca)
+        except SegloopError as e:
+            raise TrainingFolderError(f"sample {s.source}: {e}") from None
+        if nz.out_channels != spec.in_channels:
+            have = img.shape[-1] if ca is not None else 1
+            raise TrainingFolderError(
+                f"sample {s.source} has {have} channel(s); normalization {norm['kind']!r} makes "
+                f"{nz.out_channels} of them but {spec.name} takes {spec.in_channels}. Export images with "
+                f"{raw_c} channel(s), or choose another normalization (e.g. hematoxylin for RGB tissue)")
+        images.append(img)
+        normalizers.append(nz)
+        targets.append(reviewed_targets(s, spec.task))
+        modalities.append(str(s.meta.get("modality", "")))
+    return images, normalizers, targets, modalities
+
+
+def finetune(
+    folders: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    parent: str | os.PathLike | None,
+    out: str | os.PathLike,
+    steps: int | None = None,
+    epochs: int | None = None,
+    lr: float = 5e-4,
+    batch: int = 8,
+    patch: int = 256,
+    device: str = "auto",
+    seed: int = 0,
+    resume: bool | str | os.PathLike = False,
+    eval_every: int | None = None,
+    checkpoint_every: int | None = None,
+    patience: int | None = None,
+    version: str | None = None,
+    name: str | None = None,
+    arch: str | None = None,
+    arch_kwargs: dict | None = None,
+    classes: Sequence[str] | None = None,
+    task: Literal["semantic", "instance"] | None = None,
+    normalization: dict | str | None = None,
+    augment: AugmentConfig | None = None,
+    weight_decay: float = 1e-4,
+    class_weights: Sequence[float] | Literal["auto"] | None = "auto",
+    grad_clip: float = 10.0,
+    onnx: bool = True,
+    keep_checkpoint: bool = False,
+    command: str | None = None,
+    progress: Progress | None = None,
+    cancel: threading.Event | Callable[[], bool] | None = None,
+) -> FinetuneResult:
+    """Fine-tune ``parent`` (or train ``arch`` from scratch) on training folders.
+
+    Parameters
+    ----------
+    folders : path-like or sequence of path-like
+        Training folders v1 with the parent's task and classes.
+    parent : str, path-like or None
+        A bundled / registered model name (:func:`segloop.list_models`) or a package path.
+        None trains ``arch`` from scratch.
+    out : path-like
+        The new package folder (or ``.zip``); must not exist.
+    steps, epochs : int, optional
+        Length of the run, one or the other.  An epoch is as many steps as it takes to draw,
+        in patches, as many pixels as the training samples hold (at least 1).  Default: 500
+        steps.
+    lr : float
+        Peak learning rate of a one-cycle schedule (AdamW).
+    batch, patch : int
+        Patches per step and their side; ``patch`` is adapted by :func:`fit_patch`.
+    device : {"auto", "cpu", "cuda", "cuda:N", "mps"}
+        On CUDA, bfloat16 autocast is used where supported; out of memory halves the batch.
+    seed : int
+    resume : bool or path-like
+        Continue from the newest checkpoint in ``<out>.ckpt`` (True) or in the given folder.
+    eval_every : int, optional
+        Steps between evaluations; default one epoch, but at most 20 evaluations per run.
+    checkpoint_every : int, optional
+        Steps between checkpoints; default one epoch.
+    patience : int, optional
+        Stop after this many evaluations without a better score; None: never.
+    version, name : str, optional
+        Of the new package; default: the parent's version bumped (1.0.0 -> 1.1.0) and name.
+    arch, arch_kwargs, classes, task, normalization
+        From scratch: the architecture (``unet``, ``unet26``, ``segunet``, ``convnext_unet``)
+        and its keyword arguments; classes / task default to the folders'; normalization to
+        percentile.  With a parent only ``normalization`` may be given: it replaces the
+        parent's (e.g. ``{"kind": "hematoxylin"}`` to adapt a fluorescence nuclei model to
+        H&E / IHC) and must give the parent's number of input channels.
+    augment : AugmentConfig, optional
+        Default: ``AugmentConfig()`` (all on, by modality).
+    weight_decay, grad_clip : float
+    class_weights : sequence of float, "auto" or None
+        Cross-entropy class weights; "auto": boundary class x2 for instance models.
+    onnx : bool
+        Also export ``model.onnx`` (skipped, with a note, when onnx is not installed).
+    keep_checkpoint : bool
+        Keep ``<out>.ckpt`` after the package is written.
+    command : str, optional
+        The command line to record (the CLI passes its own).
+    progress : callable, optional
+        Called with one dict per event: ``{"event": "start" | "step" | "eval" | "checkpoint" |
+        "warning" | "done" | "cancelled", ...}``; see the CLI's ``--progress-json`` for keys.
+    cancel : threading.Event or callable, optional
+        Checked before every step.  When set, the run stops and writes the package from the
+        best weights evaluated so far (nothing when none was evaluated); a checkpoint is
+        written first, so the run can be resumed.
+
+    Returns
+    -------
+    FinetuneResult
+
+    Raises
+    ------
+    ModelPackageError
+        ``out`` exists or cannot be written; a bad parent; a checkpoint of another network,
+        other settings or other data on ``resume``; nothing to resume.
+    ModelNotFoundError
+        No model of that name or path.
+    TrainingFolderError
+        Empty folders, no train samples, classes or task that differ from the parent's.
+    TrainingDivergedError
+        NaN / inf loss or gradients (the last good checkpoint is kept).
+    TrainingOutOfMemoryError
+        Out of memory even with a batch of 1.
+    """
+    t_start = time.perf_counter()
+    augment = augment or AugmentConfig()
+    emit = progress or (lambda ev: None)
+
+    def note(msg: str) -> None:
+        warnings.warn(msg, FinetuneWarning, stacklevel=3)
+        emit({"event": "warning", "message": msg})
+
+    # ---- arguments and output location first: fail before any work
+    out = Path(out)
+    if (parent is None) == (arch is None):
+        raise ModelPackageError("give either a parent model to fine-tune (--from) or an architecture to train "
+                                "from scratch (--arch), not both and not neither")
+    if steps is not None and epochs is not None:
+        raise ValueError("give steps or epochs, not both")
+    for label, v in (("steps", steps), ("epochs", epochs), ("batch", batch), ("eval_every", eval_every),
+                     ("checkpoint_every", checkpoint_every)):
+        if v is not None and int(v) < 1:
+            raise ValueError(f"{label} must be at least 1, got {v}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr}")
+    if patience is not None and int(patience) < 1:
+        raise ValueError(f"patience must be at least 1 evaluation (or None), got {patience}")
+    ckpt = Path(resume) if isinstance(resume, str | os.PathLike) else checkpoint_dir(out)
+    _check_out(out, ckpt, resume=bool(resume))
+    if isinstance(normalization, str):
+        normalization = json.loads(normalization) if normalization.strip().startswith("{") \
+            else {"kind": normalization.strip()}
+    from segloop.core.engines import resolve_device
+
+    dev = resolve_device(device)
+
+    # ---- parent / spec and data
+    parent_pkg: ModelPackage | None = None
+    if parent is not None:
+        if classes is not None or task is not None or arch_kwargs is not None:
+            raise ModelPackageError("classes, task and arch_kwargs come from the parent model; give them only "
+                                    "when training from scratch (--arch)")
+        parent_pkg = _resolve_parent(parent)
+        ps = parent_pkg.spec
+        if ps.dims != 2:
+            raise ModelPackageError(f"{ps.name} is a 3D model; segloop-train fine-tunes 2D models for now")
+        norm = spec_from_dict(normalization).to_dict() if normalization else dict(ps.normalization)
+        if normalization and output_channels(spec_from_dict(norm), _raw_channels(ps, norm)) != ps.in_channels:
+            raise ModelPackageError(f"normalization {norm['kind']!r} does not give the {ps.in_channels} input "
+                                    f"channel(s) {ps.name} takes")
+        loaded = load_folders(folders, spec=ps)
+        mods = loaded.modalities - {"other", ""}
+        modality = mods.pop() if len(mods) == 1 else ps.modality
+        spec = replace(ps, name=name or ps.name, version=version or bump_version(ps.version),
+                       parent={"name": ps.name, "version": ps.version, "sha256": ps.sha256},
+                       training=None, sha256="", onnx_sha256=None, normalization=norm,
+                       weights_dtype="float32", modality=modality,
+                       description=(f"{ps.description} Fine-tuned with segloop-train on "
+                                    f"{modality or 'new'} data.").strip())
+    else:
+        loaded = load_folders(folders)
+        spec = _scratch_spec(arch=arch, arch_kwargs=arch_kwargs, loaded=loaded, classes=classes, task=task,
+                             normalization=normalization, name=name or out.stem, version=version)
+        check_classes(FolderInfoView(loaded), spec, folder=", ".join(str(f.path) for f in loaded.folders))
+        norm = spec.normalization
+    for msg in loaded.warnings:
+        emit({"event": "warning", "message": msg})
+    if not loaded.val:
+        note("no val samples: the new weights cannot be compared with the parent; the package holds the last "
+             "weights and records improved = null. Export some samples with split 'val'")
+
+    try:
+        net = build(spec.architecture, spec.in_channels, spec.n_classes, dims=spec.dims, **spec.architecture_kwargs)
+    except TypeError as e:
+        raise ModelPackageError(f"architecture {spec.architecture!r} does not take {spec.architecture_kwargs}: "
+                                f"{e}") from None
+    if parent_pkg is not None:
+        net.load_state_dict(parent_pkg.state_dict)
+    divisor = int(getattr(net, "divisor", 1))
+    sizes = [tuple(s.labels.shape) for s in loaded.train]
+    patch_used, why = fit_patch(patch, sizes, divisor)
+    if why:
+        note(why)
+    images, normalizers, targets, modalities = _prepare(loaded.train, spec, norm)
+    reviewed_px = sum(int(np.count_nonzero(t != 255)) for t in targets)
+    spe = max(1, math.ceil(reviewed_px / (batch * patch_used * patch_used)))
+    total = int(steps) if steps is not None else int(epochs) * spe if epochs is not None else 500
+    if eval_every is None:
+        eval_every = max(spe, math.ceil(total / 20))
+    if checkpoint_every is None:
+        checkpoint_every = spe
+    if class_weights == "auto":
+        class_weights = (1.0, 1.0, 2.0) if spec.task == "instance" and spec.n_classes == 3 else None
+    config = FinetuneConfig(
+        steps=total, steps_per_epoch=spe, batch=int(batch), patch=patch_used, lr=float(lr),
+        weight_decay=float(weight_decay), class_weights=tuple(map(float, class_weights)) if class_weights else None,
+        eval_every=int(eval_every), checkpoint_every=int(checkpoint_every),
+        patience=None if patience is None else int(patience), seed=int(seed), grad_clip=float(grad_clip),
+        augment=augment.to_dict(), normalization=norm)
+    sampler = AugmentedPatchSampler(images, normalizers, targets, modalities, patch=patch_used, config=augment)
+    fingerprints = [f.fingerprint for f in loaded.folders]
+    parent_sha = parent_pkg.spec.sha256 if parent_pkg is not None else None
+
+    # ---- optimizer, schedule, resume
+    net.to(dev)
+    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.1)
+    cw = torch.tensor(config.class_weights, dtype=torch.float32, device=dev) if config.class_weights else None
+    key = _score_key(spec.task)
+    history: list[dict] = []
+    parent_metrics: dict[str, float] = {}
+    best: dict[str, Any] | None = None            # {"step", "epoch", "score", "metrics"}
+    best_state: dict[str, torch.Tensor] | None = None
+    bad_evals = 0
+    start = 0
+    cur_batch = config.batch
+    seconds_before = 0.0
+    resumed_from = None
+    if resume:
+        meta, weights, best_w, state = _load_checkpoint(ckpt)
+        _check_resume(meta, ckpt, spec, config, fingerprints, parent_sha)
+        try:
+            net.load_state_dict(weights)
+        except RuntimeError as e:
+            raise ModelPackageError(f"checkpoint {ckpt} does not fit {spec.architecture!r}: "
+                                    f"{str(e).splitlines()[0]}; delete {ckpt} to start again") from None
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        start = resumed_from = int(state["step"])
+        cur_batch = int(state.get("batch", config.batch))
+        history, parent_metrics = meta["history"], meta["parent_metrics"]
+        best, bad_evals = meta["best"], int(meta["bad_evals"])
+        best_state = best_w
+        seconds_before = float(meta.get("seconds", 0.0))
+    elif parent_pkg is not None and loaded.val:
+        pm = Model(parent_pkg, device=dev, precision="fp32")
+        parent_metrics = evaluate_samples(pm, loaded.val, normalization=norm)
+        del pm
+
+    emit({"event": "start", "steps": config.steps, "epochs": math.ceil(config.steps / spe),
+          "steps_per_epoch": spe, "batch": cur_batch, "patch": patch_used, "device": dev,
+          "train": len(loaded.train), "val": len(loaded.val), "parent_metrics": parent_metrics,
+          "resumed_from": resumed_from, "out": str(out), "checkpoint": str(ckpt)})
+
+    def checkpoint(step: int) -> Path:
+        meta = {"format": CKPT_FORMAT, "format_version": CKPT_VERSION, "step": step,
+                "epoch": math.ceil(step / spe), "model": _arch_of(spec), "config": config.to_dict(),
+                "fingerprints": fingerprints, "parent_sha256": parent_sha, "history": history,
+                "parent_metrics": parent_metrics, "best": best, "bad_evals": bad_evals,
+                "seconds": seconds_before + time.perf_counter() - t_start, "torch": torch.__version__}
+        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                 "rng": {"torch": torch.get_rng_state(), "seed": config.seed}, "step": step,
+                 "batch": cur_batch}
+        p = _save_checkpoint(ckpt, meta=meta, weights=_state_copy(net), best=best_state, state=state)
+        emit({"event": "checkpoint", "step": step, "path": str(p)})
+        return p
+
+    def evaluate_now(step: int) -> dict[str, float]:
+        nonlocal best, best_state, bad_evals
+        net.eval()
+        state = _state_copy(net)
+        m = evaluate_samples(Model(ModelPackage(spec, state), device=dev, precision="fp32"), loaded.val,
+                             normalization=norm) if loaded.val else {}
+        recent = [h["loss"] for h in step_losses[-config.eval_every:]]
+        entry = {"step": step, "epoch": math.ceil(step / spe), "loss": float(np.mean(recent)) if recent else None,
+                 **m, "batch": cur_batch, "seconds": round(seconds_before + time.perf_counter() - t_start, 1)}
+        history.append(entry)
+        score = m.get(key)
+        improved_now = score is not None and (best is None or score > best["score"])
+        if improved_now:
+            best = {"step": step, "epoch": entry["epoch"], "score": score, "metrics": m}
+            best_state = state
+            bad_evals = 0
+        elif score is not None:
+            bad_evals += 1
+        emit({"event": "eval", "step": step, "epoch": entry["epoch"], "metrics": m, "best": improved_now,
+              "best_step": best["step"] if best else None})
+        return m
+
+    # ---- the loop
+    use_amp = dev.startswith("cuda") and torch.cuda.is_bf16_supported()
+    step_losses: list[dict] = []
+    stopped = "completed"
+    step = start
+    last_ckpt = start if resume else None
+    while step < config.steps:
+        if _is_cancelled(cancel):
+            stopped = "cancelled"
+            break
+        step += 1
+        epoch = math.ceil(step / spe)
+        net.train()
+        while True:
+            rng = np.random.default_rng([config.seed, step])
+            torch.manual_seed(config.seed * 1_000_003 + step)
+            x, y = sampler.batch(cur_batch, rng)
+            try:
+                xt, yt = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                    logits = net(xt)
+                loss = dice_ce_loss(logits.float(), yt, class_weights=cw)
+                lv = float(loss.detach())
+                if not math.isfinite(lv):
+                    raise _diverged(step, epoch, "loss", lv, last_ckpt, ckpt, config.lr)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                gnorm = float(torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip))
+                if not math.isfinite(gnorm):
+                    raise _diverged(step, epoch, "gradient norm", gnorm, last_ckpt, ckpt, config.lr)
+                opt.step()
+                break
+            except TrainingDivergedError:
+                raise
+            except (RuntimeError, MemoryError) as e:
+                if not _is_oom(e):
+                    raise
+                opt.zero_grad(set_to_none=True)
+                logits = loss = xt = yt = None
+                if dev.startswith("cuda"):
+                    torch.cuda.empty_cache()
+                if cur_batch == 1:
+                    raise TrainingOutOfMemoryError(
+                        f"out of memory on {dev} with a batch of 1 patch of {patch_used} px at step {step}; use "
+                        f"a smaller --patch, or --device cpu") from None
+                cur_batch = max(1, cur_batch // 2)
+                note(f"out of memory on {dev} at step {step}; retrying with batch {cur_batch}")
+        sched.step()
+        step_losses.append({"step": step, "loss": lv})
+        emit({"event": "step", "step": step, "steps": config.steps, "epoch": epoch, "loss": lv,
+              "lr": float(sched.get_last_lr()[0]), "batch": cur_batch})
+        early = False
+        if step % config.eval_every == 0 or step == config.steps:
+            evaluate_now(step)
+            early = config.patience is not None and bad_evals >= config.patience
+        if step % config.checkpoint_every == 0 or step == config.steps or early:
+            checkpoint(step)
+            last_ckpt = step
+        if early:
+            stopped = "early_stopping"
+            note(f"early stopping at step {step}: {config.patience} evaluations without a better {key}")
+            break
+
+    if stopped == "cancelled":
+        if step > (last_ckpt or 0):
+            checkpoint(step)
+            last_ckpt = step
+        if best_state is None:
+            msg = (f"cancelled at step {step} before any evaluation: no package written; the checkpoint in "
+                   f"{ckpt} can be resumed")
+            emit({"event": "cancelled", "package": None, "message": msg, "step": step})
+            return FinetuneResult(None, None, {}, parent_metrics, None, "cancelled", history, msg, ckpt,
+                                  seconds_before + time.perf_counter() - t_start)
+
+    # ---- the package
+    if best_state is None:              # no val samples: the last weights
+        best_state = _state_copy(net)
+    metrics = dict(best["metrics"]) if best else {}
+    improved = (metrics[key] > parent_metrics[key]) if (key in metrics and key in parent_metrics) else None
+    seconds = seconds_before + time.perf_counter() - t_start
+    training = {
+        "folders": [f.to_dict() for f in loaded.folders],
+        "sample_counts": {"train": len(loaded.train), "val": len(loaded.val)},
+        "config": config.to_dict(),
+        "history": history,
+        "best": ({"step": best["step"], "epoch": best["epoch"], **best["metrics"]} if best else {}),
+        "parent_metrics": parent_metrics,
+        "metrics": metrics,
+        "improved": improved,
+        "stopped": stopped,
+        "steps_done": step,
+        "resumed_from": resumed_from,
+        "device": dev,
+        "command": command or _api_command(folders, parent, out, config),
+        "seconds": round(seconds, 1),
+        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "segloop_train": "finetune v1",
+    }
+    spec = replace(spec, training=training)
+    onnx_bytes = None
+    if onnx:
+        onnx_bytes, onnx_note = _export_onnx(spec, best_state)
+        if onnx_note:
+            note(onnx_note)
+    card = _card(spec, parent_metrics, metrics, improved)
+    written = save_package(out, spec, best_state, onnx_bytes=onnx_bytes, card=card)
+    if not keep_checkpoint and stopped != "cancelled":
+        shutil.rmtree(ckpt, ignore_errors=True)
+        kept = None
+    else:
+        kept = ckpt
+    verdict = ("better than" if improved else "not better than") if improved is not None else "not compared with"
+    msg = (f"wrote {out} ({spec.name} {spec.version}); on {len(loaded.val)} val image(s) it is {verdict} its parent"
+           if parent_pkg is not None else f"wrote {out} ({spec.name} {spec.version})")
+    if stopped == "cancelled":
+        msg = f"cancelled at step {step}; " + msg + f" (best weights, from step {best['step']})"
+        emit({"event": "cancelled", "package": str(out), "message": msg, "step": step,
+              "metrics": metrics, "parent_metrics": parent_metrics, "improved": improved})
+    else:
+        emit({"event": "done", "package": str(out), "metrics": metrics, "parent_metrics": parent_metrics,
+              "improved": improved, "stopped": stopped, "seconds": round(seconds, 1), "message": msg})
+    return FinetuneResult(out, written, metrics, parent_metrics, improved, stopped, history, msg, kept, seconds)
+
+
+def _diverged(step, epoch, what, value, last_ckpt, ckpt, lr) -> TrainingDivergedError:
+    kept = (f"the last good checkpoint (step {last_ckpt}) is kept in {ckpt}" if last_ckpt
+            else "no checkpoint had been written yet")
+    return TrainingDivergedError(
+        f"training stopped: the {what} became {value} at step {step} (epoch {epoch}); {kept}. Lower the "
+        f"learning rate (now {lr:g}) and start again, or check the images for extreme values")
+
+
+def _api_command(folders, parent, out, config: FinetuneConfig) -> str:
+    fs = [str(folders)] if isinstance(folders, str | os.PathLike) else [str(f) for f in folders]
+    return (f"segloop_train.finetune({fs!r}, parent={None if parent is None else str(parent)!r}, "
+            f"out={str(out)!r}, steps={config.steps}, lr={config.lr}, batch={config.batch}, "
+            f"patch={config.patch}, seed={config.seed})")
+
+
+def _export_onnx(spec: ModelSpec, state: dict[str, torch.Tensor]) -> tuple[bytes | None, str | None]:
+    """ONNX bytes checked against torch, or None and a note saying why not."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None, "onnx / onnxruntime are not installed: no model.onnx written (pip install 'napari-segloop[onnx]')"
+    from segloop.core.engines import OnnxPredictor, TorchPredictor, export_onnx
+
+    net = ModelPackage(spec, state).build_network()
+    tile = int(spec.tile.get("size", 256))
+    try:
+        data = export_onnx(net, in_channels=spec.in_channels, tile=tile, dims=spec.dims)
+        ref = np.random.default_rng(0).standard_normal((1, spec.in_channels, tile, tile)).astype(np.float32)
+        diff = float(np.abs(OnnxPredictor(data, device="cpu")(ref)
+                            - TorchPredictor(net, device="cpu", precision="fp32")(ref)).max())
+    except Exception as e:  # the exporter raises many types; the package is still useful without ONNX
+        return None, f"ONNX export failed ({type(e).__name__}: {e}); no model.onnx written"
+    if diff > 1e-3:
+        return None, f"ONNX export disagrees with torch (max |dp| = {diff:.1e}); no model.onnx written"
+    return data, None
+
+
+def _card(spec: ModelSpec, parent_metrics: dict, metrics: dict, improved: bool | None) -> str:
+    t = spec.training or {}
+    lines = [f"# {spec.name} v{spec.version}", ""]
+    if spec.parent:
+        lines.append(f"Fine-tuned from **{spec.parent['name']} v{spec.parent['version']}** "
+                     f"(weights sha256 {spec.parent['sha256'][:12]}...) with segloop-train.")
+    else:
+        lines.append(f"Trained from scratch ({spec.architecture}) with segloop-train.")
+    lines += ["", "## Data", ""]
+    for f in t.get("folders", []):
+        lines.append(f"- `{f['path']}` (fingerprint {f['fingerprint'][:12]}...): samples {f['samples']}"
+                     + (f", {len(f['skipped'])} skipped" if f["skipped"] else ""))
+    lines += ["", "## Held-out (val) metrics", ""]
+    keys = [k for k in metrics if ":" not in k] or list(parent_metrics)
+    if keys:
+        lines.append("| model | " + " | ".join(keys) + " |")
+        lines.append("|---|" + "---|" * len(keys))
+        if parent_metrics:
+            lines.append("| parent | " + " | ".join(f"{parent_metrics.get(k, float('nan')):.3f}" for k in keys) + " |")
+        lines.append("| this | " + " | ".join(f"{metrics.get(k, float('nan')):.3f}" for k in keys) + " |")
+        lines.append("")
+        lines.append(f"Improved over the parent: {improved}.")
+    else:
+        lines.append("No val samples: not evaluated.")
+    lines += ["", "## Reproduce", "", f"`{t.get('command', '')}`", ""]
+    return "\n".join(lines)

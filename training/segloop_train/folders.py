@@ -1,0 +1,277 @@
+"""Training folders v1 -> train / val :class:`~segloop_train.data.Sample` lists (no Qt, no napari).
+
+:func:`load_folders` validates every folder first (:meth:`TrainingFolder.validate`), then
+reads its samples.  Policy for bad input:
+
+* a **corrupt sample** (hash mismatch, missing or undecodable file, bad shapes or dtypes,
+  unreadable ``meta.json`` ...) is **skipped with a warning** that names the sample and says
+  why.  One damaged file should not block training on the hundreds of good ones, and nothing
+  is lost: the folder is only read.  The skipped samples are listed in
+  :attr:`FolderData.skipped` and end up in the trained package's record;
+* a folder that is missing, not a training folder, written by a newer segloop, **empty**, or
+  left with **no train samples** after skipping is refused with a
+  :class:`~segloop.errors.TrainingFolderError`;
+* folders whose **classes or task** differ from each other or from the model to fine-tune
+  are refused, and the message says exactly what differs (:func:`check_classes`).
+
+``reviewed`` masks are kept on each sample, so pixels nobody reviewed are ignored by the
+loss (and by the metrics).  The ``test`` split is never read for training or validation.
+
+3D samples (``ZYX`` / ``ZYXC``) are loaded as their 2D slices, since the networks trained
+here are 2D (slices with no reviewed pixel are dropped); 2.5D (neighbouring slices as
+channels) and 3D patches are not implemented yet.  Each slice is normalized on its own,
+as a 2D image, during training and validation.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from segloop.core.package import ModelSpec
+from segloop.core.trainfolder import SPLITS, FolderInfo, TrainingFolder
+from segloop.errors import TrainingFolderError
+from segloop_train.data import Sample
+
+__all__ = ["FolderData", "LoadedFolders", "SkippedSampleWarning", "check_classes", "load_folders",
+           "object_classes"]
+
+
+class SkippedSampleWarning(UserWarning):
+    """A sample of a training folder was skipped (corrupt or unusable); the message says which and why."""
+
+
+@dataclass(frozen=True)
+class FolderData:
+    """What was read from one training folder (recorded in the trained package).
+
+    Attributes
+    ----------
+    path : Path
+    info : FolderInfo
+    fingerprint : str
+        :meth:`TrainingFolder.fingerprint` (sha256 over the samples' recorded hashes).
+    samples : dict
+        Samples used per split, ``{"train": n, "val": n, "test": n}`` (``test`` is counted, never read).
+    slices : dict
+        2D images those samples gave per split (a 3D sample gives one per reviewed slice).
+    skipped : tuple of str
+        ``"<sample_id>: <why>"`` for every sample skipped.
+    """
+
+    path: Path
+    info: FolderInfo
+    fingerprint: str
+    samples: dict[str, int]
+    slices: dict[str, int]
+    skipped: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "fingerprint": self.fingerprint, "classes": list(self.info.classes),
+                "task": self.info.task, "modality": self.info.modality, "samples": dict(self.samples),
+                "slices": dict(self.slices), "skipped": list(self.skipped)}
+
+
+@dataclass
+class LoadedFolders:
+    """Train and validation samples of one or more training folders.
+
+    Attributes
+    ----------
+    train, val : list of Sample
+        2D samples: ``image`` (H, W) or (H, W, C) as exported, ``labels`` (H, W) ids,
+        ``reviewed`` (H, W) uint8.  ``meta`` holds ``folder``, ``sample_id``, ``modality``,
+        ``axes`` and, for slices of a 3D sample, ``z``.
+    folders : list of FolderData
+    classes : tuple of str
+        The folders' classes (index 0 = background).
+    task : {"semantic", "instance"}
+    """
+
+    train: list[Sample]
+    val: list[Sample]
+    folders: list[FolderData]
+    classes: tuple[str, ...]
+    task: str
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def modalities(self) -> set[str]:
+        return {f.info.modality for f in self.folders}
+
+
+def object_classes(spec: ModelSpec) -> tuple[str, ...]:
+    """The classes an instance model segments as objects: all but background and boundary.
+
+    For the bundled ``nuclei-unet`` (background, nucleus, boundary) this is ``("nucleus",)``.
+    """
+    pp = spec.postprocess or {}
+    boundary = int(pp.get("boundary_class", 2))
+    return tuple(c for i, c in enumerate(spec.classes) if i not in (0, boundary))
+
+
+def check_classes(info: FolderInfo, spec: ModelSpec, *, folder: str | os.PathLike = "training folder") -> None:
+    """Refuse a folder whose task or classes do not fit the model ``spec``.
+
+    Semantic models: the folder's classes must equal the model's, in order (label value =
+    class index).  Instance models: the folder's object classes (all but index 0) must equal
+    the model's classes without background and boundary (:func:`object_classes`).  Background
+    names (index 0) are not compared.
+
+    Raises
+    ------
+    TrainingFolderError
+        Saying what differs and how to fix it.
+    """
+    if info.task != spec.task:
+        raise TrainingFolderError(
+            f"{folder} holds {info.task} labels but {spec.name} is a {spec.task} model; fine-tune a "
+            f"{info.task} model, or train from scratch with --arch ... --task {info.task}")
+    if spec.task == "instance":
+        have, want = tuple(info.classes[1:]), object_classes(spec)
+        if have != want:
+            raise TrainingFolderError(
+                f"{folder}: its object classes {list(have)} differ from the object classes of {spec.name} "
+                f"{list(want)} (its classes without background and boundary); export with the model's class "
+                f"names (classes background, {', '.join(want)}) or train from scratch with --arch")
+    else:
+        have, want = tuple(info.classes), tuple(spec.classes)
+        if have != want:
+            diffs = []
+            if len(have) != len(want):
+                diffs.append(f"{len(have)} classes vs {len(want)}")
+            diffs += [f"class {i}: {a!r} vs {b!r}" for i, (a, b) in enumerate(zip(have, want)) if a != b]
+            raise TrainingFolderError(
+                f"{folder}: its classes {list(have)} differ from {spec.name}'s {list(want)} "
+                f"({'; '.join(diffs)}); label values are class indices, so names and order must match. "
+                "Fine-tune a model with these classes, or train from scratch with --arch")
+
+
+def _slices(loaded, sid: str, folder: Path, info: FolderInfo) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, dict]]:
+    """(image, labels, reviewed, meta) 2D pieces of one sample."""
+    meta = loaded.meta
+    axes = str(meta.get("axes", "YX"))
+    base = {"folder": str(folder), "sample_id": sid, "modality": info.modality, "axes": axes,
+            "split": meta.get("split")}
+    if not axes.startswith("Z"):
+        return [(loaded.image, loaded.labels, loaded.reviewed, base)]
+    out = []
+    for z in range(loaded.labels.shape[0]):
+        rev = loaded.reviewed[z]
+        if not rev.any():
+            continue
+        out.append((loaded.image[z], loaded.labels[z], rev, {**base, "z": z}))
+    return out
+
+
+def _warn(msg: str, collected: list[str]) -> None:
+    collected.append(msg)
+    warnings.warn(msg, SkippedSampleWarning, stacklevel=3)
+
+
+def load_folders(folders: str | os.PathLike | Iterable[str | os.PathLike], *, spec: ModelSpec | None = None,
+                 check_hashes: bool = True) -> LoadedFolders:
+    """Validate and read training folders into 2D train / val samples.
+
+    Parameters
+    ----------
+    folders : path-like or sequence of path-like
+        Training folders v1 (see DESIGN.md).  All must share classes and task.
+    spec : ModelSpec, optional
+        The model to fine-tune: the folders' task and classes must fit it (:func:`check_classes`).
+    check_hashes : bool
+        Check every file against the sha256 in its ``meta.json`` (recommended; a changed or
+        truncated file makes its sample skipped).
+
+    Returns
+    -------
+    LoadedFolders
+        ``train`` and ``val`` lists of 2D :class:`Sample` (3D samples as their reviewed slices).
+
+    Raises
+    ------
+    TrainingFolderError
+        A folder is missing, not a training folder, empty, or has no usable train sample; the
+        folders disagree on classes or task; or they do not fit ``spec``.
+
+    Warns
+    -----
+    SkippedSampleWarning
+        Once per skipped sample, naming it and why (see the module docstring).
+    """
+    if isinstance(folders, str | os.PathLike):
+        folders = [folders]
+    paths = [Path(f) for f in folders]
+    if not paths:
+        raise TrainingFolderError("no training folder given; pass at least one folder exported by segloop")
+    train: list[Sample] = []
+    val: list[Sample] = []
+    data: list[FolderData] = []
+    notes: list[str] = []
+    first: FolderInfo | None = None
+    for path in paths:
+        tf = TrainingFolder.open(path)        # missing / not a folder / newer version: clear errors
+        info = tf.info
+        if first is None:
+            first = info
+        elif (info.task, info.classes) != (first.task, first.classes):
+            raise TrainingFolderError(
+                f"{path} has task {info.task!r} and classes {list(info.classes)}, but {paths[0]} has task "
+                f"{first.task!r} and classes {list(first.classes)}; train on folders with the same classes")
+        if spec is not None:
+            check_classes(info, spec, folder=path)
+        report = tf.validate(check_hashes=False)      # hashes are checked as each sample is read
+        folder_level = [p for p in report.problems if p.sample_id is None]
+        if folder_level:
+            raise TrainingFolderError(f"{path}: {folder_level[0].message}; run `segloop validate {path}`")
+        bad = {}
+        for p in report.problems:
+            bad.setdefault(p.sample_id, p.message)
+        records = tf.samples()
+        if not records:
+            raise TrainingFolderError(
+                f"{path} has no samples; export corrected labels into it first (Export widget or `segloop export`)")
+        counts = dict.fromkeys(SPLITS, 0)
+        slices = dict.fromkeys(SPLITS, 0)
+        skipped = []
+        for rec in records:
+            if rec.sample_id in bad:
+                msg = f"{path}: sample {rec.sample_id!r} skipped: {bad[rec.sample_id]}"
+                skipped.append(f"{rec.sample_id}: {bad[rec.sample_id]}")
+                _warn(msg, notes)
+                continue
+            split = rec.split
+            if split == "test":
+                counts["test"] += 1
+                continue
+            try:
+                loaded = tf.read_sample(rec, verify=check_hashes)
+            except TrainingFolderError as e:      # changed between validate and read
+                skipped.append(f"{rec.sample_id}: {e}")
+                _warn(f"{path}: sample {rec.sample_id!r} skipped: {e}", notes)
+                continue
+            pieces = _slices(loaded, rec.sample_id, path, info)
+            if not pieces or not any(r.any() for _, _, r, _ in pieces):
+                skipped.append(f"{rec.sample_id}: no reviewed pixels")
+                _warn(f"{path}: sample {rec.sample_id!r} skipped: it has no reviewed pixels, so nothing to "
+                      "learn from", notes)
+                continue
+            counts[split] += 1
+            slices[split] += len(pieces)
+            target = train if split == "train" else val
+            for img, lab, rev, meta in pieces:
+                src = f"{path.name}/{rec.sample_id}" + (f"[z={meta['z']}]" if "z" in meta else "")
+                target.append(Sample(img, lab, np.asarray(rev, np.uint8), source=src, meta=meta))
+        data.append(FolderData(path, info, tf.fingerprint(), counts, slices, tuple(skipped)))
+    if not train:
+        raise TrainingFolderError(
+            f"no usable train samples in {', '.join(map(str, paths))} (splits: "
+            + "; ".join(f"{d.path.name}: {d.samples}" for d in data)
+            + "); export samples with split 'train', or fix the skipped ones")
+    assert first is not None
+    return LoadedFolders(train, val, data, first.classes, first.task, notes)
