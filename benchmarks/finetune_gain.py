@@ -5,7 +5,7 @@ What it does
 * **Image**: ``skimage.data.immunohistochemistry()`` (512 x 512 RGB, IHC-stained human colon,
   DAB brown + hematoxylin blue), a different modality and source than the BBBC007
   fluorescence images ``nuclei-unet`` was trained on.  The 1-channel model runs on it through
-  the hematoxylin normalization (colour deconvolution, ``segloop segment --stain hematoxylin``).
+  the hematoxylin normalization (colour deconvolution, ``segloop predict --stain hematoxylin``).
 * **Labels (reference)**: NOT drawn by a person.  A classical nuclei segmentation of the same
   hematoxylin channel: Gaussian smoothing (sigma 1), minus a local background (Gaussian sigma
   12), Otsu threshold, opening (disk 2), holes filled, objects < 40 px removed, split by a

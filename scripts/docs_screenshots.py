@@ -87,6 +87,8 @@ def proofread_and_export(viewer, app) -> None:
     for _ in range(20):
         app.processEvents()
     viewer.screenshot(str(OUT / "proofread.png"), canvas_only=False)
+    pw.overlay.value = False
+    pw.mark_view()                             # the whole image checked: everything reviewed before export
     edock, ew = viewer.window.add_plugin_dock_widget("napari-segloop", "Export to training folder")
     ew.image.value = image
     ew.labels.value = labels
@@ -103,6 +105,26 @@ def proofread_and_export(viewer, app) -> None:
     pw.overlay.value = False
     viewer.window.remove_dock_widget(pdock)
     viewer.window.remove_dock_widget(edock)
+    finetune_on(viewer, app, Path(ew.folder.value))
+
+
+def finetune_on(viewer, app, folder: Path) -> None:
+    """A short fine-tune of the bundled model on the folder just exported (a real run, ~2 minutes)."""
+    fdock, fw = viewer.window.add_plugin_dock_widget("napari-segloop", "Fine-tune")
+    fw.folder.value = str(folder)
+    fw.steps.value = 80
+    fw.patch.value = 128
+    fw.batch.value = 4
+    fw.device.value = "cpu"
+    fw.start()
+    t0 = time.perf_counter()
+    while fw.running and time.perf_counter() - t0 < 900:
+        app.processEvents()
+        time.sleep(0.02)
+    for _ in range(20):
+        app.processEvents()
+    viewer.screenshot(str(OUT / "finetune.png"), canvas_only=False)
+    viewer.window.remove_dock_widget(fdock)
 
 
 if __name__ == "__main__":

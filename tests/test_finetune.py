@@ -432,3 +432,12 @@ def test_from_scratch_semantic_via_cli(tmp_path, nuclei, capsys):
     assert spec.parent is None and spec.classes == ("background", "bright") and spec.task == "semantic"
     assert spec.version == "0.1.0" and {"dice", "jaccard", "pixel_accuracy"} <= set(spec.training["metrics"])
     assert spec.training["improved"] is None
+
+
+@pytest.mark.parametrize("steps", [1, 3, 10])
+def test_very_short_runs_and_no_val_samples_still_write_a_package(tmp_path, nuclei, steps):
+    """OneCycleLR divides by its warm-up length: a handful of steps must not crash (found by the widget test)."""
+    make_folder(tmp_path / "f", nuclei, val=())
+    make_parent(tmp_path / "parent")
+    res = finetune(tmp_path / "f", parent=tmp_path / "parent", out=tmp_path / "m", steps=steps, **FAST)
+    assert (tmp_path / "m" / "segloop-model.json").is_file() and res.metrics == {}

@@ -89,3 +89,22 @@ def test_a_failing_run_is_a_notification_not_a_crash(make_napari_viewer, qtbot, 
     qtbot.waitUntil(lambda: not w.running, timeout=120_000)
     assert "failed" in w.status.value and any("fine-tuning failed" in n for n in notes)
     assert w.package is None and not w.use_button.enabled
+
+
+def test_without_held_out_samples_the_widget_says_it_cannot_compare(make_napari_viewer, qtbot, tmp_path,
+                                                                   tiny_package, nuclei_image):
+    from skimage.measure import label
+
+    import segloop
+    from segloop.core.trainfolder import TrainingFolder
+
+    tf = TrainingFolder.create(tmp_path / "only-train", classes=["background", "nucleus"], task="instance")
+    img = nuclei_image[:192, :192]
+    tf.add_sample(img, label(img > np.percentile(img, 75)).astype(np.uint16), axes="YX", source="a.tif",
+                  split="train")
+    segloop.register_model(tiny_package, name="tiny")
+    viewer, seg, w = make(make_napari_viewer, tf.path, steps=10)
+    w.out.value = str(tmp_path / "m")
+    assert w.start()
+    qtbot.waitUntil(lambda: not w.running, timeout=120_000)
+    assert "no held-out" in w.result.value, (w.result.value, w.events_seen[-2:])

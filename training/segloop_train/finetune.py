@@ -772,7 +772,9 @@ def finetune(
     # ---- optimizer, schedule, resume
     net.to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.1)
+    # one-cycle warm-up over 10% of the steps, at least 2 steps (OneCycleLR divides by the phase length)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=max(config.steps, 4),
+                                                pct_start=max(0.1, 2.5 / max(config.steps, 4)))
     cw = torch.tensor(config.class_weights, dtype=torch.float32, device=dev) if config.class_weights else None
     key = _score_key(spec.task)
     history: list[dict] = []

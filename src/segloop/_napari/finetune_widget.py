@@ -122,6 +122,7 @@ class FinetuneWidget(Container):
         self.process: QProcess | None = None
         self.package: Path | None = None
         self.events_seen: list[dict] = []
+        self.warnings: list[str] = []
         self._buffer = b""
         self._stderr = b""
         self._t0 = 0.0
@@ -167,6 +168,7 @@ class FinetuneWidget(Container):
             return False
         cmd = self.command()
         self.events_seen, self._buffer, self._stderr, self.package = [], b"", b"", None
+        self.warnings = []
         self.plot.clear()
         self.result.value = ""
         self.use_button.enabled = self.compare_button.enabled = False
@@ -241,6 +243,9 @@ class FinetuneWidget(Container):
             self.result.value = _comparison(ev) if kind == "done" else (
                 f"cancelled; best weights so far saved to {pkg}" if pkg else "cancelled before any evaluation: "
                 "no model was written")
+        elif kind == "warning":
+            self.warnings.append(str(ev.get("message")))
+            show_warning(f"segloop: {ev.get('message')}")
         elif kind == "error":
             self.result.value = f"error: {ev.get('message')}"
 
@@ -352,6 +357,9 @@ def _fmt(m: dict) -> str:
 def _comparison(ev: dict) -> str:
     """Parent vs new model on the held-out samples, one line per metric."""
     new, old = ev.get("metrics") or {}, ev.get("parent_metrics") or {}
+    if not new:
+        return ("the folder has no held-out (val) samples with reviewed pixels, so the new model could not be "
+                "compared with its parent: export corrections from more images (or review the held-out block)")
     rows = []
     for k in new:
         if isinstance(new.get(k), int | float) and isinstance(old.get(k), int | float):
