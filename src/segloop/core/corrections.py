@@ -206,6 +206,35 @@ class PredictionSnapshot:
         return out
 
 
+def _areas(labels: np.ndarray) -> dict[int, int]:
+    """Pixel count of each non-zero id (bincount when ids are small, else unique)."""
+    if labels.size == 0:
+        return {}
+    top = int(labels.max())
+    if top <= 1 << 24:
+        counts = np.bincount(labels.ravel(), minlength=1)
+        ids = np.nonzero(counts)[0]
+        return {int(i): int(counts[i]) for i in ids if i}
+    ids, counts = np.unique(labels, return_counts=True)
+    return {int(i): int(n) for i, n in zip(ids, counts) if i}
+
+
+def _ids_in(labels: np.ndarray, where: np.ndarray) -> list[int]:
+    return [int(i) for i in np.unique(labels[where]) if i]
+
+
+def _member(labels: np.ndarray, ids: list[int]) -> np.ndarray:
+    """labels in ids, through a lookup table when ids are small."""
+    if not ids:
+        return np.zeros(labels.shape, bool)
+    top = max(ids)
+    if top <= 1 << 24 and int(labels.max()) <= 1 << 24:
+        lut = np.zeros(max(top, int(labels.max())) + 1, bool)
+        lut[ids] = True
+        return lut[labels]
+    return np.isin(labels, ids)
+
+
 @dataclass(frozen=True)
 class CorrectionSummary:
     """How corrected labels differ from the prediction, in one region.
@@ -262,13 +291,13 @@ def summarize_corrections(predicted: np.ndarray, corrected: np.ndarray, *, task:
             per_class = {str(int(i)): int(c) for i, c in zip(ids, counts)}
         return CorrectionSummary(pixels_changed=n_changed, class_pixels_changed=per_class)
 
-    p_ids, p_area = np.unique(predicted, return_counts=True)
-    c_ids, c_area = np.unique(corrected, return_counts=True)
-    p_area_of = dict(zip(p_ids.tolist(), p_area.tolist()))
-    c_area_of = dict(zip(c_ids.tolist(), c_area.tolist()))
-    p_area_of.pop(0, None)
-    c_area_of.pop(0, None)
-    both = (predicted != 0) & (corrected != 0)
+    # Only objects with a changed pixel can be added, deleted, merged, split or reshaped: the
+    # overlap table is built over their pixels alone (fast on whole-slide label images).
+    p_area_of = _areas(predicted)
+    c_area_of = _areas(corrected)
+    inv_p = _ids_in(predicted, changed)
+    inv_c = _ids_in(corrected, changed)
+    both = (predicted != 0) & (corrected != 0) & (_member(predicted, inv_p) | _member(corrected, inv_c))
     pairs = np.stack([predicted[both].astype(np.int64), corrected[both].astype(np.int64)])
     if pairs.size:
         (pp, cc), overlap = np.unique(pairs, axis=1, return_counts=True)
@@ -282,8 +311,8 @@ def summarize_corrections(predicted: np.ndarray, corrected: np.ndarray, *, task:
     for p, c, o in zip(pp.tolist(), cc.tolist(), overlap.tolist()):
         kept_p[p] = kept_p.get(p, 0) + o
         kept_c[c] = kept_c.get(c, 0) + o
-    deleted = sum(1 for p, a in p_area_of.items() if kept_p.get(p, 0) < 0.5 * a)
-    added = sum(1 for c, a in c_area_of.items() if kept_c.get(c, 0) < 0.5 * a)
+    deleted = sum(1 for p in inv_p if kept_p.get(p, 0) < 0.5 * p_area_of[p])
+    added = sum(1 for c in inv_c if kept_c.get(c, 0) < 0.5 * c_area_of[c])
     parts_in_c: dict[int, int] = {}
     for c in cc[frac_p >= 0.5].tolist():
         parts_in_c[c] = parts_in_c.get(c, 0) + 1
