@@ -7,6 +7,7 @@ from-samples loop and the recipes of the bundled models.
 
 from segloop_train.augment import AugmentConfig
 from segloop_train.data import Sample, instance_targets
+from segloop_train.distributed import PeerFailedError
 from segloop_train.finetune import (
     FinetuneResult,
     TrainingDivergedError,
@@ -18,6 +19,6 @@ from segloop_train.finetune import (
 from segloop_train.folders import load_folders
 from segloop_train.train import TrainConfig, evaluate, train, train_and_save
 
-__all__ = ["AugmentConfig", "FinetuneResult", "Sample", "TrainConfig", "TrainingDivergedError", "TrainingError",
-           "TrainingOutOfMemoryError", "evaluate", "evaluate_samples", "finetune", "instance_targets",
-           "load_folders", "train", "train_and_save"]
+__all__ = ["AugmentConfig", "FinetuneResult", "PeerFailedError", "Sample", "TrainConfig", "TrainingDivergedError",
+           "TrainingError", "TrainingOutOfMemoryError", "evaluate", "evaluate_samples", "finetune",
+           "instance_targets", "load_folders", "train", "train_and_save"]

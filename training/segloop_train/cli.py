@@ -3,7 +3,8 @@
 ::
 
     segloop-train FOLDER... --from MODEL --out DIR [--epochs N | --steps N] [--lr --batch --patch
-                  --device --seed --resume --eval-every --checkpoint-every --patience --version --name]
+                  --device --precision --seed --resume --eval-every --checkpoint-every --patience
+                  --version --name]
     segloop-train FOLDER... --arch unet --out DIR [--arch-kwargs JSON --classes a,b
                   --task semantic|instance --normalization JSON] ...
 
@@ -20,6 +21,14 @@ object per line, for programs (the napari widget runs training in a subprocess):
     {"event": "cancelled", "package": path|null, "message": "..."}
     {"event": "error", "message": "..."}
 
+On several processes (DistributedDataParallel; NCCL on GPUs, gloo on CPUs)::
+
+    torchrun --nproc_per_node N -m segloop_train FOLDER... --from MODEL --out DIR ...
+
+Each process trains on its own patches (``--batch`` is per process); only rank 0 prints
+progress, evaluates, checkpoints and writes the package.  ``SIGTERM`` to torchrun (or to any
+worker) cancels all of them at the next step; see :mod:`segloop_train.distributed`.
+
 SIGINT / SIGTERM cancel the run at the next step: the package is written from the best weights
 evaluated so far (if any) and the checkpoint is kept for ``--resume``.  Errors print one line
 ``segloop-train: error: ...`` on stderr (and an ``error`` event with ``--progress-json``) and
@@ -35,6 +44,7 @@ import shlex
 import signal
 import sys
 import threading
+import time
 import warnings
 
 from segloop.errors import SegloopError
@@ -58,9 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--steps", type=int, help="optimizer steps (default 500)")
     length.add_argument("--epochs", type=int, help="epochs (an epoch draws as many pixels as the samples hold)")
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4)")
-    p.add_argument("--batch", type=int, default=8, help="patches per step (default 8)")
+    p.add_argument("--batch", type=int, default=8, help="patches per step and process (default 8)")
     p.add_argument("--patch", type=int, default=256, help="patch side in pixels (default 256; reduced to fit)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="auto (default): fp16 AMP on CUDA; bf16 on a CPU only with native bf16 and when a measured "
+                        "step is faster, else fp32")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in DIR.ckpt")
@@ -146,16 +159,48 @@ def _fmt(metrics: dict) -> str:
     return "  ".join(f"{k}={v:.3f}" for k, v in metrics.items() if not k.startswith(("dice:", "jaccard:")))
 
 
+#: Seconds within which a repeated signal under torchrun is the same Ctrl-C passed on by torchrun.
+_SIGNAL_ECHO_S = 3.0
+
+
+def _distributed() -> bool:
+    import os
+
+    try:
+        return int(os.environ.get("WORLD_SIZE", 1)) > 1
+    except ValueError:
+        return False
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise)."""
+    import os
+
+    try:
+        return int(os.environ.get("RANK", 0)) if _distributed() else 0
+    except ValueError:
+        return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    rank = _rank()
+    under_torchrun = _distributed()
+    who = f"{PROG} [rank {rank}]" if rank else PROG
     printer = _Printer(args.progress_json)
     cancel = threading.Event()
+    first_signal: list[float] = []
 
     def on_signal(signum, frame):
-        if cancel.is_set():                      # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
+        if cancel.is_set():
+            # Under torchrun a Ctrl-C reaches each worker twice: from the terminal and again from
+            # torchrun passing it on.  Only a later one means "stop now".
+            if under_torchrun and time.monotonic() - first_signal[0] < _SIGNAL_ECHO_S:
+                return
+            raise KeyboardInterrupt              # a second Ctrl-C: stop now
+        first_signal.append(time.monotonic())
         cancel.set()
-        if not args.progress_json:
+        if not args.progress_json and rank == 0:
             printer.line(f"{PROG}: {signal.Signals(signum).name}: stopping at the next step ...")
 
     old = {}
@@ -180,21 +225,24 @@ def main(argv: list[str] | None = None) -> int:
                      arch_kwargs=args.arch_kwargs,
                      classes=[c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None,
                      task=args.task, normalization=args.normalization, onnx=not args.no_onnx,
-                     keep_checkpoint=args.keep_checkpoint, command=command, progress=printer, cancel=cancel)
+                     keep_checkpoint=args.keep_checkpoint, precision=args.precision, command=command,
+                     progress=printer, cancel=cancel)
     except (SegloopError, ValueError, OSError) as e:
         printer.close()
+        if getattr(e, "quiet", False):             # another rank failed and rank 0 says why
+            return 2
         msg = str(e).replace("\n", " ")
-        if args.progress_json:
+        if args.progress_json and rank == 0:
             printer({"event": "error", "message": msg})
-        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        print(f"{who}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         printer.close()
-        print(f"{PROG}: interrupted; the last checkpoint is kept for --resume", file=sys.stderr)
+        print(f"{who}: interrupted; the last checkpoint is kept for --resume", file=sys.stderr)
         return 130
     except Exception as e:
         printer.close()
-        if args.progress_json:
+        if args.progress_json and rank == 0:
             printer({"event": "error", "message": f"{type(e).__name__}: {e}".replace("\n", " ")})
         raise
     finally:

@@ -28,6 +28,17 @@ Reproducibility: the patches and dropout of step ``i`` come from generators seed
 ``(seed, i)``, and checkpoints hold weights, optimizer, scheduler and RNG state, so on CPU a
 run resumed after being killed ends with the same weights as an uninterrupted one.
 
+Precision (``precision="auto"``): fp16 autocast with a GradScaler on CUDA; bf16 autocast on a
+CPU only where it has native bf16 and a measured training step is faster, else fp32
+(:mod:`segloop_train.precision`); the choice and why are recorded in the package.
+
+Several processes: under ``torchrun --nproc_per_node N`` the run is data-parallel
+(DistributedDataParallel, NCCL on GPUs, gloo on CPUs).  Rank ``r`` draws the patches of step
+``i`` from ``(seed, i, r)`` - different data on every rank, rank 0 the same as a
+single-process run - and rank 0 alone evaluates, checkpoints and writes the package; the
+package records ``world_size`` and the ``effective_batch`` (``world_size x batch``).  See
+:mod:`segloop_train.distributed`.
+
 Checkpoints: ``<out>.ckpt/latest`` names the newest ``step-NNNNNNN/`` folder, which holds
 ``weights.safetensors``, ``best.safetensors`` (best evaluated weights so far),
 ``checkpoint.json`` (architecture, config, history ...) and ``state.pt`` (optimizer,
@@ -67,13 +78,36 @@ from segloop.core.predict import Model, load_model
 from segloop.errors import ModelPackageError, SegloopError, TrainingFolderError
 from segloop_train.augment import AugmentConfig, AugmentedPatchSampler
 from segloop_train.data import Sample, reviewed_targets
-from segloop_train.folders import LoadedFolders, check_classes, load_folders
+from segloop_train.distributed import (
+    CANCEL,
+    EARLY,
+    ERROR,
+    GO,
+    DistContext,
+    PeerFailedError,
+    debug_batches,
+    distributed_requested,
+    from_env,
+    step_entropy,
+    step_torch_seed,
+    wrap_ddp,
+)
+from segloop_train.folders import LoadedFolders, SkippedSampleWarning, check_classes, load_folders
 from segloop_train.losses import dice_ce_loss
+from segloop_train.precision import (
+    PRECISIONS,
+    SLOW_BF16,
+    PrecisionChoice,
+    autocast,
+    choose_precision,
+    grad_scaler,
+)
 
 __all__ = [
     "FinetuneConfig",
     "FinetuneResult",
     "FinetuneWarning",
+    "PeerFailedError",
     "TrainingError",
     "TrainingDivergedError",
     "TrainingOutOfMemoryError",
@@ -87,6 +121,8 @@ __all__ = [
 CKPT_FORMAT = "segloop-train-checkpoint"
 CKPT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+# What happened in the forward pass of a step (agreed over the ranks of a distributed run).
+_OK, _NONFINITE, _OOM, _FAILED = 0, 1, 2, 3
 
 Progress = Callable[[dict], None]
 
@@ -115,7 +151,9 @@ class FinetuneConfig:
     """Everything that decides the result of a run (saved in the package and the checkpoint).
 
     ``patch`` is the size actually used (after :func:`fit_patch`); ``batch`` the batch asked
-    for (an out-of-memory retry halves it, recorded in the history).
+    for, per process (an out-of-memory retry halves it, recorded in the history);
+    ``world_size`` the number of processes (each step trains on ``world_size * batch``
+    patches); ``precision`` the one chosen (:func:`segloop_train.precision.choose_precision`).
     """
 
     steps: int
@@ -132,6 +170,8 @@ class FinetuneConfig:
     grad_clip: float
     augment: dict
     normalization: dict
+    world_size: int = 1
+    precision: str = "fp32"
     schema_version: int = 1
 
     def to_dict(self) -> dict:
@@ -142,7 +182,9 @@ class FinetuneConfig:
 
 #: Config keys a resumed run must share with its checkpoint.
 _RESUME_KEYS = ("steps", "batch", "patch", "lr", "weight_decay", "class_weights", "seed", "grad_clip",
-                "augment", "normalization", "steps_per_epoch")
+                "augment", "normalization", "steps_per_epoch", "world_size")
+#: Values of keys that checkpoints written before the key existed did not record.
+_RESUME_DEFAULTS = {"world_size": 1}
 
 
 @dataclass
@@ -476,7 +518,11 @@ def _check_resume(meta: dict, ckpt: Path, spec: ModelSpec, config: FinetuneConfi
             f"--from / --arch as the run that wrote it, or delete {ckpt} to start again")
     cfg = meta.get("config", {})
     new = json.loads(json.dumps(config.to_dict()))
-    diffs = [f"{k} {cfg.get(k)!r} (now {new[k]!r})" for k in _RESUME_KEYS if cfg.get(k) != new[k]]
+    diffs = [f"{k} {cfg.get(k, _RESUME_DEFAULTS.get(k))!r} (now {new[k]!r})" for k in _RESUME_KEYS
+             if cfg.get(k, _RESUME_DEFAULTS.get(k)) != new[k]]
+    if "world_size" in [d.split()[0] for d in diffs]:
+        diffs.append(f"resume with torchrun --nproc_per_node {cfg.get('world_size', 1)} (or without torchrun "
+                     "when that is 1)")
     if diffs:
         raise ModelPackageError(
             f"checkpoint {ckpt} was made with other settings: {'; '.join(diffs)}. Resume with the same "
@@ -591,6 +637,7 @@ def finetune(
     grad_clip: float = 10.0,
     onnx: bool = True,
     keep_checkpoint: bool = False,
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto",
     command: str | None = None,
     progress: Progress | None = None,
     cancel: threading.Event | Callable[[], bool] | None = None,
@@ -615,7 +662,8 @@ def finetune(
     batch, patch : int
         Patches per step and their side; ``patch`` is adapted by :func:`fit_patch`.
     device : {"auto", "cpu", "cuda", "cuda:N", "mps"}
-        On CUDA, bfloat16 autocast is used where supported; out of memory halves the batch.
+        Out of memory halves the batch.  Under ``torchrun`` each process on CUDA uses
+        ``cuda:LOCAL_RANK``.
     seed : int
     resume : bool or path-like
         Continue from the newest checkpoint in ``<out>.ckpt`` (True) or in the given folder.
@@ -642,6 +690,10 @@ def finetune(
         Also export ``model.onnx`` (skipped, with a note, when onnx is not installed).
     keep_checkpoint : bool
         Keep ``<out>.ckpt`` after the package is written.
+    precision : {"auto", "fp32", "bf16", "fp16"}
+        "auto": fp16 autocast with a GradScaler on CUDA; on the CPU bf16 autocast only where
+        the CPU has native bf16 and a measured training step is faster, else fp32
+        (:func:`segloop_train.precision.choose_precision`).  Recorded in the package.
     command : str, optional
         The command line to record (the CLI passes its own).
     progress : callable, optional
@@ -651,6 +703,16 @@ def finetune(
         Checked before every step.  When set, the run stops and writes the package from the
         best weights evaluated so far (nothing when none was evaluated); a checkpoint is
         written first, so the run can be resumed.
+
+    Distributed
+    -----------
+    Started by ``torchrun --nproc_per_node N`` (``WORLD_SIZE > 1`` in the environment, or an
+    initialized default process group), each process runs this function as one rank of a
+    DistributedDataParallel run: rank ``r`` draws different patches at every step, rank 0
+    alone evaluates, checkpoints, reports progress and writes the package, and a cancel or an
+    error on any rank stops all of them (:mod:`segloop_train.distributed`).  Every rank
+    returns the same result; ranks other than 0 raise :class:`PeerFailedError` when another
+    rank failed.
 
     Returns
     -------
@@ -670,148 +732,209 @@ def finetune(
     TrainingOutOfMemoryError
         Out of memory even with a batch of 1.
     """
+    kw = dict(locals())
+    ctx = DistContext()
+    if distributed_requested():                 # torchrun: join the process group first
+        from segloop.core.engines import resolve_device
+
+        ctx, kw["device"] = from_env(resolve_device(device))
+    try:
+        return _finetune(ctx, **kw)
+    finally:
+        ctx.close()
+
+
+def _finetune(ctx: DistContext, folders, *, parent, out, steps, epochs, lr, batch, patch, device, seed, resume,
+              eval_every, checkpoint_every, patience, version, name, arch, arch_kwargs, classes, task,
+              normalization, augment, weight_decay, class_weights, grad_clip, onnx, keep_checkpoint, precision,
+              command, progress, cancel) -> FinetuneResult:
+    """The body of :func:`finetune` in one process (rank ``ctx.rank`` of ``ctx.world_size``)."""
     t_start = time.perf_counter()
     augment = augment or AugmentConfig()
-    emit = progress or (lambda ev: None)
+    main = ctx.is_main
+    emit = (progress or (lambda ev: None)) if main else (lambda ev: None)
 
     def note(msg: str) -> None:
-        warnings.warn(msg, FinetuneWarning, stacklevel=3)
+        if not main:
+            return
+        warnings.warn(msg, FinetuneWarning, stacklevel=4)
         emit({"event": "warning", "message": msg})
 
-    # ---- arguments and output location first: fail before any work
-    out = Path(out)
-    if (parent is None) == (arch is None):
-        raise ModelPackageError("give either a parent model to fine-tune (--from) or an architecture to train "
-                                "from scratch (--arch), not both and not neither")
-    if steps is not None and epochs is not None:
-        raise ValueError("give steps or epochs, not both")
-    for label, v in (("steps", steps), ("epochs", epochs), ("batch", batch), ("eval_every", eval_every),
-                     ("checkpoint_every", checkpoint_every)):
-        if v is not None and int(v) < 1:
-            raise ValueError(f"{label} must be at least 1, got {v}")
-    if not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr}")
-    if patience is not None and int(patience) < 1:
-        raise ValueError(f"patience must be at least 1 evaluation (or None), got {patience}")
-    ckpt = Path(resume) if isinstance(resume, str | os.PathLike) else checkpoint_dir(out)
-    _check_out(out, ckpt, resume=bool(resume))
-    if isinstance(normalization, str):
-        normalization = json.loads(normalization) if normalization.strip().startswith("{") \
-            else {"kind": normalization.strip()}
-    from segloop.core.engines import resolve_device
-
-    dev = resolve_device(device)
-
-    # ---- parent / spec and data
-    parent_pkg: ModelPackage | None = None
-    if parent is not None:
-        if classes is not None or task is not None or arch_kwargs is not None:
-            raise ModelPackageError("classes, task and arch_kwargs come from the parent model; give them only "
-                                    "when training from scratch (--arch)")
-        parent_pkg = _resolve_parent(parent)
-        ps = parent_pkg.spec
-        if ps.dims != 2:
-            raise ModelPackageError(f"{ps.name} is a 3D model; segloop-train fine-tunes 2D models for now")
-        norm = spec_from_dict(normalization).to_dict() if normalization else dict(ps.normalization)
-        if normalization and output_channels(spec_from_dict(norm), _raw_channels(ps, norm)) != ps.in_channels:
-            raise ModelPackageError(f"normalization {norm['kind']!r} does not give the {ps.in_channels} input "
-                                    f"channel(s) {ps.name} takes")
-        loaded = load_folders(folders, spec=ps)
-        mods = loaded.modalities - {"other", ""}
-        modality = mods.pop() if len(mods) == 1 else ps.modality
-        spec = replace(ps, name=name or ps.name, version=version or bump_version(ps.version),
-                       parent={"name": ps.name, "version": ps.version, "sha256": ps.sha256},
-                       training=None, sha256="", onnx_sha256=None, normalization=norm,
-                       weights_dtype="float32", modality=modality,
-                       description=(f"{ps.description} Fine-tuned with segloop-train on "
-                                    f"{modality or 'new'} data.").strip())
-    else:
-        loaded = load_folders(folders)
-        spec = _scratch_spec(arch=arch, arch_kwargs=arch_kwargs, loaded=loaded, classes=classes, task=task,
-                             normalization=normalization, name=name or out.stem, version=version)
-        check_classes(FolderInfoView(loaded), spec, folder=", ".join(str(f.path) for f in loaded.folders))
-        norm = spec.normalization
-    for msg in loaded.warnings:
-        emit({"event": "warning", "message": msg})
-    if not loaded.val:
-        note("no val samples: the new weights cannot be compared with the parent; the package holds the last "
-             "weights and records improved = null. Export some samples with split 'val'")
-
-    try:
-        net = build(spec.architecture, spec.in_channels, spec.n_classes, dims=spec.dims, **spec.architecture_kwargs)
-    except TypeError as e:
-        raise ModelPackageError(f"architecture {spec.architecture!r} does not take {spec.architecture_kwargs}: "
-                                f"{e}") from None
-    if parent_pkg is not None:
-        net.load_state_dict(parent_pkg.state_dict)
-    divisor = int(getattr(net, "divisor", 1))
-    sizes = [tuple(s.labels.shape) for s in loaded.train]
-    patch_used, why = fit_patch(patch, sizes, divisor)
-    if why:
-        note(why)
-    images, normalizers, targets, modalities = _prepare(loaded.train, spec, norm)
-    reviewed_px = sum(int(np.count_nonzero(t != 255)) for t in targets)
-    spe = max(1, math.ceil(reviewed_px / (batch * patch_used * patch_used)))
-    total = int(steps) if steps is not None else int(epochs) * spe if epochs is not None else 500
-    if eval_every is None:
-        eval_every = max(spe, math.ceil(total / 20))
-    if checkpoint_every is None:
-        checkpoint_every = spe
-    if class_weights == "auto":
-        class_weights = (1.0, 1.0, 2.0) if spec.task == "instance" and spec.n_classes == 3 else None
-    config = FinetuneConfig(
-        steps=total, steps_per_epoch=spe, batch=int(batch), patch=patch_used, lr=float(lr),
-        weight_decay=float(weight_decay), class_weights=tuple(map(float, class_weights)) if class_weights else None,
-        eval_every=int(eval_every), checkpoint_every=int(checkpoint_every),
-        patience=None if patience is None else int(patience), seed=int(seed), grad_clip=float(grad_clip),
-        augment=augment.to_dict(), normalization=norm)
-    sampler = AugmentedPatchSampler(images, normalizers, targets, modalities, patch=patch_used, config=augment)
-    fingerprints = [f.fingerprint for f in loaded.folders]
-    parent_sha = parent_pkg.spec.sha256 if parent_pkg is not None else None
-
-    # ---- optimizer, schedule, resume
-    net.to(dev)
-    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    # one-cycle warm-up over 10% of the steps, at least 2 steps (OneCycleLR divides by the phase length)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=max(config.steps, 4),
-                                                pct_start=max(0.1, 2.5 / max(config.steps, 4)))
-    cw = torch.tensor(config.class_weights, dtype=torch.float32, device=dev) if config.class_weights else None
-    key = _score_key(spec.task)
+    # Every rank prepares the run; with several ranks, the errors of any of them are agreed on
+    # below (ctx.agree) so that all stop together instead of waiting for each other.
+    setup_error: BaseException | None = None
+    choice: PrecisionChoice | None = None
+    resume_state: dict | None = None
     history: list[dict] = []
     parent_metrics: dict[str, float] = {}
     best: dict[str, Any] | None = None            # {"step", "epoch", "score", "metrics"}
     best_state: dict[str, torch.Tensor] | None = None
     bad_evals = 0
-    start = 0
-    cur_batch = config.batch
     seconds_before = 0.0
-    resumed_from = None
-    if resume:
-        meta, weights, best_w, state = _load_checkpoint(ckpt)
-        _check_resume(meta, ckpt, spec, config, fingerprints, parent_sha)
+    try:
+        # ---- arguments and output location first: fail before any work
+        out = Path(out)
+        if (parent is None) == (arch is None):
+            raise ModelPackageError("give either a parent model to fine-tune (--from) or an architecture to train "
+                                    "from scratch (--arch), not both and not neither")
+        if steps is not None and epochs is not None:
+            raise ValueError("give steps or epochs, not both")
+        for label, v in (("steps", steps), ("epochs", epochs), ("batch", batch), ("eval_every", eval_every),
+                         ("checkpoint_every", checkpoint_every)):
+            if v is not None and int(v) < 1:
+                raise ValueError(f"{label} must be at least 1, got {v}")
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a positive number, got {lr}")
+        if patience is not None and int(patience) < 1:
+            raise ValueError(f"patience must be at least 1 evaluation (or None), got {patience}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+        ckpt = Path(resume) if isinstance(resume, str | os.PathLike) else checkpoint_dir(out)
+        if main:                                  # only rank 0 writes
+            _check_out(out, ckpt, resume=bool(resume))
+        if isinstance(normalization, str):
+            normalization = json.loads(normalization) if normalization.strip().startswith("{") \
+                else {"kind": normalization.strip()}
+        from segloop.core.engines import resolve_device
+
+        dev = resolve_device(device)
+
+        # ---- parent / spec and data
+        parent_pkg: ModelPackage | None = None
+        with warnings.catch_warnings():
+            if not main:                          # rank 0 reports skipped samples
+                warnings.simplefilter("ignore", SkippedSampleWarning)
+            if parent is not None:
+                if classes is not None or task is not None or arch_kwargs is not None:
+                    raise ModelPackageError("classes, task and arch_kwargs come from the parent model; give them "
+                                            "only when training from scratch (--arch)")
+                parent_pkg = _resolve_parent(parent)
+                ps = parent_pkg.spec
+                if ps.dims != 2:
+                    raise ModelPackageError(f"{ps.name} is a 3D model; segloop-train fine-tunes 2D models for now")
+                norm = spec_from_dict(normalization).to_dict() if normalization else dict(ps.normalization)
+                if normalization and output_channels(spec_from_dict(norm), _raw_channels(ps, norm)) \
+                        != ps.in_channels:
+                    raise ModelPackageError(f"normalization {norm['kind']!r} does not give the {ps.in_channels} "
+                                            f"input channel(s) {ps.name} takes")
+                loaded = load_folders(folders, spec=ps)
+                mods = loaded.modalities - {"other", ""}
+                modality = mods.pop() if len(mods) == 1 else ps.modality
+                spec = replace(ps, name=name or ps.name, version=version or bump_version(ps.version),
+                               parent={"name": ps.name, "version": ps.version, "sha256": ps.sha256},
+                               training=None, sha256="", onnx_sha256=None, normalization=norm,
+                               weights_dtype="float32", modality=modality,
+                               description=(f"{ps.description} Fine-tuned with segloop-train on "
+                                            f"{modality or 'new'} data.").strip())
+            else:
+                loaded = load_folders(folders)
+                spec = _scratch_spec(arch=arch, arch_kwargs=arch_kwargs, loaded=loaded, classes=classes, task=task,
+                                     normalization=normalization, name=name or out.stem, version=version)
+                check_classes(FolderInfoView(loaded), spec, folder=", ".join(str(f.path) for f in loaded.folders))
+                norm = spec.normalization
+        for msg in loaded.warnings:
+            emit({"event": "warning", "message": msg})
+        if not loaded.val:
+            note("no val samples: the new weights cannot be compared with the parent; the package holds the last "
+                 "weights and records improved = null. Export some samples with split 'val'")
+
         try:
-            net.load_state_dict(weights)
-        except RuntimeError as e:
-            raise ModelPackageError(f"checkpoint {ckpt} does not fit {spec.architecture!r}: "
-                                    f"{str(e).splitlines()[0]}; delete {ckpt} to start again") from None
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        start = resumed_from = int(state["step"])
-        cur_batch = int(state.get("batch", config.batch))
-        history, parent_metrics = meta["history"], meta["parent_metrics"]
-        best, bad_evals = meta["best"], int(meta["bad_evals"])
-        best_state = best_w
-        seconds_before = float(meta.get("seconds", 0.0))
-    elif parent_pkg is not None and loaded.val:
-        pm = Model(parent_pkg, device=dev, precision="fp32")
-        parent_metrics = evaluate_samples(pm, loaded.val, normalization=norm)
-        del pm
+            net = build(spec.architecture, spec.in_channels, spec.n_classes, dims=spec.dims,
+                        **spec.architecture_kwargs)
+        except TypeError as e:
+            raise ModelPackageError(f"architecture {spec.architecture!r} does not take {spec.architecture_kwargs}: "
+                                    f"{e}") from None
+        if parent_pkg is not None:
+            net.load_state_dict(parent_pkg.state_dict)
+        divisor = int(getattr(net, "divisor", 1))
+        sizes = [tuple(s.labels.shape) for s in loaded.train]
+        patch_used, why = fit_patch(patch, sizes, divisor)
+        if why:
+            note(why)
+        images, normalizers, targets, modalities = _prepare(loaded.train, spec, norm)
+        reviewed_px = sum(int(np.count_nonzero(t != 255)) for t in targets)
+        # An epoch draws about as many pixels as the samples hold, over all ranks together.
+        spe = max(1, math.ceil(reviewed_px / (batch * ctx.world_size * patch_used * patch_used)))
+        total = int(steps) if steps is not None else int(epochs) * spe if epochs is not None else 500
+        if eval_every is None:
+            eval_every = max(spe, math.ceil(total / 20))
+        if checkpoint_every is None:
+            checkpoint_every = spe
+        if class_weights == "auto":
+            class_weights = (1.0, 1.0, 2.0) if spec.task == "instance" and spec.n_classes == 3 else None
+        if main:                                  # measured once, on rank 0, and sent to the others
+            choice = choose_precision(precision, dev, net, in_channels=spec.in_channels, batch=int(batch),
+                                      patch=patch_used)
+            if SLOW_BF16 in choice.reason:
+                note(f"--precision bf16: {SLOW_BF16}")
+        config = FinetuneConfig(
+            steps=total, steps_per_epoch=spe, batch=int(batch), patch=patch_used, lr=float(lr),
+            weight_decay=float(weight_decay),
+            class_weights=tuple(map(float, class_weights)) if class_weights else None,
+            eval_every=int(eval_every), checkpoint_every=int(checkpoint_every),
+            patience=None if patience is None else int(patience), seed=int(seed), grad_clip=float(grad_clip),
+            augment=augment.to_dict(), normalization=norm, world_size=ctx.world_size,
+            precision=choice.precision if choice is not None else "fp32")
+        sampler = AugmentedPatchSampler(images, normalizers, targets, modalities, patch=patch_used, config=augment)
+        fingerprints = [f.fingerprint for f in loaded.folders]
+        parent_sha = parent_pkg.spec.sha256 if parent_pkg is not None else None
+
+        # ---- optimizer, schedule, resume
+        net.to(dev)
+        opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        # one-cycle warm-up over 10% of the steps, at least 2 steps (OneCycleLR divides by the phase length)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=max(config.steps, 4),
+                                                    pct_start=max(0.1, 2.5 / max(config.steps, 4)))
+        cw = torch.tensor(config.class_weights, dtype=torch.float32, device=dev) if config.class_weights else None
+        key = _score_key(spec.task)
+        if resume and main:                       # rank 0 reads and checks the checkpoint, sends the state
+            meta, weights, best_w, resume_state = _load_checkpoint(ckpt)
+            _check_resume(meta, ckpt, spec, config, fingerprints, parent_sha)
+            try:
+                net.load_state_dict(weights)
+            except RuntimeError as e:
+                raise ModelPackageError(f"checkpoint {ckpt} does not fit {spec.architecture!r}: "
+                                        f"{str(e).splitlines()[0]}; delete {ckpt} to start again") from None
+            history, parent_metrics = meta["history"], meta["parent_metrics"]
+            best, bad_evals = meta["best"], int(meta["bad_evals"])
+            best_state = best_w
+            seconds_before = float(meta.get("seconds", 0.0))
+            have = json.loads(json.dumps(meta.get("config", {}))).get("precision")
+            if have and have != config.precision:
+                note(f"the checkpoint was trained in {have}; this run goes on in {config.precision} "
+                     f"({choice.reason})")
+        elif main and not resume and parent_pkg is not None and loaded.val:
+            pm = Model(parent_pkg, device=dev, precision="fp32")
+            parent_metrics = evaluate_samples(pm, loaded.val, normalization=norm)
+            del pm
+    except Exception as e:
+        if not ctx.enabled:
+            raise
+        setup_error = e
+    ctx.agree(setup_error, "while preparing the run")
+    if ctx.enabled:
+        sent = ctx.broadcast({"precision": choice.to_dict() if choice else None, "resume": resume_state})
+        choice, resume_state = PrecisionChoice(**sent["precision"]), sent["resume"]
+        config = replace(config, precision=choice.precision)
+    start, cur_batch, resumed_from = 0, config.batch, None
+    if resume_state is not None:
+        opt.load_state_dict(resume_state["optimizer"])
+        sched.load_state_dict(resume_state["scheduler"])
+        torch.set_rng_state(resume_state["rng"]["torch"])
+        start = resumed_from = int(resume_state["step"])
+        cur_batch = int(resume_state.get("batch", config.batch))
+    scaler = grad_scaler(dev, config.precision)
+    if scaler is not None and resume_state is not None and resume_state.get("scaler"):
+        scaler.load_state_dict(resume_state["scaler"])
+    model = wrap_ddp(net, ctx, dev)               # DDP averages the gradients over the ranks
+    debug = debug_batches(ctx)
 
     emit({"event": "start", "steps": config.steps, "epochs": math.ceil(config.steps / spe),
           "steps_per_epoch": spe, "batch": cur_batch, "patch": patch_used, "device": dev,
           "train": len(loaded.train), "val": len(loaded.val), "parent_metrics": parent_metrics,
-          "resumed_from": resumed_from, "out": str(out), "checkpoint": str(ckpt)})
+          "resumed_from": resumed_from, "out": str(out), "checkpoint": str(ckpt),
+          "world_size": ctx.world_size, "effective_batch": ctx.world_size * cur_batch,
+          "precision": config.precision, "precision_reason": choice.reason})
 
     def checkpoint(step: int) -> Path:
         meta = {"format": CKPT_FORMAT, "format_version": CKPT_VERSION, "step": step,
@@ -822,6 +945,8 @@ def finetune(
         state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "rng": {"torch": torch.get_rng_state(), "seed": config.seed}, "step": step,
                  "batch": cur_batch}
+        if scaler is not None:
+            state["scaler"] = scaler.state_dict()
         p = _save_checkpoint(ckpt, meta=meta, weights=_state_copy(net), best=best_state, state=state)
         emit({"event": "checkpoint", "step": step, "path": str(p)})
         return p
@@ -848,129 +973,255 @@ def finetune(
               "best_step": best["step"] if best else None})
         return m
 
+    def quiet_peer(err: BaseException) -> PeerFailedError:
+        """What a rank > 0 raises for an error all ranks agreed on (rank 0 reports it)."""
+        return PeerFailedError(str(err), ranks=[0], quiet=True)
+
     # ---- the loop
-    use_amp = dev.startswith("cuda") and torch.cuda.is_bf16_supported()
+    # Before each step the ranks agree on a stop code (a no-op with one process): an error on
+    # rank 0 (in evaluation or a checkpoint), early stopping (rank 0), or a cancel on any rank.
     step_losses: list[dict] = []
     stopped = "completed"
     step = start
     last_ckpt = start if resume else None
-    while step < config.steps:
-        if _is_cancelled(cancel):
+    early = False
+    pending_error: BaseException | None = None
+    while True:
+        code = ERROR if pending_error is not None else EARLY if early else GO
+        if code == GO and step < config.steps and _is_cancelled(cancel):
+            code = CANCEL
+        code = ctx.max_code(code)
+        if code == ERROR:
+            if pending_error is not None:
+                raise pending_error
+            raise PeerFailedError(f"stopped at step {step}: rank 0 of this distributed run failed", ranks=[0],
+                                  quiet=True)
+        if code == EARLY:
+            stopped = "early_stopping"
+            break
+        if step >= config.steps:
+            break
+        if code == CANCEL:
             stopped = "cancelled"
             break
         step += 1
         epoch = math.ceil(step / spe)
         net.train()
         while True:
-            rng = np.random.default_rng([config.seed, step])
-            torch.manual_seed(config.seed * 1_000_003 + step)
-            x, y = sampler.batch(cur_batch, rng)
+            rng = np.random.default_rng(step_entropy(config.seed, step, ctx.rank))
+            torch.manual_seed(step_torch_seed(config.seed, step, ctx.rank))
+            status, err, lv = _OK, None, float("nan")
             try:
-                xt, yt = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                    logits = net(xt)
-                loss = dice_ce_loss(logits.float(), yt, class_weights=cw)
-                lv = float(loss.detach())
-                if not math.isfinite(lv):
-                    raise _diverged(step, epoch, "loss", lv, last_ckpt, ckpt, config.lr)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                gnorm = float(torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip))
-                if not math.isfinite(gnorm):
-                    raise _diverged(step, epoch, "gradient norm", gnorm, last_ckpt, ckpt, config.lr)
-                opt.step()
-                break
-            except TrainingDivergedError:
-                raise
-            except (RuntimeError, MemoryError) as e:
-                if not _is_oom(e):
+                x, y = sampler.batch(cur_batch, rng)
+            except Exception as e:
+                if not ctx.enabled:
                     raise
-                opt.zero_grad(set_to_none=True)
-                logits = loss = xt = yt = None
-                if dev.startswith("cuda"):
-                    torch.cuda.empty_cache()
-                if cur_batch == 1:
-                    raise TrainingOutOfMemoryError(
-                        f"out of memory on {dev} with a batch of 1 patch of {patch_used} px at step {step}; use "
-                        f"a smaller --patch, or --device cpu") from None
-                cur_batch = max(1, cur_batch // 2)
-                note(f"out of memory on {dev} at step {step}; retrying with batch {cur_batch}")
+                status, err = _FAILED, e
+            if status == _OK:
+                if debug is not None:
+                    debug(step, x, y)
+                try:
+                    xt, yt = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
+                    with autocast(dev, config.precision):
+                        logits = model(xt)
+                    loss = dice_ce_loss(logits.float(), yt, class_weights=cw)
+                    lv = float(loss.detach())
+                    if not math.isfinite(lv):
+                        status = _NONFINITE
+                except (RuntimeError, MemoryError) as e:
+                    if _is_oom(e):
+                        status = _OOM
+                    elif not ctx.enabled:
+                        raise
+                    else:
+                        status, err = _FAILED, e
+                except Exception as e:
+                    if not ctx.enabled:
+                        raise
+                    status, err = _FAILED, e
+            if ctx.enabled:                       # every rank learns what happened on the others
+                sums = ctx.sum([lv if status == _OK else 0.0, status == _NONFINITE, status == _OOM,
+                                *(float(r == ctx.rank and status == _FAILED) for r in range(ctx.world_size))])
+                failed = [r for r, v in enumerate(sums[3:]) if v > 0]
+                if failed:
+                    if err is not None:
+                        raise err
+                    raise PeerFailedError(f"stopped at step {step}: rank(s) {failed} of this distributed run "
+                                          "failed", ranks=failed, quiet=0 in failed and not main)
+                if sums[1] > 0:
+                    status = _NONFINITE
+                elif sums[2] > 0:
+                    status = _OOM
+                else:
+                    lv = sums[0] / ctx.world_size  # the mean loss over the ranks
+            if status == _NONFINITE:
+                e = _diverged(step, epoch, "loss", lv if not math.isfinite(lv) else float("nan"), last_ckpt, ckpt,
+                              config.lr)
+                raise e if main else quiet_peer(e)
+            if status == _OK:
+                try:
+                    opt.zero_grad(set_to_none=True)
+                    if scaler is not None:
+                        scaler.scale(loss).backward()
+                        scaler.unscale_(opt)
+                    else:
+                        loss.backward()
+                    gnorm = float(torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip))
+                    if not math.isfinite(gnorm) and scaler is None:
+                        e = _diverged(step, epoch, "gradient norm", gnorm, last_ckpt, ckpt, config.lr)
+                        raise e if main else quiet_peer(e)
+                    if scaler is not None:        # skips the step when the fp16 gradients overflowed
+                        scaler.step(opt)
+                        scaler.update()
+                    else:
+                        opt.step()
+                    break
+                except (TrainingDivergedError, PeerFailedError):
+                    raise
+                except (RuntimeError, MemoryError) as e:
+                    if ctx.enabled or not _is_oom(e):  # no agreement is possible inside DDP's backward
+                        raise
+                    status = _OOM
+            # out of memory: every rank halves its batch and tries the step again
+            opt.zero_grad(set_to_none=True)
+            logits = loss = xt = yt = None
+            if dev.startswith("cuda"):
+                torch.cuda.empty_cache()
+            if cur_batch == 1:
+                e = TrainingOutOfMemoryError(
+                    f"out of memory on {dev} with a batch of 1 patch of {patch_used} px at step {step}; use "
+                    f"a smaller --patch, or --device cpu")
+                raise (e if main else quiet_peer(e)) from None
+            cur_batch = max(1, cur_batch // 2)
+            note(f"out of memory on {dev} at step {step}; retrying with batch {cur_batch}")
         sched.step()
         step_losses.append({"step": step, "loss": lv})
-        emit({"event": "step", "step": step, "steps": config.steps, "epoch": epoch, "loss": lv,
-              "lr": float(sched.get_last_lr()[0]), "batch": cur_batch})
-        early = False
-        if step % config.eval_every == 0 or step == config.steps:
-            evaluate_now(step)
-            early = config.patience is not None and bad_evals >= config.patience
-        if step % config.checkpoint_every == 0 or step == config.steps or early:
-            checkpoint(step)
-            last_ckpt = step
-        if early:
-            stopped = "early_stopping"
-            note(f"early stopping at step {step}: {config.patience} evaluations without a better {key}")
-            break
+        try:
+            emit({"event": "step", "step": step, "steps": config.steps, "epoch": epoch, "loss": lv,
+                  "lr": float(sched.get_last_lr()[0]), "batch": cur_batch})
+            if main and (step % config.eval_every == 0 or step == config.steps):
+                evaluate_now(step)
+                early = config.patience is not None and bad_evals >= config.patience
+            if step % config.checkpoint_every == 0 or step == config.steps or early:
+                if main:
+                    checkpoint(step)
+                last_ckpt = step
+            if early:
+                note(f"early stopping at step {step}: {config.patience} evaluations without a better {key}")
+        except Exception as e:
+            if not ctx.enabled:
+                raise
+            pending_error = e                     # raised once every rank has agreed to stop
 
-    if stopped == "cancelled":
-        if step > (last_ckpt or 0):
-            checkpoint(step)
-            last_ckpt = step
-        if best_state is None:
-            msg = (f"cancelled at step {step} before any evaluation: no package written; the checkpoint in "
-                   f"{ckpt} can be resumed")
-            emit({"event": "cancelled", "package": None, "message": msg, "step": step})
-            return FinetuneResult(None, None, {}, parent_metrics, None, "cancelled", history, msg, ckpt,
-                                  seconds_before + time.perf_counter() - t_start)
+    # ---- the package (rank 0; the others wait for its outcome)
+    def finish() -> FinetuneResult:
+        nonlocal best_state
+        last = last_ckpt
+        if stopped == "cancelled":
+            if step > (last or 0):
+                checkpoint(step)
+                last = step
+            if best_state is None:
+                msg = (f"cancelled at step {step} before any evaluation: no package written; the checkpoint in "
+                       f"{ckpt} can be resumed")
+                emit({"event": "cancelled", "package": None, "message": msg, "step": step})
+                return FinetuneResult(None, None, {}, parent_metrics, None, "cancelled", history, msg, ckpt,
+                                      seconds_before + time.perf_counter() - t_start)
+        if best_state is None:              # no val samples: the last weights
+            best_state = _state_copy(net)
+        metrics = dict(best["metrics"]) if best else {}
+        improved = (metrics[key] > parent_metrics[key]) if (key in metrics and key in parent_metrics) else None
+        seconds = seconds_before + time.perf_counter() - t_start
+        training = {
+            "folders": [f.to_dict() for f in loaded.folders],
+            "sample_counts": {"train": len(loaded.train), "val": len(loaded.val)},
+            "config": config.to_dict(),
+            "history": history,
+            "best": ({"step": best["step"], "epoch": best["epoch"], **best["metrics"]} if best else {}),
+            "parent_metrics": parent_metrics,
+            "metrics": metrics,
+            "improved": improved,
+            "stopped": stopped,
+            "steps_done": step,
+            "resumed_from": resumed_from,
+            "device": dev,
+            "precision": choice.to_dict(),
+            "world_size": ctx.world_size,
+            "batch_per_process": cur_batch,
+            "effective_batch": ctx.world_size * cur_batch,
+            "distributed": ({"backend": ctx.backend, "world_size": ctx.world_size,
+                             "sampling": "rank r draws the patches of step i from default_rng([seed, i, r]); "
+                                         "DDP averages the gradients"} if ctx.enabled else None),
+            "command": command or _api_command(folders, parent, out, config),
+            "seconds": round(seconds, 1),
+            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "torch": torch.__version__,
+            "segloop_train": "finetune v1",
+        }
+        new_spec = replace(spec, training=training)
+        onnx_bytes = None
+        if onnx:
+            onnx_bytes, onnx_note = _export_onnx(new_spec, best_state)
+            if onnx_note:
+                note(onnx_note)
+        card = _card(new_spec, parent_metrics, metrics, improved)
+        written = save_package(out, new_spec, best_state, onnx_bytes=onnx_bytes, card=card)
+        if not keep_checkpoint and stopped != "cancelled":
+            shutil.rmtree(ckpt, ignore_errors=True)
+            kept = None
+        else:
+            kept = ckpt
+        verdict = ("better than" if improved else "not better than") if improved is not None \
+            else "not compared with"
+        msg = (f"wrote {out} ({new_spec.name} {new_spec.version}); on {len(loaded.val)} val image(s) it is "
+               f"{verdict} its parent" if parent_pkg is not None else f"wrote {out} ({new_spec.name} "
+                                                                       f"{new_spec.version})")
+        if stopped == "cancelled":
+            msg = f"cancelled at step {step}; " + msg + f" (best weights, from step {best['step']})"
+            emit({"event": "cancelled", "package": str(out), "message": msg, "step": step,
+                  "metrics": metrics, "parent_metrics": parent_metrics, "improved": improved})
+        else:
+            emit({"event": "done", "package": str(out), "metrics": metrics, "parent_metrics": parent_metrics,
+                  "improved": improved, "stopped": stopped, "seconds": round(seconds, 1), "message": msg})
+        return FinetuneResult(out, written, metrics, parent_metrics, improved, stopped, history, msg, kept,
+                              seconds)
 
-    # ---- the package
-    if best_state is None:              # no val samples: the last weights
-        best_state = _state_copy(net)
-    metrics = dict(best["metrics"]) if best else {}
-    improved = (metrics[key] > parent_metrics[key]) if (key in metrics and key in parent_metrics) else None
-    seconds = seconds_before + time.perf_counter() - t_start
-    training = {
-        "folders": [f.to_dict() for f in loaded.folders],
-        "sample_counts": {"train": len(loaded.train), "val": len(loaded.val)},
-        "config": config.to_dict(),
-        "history": history,
-        "best": ({"step": best["step"], "epoch": best["epoch"], **best["metrics"]} if best else {}),
-        "parent_metrics": parent_metrics,
-        "metrics": metrics,
-        "improved": improved,
-        "stopped": stopped,
-        "steps_done": step,
-        "resumed_from": resumed_from,
-        "device": dev,
-        "command": command or _api_command(folders, parent, out, config),
-        "seconds": round(seconds, 1),
-        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "segloop_train": "finetune v1",
-    }
-    spec = replace(spec, training=training)
-    onnx_bytes = None
-    if onnx:
-        onnx_bytes, onnx_note = _export_onnx(spec, best_state)
-        if onnx_note:
-            note(onnx_note)
-    card = _card(spec, parent_metrics, metrics, improved)
-    written = save_package(out, spec, best_state, onnx_bytes=onnx_bytes, card=card)
-    if not keep_checkpoint and stopped != "cancelled":
-        shutil.rmtree(ckpt, ignore_errors=True)
-        kept = None
-    else:
-        kept = ckpt
-    verdict = ("better than" if improved else "not better than") if improved is not None else "not compared with"
-    msg = (f"wrote {out} ({spec.name} {spec.version}); on {len(loaded.val)} val image(s) it is {verdict} its parent"
-           if parent_pkg is not None else f"wrote {out} ({spec.name} {spec.version})")
-    if stopped == "cancelled":
-        msg = f"cancelled at step {step}; " + msg + f" (best weights, from step {best['step']})"
-        emit({"event": "cancelled", "package": str(out), "message": msg, "step": step,
-              "metrics": metrics, "parent_metrics": parent_metrics, "improved": improved})
-    else:
-        emit({"event": "done", "package": str(out), "metrics": metrics, "parent_metrics": parent_metrics,
-              "improved": improved, "stopped": stopped, "seconds": round(seconds, 1), "message": msg})
-    return FinetuneResult(out, written, metrics, parent_metrics, improved, stopped, history, msg, kept, seconds)
+    if not ctx.enabled:
+        return finish()
+    result: FinetuneResult | None = None
+    final_error: BaseException | None = None
+    outcome: dict | None = None
+    if main:
+        try:
+            result = finish()
+            outcome = {"result": _result_to_dict(result)}
+        except Exception as e:
+            final_error = e
+            outcome = {"error": f"{type(e).__name__}: {e}"}
+    outcome = ctx.broadcast(outcome)
+    if final_error is not None:
+        raise final_error
+    if "error" in outcome:
+        raise PeerFailedError(f"rank 0 failed while writing the package: {outcome['error']}", ranks=[0], quiet=True)
+    return result if main else _result_from_dict(outcome["result"])
+
+
+def _result_to_dict(r: FinetuneResult) -> dict:
+    """Plain JSON types only (sent to the other ranks; see DistContext.broadcast)."""
+    d = {"package": None if r.package is None else str(r.package),
+         "spec": None if r.spec is None else r.spec.to_dict(), "metrics": r.metrics,
+         "parent_metrics": r.parent_metrics, "improved": r.improved, "stopped": r.stopped, "history": r.history,
+         "message": r.message, "checkpoint": None if r.checkpoint is None else str(r.checkpoint),
+         "seconds": float(r.seconds)}
+    return json.loads(json.dumps(d, default=str))
+
+
+def _result_from_dict(d: dict) -> FinetuneResult:
+    return FinetuneResult(
+        None if d["package"] is None else Path(d["package"]),
+        None if d["spec"] is None else ModelSpec.from_dict(d["spec"], source="rank 0's result"),
+        d["metrics"], d["parent_metrics"], d["improved"], d["stopped"], d["history"], d["message"],
+        None if d["checkpoint"] is None else Path(d["checkpoint"]), d["seconds"])
 
 
 def _diverged(step, epoch, what, value, last_ckpt, ckpt, lr) -> TrainingDivergedError:

@@ -104,7 +104,8 @@ def cpu_has_native_bf16() -> bool:
     return "AMX" in cap or platform.machine() == "arm64"
 
 
-def _cpu_id() -> str:
+def cpu_id() -> str:
+    """A key for this CPU (model name and flags that matter), used to cache measured choices."""
     name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -142,11 +143,12 @@ def _network_key(network, tile_shape) -> str:
         h.update(v.detach().cpu().contiguous().numpy().tobytes())   # fine-tuned weights: own verdict
     h.update(str(tuple(tile_shape)).encode())
     h.update(torch.__version__.encode())
-    h.update(_cpu_id().encode())
+    h.update(cpu_id().encode())
     return h.hexdigest()[:24]
 
 
-def _read_cache(key: str) -> dict | None:
+def read_choice_cache(key: str) -> dict | None:
+    """A cached engine/precision choice for ``key`` (None if absent or unreadable)."""
     p = cache_dir() / "engine-choice.json"
     try:
         data = json.loads(p.read_text())
@@ -156,7 +158,8 @@ def _read_cache(key: str) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def _write_cache(key: str, value: dict) -> None:
+def write_choice_cache(key: str, value: dict) -> None:
+    """Remember a measured choice under ``key`` (best effort; a read-only cache is ignored)."""
     p = cache_dir() / "engine-choice.json"
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -233,7 +236,7 @@ class TorchPredictor:
             self.precision = "fp32"
             return self.choice
         key = _network_key(self.network, tile_shape)
-        cached = _read_cache(key) if use_cache else None
+        cached = read_choice_cache(key) if use_cache else None
         if cached:
             self.choice = EngineChoice(**cached)
             self.precision = self.choice.precision
@@ -261,7 +264,7 @@ class TorchPredictor:
         self.precision = prec
         self.choice = EngineChoice("cpu", prec, why, round(t32, 2), round(t16, 2))
         if use_cache:
-            _write_cache(key, self.choice.to_dict())
+            write_choice_cache(key, self.choice.to_dict())
         return self.choice
 
     # -- running --------------------------------------------------------------

@@ -304,8 +304,8 @@ class Model:
             OnnxPredictor,
             TorchPredictor,
             _network_key,
-            _read_cache,
-            _write_cache,
+            read_choice_cache,
+            write_choice_cache,
         )
 
         torch_pred = TorchPredictor(self.network, device=device, precision=precision)
@@ -315,7 +315,7 @@ class Model:
             self.engine_name = "torch"
             return torch_pred
         key = "engine:" + _network_key(self.network, (tile, tile)) + ":" + torch_pred.device
-        cached = _read_cache(key)
+        cached = read_choice_cache(key)
         if cached and cached.get("engine") in ("torch", "onnx"):
             self.engine_name = cached["engine"]
         else:
@@ -327,7 +327,7 @@ class Model:
                 p(ref)
                 times[name] = time.perf_counter() - t0
             self.engine_name = min(times, key=times.get)
-            _write_cache(key, {"engine": self.engine_name, "ms": {k: round(v * 1e3, 2) for k, v in times.items()}})
+            write_choice_cache(key, {"engine": self.engine_name, "ms": {k: round(v * 1e3, 2) for k, v in times.items()}})
         return torch_pred if self.engine_name == "torch" else onnx_pred
 
     @property
