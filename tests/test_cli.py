@@ -57,7 +57,7 @@ def test_bad_files_give_one_line_and_exit_2(tiny_package, tmp_path, make, match)
 
 def test_truncated_tiff_is_a_clear_error(tiny_package, nuclei_image, tmp_path):
     good = tmp_path / "full.tif"
-    tifffile.imwrite(good, np.stack([nuclei_image] * 4))
+    tifffile.imwrite(good, np.stack([nuclei_image] * 4), photometric="minisblack")
     trunc = tmp_path / "trunc.tif"
     trunc.write_bytes(good.read_bytes()[: good.stat().st_size // 3])
     r = run("predict", trunc, "--model", tiny_package, "--out", tmp_path / "o")

@@ -439,5 +439,8 @@ def test_very_short_runs_and_no_val_samples_still_write_a_package(tmp_path, nucl
     """OneCycleLR divides by its warm-up length: a handful of steps must not crash (found by the widget test)."""
     make_folder(tmp_path / "f", nuclei, val=())
     make_parent(tmp_path / "parent")
-    res = finetune(tmp_path / "f", parent=tmp_path / "parent", out=tmp_path / "m", steps=steps, **FAST)
+    from segloop_train.finetune import FinetuneWarning
+
+    with pytest.warns(FinetuneWarning, match="no val samples"):
+        res = finetune(tmp_path / "f", parent=tmp_path / "parent", out=tmp_path / "m", steps=steps, **FAST)
     assert (tmp_path / "m" / "segloop-model.json").is_file() and res.metrics == {}
