@@ -49,6 +49,7 @@ def test_progress_cancel_restart_finish_use_and_compare(make_napari_viewer, qtbo
     qtbot.waitUntil(lambda: any(e.get("event") == "step" for e in w.events_seen), timeout=120_000)
     assert w.progress.value > 0 and w.plot.loss and "step" in w.status.value
     w.cancel()
+    assert not w.cancel_button.enabled          # a second SIGTERM would abort writing the best weights
     qtbot.waitUntil(lambda: not w.running, timeout=120_000)
     kinds = [e.get("event") for e in w.events_seen]
     assert "cancelled" in kinds and "done" not in kinds
@@ -63,6 +64,7 @@ def test_progress_cancel_restart_finish_use_and_compare(make_napari_viewer, qtbo
     assert "held-out" in w.result.value and "→" in w.result.value
     name = w.use_model()
     assert name.startswith("tiny v") and seg.model.value == name
+    assert name in w.parent_model.choices                 # the next run can start from it
     viewer.add_image(np.ascontiguousarray(np.rot90(np.eye(8)))[:8, :8].repeat(16, 0).repeat(16, 1), name="x")
     seg.image.value = viewer.layers["x"]
     seg.run()

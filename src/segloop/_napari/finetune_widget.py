@@ -93,13 +93,16 @@ class FinetuneWidget(Container):
 
         names = list_models()
         self.folder = FileEdit(label="training folder", mode="d")
-        self.parent_model = ComboBox(label="start from", choices=names, value=names[0] if names else None)
+        self.parent_model = ComboBox(label="start from", choices=lambda _w=None: list_models(),
+                                     value=names[0] if names else None)
         self.steps = SpinBox(label="steps", min=10, max=10**6, step=50, value=400)
-        self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-4, value=5e-4)
+        self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-5, value=5e-4)
+        self.lr.native.setDecimals(6)                      # 3e-5 must not round to 0
         self.batch = SpinBox(label="batch", min=1, max=256, value=4)
         self.patch = SpinBox(label="patch", min=32, max=2048, step=32, value=192)
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
-        self.out = FileEdit(label="new model folder", mode="d", tooltip="empty: <folder>/models/<name>-<time>")
+        self.out = FileEdit(label="models go in", mode="d",
+                            tooltip="each run writes a new <model>-<time> folder in here (empty: <training folder>/models)")
         self.start_button = PushButton(text="Fine-tune")
         self.cancel_button = PushButton(text="Cancel (keep the best so far)", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1, value=0, visible=False)
@@ -123,6 +126,7 @@ class FinetuneWidget(Container):
         self.package: Path | None = None
         self.events_seen: list[dict] = []
         self.warnings: list[str] = []
+        self._run_args: tuple[Path, str] = (Path("."), "")
         self._buffer = b""
         self._stderr = b""
         self._t0 = 0.0
@@ -145,9 +149,10 @@ class FinetuneWidget(Container):
 
     def command(self) -> list[str]:
         folder = Path(self.folder.value)
-        out = str(self.out.value)
-        if not out or out == ".":
-            out = str(folder / "models" / f"{self.parent_model.value}-{time.strftime('%Y%m%d-%H%M%S')}")
+        base = str(self.out.value)
+        base = Path(base) if base and base != "." else folder / "models"
+        stem = Path(str(self.parent_model.value)).name.replace(" ", "-")
+        out = str(base / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
         from segloop.core.predict import _discover
 
         # a registered model exists only in this process: give the training process its path
@@ -167,6 +172,7 @@ class FinetuneWidget(Container):
             show_warning(f"segloop: {self.status.value}")
             return False
         cmd = self.command()
+        self._run_args = (folder, str(self.parent_model.value))
         self.events_seen, self._buffer, self._stderr, self.package = [], b"", b"", None
         self.warnings = []
         self.plot.clear()
@@ -178,6 +184,7 @@ class FinetuneWidget(Container):
         proc.readyReadStandardOutput.connect(self._on_stdout)
         proc.readyReadStandardError.connect(self._on_stderr)
         proc.finished.connect(self._on_finished)
+        proc.errorOccurred.connect(self._on_process_error)
         self.process = proc
         self._t0 = time.perf_counter()
         self.start_button.enabled = False
@@ -191,7 +198,8 @@ class FinetuneWidget(Container):
     def cancel(self):
         if self.process is not None:
             self.status.value = "cancelling: keeping the best weights so far…"
-            self.process.terminate()          # SIGTERM: the trainer stops after the current step
+            self.cancel_button.enabled = False   # a second SIGTERM would abort the writing of the package
+            self.process.terminate()             # SIGTERM: the trainer stops after the current step
 
     # -- the child's JSON lines -----------------------------------------------------
     def _on_stdout(self):
@@ -207,6 +215,8 @@ class FinetuneWidget(Container):
                 event = json.loads(line)
             except ValueError:
                 continue                      # a stray print: not ours
+            if not isinstance(event, dict):
+                continue
             self.events_seen.append(event)
             self._handle(event)
 
@@ -226,16 +236,19 @@ class FinetuneWidget(Container):
         elif kind == "step":
             self.progress.max = max(int(ev.get("steps", 1)), 1)
             self.progress.value = int(ev.get("step", 0))
-            self.plot.loss.append((int(ev["step"]), float(ev["loss"])))
-            done, total = int(ev["step"]), max(int(ev.get("steps", 1)), 1)
+            done, total = int(ev.get("step", 0)), max(int(ev.get("steps", 1)), 1)
+            loss = ev.get("loss")
+            if isinstance(loss, int | float):
+                self.plot.loss.append((done, float(loss)))
             eta = (time.perf_counter() - self._t0) / max(done, 1) * (total - done)
-            self.status.value = f"step {done}/{total}, loss {float(ev['loss']):.3f}, about {eta:.0f} s left"
+            shown = f"{loss:.3f}" if isinstance(loss, int | float) else "n/a"
+            self.status.value = f"step {done}/{total}, loss {shown}, about {eta:.0f} s left"
             self.plot.update()
         elif kind == "eval":
             m = ev.get("metrics") or {}
             key = _score_key(m)
-            if key:
-                self.plot.score.append((int(ev["step"]), float(m[key])))
+            if key and isinstance(m.get(key), int | float):
+                self.plot.score.append((int(ev.get("step", 0)), float(m[key])))
                 self.plot.update()
         elif kind in ("done", "cancelled"):
             pkg = ev.get("package")
@@ -249,7 +262,14 @@ class FinetuneWidget(Container):
         elif kind == "error":
             self.result.value = f"error: {ev.get('message')}"
 
+    def _on_process_error(self, error):
+        if error == QProcess.ProcessError.FailedToStart and self.process is not None:
+            self._stderr += f"could not start {self.process.program()}".encode()
+            self._on_finished(-1)
+
     def _on_finished(self, code, _status=None):
+        if self.process is None:
+            return
         self._on_stdout()
         proc, self.process = self.process, None
         if proc is not None:
@@ -276,9 +296,15 @@ class FinetuneWidget(Container):
             return None
         from segloop import register_model
         from segloop.core.package import read_spec
+        from segloop.core.predict import _discover
 
         spec = read_spec(self.package)
-        name = register_model(self.package, name=f"{spec.name} v{spec.version}", persist=True)
+        name = f"{spec.name} v{spec.version}"
+        known = _discover().get(name)
+        if known is not None and Path(known).resolve() != Path(self.package).resolve():
+            name = f"{name} ({spec.sha256[:8]})"         # another run of the same version: keep both
+        name = register_model(self.package, name=name, persist=True)
+        self.parent_model.reset_choices()                 # it can be the next run's starting point
         for seg in _segment_widgets(self.viewer):
             seg.add_model_choice(name)
         self.status.value = f"'{name}' is now in the Segment widget's model list"
@@ -291,8 +317,9 @@ class FinetuneWidget(Container):
         from napari.qt.threading import create_worker
 
         self.status.value = "comparing on held-out samples…"
+        folder, parent = self._run_args
         self._compare_worker = create_worker(
-            _compare_job, Path(self.folder.value), str(self.parent_model.value), self.package, max_samples,
+            _compare_job, folder, parent, self.package, max_samples,
             _connect={"returned": self._on_compared, "errored": self._on_compare_error,
                       "finished": self._on_compare_finished})
         return self._compare_worker
@@ -303,9 +330,6 @@ class FinetuneWidget(Container):
             self.viewer.add_labels(truth, name=f"{sid} · corrected", visible=False)
             self.viewer.add_labels(old, name=f"{sid} · parent {scores['parent']:.3f}")
             self.viewer.add_labels(new, name=f"{sid} · new {scores['new']:.3f}")
-        if rows:
-            self.viewer.canvas.grid.enabled = True
-            self.viewer.canvas.grid.stride = 4 if len(rows) > 1 else 1
         self.status.value = (f"compared on {len(rows)} held-out sample(s): layer names give each model's score"
                              if rows else "the folder has no held-out (val) samples to compare on")
 
@@ -317,9 +341,19 @@ class FinetuneWidget(Container):
         self._compare_worker = None
 
     def _on_destroyed(self, *_):
-        if self.process is not None:
-            self.process.terminate()
-            self.process.waitForFinished(5000)
+        """The dock or the viewer closed mid-run: stop training, give it time to write the best weights."""
+        proc, self.process = self.process, None
+        if proc is None:
+            return
+        for sig in (proc.readyReadStandardOutput, proc.readyReadStandardError, proc.finished, proc.errorOccurred):
+            try:
+                sig.disconnect()
+            except (TypeError, RuntimeError):
+                pass
+        proc.terminate()
+        if not proc.waitForFinished(30_000):
+            proc.kill()
+            proc.waitForFinished(2000)
 
 
 def _compare_job(folder: Path, parent: str, package: Path, max_samples: int):  # noqa: D103

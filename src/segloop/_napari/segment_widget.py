@@ -122,6 +122,8 @@ class SegmentWidget(Container):
     def add_model_choice(self, name: str, *, select: bool = True) -> None:
         """Offer a newly registered model (e.g. a fine-tuned version) and optionally select it."""
         self.model.reset_choices()                         # the list comes from list_models()
+        for key in [k for k in self._models if k[0] == name]:
+            del self._models[key]                          # the name may now point to another package
         if select:
             self.model.value = name
 
