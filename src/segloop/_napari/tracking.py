@@ -134,12 +134,6 @@ class Tracker:
             self.reviewed.add(box)
         self._sync()
 
-    def mark_slice(self, index: tuple[int, ...]) -> None:
-        """Mark a whole plane reviewed: ``index`` fixes the leading (non-displayed) axes."""
-        shape = self.reviewed.shape
-        box = tuple((i, i + 1) for i in index) + tuple((0, n) for n in shape[len(index):])
-        self.mark(box)
-
     def _sync(self) -> None:
         layer = self.layer
         if layer is None:

@@ -97,9 +97,6 @@ class ReviewedRegions:
             self._boxes = _coalesce(self._boxes)
         return clipped
 
-    def mark_all(self) -> None:
-        self._boxes = [tuple((0, n) for n in self.shape)]
-
     def mask(self, crop: Sequence[slice] | None = None) -> np.ndarray:
         """uint8 mask (1 = reviewed) of ``crop`` (default: the whole image)."""
         crop_box = box_from_slices(crop, self.shape) if crop is not None else tuple((0, n) for n in self.shape)
