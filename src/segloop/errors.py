@@ -28,6 +28,8 @@ __all__ = [
     "FolderLockedError",
     "FolderVersionError",
     "ExportError",
+    "VolumeReadError",
+    "DecoderUnavailableError",
 ]
 
 
@@ -101,3 +103,13 @@ class FolderVersionError(TrainingFolderError):
 
 class ExportError(SegloopError, OSError):
     """A sample could not be written (read-only folder, disk full ...); nothing partial was left."""
+
+
+class VolumeReadError(ImageReadError):
+    """A volume (DICOM series, NIfTI, MRC, TIFF stack) cannot be read with trustworthy geometry:
+    no DICOM in the folder, a missing or duplicated slice, gantry tilt, mixed orientations, a 4D NIfTI ..."""
+
+
+class DecoderUnavailableError(VolumeReadError):
+    """Pixel data is compressed with a transfer syntax no installed decoder handles; the message
+    names the transfer syntax and the extra to install."""

@@ -68,6 +68,7 @@ __all__ = [
     "Fixed",
     "Scale",
     "CTWindow",
+    "CT_PRESETS",
     "Hematoxylin",
     "Normalizer",
     "spec_from_dict",
@@ -223,6 +224,18 @@ class Scale(NormalizationSpec):
             raise ModelPackageError(f"normalization 'scale': 'in_max' equals 'in_min' ({self.in_min})")
 
 
+#: CT window presets, ``name: (level, width)`` in HU (common radiology defaults).
+CT_PRESETS: dict[str, tuple[float, float]] = {
+    "lung": (-600.0, 1500.0),
+    "mediastinum": (50.0, 350.0),
+    "soft tissue": (40.0, 400.0),
+    "abdomen": (60.0, 400.0),
+    "liver": (80.0, 150.0),
+    "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0),
+}
+
+
 @dataclass(frozen=True)
 class CTWindow(NormalizationSpec):
     """Clip Hounsfield units to a window and map it to ``[0, 1]``.
@@ -244,6 +257,15 @@ class CTWindow(NormalizationSpec):
         _set(self, "width", _number(self.kind, "width", self.width))
         if self.width <= 0:
             raise ModelPackageError(f"normalization 'ct_window': 'width' must be positive, got {self.width}")
+
+    @classmethod
+    def preset(cls, name: str) -> CTWindow:
+        """The window of a named preset (see ``CT_PRESETS``), e.g. ``CTWindow.preset("lung")``."""
+        key = str(name).strip().lower().replace("_", " ")
+        if key not in CT_PRESETS:
+            raise ModelPackageError(f"unknown CT window preset {name!r}; known: {', '.join(CT_PRESETS)}")
+        level, width = CT_PRESETS[key]
+        return cls(level=level, width=width)
 
     @property
     def bounds(self) -> tuple[float, float]:

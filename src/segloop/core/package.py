@@ -102,6 +102,7 @@ class ModelSpec:
     description: str = ""
     license: str = ""
     modality: str = ""
+    context_slices: int = 1
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -163,6 +164,14 @@ class ModelSpec:
             raise ModelPackageError(f"{source}: instance models need background, interior and boundary classes")
         if int(self.in_channels) < 1:
             raise ModelPackageError(f"{source}: in_channels must be >= 1")
+        k = self.context_slices
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
+            raise ModelPackageError(f"{source}: context_slices must be an odd integer >= 1, got {k!r}")
+        if k > 1 and self.dims != 2:
+            raise ModelPackageError(f"{source}: context_slices > 1 (2.5D) needs a 2D network (dims 2)")
+        if k > 1 and int(self.in_channels) % k:
+            raise ModelPackageError(
+                f"{source}: in_channels ({self.in_channels}) must be a multiple of context_slices ({k})")
         from segloop.core.normalize import spec_from_dict
 
         spec_from_dict(self.normalization)
