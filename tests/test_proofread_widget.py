@@ -416,3 +416,38 @@ def test_export_one_slice_of_a_stack_and_default_image_is_the_source(make_napari
     assert s.image.shape == (64, 80) and s.meta["slice_range"] == [2, 3]
     np.testing.assert_array_equal(s.image, vol[2])
     np.testing.assert_array_equal(s.labels, lab.data[2])
+
+
+def test_export_slice_range_of_a_ct_volume_keeps_spacing_and_orientation(make_napari_viewer, qtbot, tmp_path):
+    from pathlib import Path
+
+    from segloop.core.io.volume import VolumeInfo
+    from segloop.core.trainfolder import TrainingFolder
+
+    viewer = make_napari_viewer(show=True)
+    vol = np.random.default_rng(1).integers(-1000, 1000, (6, 40, 50), dtype=np.int16)
+    aff = np.array([[0.0, 0.0, -0.7, 120.0], [0.0, -0.7, 0.0, 90.0], [2.5, 0.0, 0.0, -300.0], [0, 0, 0, 1]])
+    info = VolumeInfo(path=Path("ct"), format="dicom", shape=vol.shape, spacing=(2.5, 0.7, 0.7), affine=aff,
+                      modality="CT", units="HU", series_uid="1.2.3")
+    viewer.add_image(vol, name="ct", scale=(2.5, 0.7, 0.7), metadata={"segloop_volume": info})
+    lab = viewer.add_labels(np.zeros(vol.shape, np.uint8), name="ct · model v1", scale=(2.5, 0.7, 0.7),
+                            metadata={"segloop": {"source_layer": "ct"}})
+    lab.data[1:5, 5:15, 5:15] = 1
+    ex = ExportWidget(viewer)
+    viewer.window.add_dock_widget(ex)
+    ex.labels.value = lab
+    ex.folder.value = str(tmp_path / "f")
+    ex.what.value = "slice range"
+    ex.z_from.value, ex.z_to.value = 2, 4
+    ex.split.value = "train"
+    run_export(qtbot, ex)
+    assert "exported" in ex.status.value, ex.status.value
+    folder = TrainingFolder.open(tmp_path / "f")
+    (rec,) = folder.samples()
+    s = folder.read_sample(rec)
+    assert s.image.shape == (3, 40, 50) and s.meta["spacing"] == [2.5, 0.7, 0.7]
+    geo = s.meta["extra"]["geometry"]
+    assert geo["orientation"] == "LPS" and geo["modality"] == "CT" and geo["units"] == "HU"
+    sample_aff = np.array(geo["affine"])
+    # voxel (0, 3, 4) of the sample is voxel (2, 3, 4) of the volume: same point in RAS mm
+    np.testing.assert_allclose(sample_aff @ [0, 3, 4, 1], aff @ [2, 3, 4, 1])

@@ -269,6 +269,7 @@ class ExportWidget(Container):
             "folder": Path(ref["folder"]) if ref else Path(self.folder.value),
             "sample_id": ref["sample_id"] if ref else None, "replace": bool(ref),
             "labels_layer": lab_layer.name, "image_layer": img_layer.name,
+            "geometry": _geometry(img_layer, crop, kept),
         }
 
     # -- running -------------------------------------------------------------------
@@ -347,6 +348,28 @@ def _sha256_file(path: Path, chunk: int = 1 << 22) -> str | None:
         return None
 
 
+def _geometry(img_layer, crop: tuple[slice, ...], kept: list[int]) -> dict | None:
+    """Orientation of the exported crop when the image came from a volume reader (DICOM, NIfTI ...).
+
+    ``affine`` maps the sample's own voxel indices (the crop's axes that were kept) to RAS mm,
+    so a sample from a slice range or a 3D crop can be put back in patient space.
+    """
+    info = img_layer.metadata.get("segloop_volume")
+    if info is None or len(crop) != 3:
+        return None
+    aff = np.asarray(info.affine, float).copy()
+    start = np.array([s.start or 0 for s in crop], float)
+    aff[:3, 3] = aff[:3, :3] @ start + aff[:3, 3]          # origin moves to the crop's first voxel
+    cols = [*kept, 3]
+    aff = aff[:, cols] if len(kept) < 3 else aff
+    meta = info.to_meta()
+    return {"orientation": meta.get("orientation", "LPS"), "axes": "".join("ZYX"[i] for i in kept),
+            "affine": aff.round(6).tolist(), "source_spacing": meta["spacing"],
+            "source_shape": meta["shape"], "source_format": meta["format"],
+            "modality": meta.get("modality", ""), "units": meta.get("units", ""),
+            "series_uid": meta.get("series_uid", "")}
+
+
 def _write_sample(job: dict):
     """Worker: open or create the folder, summarize the corrections, write the sample atomically."""
     from segloop.core.trainfolder import TrainingFolder
@@ -367,7 +390,8 @@ def _write_sample(job: dict):
         source_sha256=src_sha, crop=job["crop"], slice_range=job["slice_range"], spacing=job["spacing"], model=job["model"],
         corrections=corrections, split=job["split"], sample_id=job["sample_id"], replace=job["replace"],
         extra={"napari": {"image_layer": job["image_layer"], "labels_layer": job["labels_layer"]},
-               "export_seconds": round(time.perf_counter() - t0, 3)})
+               "export_seconds": round(time.perf_counter() - t0, 3),
+               **({"geometry": job["geometry"]} if job.get("geometry") else {})})
     return result, folder
 
 
