@@ -46,6 +46,17 @@ def test_many_boxes_are_coalesced_without_losing_area():
     assert len(r) <= 60 and (r.mask().astype(bool) >= expected).all()
 
 
+def test_snapshot_write_replaces_rows_across_chunks():
+    vol = np.zeros((9, 20, 30), np.uint16)
+    snap = PredictionSnapshot(vol, chunk_bytes=20 * 30 * 2 * 2)     # 2 slices per chunk
+    new = np.arange(3 * 20 * 30, dtype=np.uint16).reshape(3, 20, 30)
+    snap.write(3, new)                                               # spans chunks 1 and 2
+    vol[3:6] = new
+    np.testing.assert_array_equal(snap.read(), vol)
+    with pytest.raises(InvalidLabelsError):
+        snap.write(8, new)
+
+
 def test_snapshot_round_trips_crops_across_chunks():
     lab = np.random.default_rng(0).integers(0, 70000, (300, 257)).astype(np.uint32)
     snap = PredictionSnapshot(lab, chunk_bytes=257 * 4 * 7)       # 7 rows per chunk

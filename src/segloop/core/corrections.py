@@ -191,6 +191,22 @@ class PredictionSnapshot:
         n = min(self.rows, self.shape[0] - i * self.rows)
         return np.frombuffer(zlib.decompress(self._chunks[i]), self.dtype).reshape((n,) + self.shape[1:])
 
+    def write(self, start: int, rows: np.ndarray) -> None:
+        """Replace rows ``start : start + len(rows)`` along axis 0 (e.g. a slice predicted later, live).
+
+        Only the chunks those rows fall in are recompressed.
+        """
+        rows = np.asarray(rows, dtype=self.dtype)
+        if rows.shape[1:] != self.shape[1:] or not 0 <= start <= self.shape[0] - rows.shape[0]:
+            raise InvalidLabelsError(f"rows of shape {rows.shape} at {start} do not fit a snapshot of shape "
+                                     f"{self.shape}")
+        stop = start + rows.shape[0]
+        for i in range(start // self.rows, -(-stop // self.rows)):
+            lo, hi = max(start, i * self.rows), min(stop, (i + 1) * self.rows)
+            chunk = self._chunk(i).copy()
+            chunk[lo - i * self.rows:hi - i * self.rows] = rows[lo - start:hi - start]
+            self._chunks[i] = zlib.compress(chunk.tobytes(), 1)
+
     def read(self, crop: Sequence[slice] | None = None) -> np.ndarray:
         """The predicted labels of ``crop`` (default: everything), as a new array."""
         box = box_from_slices(crop, self.shape) if crop is not None else tuple((0, n) for n in self.shape)
