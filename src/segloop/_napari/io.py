@@ -36,6 +36,158 @@ def write_labels_tiff(path, data, meta):
     return [str(path)]
 
 
+# -- volumes (NIfTI, MRC, DICOM) ------------------------------------------------------------------
+
+_VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mrc", ".dcm")
+
+
+def get_volume_reader(path):
+    """A reader for a NIfTI / MRC / DICOM file, a list of DICOM files, or a folder holding DICOM; else None.
+
+    Folders are recognised by peeking at a few files (``looks_like_dicom_dir``), so other folders
+    (segloop training folders, image folders) are declined at once.
+    """
+    from pathlib import Path
+
+    from segloop.core.io.volume import is_dicom_file, looks_like_dicom_dir
+
+    if isinstance(path, (list, tuple)):
+        if len(path) > 1 and all(str(p).lower().endswith(".dcm") for p in path):
+            return _read_volume_layers
+        return None
+    p = Path(path)
+    if p.is_dir():
+        return _read_volume_layers if looks_like_dicom_dir(p) else None
+    name = p.name.lower()
+    if name.endswith(_VOLUME_SUFFIXES) or is_dicom_file(p):
+        return _read_volume_layers
+    return None
+
+
+def contrast_limits_for(info) -> tuple[float, float] | None:
+    """Display range of a volume: the file's window, else the soft-tissue window for CT, else None."""
+    from segloop.core.normalize import CT_PRESETS
+
+    window = info.window
+    if window is None and (info.units == "HU" or info.extra.get("likely_ct")):
+        window = CT_PRESETS["soft tissue"]
+    if window is None:
+        return None
+    level, width = (float(v) for v in window)
+    return (level - width / 2, level + width / 2)
+
+
+def volume_layer_kwargs(info, *, name: str | None = None) -> dict:
+    """Image-layer keyword arguments for a volume: physical scale, grey, window, and the VolumeInfo."""
+    kwargs = {"name": name or _volume_name(info), "scale": tuple(float(s) for s in info.spacing),
+              "colormap": "gray", "rgb": False,
+              "metadata": {"segloop_volume": info,
+                           "segloop_source": {"source": str(info.path), "axes": "ZYX",
+                                              "pixel_size": tuple(float(s) for s in info.spacing[1:])}}}
+    limits = contrast_limits_for(info)
+    if limits is not None:
+        kwargs["contrast_limits"] = limits
+    return kwargs
+
+
+def _volume_name(info) -> str:
+    name = info.path.name
+    for suf in (".nii.gz", ".nii", ".mrc", ".dcm"):
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return info.description or name
+
+
+def _read_volume_layers(path):
+    from segloop.core.io.volume import read_volume
+
+    volume, info = read_volume(path)     # typed errors say what is wrong; napari shows them
+    if info.warnings:
+        from napari.utils.notifications import show_warning
+
+        show_warning(f"segloop: {_volume_name(info)}: " + "; ".join(info.warnings))
+    return [(volume, volume_layer_kwargs(info), "image")]
+
+
+def _volume_info_for(data, meta: dict, fmt: str):
+    """The VolumeInfo behind a labels layer, or an identity geometry from its scale (with a warning)."""
+    import numpy as np
+
+    from segloop.core.io.volume import VolumeInfo, lps_affine
+
+    info = (meta.get("metadata") or {}).get("segloop_volume")
+    shape = tuple(int(s) for s in np.shape(data))
+    if isinstance(info, VolumeInfo):
+        return info
+    if isinstance(info, dict) and info.get("affine") is not None and len(info.get("shape", ())) == 3:
+        aff = np.asarray(info["affine"], float)
+        return VolumeInfo(path=info.get("path", ""), format=info.get("format", ""),
+                          shape=tuple(info["shape"]), spacing=tuple(info["spacing"]), affine=aff)
+    from napari.utils.notifications import show_warning
+
+    if len(shape) not in (2, 3):
+        from segloop.errors import InvalidLabelsError
+
+        raise InvalidLabelsError(f"a {len(shape)}D labels layer cannot be saved as {fmt}; save a 3D (Z, Y, X) layer")
+    scale = tuple(meta.get("scale") or (1.0,) * len(shape))[-len(shape):]
+    spacing = (1.0,) * (3 - len(scale)) + tuple(float(s) for s in scale)
+    show_warning(f"segloop: the labels layer has no volume geometry (it was not made on a volume opened "
+                 f"with segloop): {fmt} written with identity orientation and spacing {spacing} from the layer's scale")
+    return VolumeInfo(path="", format="", shape=(1,) * (3 - len(shape)) + shape, spacing=spacing,
+                      affine=lps_affine(spacing))
+
+
+def write_labels_nifti(path, data, meta):
+    """Save a Labels layer as NIfTI in its source volume's space (``metadata["segloop_volume"]``)."""
+    from segloop.core.io.volume import write_nifti_labels
+
+    info = _volume_info_for(data, meta, "NIfTI")
+    write_nifti_labels(path, _labels_3d(data, info), info)
+    return [str(path)]
+
+
+def write_labels_seg_nrrd(path, data, meta):
+    """Save a Labels layer as a 3D Slicer segmentation (``.seg.nrrd``) with names and layer colours."""
+    from segloop.core.io.volume import write_seg_nrrd
+
+    info = _volume_info_for(data, meta, ".seg.nrrd")
+    labels = _labels_3d(data, info)
+    names, colors = _segment_names_colors(labels, meta, info)
+    write_seg_nrrd(path, labels, info, names=names, colors=colors)
+    return [str(path)]
+
+
+def _labels_3d(data, info):
+    import numpy as np
+
+    arr = np.asarray(data)
+    return arr[None] if arr.ndim == 2 and len(info.shape) == 3 and info.shape[0] == 1 else arr
+
+
+def _segment_names_colors(labels, meta: dict, info):
+    """Segment names from the model's classes (semantic models) or the volume's; colours as napari shows them."""
+    import numpy as np
+
+    md = meta.get("metadata") or {}
+    model = (md.get("segloop") or {}).get("model") or {}
+    classes = None
+    if model.get("task") == "semantic" and model.get("classes"):
+        classes = list(model["classes"])
+    elif info.extra.get("classes"):
+        classes = list(info.extra["classes"])
+    values = [int(v) for v in np.unique(labels) if v != 0]
+    names = {i: str(c) for i, c in enumerate(classes) if i > 0} if classes else {}
+    colors = {}
+    cmap = meta.get("colormap")
+    if values and hasattr(cmap, "map"):
+        try:
+            rgba = np.asarray(cmap.map(np.asarray(values)))
+            colors = {v: tuple(float(c) for c in rgba[i, :3]) for i, v in enumerate(values)}
+        except (TypeError, ValueError, IndexError):
+            colors = {}
+    return names, colors
+
+
 MAX_FOLDER_SAMPLES = 24
 """Opening a whole training folder shows at most this many samples (open a sample folder for others)."""
 

@@ -4,7 +4,8 @@ A :class:`Tracker` follows one Labels layer.  It holds the model's prediction
 (compressed, when the layer came from Segment) and the reviewed boxes, and
 grows them from the layer's own ``paint`` event, which napari emits for every
 committed edit: brush strokes, fill, polygons, and our proofreading actions
-(applied with ``data_setitem``).  The boxes are mirrored into
+(applied with ``data_setitem``) -- except machine-made fills applied inside
+:meth:`Tracker.unreviewed` (slice interpolation).  The boxes are mirrored into
 ``layer.metadata["segloop"]["reviewed"]`` so they are saved with the layer and
 exported with each sample.
 """
@@ -12,7 +13,8 @@ exported with each sample.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -71,6 +73,7 @@ class Tracker:
         base = layer.metadata.get("segloop_reviewed_base")     # a sample's reviewed mask, read back
         self.base = np.asarray(base, np.uint8) if base is not None and np.shape(base) == layer.data.shape else None
         self.edits = 0
+        self._unreviewed = 0
         self.listeners: list[Callable[[], None]] = []
         self.overlay = None
         layer.events.paint.connect(self._on_paint)
@@ -85,11 +88,24 @@ class Tracker:
         layer = self.layer
         if layer is None:
             return
-        for atom in event.value or ():
-            for box in atom_boxes(atom, layer.data.shape):
-                self.reviewed.add(box, margin=EDIT_MARGIN)
+        if not self._unreviewed:
+            for atom in event.value or ():
+                for box in atom_boxes(atom, layer.data.shape):
+                    self.reviewed.add(box, margin=EDIT_MARGIN)
         self.edits += 1
         self._sync()
+
+    @contextmanager
+    def unreviewed(self) -> Iterator[None]:
+        """Edits committed inside this block change the labels without marking anything reviewed.
+
+        For machine-made fills (slice interpolation): a person has not looked at those voxels yet.
+        """
+        self._unreviewed += 1
+        try:
+            yield
+        finally:
+            self._unreviewed -= 1
 
     def mark(self, box) -> None:
         """Mark a box (``((start, stop), ...)`` or slices, data coordinates) as reviewed."""
