@@ -228,3 +228,79 @@ def test_closing_the_viewer_mid_run_cancels_it(make_napari_viewer, qtbot, tiny_p
     viewer.close()
     qtbot.waitUntil(lambda: cancel.is_set(), timeout=10_000)
     qtbot.waitUntil(lambda: not worker.is_running, timeout=60_000)
+
+
+def _stack(nuclei_image, n=5):
+    tile = nuclei_image[:256, :256]
+    return np.stack([np.roll(tile, 9 * i, axis=1) for i in range(n)])
+
+
+def test_slice_range_labels_only_those_slices_and_keeps_volume_geometry(make_napari_viewer, qtbot, nuclei_image):
+    from pathlib import Path
+
+    from segloop.core.io.volume import VolumeInfo, lps_affine
+
+    stack = _stack(nuclei_image)
+    info = VolumeInfo(path=Path("stack"), format="tiff", shape=stack.shape, spacing=(2.0, 0.5, 0.5),
+                      affine=lps_affine((2.0, 0.5, 0.5)))
+    viewer, w = make(make_napari_viewer, stack, name="stack", scale=(2.0, 0.5, 0.5),
+                     metadata={"segloop_volume": info})
+    w.scope.value = "slice range"
+    assert not w.z_from.native.isHidden() and not w.z_to.native.isHidden() and w.z_to.value == 4
+    w.z_from.value, w.z_to.value = 1, 2
+    w.run()
+    wait(qtbot, w)
+    (lab,) = labels_layers(viewer)
+    assert lab.data.shape == stack.shape
+    assert lab.data[1].max() > 0 and lab.data[2].max() > 0
+    assert lab.data[0].max() == 0 and lab.data[3].max() == 0 and lab.data[4].max() == 0
+    assert lab.metadata["segloop_volume"] is info and tuple(lab.scale) == (2.0, 0.5, 0.5)
+    assert lab.metadata["segloop"]["parameters"]["z_range"] == [1, 3]
+
+
+def test_live_mode_segments_the_slices_scrolled_to_and_never_overwrites_an_edit(make_napari_viewer, qtbot,
+                                                                              nuclei_image):
+    from segloop._napari.tracking import tracker_for
+
+    stack = _stack(nuclei_image)
+    viewer, w = make(make_napari_viewer, stack, name="stack")
+    viewer.dims.set_current_step(0, 2)
+    w.live.value = True
+    live = w._live
+    qtbot.waitUntil(lambda: 2 in live.done, timeout=60_000)
+    (lab,) = labels_layers(viewer)
+    assert lab.name.endswith("(live)") and lab.data[2].max() > 0
+    assert lab.data[[0, 1, 3, 4]].max() == 0                     # only the slice looked at
+    # scroll quickly over 3 to 4: only where the person stops is segmented
+    viewer.dims.set_current_step(0, 3)
+    viewer.dims.set_current_step(0, 4)
+    qtbot.waitUntil(lambda: 4 in live.done, timeout=60_000)
+    assert lab.data[4].max() > 0 and 3 not in live.done
+    # the person corrects slice 4; scrolling away and back does not run the model on it again
+    lab.data_setitem((np.array([4]), np.array([5]), np.array([5])), 77)
+    viewer.dims.set_current_step(0, 0)
+    qtbot.waitUntil(lambda: 0 in live.done, timeout=60_000)
+    viewer.dims.set_current_step(0, 4)
+    qtbot.wait(400)
+    assert lab.data[4, 5, 5] == 77 and live.worker is None
+    # the snapshot holds what the model predicted, so the correction is measured against it
+    tr = tracker_for(lab)
+    assert tr.snapshot.read()[4, 5, 5] != 77 and tr.has_review
+    assert "live: slice" in w.status.value
+    # turning it off stops listening to the dims
+    w.live.value = False
+    viewer.dims.set_current_step(0, 1)
+    qtbot.wait(400)
+    assert 1 not in live.done and w._live is None
+
+
+def test_live_mode_needs_a_stack_and_stops_when_the_image_goes(make_napari_viewer, qtbot, nuclei_image, notes):
+    viewer, w = make(make_napari_viewer, nuclei_image[:128, :128], name="flat")
+    w.live.value = True
+    assert w.live.value is False and w._live is None and any("needs a stack" in n for n in notes)
+    viewer.add_image(_stack(nuclei_image, 3), name="stack")
+    w.image.value = viewer.layers["stack"]
+    w.live.value = True
+    assert w._live is not None
+    viewer.layers.remove("stack")
+    assert w.live.value is False and w._live is None

@@ -5,6 +5,8 @@ Every arrow of the loop is a command, so it runs without a screen::
     segloop list-models
     segloop info nuclei-unet
     segloop predict slide.tif --model nuclei-unet --out results/
+    segloop predict ct_series/ scan.nii.gz --model ct-liver-segunet25d --out results/ --seg-nrrd
+    segloop measure results/scan_labels.nii.gz --image scan.nii.gz --csv volumes.csv
     segloop export-onnx path/to/package
     segloop export --image tile.tif --labels corrected.tif --folder corrections/
     segloop validate corrections/
@@ -86,10 +88,20 @@ def _cmd_export_onnx(args) -> int:
     return 0
 
 
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mrc", ".map", ".rec", ".dcm")
+
+
+def _is_volume(path: str) -> bool:
+    """A DICOM folder or a NIfTI / MRC / DICOM file: read with geometry (``read_volume``)."""
+    p = Path(path)
+    return p.is_dir() or p.name.lower().endswith(VOLUME_SUFFIXES)
+
+
 def _output_stem(path: str) -> str:
     """File name without its image suffix (``a.v2.ome.tif`` -> ``a.v2``)."""
     name = Path(path).name
-    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".btf", ".png", ".jpeg", ".jpg", ".bmp"):
+    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".btf", ".png", ".jpeg", ".jpg", ".bmp",
+                   *VOLUME_SUFFIXES):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return Path(name).stem
@@ -120,8 +132,8 @@ def _cmd_predict(args) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise SegloopError(f"--out {out_dir} is a file; give a folder")
     for p in args.images:
-        if not Path(p).is_file():
-            raise SegloopError(f"{p}: no such file")
+        if not (Path(p).is_file() or Path(p).is_dir()):
+            raise SegloopError(f"{p}: no such file or folder")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -140,6 +152,11 @@ def _cmd_predict(args) -> int:
     previous = signal.signal(signal.SIGINT, lambda *a: cancel.set()) if on_main else None
     try:
         for i, path in enumerate(args.images, 1):
+            if _is_volume(path):
+                _predict_volume(model, path, out_dir, args, i, normalization, cancel)
+                continue
+            if Path(path).is_dir():
+                raise SegloopError(f"{path} is a folder with no DICOM series; give image files")
             image, info = read_image(path)
             stem = _output_stem(path)
             label_path = out_dir / f"{stem}_labels.tif"
@@ -190,6 +207,96 @@ def _cmd_predict(args) -> int:
     finally:
         if on_main:
             signal.signal(signal.SIGINT, previous)
+    return 0
+
+
+def _parse_slices(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        a, b = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise SegloopError(f"--slices {text!r}: write first:stop (stop excluded), e.g. 40:60") from None
+    if not 0 <= a < b:
+        raise SegloopError(f"--slices {text!r}: need 0 <= first < stop")
+    return a, b
+
+
+def _predict_volume(model, path: str, out_dir: Path, args, index: int, normalization, cancel) -> None:
+    """A CT/MR volume: segment it and write labels in the source's own space (NIfTI; Slicer .seg.nrrd)."""
+    import numpy as np
+
+    from segloop.core.io.volume import read_volume, write_nifti_labels, write_seg_nrrd
+    from segloop.core.measure import measure_labels
+
+    stem = _output_stem(path.rstrip("/\\"))
+    label_path = out_dir / f"{stem}_labels.nii.gz"
+    nrrd_path = out_dir / f"{stem}.seg.nrrd"
+    for p in (label_path, nrrd_path if args.seg_nrrd else None):
+        if p is not None and p.exists() and not args.overwrite:
+            raise SegloopError(f"{p} exists; pass --overwrite or choose another --out")
+    volume, info = read_volume(path, cancel=cancel)
+    for w in info.warnings:
+        print(f"{path}: note: {w}", file=sys.stderr)
+    z_range = _parse_slices(args.slices)
+    if z_range is not None and z_range[1] > volume.shape[0]:
+        raise SegloopError(f"--slices {args.slices}: the volume has {volume.shape[0]} slices")
+    bar, update = _progress_bar(len(args.images), index, Path(path).name)
+    try:
+        res = model.predict(volume, tile=args.tile, overlap=args.overlap, batch_size=args.batch,
+                            normalization=normalization, progress=update, cancel=cancel,
+                            **({"z_range": z_range} if z_range else {}))
+    finally:
+        bar.close()
+    labels = np.asarray(res.labels)
+    if z_range is not None:                       # the labels of the other slices are 0
+        full = np.zeros(volume.shape, labels.dtype)
+        full[z_range[0]:z_range[1]] = labels
+        labels = full
+    names = {i: c for i, c in enumerate(model.spec.classes) if i} if model.spec.task == "semantic" else None
+    write_nifti_labels(label_path, labels, info)
+    if args.seg_nrrd:
+        write_seg_nrrd(nrrd_path, labels, info, names=names)
+    prov = {**res.provenance, "source": {"path": str(Path(path).resolve()), **info.to_meta()}}
+    (out_dir / f"{stem}_provenance.json").write_text(json.dumps(prov, indent=2, default=str))
+    rows = measure_labels(labels, spacing=info.spacing, image=volume, names=names)
+    print(f"{path}: {res.n_objects} {'objects' if model.spec.task == 'instance' else 'classes present'}"
+          f" -> {label_path}" + (f" and {nrrd_path}" if args.seg_nrrd else ""))
+    for r in rows[:20]:
+        hu = f", mean {r['hu_mean']:.0f} {info.units}".rstrip() if r["hu_mean"] == r["hu_mean"] else ""
+        print(f"  {r.get('name') or r['label']}: {r['volume_ml']:.2f} mL, largest axial diameter "
+              f"{r['max_diameter_mm']:.1f} mm{hu}")
+
+
+def _cmd_measure(args) -> int:
+    import numpy as np
+
+    from segloop.core.io.volume import read_volume
+    from segloop.core.measure import measure_labels, write_csv
+
+    labels, info = read_volume(args.labels)
+    image = None
+    if args.image:
+        image, img_info = read_volume(args.image)
+        if tuple(image.shape) != tuple(labels.shape):
+            raise SegloopError(f"--image has shape {tuple(image.shape)} but the labels {tuple(labels.shape)}; "
+                               "give the image the labels were drawn on")
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "ui":
+        raise SegloopError(f"{args.labels}: labels must be integers, got {labels.dtype}")
+    rows = measure_labels(labels, spacing=info.spacing, image=image)
+    if args.csv:
+        write_csv(rows, args.csv)
+    print("label\tvoxels\tvolume_ml\tmax_axial_diameter_mm" + ("\tmean\tstd" if image is not None else ""))
+    for r in rows:
+        line = f"{r['label']}\t{r['voxels']}\t{r['volume_ml']:.3f}\t{r['max_diameter_mm']:.1f}"
+        if image is not None:
+            line += f"\t{r['hu_mean']:.1f}\t{r['hu_std']:.1f}"
+        print(line)
+    for w in info.warnings:
+        print(f"note: {w}", file=sys.stderr)
+    if args.csv:
+        print(f"wrote {args.csv}")
     return 0
 
 
@@ -303,8 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the full segloop-model.json")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("predict", help="segment images into label TIFFs")
-    p.add_argument("images", nargs="+", help="TIFF / PNG / JPEG files")
+    p = sub.add_parser("predict", help="segment images into label TIFFs, volumes into NIfTI labels")
+    p.add_argument("images", nargs="+",
+                   help="TIFF / PNG / JPEG files; DICOM series folders, NIfTI (.nii, .nii.gz), MRC volumes")
     p.add_argument("--model", "-m", default="nuclei-unet", help="bundled name or package path")
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument("--tile", type=int, default=None, help="tile size in pixels (default: the model's)")
@@ -322,10 +430,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write labels straight into an on-disk TIFF (auto: images over 64 Mpx)")
     p.add_argument("--overlay", action="store_true", help="also write a PNG with label outlines (2D)")
     p.add_argument("--overwrite", action="store_true", help="replace existing label files")
+    p.add_argument("--slices", default=None, metavar="FIRST:STOP",
+                   help="volumes: segment only these slices (axis 0, stop excluded)")
+    p.add_argument("--seg-nrrd", action="store_true",
+                   help="volumes: also write a 3D Slicer segmentation (.seg.nrrd)")
     p.set_defaults(func=_cmd_predict)
 
+    p = sub.add_parser("measure", help="per-label volume (mL), largest axial diameter (mm), intensity stats")
+    p.add_argument("labels", help="label volume (NIfTI, MRC, TIFF stack)")
+    p.add_argument("--image", default=None, help="the image (e.g. CT in HU) for mean/std inside each label")
+    p.add_argument("--csv", default=None, help="also write the table as CSV")
+    p.set_defaults(func=_cmd_measure)
+
     p = sub.add_parser("demo", help="open napari on real sample data and segment it")
-    p.add_argument("--sample", choices=["nuclei", "ihc"], default="nuclei")
+    p.add_argument("--sample", choices=["nuclei", "ihc", "liver_ct"], default="nuclei",
+                   help="liver_ct: a CT volume, segmented live slice by slice as you scroll "
+                        "(needs: pip install --no-deps liver-ct-segmentation-package==1.6.0)")
     p.add_argument("--model", default=None, help="bundled name or package path (default: the first bundled)")
     p.add_argument("--screenshot", default=None, metavar="PNG",
                    help="save a screenshot once the labels are shown, then exit (headless checks)")

@@ -17,11 +17,42 @@ def run_demo(*, sample: str = "nuclei", model: str | None = None, screenshot: st
 
     viewer = napari.Viewer(title="segloop demo")
     viewer.window.resize(1500, 950)
+    ct = sample == "liver_ct"
     viewer.open_sample("napari-segloop", sample)
     _, widget = viewer.window.add_plugin_dock_widget("napari-segloop", "Segment")
+    if ct:
+        from segloop import list_models
+
+        viewer.window.add_plugin_dock_widget("napari-segloop", "CT tools")
+        widget.image.value = viewer.layers[0]
+        model = model or next((m for m in list_models() if m.startswith("ct-liver")), None)
+        viewer.dims.set_current_step(0, viewer.layers[0].data.shape[0] // 2)
+        for layer in viewer.layers[1:]:
+            layer.visible = False                 # the reference labels: compare later
     if model:
         widget.model.value = model
     outcome = {"code": 0}
+    if ct:
+        # the radiologist's flow: live per-slice segmentation while scrolling
+        widget.live.value = True
+        live = widget._live
+        if live is None:
+            viewer.close()
+            return 1
+        if screenshot is not None:
+            def check():
+                if live.done:
+                    labels = [la for la in viewer.layers if la.name.endswith("(live)")]
+                    outcome["code"] = 0 if labels else 1
+                    viewer.screenshot(str(Path(screenshot)), canvas_only=False)
+                    viewer.close()
+                else:
+                    QTimer.singleShot(500, check)
+
+            QTimer.singleShot(1000, check)
+            QTimer.singleShot(int(timeout_s * 1000), lambda: (outcome.update(code=1), viewer.close()))
+        napari.run()
+        return outcome["code"]
 
     def finished():
         if screenshot is None:

@@ -34,10 +34,11 @@ from segloop._napari.tracking import track
 from segloop.core.corrections import PredictionSnapshot
 from segloop.errors import Cancelled, SegloopError
 
-__all__ = ["SegmentWidget", "SegmentRequest", "crop_for_scope", "result_layer_name"]
+__all__ = ["SegmentWidget", "SegmentRequest", "ScopeCrop", "crop_for_scope", "result_layer_name"]
 
 LOAD_PACKAGE = "Load package…"
-SCOPES = ("whole image", "current slice", "current view")
+SCOPES = ("whole image", "current slice", "slice range", "current view")
+LIVE_DEBOUNCE_MS = 120
 
 
 def _warm_imports() -> None:
@@ -65,6 +66,8 @@ class SegmentRequest:
     stain: str
     uncertainty: bool
     scope: str
+    z_from: int = 0
+    z_to: int = 0
 
 
 def result_layer_name(image_name: str, model_name: str, version: str) -> str:
@@ -76,33 +79,57 @@ def _base_data(layer: Image):
     return layer.data[0] if layer.multiscale else layer.data
 
 
-def crop_for_scope(layer: Image, scope: str, current_step: tuple[int, ...]) -> tuple[object, tuple[slice, ...]]:
-    """The part of the layer's level-0 data to segment, and where it sits.
+@dataclass
+class ScopeCrop:
+    """What to segment and where the result goes.
 
-    Returns
-    -------
-    data : array-like
-        What to segment: 2D (+ channels) for "current slice"/"current view",
-        everything for "whole image".
-    where : tuple of slices (or ints for slice indices)
-        Index into the full label array (spatial axes only) for the result.
+    ``data`` is given to ``Model.predict`` with ``z_range``; the labels it returns go to
+    ``full_labels[where]``.  For stacks the whole (Z, Y, X[, C]) volume (cropped in Y/X for
+    "current view") is passed with a ``z_range``, so 2.5D and 3D models see the neighbouring
+    slices of the ones they label.
+    """
+
+    data: object
+    where: tuple
+    z_range: tuple[int, int] | None = None
+
+
+def crop_for_scope(layer: Image, scope: str, current_step: tuple[int, ...],
+                   z_range: tuple[int, int] | None = None) -> ScopeCrop:
+    """The part of the layer's level-0 data to segment for ``scope``, and where it sits.
+
+    Parameters
+    ----------
+    layer : napari Image layer
+    scope : one of ``SCOPES``
+    current_step : the viewer's ``dims.current_step``
+    z_range : (first, last) slice, inclusive, for "slice range"
     """
     data = _base_data(layer)
     n_spatial = data.ndim - (1 if layer.rgb else 0)
     lead = n_spatial - 2
-    if scope == "whole image" or (scope == "current slice" and lead == 0):
-        return data, tuple(slice(None) for _ in range(n_spatial))
-    idx = tuple(int(np.clip(current_step[i], 0, data.shape[i] - 1)) for i in range(lead)) if lead else ()
-    plane = data[idx] if idx else data
-    if scope == "current slice":
-        return plane, idx + (slice(None), slice(None))
-    # current view: the visible part of the plane, from the layer's corner pixels
-    corners = np.asarray(layer.corner_pixels)[:, lead:lead + 2]
-    y0, x0 = np.clip(corners[0], 0, None).astype(int)
-    y1, x1 = (np.minimum(corners[1] + 1, plane.shape[:2])).astype(int)
-    if y1 - y0 < 1 or x1 - x0 < 1:
-        y0, x0, (y1, x1) = 0, 0, plane.shape[:2]
-    return plane[y0:y1, x0:x1], idx + (slice(y0, y1), slice(x0, x1))
+    if scope == "whole image" or (scope in ("current slice", "slice range") and lead == 0):
+        return ScopeCrop(data, tuple(slice(None) for _ in range(n_spatial)))
+    step = [int(np.clip(current_step[i], 0, data.shape[i] - 1)) for i in range(lead)] if lead else []
+    outer = tuple(step[:-1])                     # time (etc.) axes before Z are fixed
+    vol = data[outer] if outer else data         # (Z, Y, X[, C]) or (Y, X[, C])
+    ys = xs = slice(None)
+    if scope == "current view":
+        corners = np.asarray(layer.corner_pixels)[:, lead:lead + 2]
+        plane = vol.shape[-3:-1] if layer.rgb else vol.shape[-2:]
+        y0, x0 = np.clip(corners[0], 0, None).astype(int)
+        y1, x1 = (np.minimum(corners[1] + 1, plane)).astype(int)
+        if y1 - y0 >= 1 and x1 - x0 >= 1:
+            ys, xs = slice(y0, y1), slice(x0, x1)
+    if lead == 0:                                # current view of a 2D image
+        return ScopeCrop(vol[ys, xs], (ys, xs))
+    if scope == "slice range" and z_range is not None:
+        z0, z1 = sorted(int(v) for v in z_range)
+        z0, z1 = max(0, z0), min(vol.shape[0] - 1, z1)
+    else:
+        z0 = z1 = step[-1]
+    crop = vol[:, ys, xs] if (ys, xs) != (slice(None), slice(None)) else vol
+    return ScopeCrop(crop, outer + (slice(z0, z1 + 1), ys, xs), (z0, z1 + 1))
 
 
 class SegmentWidget(Container):
@@ -152,6 +179,11 @@ class SegmentWidget(Container):
         self.tile = SpinBox(label="tile", min=32, max=4096, step=32, value=256)
         self.overlap = FloatSpinBox(label="overlap", min=0.0, max=0.9, step=0.05, value=0.25)
         self.scope = ComboBox(label="scope", choices=list(SCOPES), value="whole image")
+        self.z_from = SpinBox(label="slices from", min=0, max=10**6, value=0, visible=False)
+        self.z_to = SpinBox(label="to (inclusive)", min=0, max=10**6, value=0, visible=False)
+        self.live = CheckBox(text="live: segment each slice as you scroll", value=False,
+                             tooltip="Stacks only. The visible slice is segmented when you stop scrolling; "
+                                     "each slice once, into one '… (live)' Labels layer you can correct.")
         self.stain = ComboBox(label="stain", choices=["auto", "none", "hematoxylin"], value="auto",
                               tooltip="auto: hematoxylin deconvolution for RGB images and 1-channel models")
         self.uncertainty = CheckBox(text="add uncertainty layer", value=False)
@@ -161,13 +193,17 @@ class SegmentWidget(Container):
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
         self.extend([self.image, self.model, self.package, self.device, self.engine, self.tile, self.overlap,
-                     self.scope, self.stain, self.uncertainty, self.run_button, self.cancel_button,
+                     self.scope, self.z_from, self.z_to, self.live, self.stain, self.uncertainty,
+                     self.run_button, self.cancel_button,
                      self.progress, self.status])
 
         self.model.changed.connect(self._on_model_changed)
         self.package.changed.connect(self._on_model_changed)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
+        self.scope.changed.connect(self._on_scope_changed)
+        self.live.changed.connect(self._on_live_toggled)
+        self._live: _LiveSession | None = None
         self.viewer.layers.events.inserted.connect(self._refresh_images)
         self.viewer.layers.events.removed.connect(self._refresh_images)
         self.native.destroyed.connect(self._on_destroyed)
@@ -253,7 +289,7 @@ class SegmentWidget(Container):
         return SegmentRequest(model=self._model_id() or "", device=self.device.value, engine=self.engine.value,
                               tile=int(self.tile.value), overlap=float(self.overlap.value),
                               stain=self.stain.value, uncertainty=bool(self.uncertainty.value),
-                              scope=self.scope.value)
+                              scope=self.scope.value, z_from=int(self.z_from.value), z_to=int(self.z_to.value))
 
     @property
     def running(self) -> bool:
@@ -273,10 +309,10 @@ class SegmentWidget(Container):
             show_error("segloop: choose a model, or a package folder under 'package'")
             return
         self._remember_choice(req)
-        data, where = crop_for_scope(layer, req.scope, tuple(self.viewer.dims.current_step))
-        full_shape = _base_data(layer).shape[: _base_data(layer).ndim - (1 if layer.rgb else 0)]
-        info = {"layer": layer, "where": where, "full_shape": full_shape, "rgb": bool(layer.rgb),
-                "name": layer.name, "scale": tuple(layer.scale), "translate": tuple(layer.translate)}
+        crop = crop_for_scope(layer, req.scope, tuple(self.viewer.dims.current_step), (req.z_from, req.z_to))
+        data, where = crop.data, crop.where
+        info = self._layer_info(layer)
+        info.update(where=where, z_range=crop.z_range)
         self._cancel = threading.Event()
         self._started = time.perf_counter()
         self.progress.visible = True
@@ -291,6 +327,14 @@ class SegmentWidget(Container):
                                      _connect={"returned": lambda res: self._on_returned(res, info, req),
                                                "errored": self._on_errored,
                                                "finished": self._on_finished})
+
+    @staticmethod
+    def _layer_info(layer: Image) -> dict:
+        """What the worker needs to know about the image layer (read on the main thread)."""
+        full_shape = _base_data(layer).shape[: _base_data(layer).ndim - (1 if layer.rgb else 0)]
+        meta = {k: layer.metadata[k] for k in ("segloop_volume",) if k in layer.metadata}
+        return {"layer": layer, "full_shape": full_shape, "rgb": bool(layer.rgb), "name": layer.name,
+                "scale": tuple(layer.scale), "translate": tuple(layer.translate), "metadata": meta}
 
     def _load_model(self, req: SegmentRequest):
         import segloop
@@ -316,9 +360,10 @@ class SegmentWidget(Container):
         if stain == "auto":
             stain = "hematoxylin" if rgb and model.spec.in_channels == 1 else "none"
         normalization = {"kind": "hematoxylin"} if stain == "hematoxylin" else None
+        extra = {"z_range": info["z_range"]} if info.get("z_range") else {}
         result = model.predict(data, tile=req.tile, overlap=req.overlap, normalization=normalization,
                                channel_axis=-1 if rgb else "auto", uncertainty=req.uncertainty,
-                               progress=self._relay.progressed.emit, cancel=cancel)
+                               progress=self._relay.progressed.emit, cancel=cancel, **extra)
         where = info["where"]
         partial = bool(where) and any(s != slice(None) for s in where)
 
@@ -337,7 +382,7 @@ class SegmentWidget(Container):
         geo = {"scale": info["scale"][-n_spatial:], "translate": info["translate"][-n_spatial:]}
         labels = placed(result.labels, result.labels.dtype)
         snapshot = PredictionSnapshot(labels)    # kept compressed: what the person changes is derived from it
-        layers = [Labels(labels, name=name, metadata={"segloop": prov}, **geo)]
+        layers = [Labels(labels, name=name, metadata={"segloop": prov, **info["metadata"]}, **geo)]
         if result.uncertainty is not None:
             layers.append(ImageLayer(placed(result.uncertainty, np.float16), name=f"{name} · uncertainty",
                                      colormap="inferno", opacity=0.5, blending="additive", visible=False,
@@ -393,6 +438,39 @@ class SegmentWidget(Container):
         self.cancel_button.enabled = False
         self.progress.visible = False
 
+    # -- scope and live mode ------------------------------------------------------------
+    def _on_scope_changed(self, _event=None):
+        rng = self.scope.value == "slice range"
+        self.z_from.visible = self.z_to.visible = rng
+        layer = self.image.value
+        if rng and layer is not None and self.z_to.value == 0:
+            n = _base_data(layer).shape[0]
+            self.z_to.value = max(0, n - 1)
+
+    def _on_live_toggled(self, _event=None):
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+        if not self.live.value:
+            return
+        layer = self.image.value
+        req = self.request()
+        problem = None
+        if layer is None or layer not in self.viewer.layers:
+            problem = "pick an image layer first"
+        elif _base_data(layer).ndim - (1 if layer.rgb else 0) != 3:
+            problem = "live mode needs a stack (Z, Y, X); this image has " + (
+                "no slices" if _base_data(layer).ndim - (1 if layer.rgb else 0) < 3 else "more than one stack axis")
+        elif not req.model:
+            problem = "choose a model first"
+        if problem:
+            self.status.value = f"live: {problem}"
+            show_info(f"segloop: live mode: {problem}")
+            self.live.value = False
+            return
+        self._live = _LiveSession(self, layer, req)
+        self._live.start()
+
     def cancel(self, _event=None):
         """Stop the current run after the batch in progress."""
         if self._cancel is not None:
@@ -402,6 +480,9 @@ class SegmentWidget(Container):
     def _on_destroyed(self, *_):
         """The dock was closed (or the viewer): stop the run, forget the viewer's events."""
         self._closed = True
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
         if self._cancel is not None:
             self._cancel.set()
         for event, cb in ((self.viewer.layers.events.inserted, self._refresh_images),
@@ -410,3 +491,168 @@ class SegmentWidget(Container):
                 event.disconnect(cb)
             except (TypeError, ValueError, RuntimeError):
                 pass
+
+
+class _LiveSession:
+    """Segments the visible slice of one stack as the person scrolls.
+
+    One "(live)" Labels layer collects the slices; each slice is predicted once (the layer is
+    the cache), so what a person corrects there is never overwritten.  Slice changes are
+    debounced; a request for a new slice cancels the one in flight; one worker at a time.
+    The prediction snapshot is updated slice by slice, so corrections are still measured
+    against what the model predicted.
+    """
+
+    def __init__(self, widget: SegmentWidget, layer: Image, req: SegmentRequest):
+        from qtpy.QtCore import QTimer
+
+        self.w, self.image, self.req = widget, layer, req
+        self.viewer = widget.viewer
+        self.done: set[int] = set()
+        self.layer = None
+        self.snapshot: PredictionSnapshot | None = None
+        self.worker = None
+        self.cancel_event: threading.Event | None = None
+        self.pending: int | None = None
+        self.inflight: int | None = None
+        self.timer = QTimer()
+        self.timer.setSingleShot(True)
+        self.timer.setInterval(LIVE_DEBOUNCE_MS)
+        self.timer.timeout.connect(self._fire)
+        self.stopped = False
+        self.latencies: list[float] = []
+
+    def start(self):
+        self.viewer.dims.events.current_step.connect(self._on_step)
+        self.viewer.layers.events.removed.connect(self._on_removed)
+        self.w.status.value = "live: loading model…"
+        self._on_step()
+
+    def stop(self):
+        self.stopped = True
+        self.timer.stop()
+        if self.cancel_event is not None:
+            self.cancel_event.set()
+        for event, cb in ((self.viewer.dims.events.current_step, self._on_step),
+                          (self.viewer.layers.events.removed, self._on_removed)):
+            try:
+                event.disconnect(cb)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+
+    def current_z(self) -> int:
+        n = _base_data(self.image).shape[0]
+        return int(np.clip(self.viewer.dims.current_step[0], 0, n - 1))
+
+    def _on_removed(self, event=None):
+        if self.image not in self.viewer.layers:
+            self.w.live.value = False                  # stops this session
+        elif self.layer is not None and self.layer not in self.viewer.layers:
+            self.layer, self.snapshot = None, None     # the person deleted it: start a fresh one
+            self.done.clear()
+
+    def _on_step(self, event=None):
+        if not self.stopped:
+            self.timer.start()                         # restart: only the slice they stop on
+
+    def _fire(self):
+        if self.stopped:
+            return
+        z = self.current_z()
+        if z in self.done:
+            self.w.status.value = f"live: slice {z} (done)"
+            return
+        if self.worker is not None:
+            self.pending = z
+            if self.inflight != z and self.cancel_event is not None:
+                self.cancel_event.set()               # the slice they left is no longer wanted
+            return
+        self._run(z)
+
+    def _run(self, z: int):
+        from napari.qt.threading import create_worker
+
+        self.inflight, self.pending = z, None
+        self.cancel_event = threading.Event()
+        self.w.status.value = f"live: segmenting slice {z}…"
+        data = _base_data(self.image)
+        t0 = time.perf_counter()
+        self.worker = create_worker(self._predict, data, z, self.cancel_event,
+                                    _connect={"returned": lambda r, t0=t0: self._on_returned(r, t0),
+                                              "errored": self._on_errored, "finished": self._on_finished})
+
+    def _predict(self, data, z: int, cancel: threading.Event):
+        model = self.w._load_model(self.req)
+        rgb = bool(self.image.rgb)
+        stain = self.req.stain
+        if stain == "auto":
+            stain = "hematoxylin" if rgb and model.spec.in_channels == 1 else "none"
+        normalization = {"kind": "hematoxylin"} if stain == "hematoxylin" else None
+        predict_slice = getattr(model, "predict_slice", None)
+        if predict_slice is not None and normalization is None:
+            result = predict_slice(data, z, cancel=cancel)
+        else:
+            result = model.predict(data, z_range=(z, z + 1), normalization=normalization,
+                                   channel_axis=-1 if rgb else "auto", cancel=cancel)
+        labels = np.asarray(result.labels)
+        return model, z, labels.reshape(labels.shape[-2:]), result.provenance
+
+    def _ensure_layer(self, model, dtype, prov):
+        from napari.layers import Labels
+
+        if self.layer is not None and self.layer in self.viewer.layers:
+            return
+        info = SegmentWidget._layer_info(self.image)
+        shape = info["full_shape"]
+        spec = model.spec
+        name = result_layer_name(info["name"], spec.name, spec.version) + " (live)"
+        dtype = np.uint16 if spec.task == "instance" else np.dtype(dtype)
+        data = np.zeros(shape, dtype)
+        meta = {"segloop": {**prov, "scope": "live", "source_layer": info["name"]}, **info["metadata"]}
+        n = len(shape)
+        self.layer = Labels(data, name=name, metadata=meta, scale=info["scale"][-n:],
+                            translate=info["translate"][-n:])
+        self.snapshot = PredictionSnapshot(data)
+        self.viewer.layers.append(self.layer)
+        track(self.layer, snapshot=self.snapshot)
+        self.done.clear()
+
+    def _on_returned(self, payload, t0: float):
+        model, z, labels, prov = payload
+        if self.stopped or self.w._closed or self.image not in self.viewer.layers:
+            return
+        self._ensure_layer(model, labels.dtype, prov)
+        if z in self.done:
+            return
+        if self.layer.data.dtype != labels.dtype and labels.max() > np.iinfo(self.layer.data.dtype).max:
+            show_warning(f"segloop: slice {z} has more objects than {self.layer.data.dtype} holds; skipped")
+            return
+        if model.spec.task == "instance":         # ids unique across slices, as in a whole-stack run
+            offset = int(self.layer.data.max())
+            labels = np.where(labels > 0, labels.astype(np.int64) + offset, 0)
+        self.layer.data[z] = labels
+        self.snapshot.write(z, self.layer.data[z][None])
+        self.layer.refresh()
+        self.done.add(z)
+        ms = (time.perf_counter() - t0) * 1e3
+        self.latencies.append(ms)
+        self.w.status.value = f"live: slice {z} in {ms:.0f} ms ({len(self.done)} slices done)"
+
+    def _on_errored(self, exc: BaseException):
+        if self.stopped or self.w._closed:
+            return
+        if isinstance(exc, Cancelled):
+            return                                      # superseded by a newer slice
+        self.w.status.value = f"live: {exc}"
+        show_error(f"segloop: live segmentation stopped: {exc}")
+        self.pending = None
+        self.w.live.value = False
+
+    def _on_finished(self):
+        self.worker, self.inflight = None, None
+        if self.stopped or self.w._closed:
+            return
+        if self.pending is not None and self.pending not in self.done:
+            self._run(self.pending)
+        elif self.current_z() not in self.done:
+            self._fire()

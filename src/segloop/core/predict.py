@@ -2,7 +2,9 @@
 
 ``load_model(name_or_path)`` returns a :class:`Model`; ``model.predict(image)``
 validates the image, fits the normalization once on a downsampled copy, runs
-tiled inference through the chosen engine and assembles labels band by band.
+tiled inference through the chosen engine (2D tiles, 2.5D tiles with
+neighbouring planes as channels, or 3D patches) and assembles labels band by
+band.  ``model.predict_slice(volume, z)`` is the live path for one plane.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +27,13 @@ from segloop.core.postprocess import (
     InstanceParams,
     SemanticAssembler,
 )
-from segloop.core.tiling import TiledStats, predict_tiled
+from segloop.core.tiling import (
+    PatchGrid,
+    TiledStats,
+    check_z_range,
+    predict_tiled,
+    predict_tiled_3d,
+)
 from segloop.errors import EngineError, InvalidImageError, ModelNotFoundError
 
 __all__ = ["Model", "SegmentationResult", "list_models", "load_model", "model_dirs", "validate_image"]
@@ -150,12 +159,15 @@ class SegmentationResult:
     ----------
     labels : (H, W) or (Z, H, W) ndarray
         uint16 instance ids (uint32 beyond 65,535 objects) or class ids (uint8).
-    uncertainty : same shape as labels, float16, or None
-        Normalized entropy of the blended probabilities (0 certain, 1 uniform).
+        With ``z_range=(z0, z1)``: ``(z1 - z0, H, W)``, or the full ``out``
+        array when one was given.
+    uncertainty : (H, W) or (z1 - z0, H, W) float16 ndarray, or None
+        Normalized entropy of the blended probabilities (0 certain, 1
+        uniform), for the predicted planes.
     n_objects : int
         Instances found (instance models) or distinct non-background classes.
     tiles_predicted, tiles_skipped : int
-        Tiles the network ran on / skipped as background.
+        Tiles (3D: patches) the network ran on / skipped as background.
     provenance : dict
         Model name, version, sha256, parameters, engine, time: JSON-able.
     """
@@ -168,8 +180,9 @@ class SegmentationResult:
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
-def _required_channels(spec: ModelSpec, norm_spec) -> int:
-    return 3 if norm_spec.kind == "hematoxylin" else spec.in_channels
+def _channels_per_plane(spec: ModelSpec) -> int:
+    """Normalized channels of one plane: ``in_channels / context_slices`` (2.5D stacks k planes)."""
+    return int(spec.in_channels) // int(spec.context_slices)
 
 
 def validate_image(image, *, channels: int, channel_axis: int | None | Literal["auto"] = "auto"
@@ -258,14 +271,25 @@ def _drop_alpha(image, channel_axis, channels):
 class Model:
     """A loaded model: network, spec and engine, ready to segment images.
 
+    2D models run tile by tile on an image or on every plane of a stack;
+    2.5D models (``spec.context_slices = k > 1``) get the ``k`` neighbouring
+    planes of each plane as channels; 3D models (``spec.dims == 3``) run 3D
+    patches over a ``(Z, Y, X[, C])`` volume.  :meth:`predict` segments an
+    image (or a range of planes of a stack); :meth:`predict_slice` is the fast
+    path for one plane of a volume, with the volume's normalizer cached.
+
     Attributes
     ----------
     network : torch.nn.Module
     spec : ModelSpec
     package : ModelPackage
     predictor : callable
-        The engine: ``(B, C, th, tw) -> (B, K, th, tw)`` probabilities.
+        The engine: ``(B, C, th, tw) -> (B, K, th, tw)`` probabilities
+        (``(B, C, pz, py, px)`` for 3D models).
     """
+
+    #: Volumes whose fitted normalizer :meth:`normalizer_for` remembers.
+    NORMALIZER_CACHE_SIZE = 4
 
     def __init__(self, package: ModelPackage, *, device: str = "auto", engine: Engine = "torch",
                  precision: str = "auto"):
@@ -275,11 +299,8 @@ class Model:
         self.spec = package.spec
         self.network = package.build_network()
         self.engine_name = engine
-        if self.spec.dims != 2:
-            raise EngineError(
-                f"{self.spec.name} is a 3D model; this version of segloop runs 2D models "
-                "(per slice on stacks). 3D patch inference arrives with the CT-stack work")
-        tile = int(self.spec.tile.get("size", 256))
+        self._normalizers: OrderedDict[tuple, tuple[Any, _norm.Normalizer]] = OrderedDict()
+        tile = self._tile_shape(None)
         if engine in ("onnx", "onnx-int8"):
             onnx_bytes = package.onnx_bytes or self._export_onnx(tile)
             self.predictor = OnnxPredictor(onnx_bytes, device=device,
@@ -291,12 +312,29 @@ class Model:
         else:
             raise EngineError(f"unknown engine {engine!r}; use 'torch', 'onnx', 'onnx-int8' or 'auto'")
 
-    def _export_onnx(self, tile: int) -> bytes:
+    def _tile_shape(self, tile) -> tuple[int, ...]:
+        """Tile (2D) or patch (3D) size: ``tile`` or the package's, one int per spatial axis."""
+        dims = int(self.spec.dims)
+        size = self.spec.tile.get("size", 256 if dims == 2 else 96) if tile is None else tile
+        if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+            shape = (int(size),) * dims
+        else:
+            try:
+                shape = tuple(int(v) for v in size)
+            except (TypeError, ValueError):
+                raise InvalidImageError(f"tile must be an int or {dims} ints, got {size!r}") from None
+        if len(shape) != dims:
+            raise InvalidImageError(f"tile {size!r} has {len(shape)} sizes; a {dims}D model needs an int or {dims} ints")
+        if min(shape) < 8:
+            raise InvalidImageError(f"tile must be at least 8 pixels in every axis, got {size!r}")
+        return shape
+
+    def _export_onnx(self, tile: tuple[int, ...]) -> bytes:
         from segloop.core.engines import export_onnx
 
         return export_onnx(self.network, in_channels=self.spec.in_channels, tile=tile, dims=self.spec.dims)
 
-    def _pick_engine(self, device, precision, tile):
+    def _pick_engine(self, device, precision, tile: tuple[int, ...]):
         """Time torch vs ONNX Runtime on one reference batch; keep the faster (cached)."""
         import time
 
@@ -314,12 +352,14 @@ class Model:
         except ImportError:
             self.engine_name = "torch"
             return torch_pred
-        key = "engine:" + _network_key(self.network, (tile, tile)) + ":" + torch_pred.device
+        key = "engine:" + _network_key(self.network, tile) + ":" + torch_pred.device
         cached = read_choice_cache(key)
         if cached and cached.get("engine") in ("torch", "onnx"):
             self.engine_name = cached["engine"]
         else:
-            ref = np.random.default_rng(0).standard_normal((2, self.spec.in_channels, tile, tile)).astype(np.float32)
+            n_ref = 2 if self.spec.dims == 2 else 1           # a 3D patch is already a big batch
+            ref = np.random.default_rng(0).standard_normal(
+                (n_ref, self.spec.in_channels, *tile)).astype(np.float32)
             times = {}
             for name, p in (("torch", torch_pred), ("onnx", onnx_pred)):
                 p(ref)
@@ -334,17 +374,98 @@ class Model:
     def divisor(self) -> int:
         return int(getattr(self.network, "divisor", 1))
 
+    # -- normalization --------------------------------------------------------
+    def _norm_spec(self, normalization, normalizer) -> tuple[_norm.NormalizationSpec, int, int]:
+        """(spec, raw image channels needed, normalized channels per plane)."""
+        if normalizer is not None:
+            if normalization is not None:
+                raise InvalidImageError("give either normalization (a spec) or normalizer (fitted), not both")
+            if not isinstance(normalizer, _norm.Normalizer):
+                raise InvalidImageError(
+                    f"normalizer must be a segloop.core.normalize.Normalizer, got {type(normalizer).__name__}")
+            norm_spec = normalizer.spec
+        elif normalization is not None:
+            norm_spec = _norm.spec_from_dict(normalization if isinstance(normalization, dict)
+                                             else normalization.to_dict())
+        else:
+            norm_spec = _norm.spec_from_dict(self.spec.normalization)
+        per_plane = _channels_per_plane(self.spec)
+        channels = 3 if norm_spec.kind == "hematoxylin" else per_plane
+        if _norm.output_channels(norm_spec, channels) != per_plane:
+            raise InvalidImageError(
+                f"normalization {norm_spec.kind!r} gives {_norm.output_channels(norm_spec, channels)} "
+                f"channel(s) but {self.spec.name} takes {per_plane}"
+                + (f" per slice ({self.spec.in_channels} over {self.spec.context_slices} slices)"
+                   if self.spec.context_slices > 1 else ""))
+        return norm_spec, channels, per_plane
+
+    def normalizer_for(self, volume, *, channel_axis: int | None | Literal["auto"] = "auto",
+                       normalization: dict | _norm.NormalizationSpec | None = None) -> _norm.Normalizer:
+        """The normalizer of ``volume``, fitted once and remembered.
+
+        :meth:`predict_slice` uses this so that a slice request does not
+        rescan the volume's percentiles.  The cache is keyed by the array's
+        identity (``id`` plus a weak reference, so a new array that reuses the
+        id is not mistaken for the old one), shape, dtype, channel axis and
+        normalization spec; it holds the last :attr:`NORMALIZER_CACHE_SIZE`
+        volumes.  It assumes ``volume`` is not modified in place: after such
+        a change call :meth:`forget_normalizers`, or pass ``normalizer=``
+        explicitly.  Arrays that cannot be weakly referenced are fitted anew
+        each time (never cached).
+
+        Parameters
+        ----------
+        volume : (Z, Y, X[, C]) or (Y, X[, C]) array-like
+        channel_axis : None, -1 or "auto"
+        normalization : dict or spec, optional
+            Override of the package's normalization.
+
+        Returns
+        -------
+        Normalizer
+        """
+        import json
+        import weakref
+
+        norm_spec, channels, _ = self._norm_spec(normalization, None)
+        channel_axis, _ = validate_image(volume, channels=channels, channel_axis=channel_axis)
+        image = _drop_alpha(volume, channel_axis, channels)
+        key = (id(volume), tuple(volume.shape), np.dtype(volume.dtype).str, channel_axis,
+               json.dumps(norm_spec.to_dict(), sort_keys=True))
+        hit = self._normalizers.get(key)
+        if hit is not None and hit[0]() is volume:
+            self._normalizers.move_to_end(key)
+            return hit[1]
+        if np.dtype(image.dtype) == np.bool_:
+            image = np.asarray(image, dtype=np.uint8)
+        normalizer = _norm.Normalizer.fit(norm_spec, image, channel_axis=channel_axis)
+        try:
+            ref = weakref.ref(volume)
+        except TypeError:
+            return normalizer
+        self._normalizers[key] = (ref, normalizer)
+        while len(self._normalizers) > self.NORMALIZER_CACHE_SIZE:
+            self._normalizers.popitem(last=False)
+        return normalizer
+
+    def forget_normalizers(self) -> None:
+        """Drop every normalizer :meth:`normalizer_for` remembers."""
+        self._normalizers.clear()
+
+    # -- inference ------------------------------------------------------------
     def predict(
         self,
         image,
         *,
-        tile: int | None = None,
+        tile: int | tuple[int, ...] | None = None,
         overlap: float | None = None,
         channel_axis: int | None | Literal["auto"] = "auto",
-        normalization: dict | _norm.Percentile | None = None,
+        normalization: dict | _norm.NormalizationSpec | None = None,
+        normalizer: _norm.Normalizer | None = None,
         batch_size: int = 4,
         skip_background: bool | None = None,
         uncertainty: bool = False,
+        z_range: tuple[int, int] | None = None,
         out: np.ndarray | None = None,
         progress=None,
         cancel=None,
@@ -355,74 +476,111 @@ class Model:
         ----------
         image : array-like
             (H, W), (H, W, C), (Z, H, W) or (Z, H, W, C); numpy array, memmap
-            or anything with ``shape``, ``dtype`` and basic slicing.
-        tile, overlap : optional
-            Default from the package (``spec.tile``).
+            or anything with ``shape``, ``dtype`` and basic slicing.  3D
+            models need a stack (Z, H, W[, C]); 2.5D models take a single
+            plane as its own neighbours.
+        tile : int or tuple of int, optional
+            Tile size (2D / 2.5D) or patch size (3D: an int for a cube or
+            ``(pz, py, px)``).  Default from the package (``spec.tile``).
+        overlap : float, optional
+            Fraction of the tile in [0, 0.9]; default from the package.
         channel_axis : None, -1 or "auto"
         normalization : dict or spec, optional
             Override the package's normalization (e.g. ``{"kind": "hematoxylin"}``
             to run a fluorescence nuclei model on H&E/IHC).
+        normalizer : Normalizer, optional
+            An already fitted normalizer (e.g. :meth:`normalizer_for`) used
+            instead of fitting one on ``image``.
         batch_size : int
-            Tiles per engine call.
+            Tiles (or 3D patches) per engine call.
         skip_background : bool, optional
-            Skip tiles with no tissue (RGB only).  Default: on for RGB input.
+            Skip tiles with no tissue (RGB 2D only).  Default: on for RGB input.
         uncertainty : bool
-            Also return per-pixel entropy (float16, image-sized).
+            Also return per-pixel entropy (float16) for the predicted planes.
+        z_range : (z0, z1), optional
+            Predict only planes ``z0 .. z1 - 1`` of a stack.  2.5D models
+            still read the neighbours outside the range; 3D models run
+            patches over the range plus about half a patch depth of context
+            on each side.  The normalizer is fitted on the whole image.
+            ``result.labels`` then has shape ``(z1 - z0, H, W)``, unless
+            ``out`` is given.
         out : ndarray, optional
             Preallocated uint16/uint32 label array (e.g. a memmap) of the
-            output shape, used as working memory: its contents are undefined
-            if ``predict`` raises (cancelled, bad input).  Never pass data a
-            person drew.  ``result.labels`` is ``out`` unless more than 65,535
+            **full** output shape, used as working memory: its contents are
+            undefined if ``predict`` raises (cancelled, bad input).  Never
+            pass data a person drew.  With ``z_range`` only ``out[z0:z1]`` is
+            written.  ``result.labels`` is ``out`` unless more than 65,535
             objects are found in a plane and ``out`` is uint16 (then a new
             uint32 array, with a warning).
         progress : callable, optional
-            ``progress(done, total)`` in tiles.
+            ``progress(done, total)`` in tiles (3D: patches).
         cancel : threading.Event or callable, optional
             Checked between batches; raises :class:`segloop.errors.Cancelled`.
 
         Returns
         -------
         SegmentationResult
+            ``labels``: (H, W) for a 2D image, (z1 - z0, H, W) for a stack
+            (full shape when ``out`` is given); ``uncertainty`` covers the
+            predicted planes only.  Instance models are labelled plane by
+            plane, also 3D ones (ids restart in every plane; recorded in
+            ``provenance["instance_labeling"]``).
         """
         started = _dt.datetime.now(_dt.timezone.utc)
-        norm_spec = _norm.spec_from_dict(normalization if isinstance(normalization, dict) else
-                                         normalization.to_dict()) if normalization is not None else \
-            _norm.spec_from_dict(self.spec.normalization)
-        channels = _required_channels(self.spec, norm_spec)
-        if _norm.output_channels(norm_spec, channels) != self.spec.in_channels:
-            raise InvalidImageError(
-                f"normalization {norm_spec.kind!r} gives {_norm.output_channels(norm_spec, channels)} "
-                f"channel(s) but {self.spec.name} takes {self.spec.in_channels}")
+        norm_spec, channels, _ = self._norm_spec(normalization, normalizer)
         channel_axis, stack = validate_image(image, channels=channels, channel_axis=channel_axis)
+        dims = int(self.spec.dims)
+        if dims == 3 and not stack:
+            raise InvalidImageError(
+                f"{self.spec.name} is a 3D model: give a volume (Z, Y, X) (channels last), "
+                f"not a single plane of shape {tuple(image.shape)}")
         image = _drop_alpha(image, channel_axis, channels)
         if np.dtype(image.dtype) == np.bool_:
             image = np.asarray(image, dtype=np.uint8)
-        normalizer = _norm.Normalizer.fit(norm_spec, image, channel_axis=channel_axis)
-        tile = int(self.spec.tile.get("size", 256) if tile is None else tile)
+        if normalizer is None:
+            normalizer = _norm.Normalizer.fit(norm_spec, image, channel_axis=channel_axis)
+        elif normalizer.channel_axis != channel_axis or normalizer.in_channels != (
+                image.shape[-1] if channel_axis is not None else 1):
+            raise InvalidImageError(
+                f"the normalizer was fitted on {normalizer.in_channels}-channel data (channel_axis="
+                f"{normalizer.channel_axis}); this image has shape {tuple(image.shape)} (channel_axis="
+                f"{channel_axis}). Fit it on this image (Model.normalizer_for)")
+        tile_shape = self._tile_shape(tile)
         overlap = float(self.spec.tile.get("overlap", 0.25) if overlap is None else overlap)
-        if tile < 8:
-            raise InvalidImageError(f"tile must be at least 8 pixels, got {tile}")
         if not 0 <= overlap <= 0.9:
             raise InvalidImageError(f"overlap must be a fraction of the tile in [0, 0.9], got {overlap}")
         if int(batch_size) < 1:
             raise InvalidImageError(f"batch_size must be at least 1, got {batch_size}")
         if skip_background is None:
-            skip_background = channel_axis is not None and image.shape[-1] >= 3
+            skip_background = dims == 2 and channel_axis is not None and image.shape[-1] >= 3
+        skip_background = bool(skip_background) and dims == 2
         shape = tuple(image.shape[: 3 if stack else 2])
         n_z = shape[0] if stack else 1
         plane_shape = shape[-2:]
+        z0, z1 = check_z_range(z_range, n_z, stack)
 
         if out is not None and (tuple(out.shape) != shape or np.dtype(out.dtype) not in (
                 (np.uint16, np.uint32) if self.spec.task == "instance" else (np.uint8, np.uint16, np.uint32))):
-            raise InvalidImageError(f"out must be a uint16/uint32 array of shape {shape}, got "
+            raise InvalidImageError(f"out must be a uint16/uint32 array of the full shape {shape}, got "
                                     f"{np.dtype(out.dtype)} {tuple(out.shape)}")
-        if self.spec.task == "instance":
+        part_shape = ((z1 - z0,) + plane_shape) if stack else plane_shape
+        # ``labels`` is what the result returns; ``target`` the planes written (z0 .. z1 - 1).
+        instance = self.spec.task == "instance"
+        if out is not None:
+            labels = out
+        else:
+            labels = np.zeros(part_shape, np.uint16 if instance or self.spec.n_classes >= 256 else np.uint8)
+
+        def target_of(arr):
+            return arr[z0:z1] if (stack and arr.shape == shape) else arr
+
+        target = target_of(labels)
+        if instance:
             params = InstanceParams.from_dict(self.spec.postprocess)
-            labels = out if out is not None else np.zeros(shape, np.uint16)
             state = {"z": None, "asm": None, "n": 0}
 
             def finish_plane():
-                nonlocal labels
+                nonlocal labels, target
                 asm = state["asm"]
                 if asm is None:
                     return
@@ -432,54 +590,137 @@ class Model:
                                   + (" (a new array, not `out`)" if out is not None else ""), stacklevel=3)
                     if stack:
                         labels = labels.astype(np.uint32)
-                        labels[state["z"]] = res
+                        target = target_of(labels)
+                        target[state["z"]] = res
                     else:
-                        labels = res
+                        labels = target = res
                 state["n"] += asm.n_objects
 
             def label_sink(z, y0, y1, probs):
                 if state["z"] != z:
                     finish_plane()
                     state["z"] = z
-                    state["asm"] = InstanceAssembler(plane_shape, params, out=labels[z] if stack else labels)
+                    state["asm"] = InstanceAssembler(plane_shape, params, out=target[z] if stack else target)
                 state["asm"](z, y0, y1, probs)
         else:
-            labels = out if out is not None else np.zeros(shape, np.uint8 if self.spec.n_classes < 256 else np.uint16)
-            label_sink = SemanticAssembler(labels)
+            label_sink = SemanticAssembler(target)
             finish_plane = None
 
-        unc = np.zeros(shape, np.float16) if uncertainty else None
+        unc = np.zeros(part_shape, np.float16) if uncertainty else None
         unc_sink = EntropySink(unc) if uncertainty else None
 
         def sink(z, y0, y1, probs):
-            label_sink(z, y0, y1, probs)
+            local = z - z0                  # sinks see planes of the predicted range
+            label_sink(local, y0, y1, probs)
             if unc_sink is not None:
-                unc_sink(z, y0, y1, probs)
+                unc_sink(local, y0, y1, probs)
 
-        stats: TiledStats = predict_tiled(
-            self.predictor, image, tile=tile, overlap=overlap, channel_axis=channel_axis,
-            normalize=normalizer, n_classes=self.spec.n_classes, batch_size=batch_size,
-            multiple=self.divisor, skip_background=bool(skip_background), sink=sink,
-            progress=progress, cancel=cancel)
+        extra: dict[str, Any] = {}
+        if dims == 3:
+            grid = PatchGrid.build(shape, patch=tile_shape, overlap=overlap, multiple=self.divisor,
+                                   z_range=(z0, z1))
+            if instance:
+                warnings.warn(f"{self.spec.name} is a 3D instance model: instances are labelled plane by plane "
+                              "(3D instance labelling is not implemented)", stacklevel=2)
+                extra["instance_labeling"] = "per-plane (3D instance labelling not implemented)"
+            stats: TiledStats = predict_tiled_3d(
+                self.predictor, image, channel_axis=channel_axis, normalize=normalizer,
+                n_classes=self.spec.n_classes, batch_size=batch_size, grid=grid, sink=sink,
+                progress=progress, cancel=cancel)
+            extra["patch"] = list(grid.patch)
+            extra["patches"] = len(grid)
+        else:
+            if instance:
+                extra["instance_labeling"] = "per-plane"
+            stats = predict_tiled(
+                self.predictor, image, tile=tile_shape, overlap=overlap, channel_axis=channel_axis,
+                normalize=normalizer, n_classes=self.spec.n_classes, batch_size=batch_size,
+                multiple=self.divisor, skip_background=skip_background, sink=sink,
+                context_slices=int(self.spec.context_slices), z_range=(z0, z1) if stack else None,
+                progress=progress, cancel=cancel)
         if finish_plane is not None:
             finish_plane()
             n_objects = state["n"]
         else:
-            n_objects = int(sum(1 for c in range(1, self.spec.n_classes) if (labels == c).any()))
+            n_objects = int(sum(1 for c in range(1, self.spec.n_classes) if (target == c).any()))
         engine = getattr(self.predictor, "choice", None)
         prov = {
             "model": {"name": self.spec.name, "version": self.spec.version, "sha256": self.spec.sha256,
                       "architecture": self.spec.architecture, "path": str(self.package.path or ""),
                       "classes": list(self.spec.classes), "task": self.spec.task,
-                      "modality": getattr(self.spec, "modality", None)},
-            "parameters": {"tile": tile, "overlap": overlap, "batch_size": batch_size,
-                           "skip_background": bool(skip_background), "channel_axis": channel_axis,
+                      "modality": getattr(self.spec, "modality", None), "dims": dims,
+                      "context_slices": int(self.spec.context_slices)},
+            "parameters": {"tile": tile_shape[0] if dims == 2 and len(set(tile_shape)) == 1 else list(tile_shape),
+                           "overlap": overlap, "batch_size": batch_size,
+                           "skip_background": skip_background, "channel_axis": channel_axis,
+                           "z_range": [z0, z1] if stack else None,
                            "normalization": norm_spec.to_dict(), "normalization_stats": normalizer.stats,
-                           "postprocess": dict(self.spec.postprocess)},
+                           "postprocess": dict(self.spec.postprocess), **extra},
             "engine": {"name": self.engine_name, **(engine.to_dict() if engine is not None else {})},
             "image_shape": list(image.shape),
             "started": started.isoformat(timespec="seconds"),
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "n_planes": n_z,
+            "n_planes": z1 - z0,
         }
         return SegmentationResult(labels, unc, n_objects, stats.predicted_tiles, stats.skipped_tiles, prov)
+
+    def predict_slice(
+        self,
+        volume,
+        z: int,
+        *,
+        channel_axis: int | None | Literal["auto"] = "auto",
+        normalization: dict | _norm.NormalizationSpec | None = None,
+        normalizer: _norm.Normalizer | None = None,
+        tile: int | tuple[int, ...] | None = None,
+        overlap: float | None = None,
+        batch_size: int = 4,
+        uncertainty: bool = False,
+        progress=None,
+        cancel=None,
+    ) -> SegmentationResult:
+        """Segment one plane ``z`` of ``volume``: the live per-slice fast path.
+
+        The same computation as ``predict(volume, z_range=(z, z + 1))[0]``
+        (2D / 2.5D models: the plane's tiles, with its neighbours as context
+        for 2.5D; 3D models: one slab of patches around ``z``), but the
+        volume's normalizer is fitted once and remembered (see
+        :meth:`normalizer_for`), so repeated requests on the same volume do no
+        percentile scan.  The engine was chosen when the model was loaded; no
+        request measures or re-selects it.
+
+        Parameters
+        ----------
+        volume : (Z, Y, X[, C]) array-like
+            The whole stack (a 2D image is a stack of one plane).
+        z : int
+            The plane, ``0 <= z < Z``.
+        channel_axis, normalization, tile, overlap, batch_size, uncertainty
+            As for :meth:`predict`.
+        normalizer : Normalizer, optional
+            Use this instead of the cached one.
+        progress : callable, optional
+            ``progress(done, total)`` in tiles (3D: patches).
+        cancel : threading.Event or callable, optional
+            Checked between batches of tiles; raises :class:`segloop.errors.Cancelled`.
+
+        Returns
+        -------
+        SegmentationResult
+            ``labels`` (Y, X); ``provenance["parameters"]["z_range"]`` is
+            ``[z, z + 1]``.
+        """
+        if normalizer is None:
+            normalizer = self.normalizer_for(volume, channel_axis=channel_axis, normalization=normalization)
+        elif normalization is not None:
+            raise InvalidImageError("give either normalization (a spec) or normalizer (fitted), not both")
+        if isinstance(z, bool) or not isinstance(z, (int, np.integer)):
+            raise InvalidImageError(f"z must be a plane index (int), got {z!r}")
+        res = self.predict(volume, tile=tile, overlap=overlap, channel_axis=channel_axis, normalizer=normalizer,
+                           batch_size=batch_size, uncertainty=uncertainty, z_range=(int(z), int(z) + 1),
+                           progress=progress, cancel=cancel)
+        if res.labels.ndim == 3:
+            res.labels = res.labels[0]
+            if res.uncertainty is not None:
+                res.uncertainty = res.uncertainty[0]
+        return res

@@ -1,13 +1,21 @@
-"""Tiled inference with Gaussian blending and bounded memory.
+"""Tiled inference with Gaussian blending and bounded memory: 2D, 2.5D and 3D.
 
 The predictor is just a callable (MONAI's inferer pattern): it takes a batch of
-normalized tiles ``(B, C, th, tw)`` float32 and returns class probabilities
-``(B, K, th, tw)``.  This module knows nothing about the network.
+normalized tiles ``(B, C, th, tw)`` (or 3D patches ``(B, C, pz, py, px)``)
+float32 and returns class probabilities of the same spatial shape.  This
+module knows nothing about the network.
 
-Memory stays bounded: tiles are visited row by row, probabilities are
+Memory stays bounded: 2D tiles are visited row by row, probabilities are
 accumulated only for the band of rows that later tiles can still touch, and
 each finished band is handed to a *sink* at once (which turns it into labels).
-Only when no sink is given is a full ``(K, H, W)`` probability array built.
+3D patches are visited slab by slab along Z and finished whole planes are
+handed to the same sink, so the accumulator holds at most one patch depth of
+planes.  Only when no sink is given is a full probability array built.
+
+* :func:`predict_tiled` - 2D tiles on one image or on every plane of a stack;
+  with ``context_slices=k > 1`` (2.5D) each tile carries the ``k`` neighbouring
+  planes as channels.
+* :func:`predict_tiled_3d` - 3D patches over a ``(Z, Y, X[, C])`` volume.
 """
 
 from __future__ import annotations
@@ -24,9 +32,13 @@ from segloop.errors import Cancelled, InvalidImageError
 __all__ = [
     "Predictor",
     "BandSink",
+    "PatchGrid",
     "TileGrid",
+    "TiledStats",
+    "check_z_range",
     "gaussian_importance",
     "predict_tiled",
+    "predict_tiled_3d",
     "tile_positions",
     "tissue_mask",
 ]
@@ -64,29 +76,30 @@ def tile_positions(length: int, tile: int, overlap: int) -> list[int]:
     return sorted({round(i * (length - tile) / (n - 1)) for i in range(n)})
 
 
-def gaussian_importance(shape: tuple[int, int], *, sigma_scale: float = 1 / 8) -> np.ndarray:
+def gaussian_importance(shape: tuple[int, ...], *, sigma_scale: float = 1 / 8) -> np.ndarray:
     """nnU-Net's Gaussian importance map: peak 1 at the centre, no zeros.
 
     Parameters
     ----------
-    shape : (th, tw)
-        Tile size in pixels.
+    shape : (th, tw) or (pz, py, px)
+        Tile or patch size in pixels (any number of axes).
     sigma_scale : float
-        sigma = tile size * sigma_scale in each axis (nnU-Net uses 1/8).
+        sigma = size * sigma_scale in each axis (nnU-Net uses 1/8).
 
     Returns
     -------
-    weights : (th, tw) float32 ndarray
+    weights : float32 ndarray of ``shape``
+        The outer product of one 1D Gaussian per axis, scaled to a maximum
+        of 1; zeros (underflow) are replaced by the smallest positive weight.
     """
-    axes = []
+    g = np.ones((), np.float64)
     for n in shape:
         sigma = max(n * sigma_scale, 1e-3)
         x = np.arange(n, dtype=np.float64) - (n - 1) / 2
-        axes.append(np.exp(-0.5 * (x / sigma) ** 2))
-    g = np.outer(axes[0], axes[1])
+        g = np.multiply.outer(g, np.exp(-0.5 * (x / sigma) ** 2))
     g /= g.max()
-    smallest = g[g > 0].min()
-    g[g == 0] = smallest
+    if (g == 0).any():
+        g[g == 0] = g[g > 0].min()
     return g.astype(np.float32)
 
 
@@ -174,21 +187,66 @@ def _overlap_px(overlap: float | int, tile: int) -> int:
     return ov
 
 
-def _read_tile(image, y: int, x: int, th: int, tw: int, channel_axis: int | None,
-               normalize: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
-    """Read, normalize and reflect-pad one tile to (C, th, tw) float32."""
-    raw = np.asarray(image[y:y + th, x:x + tw])
+def _channels_first(raw: np.ndarray, channel_axis: int | None,
+                    normalize: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
+    """Raw ``(h, w[, C])`` -> normalized ``(C', h, w)`` float32."""
     if normalize is not None:
         t = normalize(raw)
     else:
         t = raw.astype(np.float32, copy=False)
         t = t[None] if channel_axis is None else np.moveaxis(t, -1, 0)
-    t = np.asarray(t, dtype=np.float32)
-    ph, pw = th - t.shape[1], tw - t.shape[2]
-    if ph or pw:
-        mode = "reflect" if (t.shape[1] > ph and t.shape[2] > pw) else "edge"
-        t = np.pad(t, ((0, 0), (0, ph), (0, pw)), mode=mode)
-    return t
+    return np.asarray(t, dtype=np.float32)
+
+
+def _pad_to(t: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Pad the trailing axes of ``t`` (channels first) at their end up to ``shape``.
+
+    Reflect where every pad is shorter than its axis, else edge-replicate.
+    """
+    pads = [n - m for n, m in zip(shape, t.shape[1:], strict=True)]
+    if not any(pads):
+        return t
+    mode = "reflect" if all(p < m for p, m in zip(pads, t.shape[1:])) else "edge"
+    return np.pad(t, ((0, 0), *((0, p) for p in pads)), mode=mode)
+
+
+def _read_tile(image, y: int, x: int, th: int, tw: int, channel_axis: int | None,
+               normalize: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
+    """Read, normalize and reflect-pad one tile to (C, th, tw) float32."""
+    raw = np.asarray(image[y:y + th, x:x + tw])
+    return _pad_to(_channels_first(raw, channel_axis, normalize), (th, tw))
+
+
+class _PlaneCache:
+    """Normalized whole planes ``(C', H, W)`` float32 of a stack, each read and normalized once.
+
+    Plane indices outside ``[0, Z)`` are clamped (edge replicate).  The owner
+    releases planes it no longer needs, so only a few planes are held.
+    """
+
+    def __init__(self, image, *, stack: bool, channel_axis: int | None,
+                 normalize: Callable[[np.ndarray], np.ndarray] | None):
+        self.image, self.stack = image, stack
+        self.channel_axis, self.normalize = channel_axis, normalize
+        self.n_z = int(image.shape[0]) if stack else 1
+        self.planes: dict[int, np.ndarray] = {}
+        self.reads = 0
+
+    def get(self, z: int) -> np.ndarray:
+        z = min(max(int(z), 0), self.n_z - 1)
+        plane = self.planes.get(z)
+        if plane is None:
+            raw = np.asarray(self.image[z] if self.stack else self.image)
+            plane = np.ascontiguousarray(_channels_first(raw, self.channel_axis, self.normalize))
+            self.planes[z] = plane
+            self.reads += 1
+        return plane
+
+    def release_below(self, z: int) -> None:
+        """Forget planes with index < ``z`` (after clamping)."""
+        z = min(max(int(z), 0), self.n_z - 1)
+        for key in [k for k in self.planes if k < z]:
+            del self.planes[key]
 
 
 def _tiles(grid: TileGrid, skip: np.ndarray | None, stride: int) -> Iterator[tuple[int, int, bool]]:
@@ -262,6 +320,26 @@ class _BandBlender:
         self._flush(self.grid.height)
 
 
+def check_z_range(z_range, n_z: int, stack: bool) -> tuple[int, int]:
+    """``z_range`` as ``(z0, z1)`` checked against ``n_z`` planes (None: all planes).
+
+    Raises
+    ------
+    InvalidImageError
+        Not a pair, empty, or outside ``[0, n_z]``.
+    """
+    if z_range is None:
+        return 0, n_z
+    try:
+        z0, z1 = (int(v) for v in z_range)
+    except (TypeError, ValueError):
+        raise InvalidImageError(f"z_range must be a pair (z0, z1), got {z_range!r}") from None
+    if not 0 <= z0 < z1 <= n_z:
+        what = f"a stack of {n_z} planes" if stack else "a single 2D image (only (0, 1) is valid)"
+        raise InvalidImageError(f"z_range {tuple(z_range)!r} is outside {what}; need 0 <= z0 < z1 <= {n_z}")
+    return z0, z1
+
+
 def predict_tiled(
     predictor: Predictor,
     image,
@@ -275,6 +353,8 @@ def predict_tiled(
     multiple: int = 1,
     skip_background: bool | np.ndarray = False,
     grid: TileGrid | None = None,
+    context_slices: int = 1,
+    z_range: tuple[int, int] | None = None,
     sink: BandSink | None = None,
     progress: ProgressCallback | None = None,
     cancel=None,
@@ -297,6 +377,7 @@ def predict_tiled(
     normalize : callable, optional
         Raw tile ``(th, tw[, C])`` -> ``(C', th, tw)`` float32.  Default: cast,
         channels first.  Statistics must be image-wide (see ``normalize.py``).
+        With ``context_slices > 1`` it is called on whole planes.
     n_classes : int, optional
         ``K``; found from the first prediction when omitted.
     batch_size : int
@@ -310,10 +391,21 @@ def predict_tiled(
     grid : TileGrid, optional
         Explicit tile positions (e.g. to reproduce another tool's grid);
         by default tiles are spread evenly, as nnU-Net does.
+    context_slices : int
+        Odd ``k``.  ``1``: plain 2D.  ``k > 1`` (2.5D): the predictor gets
+        ``k * C'`` channels per tile, slice-major - the normalized planes
+        ``z - k//2 .. z + k//2`` in that order, each with its ``C'`` channels -
+        with plane indices clamped to the stack (edge replicate; a 2D image is
+        its own neighbour).  Each plane is read and normalized once (a ring of
+        ``k`` normalized planes, ``k * C' * H * W`` float32, is kept).
+    z_range : (z0, z1), optional
+        Predict only planes ``z0 .. z1 - 1`` of a stack (2.5D still reads
+        their neighbours outside the range).  Default: every plane.
     sink : callable, optional
         ``sink(z, y0, y1, probs)`` receives each finished band of rows, in
-        order, as ``(K, y1 - y0, W)`` float32.  When given, nothing image-sized
-        is allocated here and a :class:`TiledStats` is returned.
+        order, as ``(K, y1 - y0, W)`` float32; ``z`` is the plane's index in
+        the stack (0 for a 2D image).  When given, nothing image-sized is
+        allocated here and a :class:`TiledStats` is returned.
     progress : callable, optional
         ``progress(done, total)`` in tiles (skipped tiles count as done).
     cancel : threading.Event-like or callable, optional
@@ -321,8 +413,8 @@ def predict_tiled(
 
     Returns
     -------
-    probs : (K, H, W) or (Z, K, H, W) float32 ndarray
-        When ``sink`` is None.
+    probs : (K, H, W) or (Z', K, H, W) float32 ndarray
+        When ``sink`` is None (``Z' = z1 - z0``).
     stats : TiledStats
         When ``sink`` is given.
     """
@@ -333,31 +425,50 @@ def predict_tiled(
     if spatial_ndim not in (2, 3):
         raise InvalidImageError(
             f"expected (H, W[, C]) or (Z, H, W[, C]) image, got shape {shape} with channel_axis={channel_axis}")
+    k_ctx = int(context_slices)
+    if k_ctx < 1 or k_ctx % 2 == 0:
+        raise InvalidImageError(f"context_slices must be an odd integer >= 1, got {context_slices!r}")
     stack = spatial_ndim == 3
     n_z = shape[0] if stack else 1
     height, width = (shape[1], shape[2]) if stack else (shape[0], shape[1])
     if min(height, width) < 1 or n_z < 1:
         raise InvalidImageError(f"image has an empty axis: shape {shape}")
+    z0, z1 = check_z_range(z_range, n_z, stack)
     if grid is None:
         grid = TileGrid.build(height, width, tile=tile, overlap=overlap, multiple=multiple)
     elif (grid.height, grid.width) != (height, width):
         raise InvalidImageError(f"grid is for {grid.height}x{grid.width}, the image is {height}x{width}")
     th, tw = grid.tile
     weight_tile = gaussian_importance((th, tw))
+    half = k_ctx // 2
+    ring = _PlaneCache(image, stack=stack, channel_axis=channel_axis, normalize=normalize) if k_ctx > 1 else None
 
     full = None
     if sink is None:
         def sink(z, y0, y1, probs):  # noqa: F811 - collects into one array
             nonlocal full
             if full is None:
-                full = np.zeros(((n_z,) if stack else ()) + (probs.shape[0], height, width), np.float32)
-            (full[z] if stack else full)[:, y0:y1] = probs
+                full = np.zeros(((z1 - z0,) if stack else ()) + (probs.shape[0], height, width), np.float32)
+            (full[z - z0] if stack else full)[:, y0:y1] = probs
 
-    stats = TiledStats(total_tiles=len(grid) * n_z)
+    stats = TiledStats(total_tiles=len(grid) * (z1 - z0))
     done = 0
     k = n_classes
-    for z in range(n_z):
-        plane = image[z] if stack else image
+    for z in range(z0, z1):
+        # 2.5D reads planes through the ring only (a zarr plane read is real I/O); the raw plane is
+        # needed for 2D tiles and for the tissue mask.
+        needs_plane = ring is None or (not isinstance(skip_background, np.ndarray) and bool(skip_background)
+                                       and channel_axis is not None)
+        plane = (image[z] if stack else image) if needs_plane else None
+        if ring is not None:
+            ring.release_below(z - half)
+
+            def read(y, x, z=z):
+                parts = [ring.get(z + d)[:, y:y + th, x:x + tw] for d in range(-half, half + 1)]
+                return _pad_to(np.concatenate(parts, axis=0), (th, tw))
+        else:
+            def read(y, x, plane=plane):
+                return _read_tile(plane, y, x, th, tw, channel_axis, normalize)
         skip_mask, stride = None, 1
         if isinstance(skip_background, np.ndarray):
             skip_mask = skip_background
@@ -377,7 +488,7 @@ def predict_tiled(
             todo = [(y, x) for y, x, r in pending if r]
             preds: dict[tuple[int, int], np.ndarray] = {}
             if todo:
-                batch = np.stack([_read_tile(plane, y, x, th, tw, channel_axis, normalize) for y, x in todo])
+                batch = np.stack([read(y, x) for y, x in todo])
                 out = np.asarray(predictor(batch), dtype=np.float32)
                 if out.ndim != 4 or out.shape[0] != len(todo) or out.shape[2:] != (th, tw):
                     raise InvalidImageError(
@@ -387,8 +498,7 @@ def predict_tiled(
                 stats.predicted_tiles += len(todo)
             elif k is None:
                 # Every tile so far skipped and K unknown: ask the predictor once.
-                probe = _read_tile(plane, 0, 0, th, tw, channel_axis, normalize)[None]
-                k = np.asarray(predictor(probe)).shape[1]
+                k = np.asarray(predictor(read(0, 0)[None])).shape[1]
             if blender is None:
                 blender = _BandBlender(grid, k, weight_tile, lambda y0, y1, p, z=z: sink(z, y0, y1, p))
             for y, x, r in pending:
@@ -400,6 +510,298 @@ def predict_tiled(
                 progress(done, stats.total_tiles)
         blender.finish()
 
+    if full is not None:
+        return full
+    return stats
+
+
+# ---------------------------------------------------------------------------
+# 3D patches
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PatchGrid:
+    """Where 3D patches go in a ``(Z, Y, X)`` volume.
+
+    Attributes
+    ----------
+    shape : (Z, Y, X)
+        The whole volume.
+    patch : (pz, py, px)
+        Patch size: a multiple of the network's divisor, never much larger
+        than the volume (shrunk to it, rounded up; smaller volumes are padded).
+    zs, ys, xs : tuple of int
+        Patch start offsets, spread evenly (as :func:`tile_positions`).
+        ``zs`` cover the planes ``z_range`` needs plus context.
+    z_range : (z0, z1)
+        Planes whose probabilities are wanted.
+    """
+
+    shape: tuple[int, int, int]
+    patch: tuple[int, int, int]
+    zs: tuple[int, ...]
+    ys: tuple[int, ...]
+    xs: tuple[int, ...]
+    z_range: tuple[int, int]
+
+    @classmethod
+    def build(cls, shape: tuple[int, int, int], *, patch: int | tuple[int, int, int],
+              overlap: float | int, multiple: int = 1, z_range: tuple[int, int] | None = None) -> PatchGrid:
+        """Patch grid for ``shape``.
+
+        Parameters
+        ----------
+        shape : (Z, Y, X)
+        patch : int or (pz, py, px)
+            Requested patch size (an int is a cube).
+        overlap : float or int
+            Fraction of the patch size in each axis, or voxels.
+        multiple : int
+            The network's divisor.
+        z_range : (z0, z1), optional
+            Only these planes are wanted: patches cover ``z0 - c .. z1 + c``
+            with ``c = (pz - 1) // 2`` (clamped to the volume, and at least
+            one patch depth), so every wanted plane sees context on both
+            sides and a single plane costs one patch depth.
+        """
+        shape = tuple(int(n) for n in shape)
+        if len(shape) != 3 or min(shape) < 1:
+            raise InvalidImageError(f"a 3D patch grid needs a (Z, Y, X) shape, got {shape}")
+        req = (int(patch),) * 3 if isinstance(patch, (int, np.integer)) else tuple(int(p) for p in patch)
+        if len(req) != 3 or min(req) < 1:
+            raise InvalidImageError(f"3D patch size must be an int or (pz, py, px), got {patch!r}")
+        size = tuple(min(_round_up(p, multiple), _round_up(n, multiple)) for p, n in zip(req, shape))
+        ovs = tuple(min(_overlap_px(overlap, p), p - 1) for p in size)
+        z0, z1 = check_z_range(z_range, shape[0], True)
+        pz = size[0]
+        lo, hi = z0, z1
+        if (z0, z1) != (0, shape[0]):
+            c = (pz - 1) // 2
+            lo, hi = max(0, z0 - c), min(shape[0], z1 + c)
+            if hi - lo < pz:                       # at least one patch depth of context
+                hi = min(shape[0], lo + pz)
+                lo = max(0, hi - pz)
+        zs = tuple(lo + p for p in tile_positions(hi - lo, pz, ovs[0]))
+        return cls(shape, size, zs, tuple(tile_positions(shape[1], size[1], ovs[1])),
+                   tuple(tile_positions(shape[2], size[2], ovs[2])), (z0, z1))
+
+    def __len__(self) -> int:
+        return len(self.zs) * len(self.ys) * len(self.xs)
+
+    @property
+    def z_end(self) -> int:
+        """One past the last plane any patch covers."""
+        return min(self.shape[0], self.zs[-1] + self.patch[0])
+
+
+class _SlabBlender:
+    """Gaussian-weighted accumulation of 3D patches, keeping one patch depth of planes.
+
+    Patches arrive in Z order of their start plane.  The accumulators are a
+    ring of ``pz`` planes ``(K, pz, Y, X)``: plane ``z`` lives in slot
+    ``z % pz``.  When the next Z position starts, every plane above it is
+    final: it is normalized, handed to ``emit(z, probs (K, Y, X))`` if it is
+    in ``grid.z_range``, and its slot is cleared.
+    """
+
+    def __init__(self, grid: PatchGrid, k: int, weight: np.ndarray,
+                 emit: Callable[[int, np.ndarray], None]):
+        self.grid, self.weight, self.emit = grid, weight, emit
+        pz = grid.patch[0]
+        _, height, width = grid.shape
+        self.acc = np.zeros((k, pz, height, width), np.float32)
+        self.wsum = np.zeros((pz, height, width), np.float32)
+        self.next_z = grid.zs[0]          # first plane not yet emitted
+        self.row = 0
+
+    def _flush(self, upto: int) -> None:
+        pz = self.grid.patch[0]
+        z0, z1 = self.grid.z_range
+        for z in range(self.next_z, upto):
+            s = z % pz
+            if z0 <= z < z1:
+                probs = self.acc[:, s] / np.maximum(self.wsum[s], 1e-12)
+                self.emit(z, probs)
+            self.acc[:, s] = 0
+            self.wsum[s] = 0
+        self.next_z = max(self.next_z, upto)
+
+    def _slots(self, z: int, dz: int) -> list[tuple[slice, slice]]:
+        """(ring slots, patch planes) pairs covering planes z .. z + dz - 1."""
+        pz = self.grid.patch[0]
+        s = z % pz
+        first = min(dz, pz - s)
+        parts = [(slice(s, s + first), slice(0, first))]
+        if first < dz:
+            parts.append((slice(0, dz - first), slice(first, dz)))
+        return parts
+
+    def add(self, z: int, y: int, x: int, pred: np.ndarray) -> None:
+        """Add one patch's probabilities ``(K, pz, py, px)`` (modified in place) at (z, y, x)."""
+        zs = self.grid.zs
+        while zs[self.row] != z:
+            self.row += 1
+            self._flush(zs[self.row])
+        pz, py, px = self.grid.patch
+        depth, height, width = self.grid.shape
+        dz, dy, dx = min(pz, depth - z), min(py, height - y), min(px, width - x)
+        w = self.weight[:dz, :dy, :dx]
+        p = pred[:, :dz, :dy, :dx]
+        np.multiply(p, w, out=p)
+        for slots, planes in self._slots(z, dz):
+            self.acc[:, slots, y:y + dy, x:x + dx] += p[:, planes]
+            self.wsum[slots, y:y + dy, x:x + dx] += w[planes]
+
+    def finish(self) -> None:
+        zs = self.grid.zs
+        while self.row + 1 < len(zs):
+            self.row += 1
+            self._flush(zs[self.row])
+        self._flush(self.grid.z_end)
+
+
+def predict_tiled_3d(
+    predictor: Predictor,
+    volume,
+    *,
+    patch: int | tuple[int, int, int] = 96,
+    overlap: float | int = 0.25,
+    channel_axis: int | None = None,
+    normalize: Callable[[np.ndarray], np.ndarray] | None = None,
+    n_classes: int | None = None,
+    batch_size: int = 1,
+    multiple: int = 1,
+    z_range: tuple[int, int] | None = None,
+    grid: PatchGrid | None = None,
+    importance: np.ndarray | None = None,
+    sink: BandSink | None = None,
+    progress: ProgressCallback | None = None,
+    cancel=None,
+) -> np.ndarray | TiledStats:
+    """Run a 3D ``predictor`` over ``volume`` patch by patch with 3D Gaussian blending.
+
+    Memory is bounded by the patch depth, not the volume: patches are visited
+    in Z order and accumulated into ``(K, pz, Y, X)`` and ``(pz, Y, X)``
+    float32 buffers (a ring of planes); each plane is final once the next Z
+    position of patches starts, and is then handed to ``sink`` as a whole
+    plane.  Patches are read and normalized one batch at a time (overlaps are
+    normalized again: cheap next to the network, and nothing else is held).
+
+    Parameters
+    ----------
+    predictor : callable
+        ``(B, C, pz, py, px) float32 -> (B, K, pz, py, px) float32`` probabilities.
+    volume : (Z, Y, X) or (Z, Y, X, C) array-like
+        Anything with ``shape`` and basic slicing (ndarray, memmap, zarr).
+    patch : int or (pz, py, px)
+        Patch size in voxels; rounded up to ``multiple`` and shrunk to the
+        volume (rounded up, so volumes smaller than a patch are padded:
+        reflect, or edge where the volume is too thin).
+    overlap : float or int
+        Fraction of the patch in each axis (``0 <= overlap <= 0.9``) or voxels.
+    channel_axis : None or -1
+    normalize : callable, optional
+        Raw patch ``(dz, py, px[, C])`` -> ``(dz, C', py, px)`` float32 with
+        image-wide statistics (a :class:`~segloop.core.normalize.Normalizer`
+        keeps leading axes).  Default: cast, channels first.
+    n_classes : int, optional
+        ``K``; found from the first prediction when omitted.
+    batch_size : int
+        Patches per predictor call.
+    multiple : int
+        The network's divisor.
+    z_range : (z0, z1), optional
+        Emit only planes ``z0 .. z1 - 1``; patches cover them with about half
+        a patch depth of context on each side (see :meth:`PatchGrid.build`).
+    grid : PatchGrid, optional
+        Explicit patch positions (overrides ``patch``/``overlap``/``z_range``).
+    importance : (pz, py, px) ndarray, optional
+        Positive blending weights of one patch; default
+        :func:`gaussian_importance` of the patch (nnU-Net's).  Give another
+        tool's map (e.g. MONAI's ``compute_importance_map``) to reproduce it.
+    sink : callable, optional
+        ``sink(z, 0, Y, probs)`` receives each finished plane, in Z order, as
+        ``(K, Y, X)`` float32: the same interface as :func:`predict_tiled`'s
+        band sink, one whole plane per call.
+    progress : callable, optional
+        ``progress(done, total)`` in patches.
+    cancel : threading.Event-like or callable, optional
+        Checked before every batch; raises :class:`segloop.errors.Cancelled`.
+
+    Returns
+    -------
+    probs : (K, Z', Y, X) float32 ndarray
+        When ``sink`` is None (``Z' = z1 - z0``); for tests and small volumes.
+    stats : TiledStats
+        When ``sink`` is given (tiles = patches).
+    """
+    shape = tuple(volume.shape)
+    if channel_axis not in (None, -1):
+        raise InvalidImageError("channel_axis must be None or -1 (channels last)")
+    spatial = shape if channel_axis is None else shape[:-1]
+    if len(spatial) != 3:
+        raise InvalidImageError(
+            f"3D inference needs a (Z, Y, X[, C]) volume, got shape {shape} with channel_axis={channel_axis}")
+    if min(spatial) < 1:
+        raise InvalidImageError(f"volume has an empty axis: shape {shape}")
+    if int(batch_size) < 1:
+        raise InvalidImageError(f"batch_size must be at least 1, got {batch_size}")
+    if grid is None:
+        grid = PatchGrid.build(spatial, patch=patch, overlap=overlap, multiple=multiple, z_range=z_range)
+    elif grid.shape != spatial:
+        raise InvalidImageError(f"grid is for a {grid.shape} volume, the volume is {spatial}")
+    z0, z1 = grid.z_range
+    pz, py, px = grid.patch
+    if importance is None:
+        weight = gaussian_importance(grid.patch)
+    else:
+        weight = np.ascontiguousarray(importance, dtype=np.float32)
+        if weight.shape != grid.patch or not (weight > 0).all():
+            raise InvalidImageError(f"importance must be a positive {grid.patch} array (the patch), "
+                                    f"got shape {weight.shape}")
+
+    full = None
+    if sink is None:
+        def sink(z, y0, y1, probs):  # noqa: F811 - collects into one array
+            nonlocal full
+            if full is None:
+                full = np.zeros((probs.shape[0], z1 - z0) + spatial[1:], np.float32)
+            full[:, z - z0, y0:y1] = probs
+
+    def read(z: int, y: int, x: int) -> np.ndarray:
+        """Read and normalize one patch to (C', pz, py, px), padding past the volume's end."""
+        raw = np.asarray(volume[z:z + pz, y:y + py, x:x + px])
+        if normalize is not None:
+            t = np.moveaxis(np.asarray(normalize(raw), dtype=np.float32), 1, 0)   # (dz, C', ..) -> (C', dz, ..)
+        else:
+            t = raw.astype(np.float32, copy=False)
+            t = t[None] if channel_axis is None else np.moveaxis(t, -1, 0)
+        return _pad_to(t, grid.patch)
+
+    positions = [(z, y, x) for z in grid.zs for y in grid.ys for x in grid.xs]
+    stats = TiledStats(total_tiles=len(positions))
+    blender: _SlabBlender | None = None
+    k = n_classes
+    for start in range(0, len(positions), int(batch_size)):
+        if _is_cancelled(cancel):
+            raise Cancelled("segmentation was cancelled")
+        chunk = positions[start:start + int(batch_size)]
+        batch = np.stack([read(*pos) for pos in chunk])
+        out = np.asarray(predictor(batch), dtype=np.float32)
+        if out.ndim != 5 or out.shape[0] != len(chunk) or out.shape[2:] != grid.patch:
+            raise InvalidImageError(f"predictor returned shape {out.shape} for a batch of shape {batch.shape}")
+        if not out.flags.writeable:
+            out = out.copy()
+        k = out.shape[1] if k is None else k
+        if blender is None:
+            blender = _SlabBlender(grid, k, weight, lambda z, p: sink(z, 0, spatial[1], p))
+        for pos, pred in zip(chunk, out):
+            blender.add(*pos, pred)
+        stats.predicted_tiles += len(chunk)
+        if progress is not None:
+            progress(stats.predicted_tiles, stats.total_tiles)
+    blender.finish()
     if full is not None:
         return full
     return stats

@@ -1,0 +1,60 @@
+"""`segloop predict` on volumes (NIfTI / DICOM) writes labels in the source's own space; `segloop measure`."""
+
+import numpy as np
+import pytest
+
+nib = pytest.importorskip("nibabel")
+
+from segloop.cli import main  # noqa: E402
+
+
+def _nifti(tmp_path, nuclei_image, affine):
+    tile = nuclei_image[:192, :160].astype(np.int16)
+    vol = np.stack([np.roll(tile, 7 * i, axis=0) for i in range(4)], axis=-1)     # (i, j, k) = (Y, X, Z)
+    path = tmp_path / "stack.nii.gz"
+    nib.save(nib.Nifti1Image(vol, affine), path)
+    return path, vol
+
+
+def test_predict_a_nifti_volume_writes_labels_on_the_source_grid(tmp_path, nuclei_image, capsys):
+    affine = np.array([[-0.8, 0, 0, 100.0], [0, 0.6, 0, -50.0], [0, 0, 2.5, 30.0], [0, 0, 0, 1]])
+    src, vol = _nifti(tmp_path, nuclei_image, affine)
+    out = tmp_path / "out"
+    assert main(["predict", str(src), "--model", "nuclei-unet", "--out", str(out), "--seg-nrrd"]) == 0
+    lab = nib.load(out / "stack_labels.nii.gz")
+    assert lab.shape == vol.shape
+    np.testing.assert_allclose(lab.affine, affine)
+    data = np.asarray(lab.dataobj)
+    assert all(data[..., k].max() > 5 for k in range(4))          # every slice segmented
+    assert (out / "stack.seg.nrrd").is_file() and (out / "stack_provenance.json").is_file()
+    text = capsys.readouterr().out
+    assert "stack_labels.nii.gz" in text and "mL" in text
+
+    # only some slices; existing outputs are not overwritten silently
+    assert main(["predict", str(src), "--model", "nuclei-unet", "--out", str(out), "--slices", "1:3"]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main(["predict", str(src), "--model", "nuclei-unet", "--out", str(out), "--slices", "1:3",
+                 "--overwrite"]) == 0
+    data = np.asarray(nib.load(out / "stack_labels.nii.gz").dataobj)
+    assert data[..., 0].max() == 0 and data[..., 3].max() == 0 and data[..., 1].max() > 0
+    assert main(["predict", str(src), "--model", "nuclei-unet", "--out", str(out), "--slices", "2:9",
+                 "--overwrite"]) == 2
+    assert "4 slices" in capsys.readouterr().err
+
+
+def test_measure_prints_volumes_in_ml_and_writes_csv(tmp_path, capsys):
+    affine = np.diag([0.5, 0.5, 2.0, 1.0])
+    lab = np.zeros((40, 40, 10), np.uint8)
+    lab[10:20, 10:30, 2:6] = 1                        # 10 * 20 * 4 voxels of 0.5 mm^3
+    img = np.full(lab.shape, -100, np.int16)
+    img[lab == 1] = 60
+    nib.save(nib.Nifti1Image(lab, affine), tmp_path / "lab.nii.gz")
+    nib.save(nib.Nifti1Image(img, affine), tmp_path / "img.nii.gz")
+    assert main(["measure", str(tmp_path / "lab.nii.gz"), "--image", str(tmp_path / "img.nii.gz"),
+                 "--csv", str(tmp_path / "v.csv")]) == 0
+    out = capsys.readouterr().out
+    row = [line for line in out.splitlines() if line.startswith("1\t")][0].split("\t")
+    assert row[1] == "800" and float(row[2]) == pytest.approx(0.4) and float(row[4]) == pytest.approx(60)
+    assert "volume_ml" in (tmp_path / "v.csv").read_text()
+    nib.save(nib.Nifti1Image(img[:20], affine), tmp_path / "small.nii.gz")
+    assert main(["measure", str(tmp_path / "lab.nii.gz"), "--image", str(tmp_path / "small.nii.gz")]) == 2
