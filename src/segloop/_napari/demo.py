@@ -29,6 +29,7 @@ def run_demo(*, sample: str = "nuclei", model: str | None = None, screenshot: st
         viewer.dims.set_current_step(0, viewer.layers[0].data.shape[0] // 2)
         for layer in viewer.layers[1:]:
             layer.visible = False                 # the reference labels: compare later
+        viewer.reset_view()
     if model:
         widget.model.value = model
     outcome = {"code": 0}
