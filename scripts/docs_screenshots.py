@@ -58,7 +58,6 @@ def proofread_and_export(viewer, app) -> None:
 
     import numpy as np
 
-    from segloop.core import proofread as pr
 
     labels = next(layer for layer in viewer.layers if layer._type_string == "labels")
     image = next(layer for layer in viewer.layers if layer._type_string == "image")

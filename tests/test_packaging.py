@@ -26,6 +26,9 @@ def test_wheel_contains_manifest_model_sample_and_training(wheel):
     assert "segloop/models/nuclei-unet/segloop-model.json" in names
     assert "segloop/data/bbbc007_A9_p10d.tif" in names
     assert "segloop_train/train.py" in names
+    # LiTS-trained CT models: non-commercial terms, kept out of the wheel (docs/data.md)
+    assert (ROOT / "src/segloop/models/ct-liver-segunet25d/model.safetensors").is_file()
+    assert not [n for n in names if n.startswith("segloop/models/ct-liver")]
     entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "napari-segloop = segloop:napari.yaml" in entry and "segloop = segloop.cli:main" in entry
     manifest = zipfile.ZipFile(wheel).read("segloop/napari.yaml").decode()

@@ -304,3 +304,20 @@ def test_live_mode_needs_a_stack_and_stops_when_the_image_goes(make_napari_viewe
     assert w._live is not None
     viewer.layers.remove("stack")
     assert w.live.value is False and w._live is None
+
+
+def test_a_ct_volume_gets_a_ct_model_and_a_tile_gets_a_non_ct_one(make_napari_viewer, qtbot, nuclei_image):
+    from pathlib import Path
+
+    from segloop.core.io.volume import VolumeInfo, lps_affine
+
+    viewer, w = make(make_napari_viewer, nuclei_image, name="nuclei")
+    assert w.model.value == "nuclei-unet"                  # not the first name alphabetically (a CT model)
+    vol = np.zeros((4, 64, 64), np.int16)
+    info = VolumeInfo(path=Path("ct"), format="nifti", shape=vol.shape, spacing=(1.0, 1.0, 1.0),
+                      affine=lps_affine((1.0, 1.0, 1.0)), units="HU", modality="CT")
+    viewer.add_image(vol, name="ct", metadata={"segloop_volume": info})
+    w.image.value = viewer.layers["ct"]
+    assert w.model.value.startswith("ct-liver")
+    w.image.value = viewer.layers["nuclei"]
+    assert w.model.value == "nuclei-unet"

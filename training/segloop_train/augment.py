@@ -12,8 +12,8 @@ patches as an uninterrupted one):
 3. **raw intensities**, by modality (``FolderInfo.modality``):
    ``"histology"`` / ``"brightfield"`` RGB: H&E/IHC **stain jitter** (each stain's optical
    density scaled and shifted in the colour-deconvolution space of
-   :func:`skimage.color.rgb2hed`); ``"ct"``: a global **HU shift** plus Gaussian **noise**
-   in HU, before windowing;
+   :func:`skimage.color.rgb2hed`); ``"ct"``: a **contrast** change about the window level,
+   a global **HU shift** and Gaussian **noise**, all in HU, before windowing;
 4. **normalization** with the statistics fitted on the sample's whole image, as
    ``Model.predict`` does at inference;
 5. **flips and 90° rotations** (all modalities);
@@ -65,6 +65,9 @@ class AugmentConfig:
     ct_shift_hu, ct_noise_hu : float
         CT: add ``N(0, ct_shift_hu)`` HU to the whole patch and noise with a standard
         deviation drawn uniformly in ``[0, ct_noise_hu]`` HU; 0 turns them off.
+    ct_contrast : float
+        CT: scale HU about the window level by ``exp(N(0, ct_contrast))`` (before the shift
+        and the noise); 0 turns it off.
     foreground_fraction : float
         Share of patches centred on a reviewed foreground pixel.
     """
@@ -77,6 +80,7 @@ class AugmentConfig:
     stain_bias: float = 0.02
     ct_shift_hu: float = 20.0
     ct_noise_hu: float = 15.0
+    ct_contrast: float = 0.1
     foreground_fraction: float = 0.7
     schema_version: int = 1
 
@@ -89,7 +93,7 @@ class AugmentConfig:
     def none(cls) -> AugmentConfig:
         """No augmentation at all (patches only)."""
         return cls(flips=False, zoom=None, intensity=False, stain_sigma=0.0, stain_bias=0.0,
-                   ct_shift_hu=0.0, ct_noise_hu=0.0)
+                   ct_shift_hu=0.0, ct_noise_hu=0.0, ct_contrast=0.0)
 
 
 def stain_jitter(rgb: np.ndarray, rng: np.random.Generator, *, sigma: float = 0.05, bias: float = 0.02,
@@ -122,9 +126,17 @@ def stain_jitter(rgb: np.ndarray, rng: np.random.Generator, *, sigma: float = 0.
 
 
 def ct_jitter(hu: np.ndarray, rng: np.random.Generator, *, shift_hu: float = 20.0,
-              noise_hu: float = 15.0) -> np.ndarray:
-    """CT: a global HU shift plus Gaussian noise (before windowing); float32 HU out."""
+              noise_hu: float = 15.0, contrast: float = 0.0, level: float = 40.0) -> np.ndarray:
+    """CT intensity jitter in Hounsfield units (before windowing); float32 HU out.
+
+    ``level + (hu - level) * exp(N(0, contrast))`` (contrast about the window level), then a
+    global shift ``N(0, shift_hu)`` and Gaussian noise with a standard deviation drawn
+    uniformly in ``[0, noise_hu]``.  Each term is skipped when its strength is 0.
+    """
     out = np.asarray(hu, np.float32)
+    if contrast:
+        gain = np.float32(np.exp(rng.normal(0.0, contrast)))
+        out = np.float32(level) + (out - np.float32(level)) * gain
     if shift_hu:
         out = out + np.float32(rng.normal(0.0, shift_hu))
     if noise_hu:
@@ -226,8 +238,11 @@ class AugmentedPatchSampler:
             scale = float(self.normalizers[i].stats.get("input_scale", 255.0 if raw.dtype == np.uint8 else 1.0))
             rgb = stain_jitter(raw[..., :3], rng, sigma=cfg.stain_sigma, bias=cfg.stain_bias, scale=scale)
             return rgb if raw.shape[-1] == 3 else np.concatenate([rgb, raw[..., 3:].astype(np.float32)], -1)
-        if mod == "ct" and (cfg.ct_shift_hu or cfg.ct_noise_hu):
-            return ct_jitter(raw, rng, shift_hu=cfg.ct_shift_hu, noise_hu=cfg.ct_noise_hu)
+        if mod == "ct" and (cfg.ct_shift_hu or cfg.ct_noise_hu or cfg.ct_contrast):
+            spec = self.normalizers[i].spec
+            level = float(getattr(spec, "level", 40.0))
+            return ct_jitter(raw, rng, shift_hu=cfg.ct_shift_hu, noise_hu=cfg.ct_noise_hu, contrast=cfg.ct_contrast,
+                             level=level)
         return raw
 
     def sample(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

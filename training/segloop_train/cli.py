@@ -6,7 +6,11 @@
                   --device --precision --seed --resume --eval-every --checkpoint-every --patience
                   --version --name]
     segloop-train FOLDER... --arch unet --out DIR [--arch-kwargs JSON --classes a,b
-                  --task semantic|instance --normalization JSON] ...
+                  --task semantic|instance --normalization JSON --dims 2|3 --context-slices K] ...
+
+2.5D and 3D (CT stacks): ``--arch segunet --context-slices 5`` trains a 2D network on the 5
+slices around each slice; ``--arch unet --dims 3 --patch 32,96,96`` a 3D network on 3D
+patches ``(pz, py, px)``.  Fine-tuning a 2.5D / 3D package (``--from``) trains the same way.
 
 A progress bar goes to the terminal.  With ``--progress-json`` stdout carries instead ONE JSON
 object per line, for programs (the napari widget runs training in a subprocess)::
@@ -69,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--epochs", type=int, help="epochs (an epoch draws as many pixels as the samples hold)")
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4)")
     p.add_argument("--batch", type=int, default=8, help="patches per step and process (default 8)")
-    p.add_argument("--patch", type=int, default=256, help="patch side in pixels (default 256; reduced to fit)")
+    p.add_argument("--patch", type=_patch, default=256, metavar="P|PZ,PY,PX",
+                   help="patch side in pixels (default 256; reduced to fit); 3D models: pz,py,px (or one side: a cube)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="auto (default): fp16 AMP on CUDA; bf16 on a CPU only with native bf16 and when a measured "
@@ -85,12 +90,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch-kwargs", type=json.loads, metavar="JSON", help='from scratch: e.g. \'{"depth": 4}\'')
     p.add_argument("--classes", help="from scratch: class names, e.g. background,nucleus")
     p.add_argument("--task", choices=["semantic", "instance"], help="from scratch: default the folders' task")
+    p.add_argument("--dims", type=int, choices=[2, 3], help="from scratch: 3 for a 3D network (default 2)")
+    p.add_argument("--context-slices", type=int, metavar="K",
+                   help="from scratch: 2.5D, the K (odd) slices around each slice as input channels (default 1)")
     p.add_argument("--normalization", metavar="JSON",
                    help='e.g. \'{"kind": "hematoxylin"}\' or just hematoxylin; default: the parent\'s')
     p.add_argument("--no-onnx", action="store_true", help="do not export model.onnx")
     p.add_argument("--keep-checkpoint", action="store_true", help="keep DIR.ckpt after writing the package")
     p.add_argument("--progress-json", action="store_true", help="one JSON object per line on stdout")
     return p
+
+
+def _patch(text: str) -> int | tuple[int, ...]:
+    """``"256"`` -> 256; ``"32,96,96"`` -> (32, 96, 96)."""
+    try:
+        parts = [int(v) for v in str(text).replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"patch must be a number or pz,py,px, got {text!r}") from None
+    if len(parts) not in (1, 3) or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"patch must be one positive size or three (pz,py,px), got {text!r}")
+    return parts[0] if len(parts) == 1 else tuple(parts)
 
 
 class _Printer:
@@ -224,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
                      patience=args.patience, version=args.version, name=args.name, arch=args.arch,
                      arch_kwargs=args.arch_kwargs,
                      classes=[c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None,
-                     task=args.task, normalization=args.normalization, onnx=not args.no_onnx,
+                     task=args.task, normalization=args.normalization, dims=args.dims,
+                     context_slices=args.context_slices, onnx=not args.no_onnx,
                      keep_checkpoint=args.keep_checkpoint, precision=args.precision, command=command,
                      progress=printer, cancel=cancel)
     except (SegloopError, ValueError, OSError) as e:

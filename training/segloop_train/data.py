@@ -60,7 +60,7 @@ def instance_targets(labels: np.ndarray, *, boundary_px: int = 2) -> np.ndarray:
     return out
 
 
-def reviewed_targets(sample: Sample, task: str, *, boundary_px: int = 2) -> np.ndarray:
+def reviewed_targets(sample: Sample, task: str, *, boundary_px: int = 2, per_slice: bool = False) -> np.ndarray:
     """Class targets of ``sample`` with ``IGNORE`` (255) wherever they depend on unreviewed pixels.
 
     Semantic: the labels, ``IGNORE`` where ``reviewed == 0``.  Instance: the
@@ -69,13 +69,21 @@ def reviewed_targets(sample: Sample, task: str, *, boundary_px: int = 2) -> np.n
     interior or boundary depends on the (unknown) labels next to it.  So changing the labels
     of unreviewed pixels never changes a target, hence never the loss or its gradient.
 
+    Works in 2D and 3D (boundaries and the unreviewed neighbourhood in the labels' own
+    dimensionality).  ``per_slice=True`` treats a ``(Z, H, W)`` sample as ``Z`` separate 2D
+    slices (2.5D models, whose targets are single slices).
+
     Returns
     -------
-    (H, W) uint8 ndarray
+    uint8 ndarray, the labels' shape
     """
     from scipy import ndimage as ndi
 
     lab = np.asarray(sample.labels)
+    if per_slice and lab.ndim == 3:
+        rev = None if sample.reviewed is None else np.asarray(sample.reviewed)
+        return np.stack([reviewed_targets(Sample(sample.image, lab[z], None if rev is None else rev[z]), task,
+                                          boundary_px=boundary_px) for z in range(lab.shape[0])])
     if task == "instance":
         t = instance_targets(lab, boundary_px=boundary_px)
     else:
@@ -87,7 +95,8 @@ def reviewed_targets(sample: Sample, task: str, *, boundary_px: int = 2) -> np.n
         return t
     t = np.where(unreviewed, IGNORE, t).astype(np.uint8)
     if task == "instance":
-        near = ndi.binary_dilation(unreviewed, structure=np.ones((3, 3), bool), iterations=boundary_px)
+        near = ndi.binary_dilation(unreviewed, structure=np.ones((3,) * unreviewed.ndim, bool),
+                                   iterations=boundary_px)
         t[near & (lab > 0)] = IGNORE
     return t
 

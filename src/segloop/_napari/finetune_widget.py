@@ -29,6 +29,8 @@ from qtpy.QtCore import QPointF, QProcess, Qt
 from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
+from segloop._napari.segment_widget import default_model
+
 __all__ = ["FinetuneWidget", "LossPlot"]
 
 
@@ -94,7 +96,7 @@ class FinetuneWidget(Container):
         names = list_models()
         self.folder = FileEdit(label="training folder", mode="d")
         self.parent_model = ComboBox(label="start from", choices=lambda _w=None: list_models(),
-                                     value=names[0] if names else None)
+                                     value=default_model(names, ct=False))
         self.steps = SpinBox(label="steps", min=10, max=10**6, step=50, value=400)
         self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-5, value=5e-4)
         self.lr.native.setDecimals(6)                      # 3e-5 must not round to 0

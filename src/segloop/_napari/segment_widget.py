@@ -94,6 +94,31 @@ class ScopeCrop:
     z_range: tuple[int, int] | None = None
 
 
+def _model_modality(name: str) -> str:
+    """The bundled/registered model's modality from its JSON spec ("" if unknown)."""
+    try:
+        from segloop.core.package import read_spec
+        from segloop.core.predict import _discover
+
+        return str(read_spec(_discover().get(name, Path(name))).modality or "")
+    except (SegloopError, OSError):
+        return ""
+
+
+def is_ct_layer(layer) -> bool:
+    """An image read as CT (DICOM/NIfTI/MRC in HU), by the geometry the volume readers attach."""
+    info = getattr(layer, "metadata", {}).get("segloop_volume")
+    return info is not None and (getattr(info, "units", "") == "HU" or getattr(info, "modality", "") == "CT")
+
+
+def default_model(names: list[str], *, ct: bool) -> str | None:
+    """The first model whose modality suits the image: a CT model for CT, any other for the rest."""
+    for name in names:
+        if (_model_modality(name).upper() == "CT") == ct:
+            return name
+    return names[0] if names else None
+
+
 def crop_for_scope(layer: Image, scope: str, current_step: tuple[int, ...],
                    z_range: tuple[int, int] | None = None) -> ScopeCrop:
     """The part of the layer's level-0 data to segment for ``scope``, and where it sits.
@@ -172,7 +197,7 @@ class SegmentWidget(Container):
         names = list_models()
         # a callable, so napari's reset_choices (on every layer change) keeps newly registered models
         self.model = ComboBox(label="model", choices=lambda _w=None: [*list_models(), LOAD_PACKAGE],
-                              value=names[0] if names else LOAD_PACKAGE)
+                              value=default_model(names, ct=False) or LOAD_PACKAGE)
         self.package = FileEdit(label="package", mode="d", visible=not names)
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
         self.engine = ComboBox(label="engine", choices=["torch", "onnx", "onnx-int8", "auto"], value="torch")
@@ -198,6 +223,7 @@ class SegmentWidget(Container):
                      self.progress, self.status])
 
         self.model.changed.connect(self._on_model_changed)
+        self.image.changed.connect(self._suggest_model)
         self.package.changed.connect(self._on_model_changed)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
@@ -259,6 +285,18 @@ class SegmentWidget(Container):
         self.image.reset_choices()
         if self.image.value is None and self.image.choices:
             self.image.value = self.image.choices[-1]
+
+    def _suggest_model(self, _event=None):
+        """A CT image with a non-CT model selected (or the reverse): switch to a model that fits."""
+        layer = self.image.value
+        if layer is None or self.model.value == LOAD_PACKAGE:
+            return
+        ct = is_ct_layer(layer)
+        if (_model_modality(self.model.value).upper() == "CT") != ct:
+            names = [c for c in self.model.choices if c != LOAD_PACKAGE]
+            best = default_model(names, ct=ct)
+            if best and (_model_modality(best).upper() == "CT") == ct:
+                self.model.value = best
 
     def _model_id(self) -> str | None:
         if self.model.value == LOAD_PACKAGE:

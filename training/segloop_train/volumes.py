@@ -1,0 +1,369 @@
+"""2.5D and 3D training patches, and a plain forward pass over volumes (no Qt, no napari).
+
+Two ways to train on volumes ``(Z, Y, X[, C])`` (CT stacks), chosen by the model's spec:
+
+**2.5D** (``dims == 2``, ``context_slices == k > 1``): a 2D network whose input channels are
+the ``k`` neighbouring slices ``z - h .. z + h`` (``h = k // 2``) of every image channel,
+**slice-major** (input channel ``j * C + c`` is image channel ``c`` of slice ``z - h + j``).
+Slice indices are clamped at the volume's ends (edge replicate), so the first slice sees
+itself ``h + 1`` times.  Every slice is normalized with the same normalizer, fitted once on
+the whole volume.  A patch is ``(k * C, p, p)`` around a *centre slice* ``z``; its target
+is the centre slice only, so the labels of the neighbouring slices never reach the loss.
+A 2D sample (one slice) is a volume of depth 1: its ``k`` channels are that slice repeated.
+
+**3D** (``dims == 3``): patches ``(C, pz, py, px)`` of the volume, targets ``(pz, py, px)``.
+Geometric augmentation is in-plane only (90° rotations in Y/X and a flip of X: the 8
+symmetries of the square), never across the Z axis, which is usually sampled more coarsely.
+No rescaling (``zoom``) is done in 3D.
+
+Both draw a volume in proportion to its reviewed voxels and centre the patch on a reviewed
+foreground voxel (``foreground_fraction`` of the time) or any reviewed voxel, jittered in
+Y/X (and Z in 3D) by up to a quarter patch; then raw-intensity jitter (CT: HU shift,
+contrast about the window level and noise, **in HU, before** the ``ct_window``
+normalization; stain jitter for RGB histology), normalization, flips/rotations, and the
+generic gain/offset/gamma on the normalized patch (:mod:`segloop_train.augment`).  Padding
+outside the volume replicates the image and is ``IGNORE`` in the target.
+
+:func:`predict_volume` runs a network over a whole volume (slice by slice with context for
+2.5D; overlapping 3D windows blended with Gaussian weights for 3D).  It is what
+:mod:`segloop_train.finetune` evaluates volumes with while ``segloop.core.predict.Model``
+cannot yet run 2.5D / 3D packages (see :func:`model_predicts_volumes`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from skimage.transform import resize
+
+from segloop.core.normalize import CTWindow, Normalizer
+from segloop_train.augment import (
+    HISTOLOGY_MODALITIES,
+    AugmentConfig,
+    ct_jitter,
+    intensity_jitter,
+    stain_jitter,
+)
+from segloop_train.data import IGNORE
+
+__all__ = ["VolumePatchSampler", "context_indices", "context_stack", "flip_rotate_inplane",
+           "gaussian_weights", "model_predicts_volumes", "predict_volume", "window_starts"]
+
+
+def context_indices(z: int, depth: int, k: int) -> np.ndarray:
+    """The slices ``z - k//2 .. z + k//2`` of a volume of ``depth`` slices, clamped to ``[0, depth)``.
+
+    >>> context_indices(0, 10, 5).tolist()
+    [0, 0, 0, 1, 2]
+    """
+    if k < 1 or k % 2 == 0:
+        raise ValueError(f"context_slices must be an odd number >= 1, got {k}")
+    h = k // 2
+    return np.clip(np.arange(z - h, z + h + 1), 0, depth - 1)
+
+
+def context_stack(normalized: np.ndarray, z: int, k: int) -> np.ndarray:
+    """The 2.5D input of centre slice ``z``: ``(k * C, Y, X)``, slice-major.
+
+    Parameters
+    ----------
+    normalized : (Z, C, Y, X) float32 ndarray
+        A normalized volume (what ``Normalizer(volume)`` returns).
+    z : int
+    k : int
+        ``context_slices`` (odd).
+
+    Returns
+    -------
+    (k * C, Y, X) float32 ndarray
+        Channel ``j * C + c`` is channel ``c`` of slice ``clip(z - k//2 + j)``.
+    """
+    zs = context_indices(z, normalized.shape[0], k)
+    st = normalized[zs]                                       # (k, C, Y, X)
+    return st.reshape(-1, *st.shape[2:])
+
+
+def flip_rotate_inplane(img: np.ndarray, tgt: np.ndarray, rng: np.random.Generator
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """The same random in-plane symmetry of ``img`` ``(C, ..., Y, X)`` and ``tgt`` ``(..., Y, X)``.
+
+    A 90° rotation in the Y/X plane (only 0° or 180° when ``Y != X``, so the shape is kept)
+    and a flip of X with probability 1/2; Z (if present) is never touched.
+    """
+    square = img.shape[-1] == img.shape[-2]
+    k = int(rng.integers(4)) if square else 2 * int(rng.integers(2))
+    img, tgt = np.rot90(img, k, axes=(-2, -1)), np.rot90(tgt, k, axes=(-2, -1))
+    if rng.random() < 0.5:
+        img, tgt = img[..., ::-1], tgt[..., ::-1]
+    return img, tgt
+
+
+def _coords(mask: np.ndarray, rng: np.random.Generator, limit: int = 200_000) -> np.ndarray:
+    idx = np.flatnonzero(mask)
+    if idx.size > limit:
+        idx = np.sort(rng.choice(idx, limit, replace=False))
+    return idx
+
+
+def _pad_to(img: np.ndarray, tgt: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Pad the leading spatial axes of ``img`` (``(*S[, C])``) and ``tgt`` (``S``) at the end up to ``shape``."""
+    pads = [(0, int(w) - int(s)) for w, s in zip(shape, tgt.shape, strict=True)]
+    if not any(b for _, b in pads):
+        return img, tgt
+    extra = [(0, 0)] * (img.ndim - tgt.ndim)
+    mode = "reflect" if all(b < s for (_, b), s in zip(pads, tgt.shape, strict=True)) else "edge"
+    return np.pad(img, pads + extra, mode=mode), np.pad(tgt, pads, constant_values=IGNORE)
+
+
+class VolumePatchSampler:
+    """Random augmented 2.5D or 3D patches of raw volumes.
+
+    Parameters
+    ----------
+    images : list of (Z, Y, X) or (Z, Y, X, C) ndarray
+        Raw volumes as exported (any dtype; HU for CT).
+    normalizers : list of Normalizer
+        Fitted on each whole volume (``Normalizer.fit(spec, volume, channel_axis=...)``).
+    targets : list of (Z, Y, X) uint8 ndarray
+        Class ids, ``IGNORE`` (255) where not reviewed.
+    modalities : list of str
+        Folder modality of each volume (``"CT"`` gets HU jitter).
+    patch : int or (int, int, int)
+        2.5D: the patch side ``p`` (patches ``(k * C, p, p)``); 3D: ``(pz, py, px)``.
+    dims : {2, 3}
+        2 with ``context_slices > 1`` for 2.5D (``context_slices == 1`` gives plain 2D
+        patches of single slices), 3 for 3D.
+    context_slices : int
+        ``k`` (odd); only with ``dims == 2``.
+    config : AugmentConfig, optional
+        Default: ``AugmentConfig()``.
+    """
+
+    def __init__(self, images: list[np.ndarray], normalizers: list[Normalizer], targets: list[np.ndarray],
+                 modalities: list[str], *, patch: int | Sequence[int], dims: int, context_slices: int = 1,
+                 config: AugmentConfig | None = None):
+        if not images:
+            raise ValueError("no volumes to sample patches from")
+        config = config or AugmentConfig()
+        if dims not in (2, 3):
+            raise ValueError(f"dims must be 2 or 3, got {dims}")
+        if dims == 3 and context_slices != 1:
+            raise ValueError("context_slices > 1 is 2.5D: it needs dims == 2")
+        for t in targets:
+            if t.ndim != 3:
+                raise ValueError(f"volume targets must be (Z, Y, X), got shape {t.shape}")
+        self.images, self.normalizers, self.targets = images, normalizers, targets
+        self.modalities = [m.lower() for m in modalities]
+        self.dims, self.k, self.config = dims, int(context_slices), config
+        if dims == 3:
+            p = (int(patch),) * 3 if np.isscalar(patch) else tuple(int(v) for v in patch)
+            if len(p) != 3:
+                raise ValueError(f"a 3D patch is (pz, py, px), got {patch!r}")
+            self.patch: int | tuple[int, int, int] = p
+        else:
+            self.patch = int(patch)
+        rng = np.random.default_rng(0)           # only to subsample coordinates of huge volumes
+        self.reviewed = [_coords(t != IGNORE, rng) for t in targets]
+        self.foreground = [_coords((t > 0) & (t != IGNORE), rng) for t in targets]
+        w = np.array([np.count_nonzero(t != IGNORE) for t in targets], float)
+        if w.sum() == 0:
+            raise ValueError("no reviewed voxels in any training volume")
+        self.weights = w / w.sum()
+
+    # ------------------------------------------------------------------ steps
+
+    def centre(self, i: int, rng: np.random.Generator) -> tuple[int, int, int]:
+        """A reviewed (foreground, ``foreground_fraction`` of the time) voxel of volume ``i``."""
+        pool = self.foreground[i] if (len(self.foreground[i]) and rng.random() < self.config.foreground_fraction) \
+            else self.reviewed[i]
+        z, y, x = np.unravel_index(int(pool[rng.integers(len(pool))]), self.targets[i].shape)
+        return int(z), int(y), int(x)
+
+    @staticmethod
+    def _start(c: int, side: int, n: int, rng: np.random.Generator) -> int:
+        q = side // 4
+        s = c - side // 2 + int(rng.integers(-q, q + 1))
+        return int(np.clip(s, 0, max(n - side, 0)))
+
+    def _raw_jitter(self, i: int, raw: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        cfg, mod = self.config, self.modalities[i]
+        if mod in HISTOLOGY_MODALITIES and raw.ndim >= 3 and raw.shape[-1] in (3, 4) \
+                and (cfg.stain_sigma or cfg.stain_bias):
+            scale = float(self.normalizers[i].stats.get("input_scale", 255.0 if raw.dtype == np.uint8 else 1.0))
+            rgb = stain_jitter(raw[..., :3], rng, sigma=cfg.stain_sigma, bias=cfg.stain_bias, scale=scale)
+            return rgb if raw.shape[-1] == 3 else np.concatenate([rgb, raw[..., 3:].astype(np.float32)], -1)
+        if mod == "ct" and (cfg.ct_shift_hu or cfg.ct_noise_hu or cfg.ct_contrast):
+            spec = self.normalizers[i].spec
+            level = spec.level if isinstance(spec, CTWindow) else 40.0
+            return ct_jitter(raw, rng, shift_hu=cfg.ct_shift_hu, noise_hu=cfg.ct_noise_hu,
+                             contrast=cfg.ct_contrast, level=level)
+        return raw
+
+    def _normalize(self, i: int, raw: np.ndarray) -> np.ndarray:
+        """``(n, ..., Y, X[, C])`` raw -> ``(n, C, Y, X)`` float32 (the normalizer puts C before Y, X)."""
+        return self.normalizers[i](raw)
+
+    def sample_25d(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One 2.5D patch of volume ``i``: ``(k * C, p, p)`` float32 and the centre slice's ``(p, p)`` uint8."""
+        p, cfg = self.patch, self.config
+        tgt_vol, img_vol = self.targets[i], self.images[i]
+        depth, h, w = tgt_vol.shape
+        scale = 1.0
+        if cfg.zoom and rng.random() < cfg.zoom_p:
+            lo, hi = cfg.zoom
+            scale = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        side = max(4, int(round(p / scale)))
+        z, cy, cx = self.centre(i, rng)
+        y, x = self._start(cy, side, h, rng), self._start(cx, side, w, rng)
+        zs = context_indices(z, depth, self.k)
+        raw = np.asarray(img_vol[zs, y:y + side, x:x + side])            # (k, side', side'[, C])
+        tgt = tgt_vol[z, y:y + side, x:x + side]
+        ph, pw = side - tgt.shape[0], side - tgt.shape[1]
+        if ph or pw:
+            pad = ((0, 0), (0, ph), (0, pw)) + ((0, 0),) * (raw.ndim - 3)
+            raw = np.pad(raw, pad, mode="reflect" if min(tgt.shape) > max(ph, pw) else "edge")
+            tgt = np.pad(tgt, ((0, ph), (0, pw)), constant_values=IGNORE)
+        raw = self._raw_jitter(i, raw, rng)
+        img = self._normalize(i, raw)                                      # (k, C, side, side)
+        img = img.reshape(-1, side, side)                                  # slice-major channels
+        if side != p:
+            img = resize(img, (img.shape[0], p, p), order=1, mode="edge", anti_aliasing=False,
+                         preserve_range=True).astype(np.float32)
+            tgt = resize(tgt, (p, p), order=0, mode="edge", anti_aliasing=False,
+                         preserve_range=True).astype(np.uint8)
+        if cfg.flips:
+            img, tgt = flip_rotate_inplane(img, tgt, rng)
+        if cfg.intensity:
+            img = intensity_jitter(img, rng)
+        return np.ascontiguousarray(img, np.float32), np.ascontiguousarray(tgt, np.uint8)
+
+    def sample_3d(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One 3D patch of volume ``i``: ``(C, pz, py, px)`` float32 and ``(pz, py, px)`` uint8."""
+        cfg = self.config
+        tgt_vol, img_vol = self.targets[i], self.images[i]
+        c = self.centre(i, rng)
+        starts = [self._start(ci, side, n, rng) for ci, side, n in zip(c, self.patch, tgt_vol.shape, strict=True)]
+        box = tuple(slice(s, s + side) for s, side in zip(starts, self.patch, strict=True))
+        raw, tgt = _pad_to(np.asarray(img_vol[box]), tgt_vol[box], self.patch)
+        raw = self._raw_jitter(i, raw, rng)
+        img = np.moveaxis(self._normalize(i, raw), 1, 0)                  # (C, pz, py, px)
+        if cfg.flips:
+            img, tgt = flip_rotate_inplane(img, tgt, rng)
+        if cfg.intensity:
+            img = intensity_jitter(img, rng)
+        return np.ascontiguousarray(img, np.float32), np.ascontiguousarray(tgt, np.uint8)
+
+    def sample(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One augmented patch of volume ``i`` (2.5D or 3D, by ``dims``)."""
+        return self.sample_3d(i, rng) if self.dims == 3 else self.sample_25d(i, rng)
+
+    def batch(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``(n, C', *patch)`` float32 images and ``(n, *patch)`` int64 targets."""
+        xs, ys = [], []
+        for _ in range(n):
+            i = int(rng.choice(len(self.images), p=self.weights))
+            img, tgt = self.sample(i, rng)
+            xs.append(img)
+            ys.append(tgt)
+        return np.stack(xs), np.stack(ys).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- whole-volume forward pass
+
+
+def model_predicts_volumes() -> bool:
+    """Whether ``segloop.core.predict.Model.predict`` runs 2.5D / 3D packages (its ``z_range`` option).
+
+    Until it does, :func:`segloop_train.finetune.evaluate_samples` evaluates volumes with
+    :func:`predict_volume` instead.
+    """
+    from segloop.core.predict import Model
+
+    return "z_range" in inspect.signature(Model.predict).parameters
+
+
+def window_starts(n: int, size: int, overlap: float) -> list[int]:
+    """Start offsets of windows of ``size`` covering ``[0, n)`` with at least ``overlap`` (fraction) shared."""
+    if n <= size:
+        return [0]
+    step = max(1, int(size * (1 - overlap)))
+    count = math.ceil((n - size) / step) + 1
+    return [int(round(v)) for v in np.linspace(0, n - size, count)]
+
+
+def gaussian_weights(shape: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
+    """Separable Gaussian importance map (peak 1 in the centre, sigma ``sigma_scale * side``), as in nnU-Net."""
+    w = np.ones((), np.float32)
+    for n in shape:
+        x = np.arange(n, dtype=np.float64) - (n - 1) / 2
+        g = np.exp(-0.5 * (x / max(sigma_scale * n, 1e-3)) ** 2)
+        w = np.multiply.outer(w, g / g.max()).astype(np.float32)
+    return np.maximum(w, 1e-3)
+
+
+def predict_volume(network, volume: np.ndarray, normalizer: Normalizer, *, dims: int, context_slices: int = 1,
+                   tile: int | Sequence[int] | None = None, overlap: float = 0.25, batch_size: int = 4,
+                   device: str = "cpu") -> np.ndarray:
+    """Class ids of a whole volume, from a plain forward pass of ``network`` (argmax of the softmax).
+
+    Parameters
+    ----------
+    network : torch.nn.Module
+        A segloop network (any spatial size; it pads to its divisor itself).
+    volume : (Z, Y, X) or (Z, Y, X, C) ndarray
+        Raw values (the ``normalizer`` was fitted on this volume).
+    normalizer : Normalizer
+    dims : {2, 3}
+        2: slice by slice, each slice with its ``context_slices`` neighbours (whole slices, in
+        batches of ``batch_size``); 3: overlapping windows of ``tile`` ``(pz, py, px)`` (a
+        volume smaller than a window is run whole), blended with :func:`gaussian_weights`.
+    context_slices : int
+    tile : int or (int, int, int), optional
+        3D window; default the whole volume.
+    overlap : float
+        Fraction of a window shared with its neighbour (3D).
+    batch_size : int
+    device : str
+
+    Returns
+    -------
+    (Z, Y, X) uint8 ndarray
+    """
+    import torch
+
+    net = network.eval().to(device)
+    norm = normalizer(volume)                                   # (Z, C, Y, X)
+    depth = norm.shape[0]
+    with torch.no_grad():
+        if dims == 2:
+            out = np.zeros((depth, *norm.shape[2:]), np.uint8)
+            for z0 in range(0, depth, batch_size):
+                zs = range(z0, min(depth, z0 + batch_size))
+                x = np.stack([context_stack(norm, z, context_slices) for z in zs])
+                logits = net(torch.from_numpy(x).to(device)).float()
+                out[z0:z0 + len(zs)] = logits.argmax(1).to("cpu").numpy().astype(np.uint8)
+            return out
+        vol = np.moveaxis(norm, 1, 0)                           # (C, Z, Y, X)
+        shape = vol.shape[1:]
+        size = tuple(shape) if tile is None else ((int(tile),) * 3 if np.isscalar(tile) else tuple(map(int, tile)))
+        size = tuple(min(s, n) for s, n in zip(size, shape, strict=True))
+        weights = gaussian_weights(size)
+        acc = None
+        wsum = np.zeros(shape, np.float32)
+        starts = [window_starts(n, s, overlap) for n, s in zip(shape, size, strict=True)]
+        boxes = [tuple(slice(starts[a][j], starts[a][j] + size[a]) for a, j in enumerate(idx))
+                 for idx in np.ndindex(*(len(s) for s in starts))]
+        for b0 in range(0, len(boxes), batch_size):
+            chunk = boxes[b0:b0 + batch_size]
+            x = np.stack([vol[(slice(None), *b)] for b in chunk])
+            probs = torch.softmax(net(torch.from_numpy(np.ascontiguousarray(x)).to(device)).float(), 1)
+            probs = probs.to("cpu").numpy()
+            if acc is None:
+                acc = np.zeros((probs.shape[1], *shape), np.float32)
+            for p, b in zip(probs, chunk, strict=True):
+                acc[(slice(None), *b)] += p * weights
+                wsum[b] += weights
+        return (acc / wsum).argmax(0).astype(np.uint8)
