@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from segloop.core.io.volume import Reorientation, VolumeInfo
+from segloop.core.tiling import _is_cancelled
 from segloop.errors import (
     Cancelled,
     DecoderUnavailableError,
@@ -223,14 +224,6 @@ def _slice_from_header(path: Path, ds, forced: bool) -> _Slice | None:
         frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "") or ""),
         series_number=_int(ds, "SeriesNumber", None),
     )
-
-
-def _is_cancelled(cancel) -> bool:
-    if cancel is None:
-        return False
-    if callable(cancel) and not hasattr(cancel, "is_set"):
-        return bool(cancel())
-    return bool(cancel.is_set())
 
 
 def _candidate_files(path_or_paths) -> tuple[list[Path], Path, Path | None]:
@@ -523,16 +516,6 @@ def _nearest_lps(directions: np.ndarray) -> tuple[tuple[int, int, int], tuple[in
     return (best[0], best[1], best[2]), flips
 
 
-def _to_display(source, reo: Reorientation):
-    """:meth:`Reorientation.to_display` that also works on dask arrays (tuple axes, da.flip)."""
-    if reo.is_identity:
-        return source
-    a = source.transpose(tuple(int(i) for i in np.argsort(reo.axes)))
-    for d in reo.flips:
-        a = a[(slice(None),) * d + (slice(None, None, -1),)]
-    return a
-
-
 def _display_affine(source_affine: np.ndarray, reo: Reorientation, source_shape) -> np.ndarray:
     """Affine of the display array: display index -> source index -> world."""
     p = np.zeros((4, 4))
@@ -817,7 +800,7 @@ def read_dicom(path_or_paths, *, series_uid: str | None = None, lazy: bool | str
     reo = Reorientation(axes=axes, flips=flips)
     lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
     source_affine = lps_to_ras @ lps
-    volume = _to_display(source, reo)
+    volume = reo.to_display(source)
     affine = _display_affine(source_affine, reo, source.shape)
     spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
     deviation = float(np.degrees(np.arccos(np.clip(np.abs(directions).max(axis=0).min(), -1, 1))))

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segloop.core.tiling import _is_cancelled
 from segloop.errors import (
     Cancelled,
     ExportError,
@@ -196,14 +197,6 @@ def _lps_reorientation(source_affine: np.ndarray) -> Reorientation:
         if sign != _LPS_SIGN[int(world)]:
             flips.append(disp)
     return Reorientation(axes=tuple(axes), flips=tuple(sorted(flips)))
-
-
-def _is_cancelled(cancel) -> bool:
-    if cancel is None:
-        return False
-    if callable(cancel) and not hasattr(cancel, "is_set"):
-        return bool(cancel())
-    return bool(cancel.is_set())
 
 
 def _check_cancel(cancel, path: Path) -> None:
