@@ -285,3 +285,25 @@ def test_3d_instance_model_labels_plane_by_plane_and_says_so(tmp_path, ct_stack)
     for z in range(4):                                     # ids restart in every plane
         ids = np.unique(res.labels[z])
         np.testing.assert_array_equal(ids[ids > 0], np.arange(1, len(ids[ids > 0]) + 1))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_engine_swaps_channels_last_instance_norms_without_changing_the_output(dims):
+    import torch
+
+    from segloop.core.engines import TorchPredictor
+    from segloop.core.models import build
+
+    torch.manual_seed(0)
+    net = build("unet", 2, 3, dims=dims, depth=2, base_width=4, norm="instance").eval()
+    norms = [m for m in net.modules() if isinstance(m, (torch.nn.InstanceNorm2d, torch.nn.InstanceNorm3d))]
+    with torch.no_grad():
+        for m in norms:
+            m.weight.uniform_(0.5, 1.5)
+            m.bias.uniform_(-0.5, 0.5)
+    pred = TorchPredictor(net, device="cpu", precision="fp32")
+    assert pred.swapped_instance_norms == len(norms) > 0 and pred.channels_last
+    x = np.random.default_rng(0).standard_normal((2, 2) + (12, 20, 24)[-dims:]).astype(np.float32)
+    with torch.inference_mode():
+        ref = torch.softmax(net(torch.from_numpy(x)), dim=1).numpy()
+    np.testing.assert_allclose(pred(x), ref, atol=1e-5)
