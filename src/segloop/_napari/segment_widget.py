@@ -662,12 +662,13 @@ class _LiveSession:
         self._ensure_layer(model, labels.dtype, prov)
         if z in self.done:
             return
-        if self.layer.data.dtype != labels.dtype and labels.max() > np.iinfo(self.layer.data.dtype).max:
-            show_warning(f"segloop: slice {z} has more objects than {self.layer.data.dtype} holds; skipped")
-            return
         if model.spec.task == "instance":         # ids unique across slices, as in a whole-stack run
             offset = int(self.layer.data.max())
             labels = np.where(labels > 0, labels.astype(np.int64) + offset, 0)
+        if labels.size and int(labels.max()) > np.iinfo(self.layer.data.dtype).max:
+            show_warning(f"segloop: slice {z} would need label ids above {self.layer.data.dtype}'s range; "
+                         "it was left empty (segment the whole stack instead)")
+            return
         self.layer.data[z] = labels
         self.snapshot.write(z, self.layer.data[z][None])
         self.layer.refresh()
