@@ -56,5 +56,7 @@ def test_measure_prints_volumes_in_ml_and_writes_csv(tmp_path, capsys):
     row = [line for line in out.splitlines() if line.startswith("1\t")][0].split("\t")
     assert row[1] == "800" and float(row[2]) == pytest.approx(0.4) and float(row[4]) == pytest.approx(60)
     assert "volume_ml" in (tmp_path / "v.csv").read_text()
+    assert main(["measure", str(tmp_path / "lab.nii.gz"), "--lesions"]) == 0
+    assert "\n1.1\t800\t" in capsys.readouterr().out
     nib.save(nib.Nifti1Image(img[:20], affine), tmp_path / "small.nii.gz")
     assert main(["measure", str(tmp_path / "lab.nii.gz"), "--image", str(tmp_path / "small.nii.gz")]) == 2

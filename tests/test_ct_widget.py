@@ -155,6 +155,17 @@ def test_measurement_table_for_a_sphere_with_scale_and_csv(make_napari_viewer, q
     layer.undo()                                                  # no paint event: history is watched
     qtbot.waitUntil(lambda: w.table.native.rowCount() == 1, timeout=3000)
 
+    # two separate lesions of one class: one row each when asked
+    second = np.zeros(shape, bool)
+    second[1:3, 2:6, 50:54] = True
+    idx = np.nonzero(second)
+    layer.data_setitem(idx, np.full(idx[0].size, 1, np.uint8))
+    qtbot.waitUntil(lambda: w.rows and w.rows[0]["voxels"] > row["voxels"], timeout=3000)
+    assert w.table.native.rowCount() == 1
+    w.lesions.value = True
+    assert [(r["label"], r["lesion"]) for r in w.rows] == [(1, 1), (1, 2)] and w.rows[1]["voxels"] == 32
+    assert [w.table.native.item(i, 0).text() for i in range(2)] == ["1.1", "1.2"]
+
 
 def test_big_volumes_are_measured_in_a_worker(make_napari_viewer, qtbot, monkeypatch):
     import segloop._napari.ct_widget as ct

@@ -154,3 +154,24 @@ def test_a_ct_sized_volume_with_five_labels_is_fast():
     assert [r["label"] for r in rows] == [1, 2, 3, 4, 5]
     assert all(r["hu_mean"] == 40.0 for r in rows)
     assert elapsed < 2.0, elapsed
+
+
+def test_lesions_are_measured_one_by_one_largest_first():
+    lab = np.zeros((6, 40, 40), np.uint8)
+    lab[1:3, 2:6, 2:6] = 2                    # small lesion: 2 * 4 * 4 = 32 voxels
+    lab[2:5, 20:30, 20:30] = 2                # big lesion: 3 * 10 * 10 = 300 voxels
+    lab[4, 5, 30] = 2                         # diagonal neighbours in 3D join into one part
+    lab[5, 6, 31] = 2
+    lab[0:2, 30:35, 0:5] = 1
+    img = np.zeros(lab.shape, np.float32)
+    img[2:5, 20:30, 20:30] = 50.0
+    whole = measure_labels(lab, spacing=(2.0, 1.0, 1.0), image=img)
+    assert [(r["label"], r["lesion"]) for r in whole] == [(1, 0), (2, 0)]
+    assert whole[1]["voxels"] == 334
+    rows = measure_labels(lab, spacing=(2.0, 1.0, 1.0), image=img, lesions=True)
+    assert [(r["label"], r["lesion"], r["voxels"]) for r in rows] == [(1, 1, 50), (2, 1, 300), (2, 2, 32),
+                                                                        (2, 3, 2)]
+    big = rows[1]
+    assert big["volume_ml"] == pytest.approx(300 * 2 / 1000) and big["hu_mean"] == 50.0
+    assert big["max_diameter_mm"] == pytest.approx(np.hypot(9, 9)) and big["diameter_slice"] == 2
+    assert rows[2]["hu_mean"] == 0.0 and rows[2]["diameter_slice"] == 1

@@ -284,12 +284,13 @@ def _cmd_measure(args) -> int:
     labels = np.asarray(labels)
     if labels.dtype.kind not in "ui":
         raise SegloopError(f"{args.labels}: labels must be integers, got {labels.dtype}")
-    rows = measure_labels(labels, spacing=info.spacing, image=image)
+    rows = measure_labels(labels, spacing=info.spacing, image=image, lesions=args.lesions)
     if args.csv:
         write_csv(rows, args.csv)
     print("label\tvoxels\tvolume_ml\tmax_axial_diameter_mm" + ("\tmean\tstd" if image is not None else ""))
     for r in rows:
-        line = f"{r['label']}\t{r['voxels']}\t{r['volume_ml']:.3f}\t{r['max_diameter_mm']:.1f}"
+        name = f"{r['label']}.{r['lesion']}" if r["lesion"] else str(r["label"])
+        line = f"{name}\t{r['voxels']}\t{r['volume_ml']:.3f}\t{r['max_diameter_mm']:.1f}"
         if image is not None:
             line += f"\t{r['hu_mean']:.1f}\t{r['hu_std']:.1f}"
         print(line)
@@ -440,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("labels", help="label volume (NIfTI, MRC, TIFF stack)")
     p.add_argument("--image", default=None, help="the image (e.g. CT in HU) for mean/std inside each label")
     p.add_argument("--csv", default=None, help="also write the table as CSV")
+    p.add_argument("--lesions", action="store_true",
+                   help="one row per connected part of each label (e.g. each tumour), largest first")
     p.set_defaults(func=_cmd_measure)
 
     p = sub.add_parser("demo", help="open napari on real sample data and segment it")

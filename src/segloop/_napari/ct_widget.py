@@ -26,7 +26,16 @@ import math
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox, Table
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+    Table,
+)
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
@@ -94,6 +103,7 @@ class CTToolsWidget(Container):
         self.table.native.horizontalHeader().setStretchLastSection(True)
         self.table.native.setMinimumHeight(120)
         self.table.native.setMaximumHeight(260)
+        self.lesions = CheckBox(text="each lesion separately (connected parts of a label)", value=False)
         self.measure_button = PushButton(text="Refresh")
         self.csv_button = PushButton(text="Save CSV…")
         self.measure_status = Label(value="")
@@ -110,7 +120,7 @@ class CTToolsWidget(Container):
             w.native.setWordWrap(True)
         self.extend([_header("Window"), window,
                      _header("Interpolate"), interp, self.interpolate_button, self.interp_status,
-                     _header("Measure"), self.table, measure_buttons, self.measure_status,
+                     _header("Measure"), self.lesions, self.table, measure_buttons, self.measure_status,
                      _header("Export for other tools"), export, self.export_button, self.export_status])
 
         self._timer = QTimer(self.native)
@@ -125,6 +135,7 @@ class CTToolsWidget(Container):
         self.labels_layer.changed.connect(self._bind_labels)
         self.interpolate_button.changed.connect(lambda *_: self.interpolate())
         self.measure_button.changed.connect(lambda *_: self.refresh())
+        self.lesions.changed.connect(lambda *_: self.refresh())
         self.csv_button.changed.connect(lambda *_: self.save_csv())
         self.export_button.changed.connect(lambda *_: self.export())
 
@@ -357,7 +368,8 @@ class CTToolsWidget(Container):
         if job is None:
             return None
         labels = job["labels"]
-        kwargs = {"spacing": job["spacing"], "image": job["image"], "names": job["names"]}
+        kwargs = {"spacing": job["spacing"], "image": job["image"], "names": job["names"],
+                  "lesions": bool(self.lesions.value)}
         if labels.size <= MEASURE_SYNC_VOXELS:
             try:
                 rows = measure_labels(np.asarray(labels), **kwargs)
@@ -404,7 +416,7 @@ class CTToolsWidget(Container):
     def _show_rows(self, rows: list[dict]):
         from qtpy.QtCore import Qt
 
-        data = [[str(r["label"]), r["name"], f"{r['voxels']:,}", f"{r['volume_ml']:.2f}",
+        data = [[f"{r['label']}.{r['lesion']}" if r.get("lesion") else str(r["label"]), r["name"], f"{r['voxels']:,}", f"{r['volume_ml']:.2f}",
                  f"{r['max_diameter_mm']:.1f}",
                  "" if math.isnan(r["hu_mean"]) else f"{r['hu_mean']:.1f} ± {r['hu_std']:.1f}"] for r in rows]
         self.table.value = {"data": data, "index": list(range(len(data))), "columns": list(TABLE_COLUMNS)}

@@ -32,7 +32,7 @@ from segloop.errors import ExportError, InvalidImageError, InvalidLabelsError
 
 __all__ = ["COLUMNS", "label_ids", "measure_labels", "max_feret_diameter", "write_csv"]
 
-COLUMNS = ("label", "name", "voxels", "volume_ml", "max_diameter_mm", "diameter_slice",
+COLUMNS = ("label", "name", "lesion", "voxels", "volume_ml", "max_diameter_mm", "diameter_slice",
            "hu_mean", "hu_std", "hu_min", "hu_max", "notes")
 """Keys of each row, in CSV column order."""
 
@@ -41,8 +41,9 @@ _FIND_OBJECTS_MAX_LABEL = 1 << 22
 
 
 def measure_labels(labels: np.ndarray, *, spacing: Sequence[float] = (1.0, 1.0, 1.0), image=None,
-                   names: Mapping[int, str] | Sequence[str] | None = None, axis: int = 0) -> list[dict]:
-    """Measure every label of a volume.
+                   names: Mapping[int, str] | Sequence[str] | None = None, axis: int = 0,
+                   lesions: bool = False) -> list[dict]:
+    """Measure every label of a volume (or every lesion of every label).
 
     Parameters
     ----------
@@ -60,6 +61,11 @@ def measure_labels(labels: np.ndarray, *, spacing: Sequence[float] = (1.0, 1.0, 
         model package, index 0 = background).  Missing names are ``""``.
     axis : int, optional
         The slice axis for the axial diameter (0 for a ``(Z, Y, X)`` volume).
+    lesions : bool, optional
+        Measure each 3D connected part of a label (26-connectivity) as its own
+        row -- e.g. each tumour of a semantic "tumour" class -- numbered
+        ``lesion`` 1, 2, ... from the largest.  Default: one row per label
+        (``lesion`` 0).
 
     Returns
     -------
@@ -67,7 +73,8 @@ def measure_labels(labels: np.ndarray, *, spacing: Sequence[float] = (1.0, 1.0, 
         One row per label present, ascending id, with the keys of
         :data:`COLUMNS`:
 
-        ``label`` (int), ``name`` (str), ``voxels`` (int),
+        ``label`` (int), ``name`` (str), ``lesion`` (int, 0 = the whole label),
+        ``voxels`` (int),
         ``volume_ml`` (voxels * dz * dy * dx / 1000),
         ``max_diameter_mm`` - the largest Feret (caliper) diameter of the
         label's section on any slice along ``axis``, between voxel centres,
@@ -106,19 +113,31 @@ def measure_labels(labels: np.ndarray, *, spacing: Sequence[float] = (1.0, 1.0, 
 
     rows = []
     for lab, box in _boxes(labels):
-        mask = np.asarray(labels[box]) == lab
-        voxels = int(np.count_nonzero(mask))
-        if voxels == 0:
-            continue
-        diameter, where = _largest_section_diameter(mask, axis, in_plane)
-        row = {"label": lab, "name": _name(names, lab), "voxels": voxels,
-               "volume_ml": voxels * voxel_ml, "max_diameter_mm": diameter,
-               "diameter_slice": where + box[axis].start,
-               "hu_mean": math.nan, "hu_std": math.nan, "hu_min": math.nan, "hu_max": math.nan,
-               "notes": ""}
-        if image is not None:
-            row.update(_intensity(np.asarray(image[box]), mask))
-        rows.append(row)
+        whole = np.asarray(labels[box]) == lab
+        parts = [(0, box, whole)]
+        if lesions:
+            comp, n = ndi.label(whole, structure=np.ones((3, 3, 3), bool))
+            sizes = np.bincount(comp.ravel())[1:]
+            order = np.argsort(-sizes, kind="stable") + 1
+            sub = ndi.find_objects(comp)
+            parts = []
+            for k, c in enumerate(order, 1):
+                b = sub[c - 1]
+                parts.append((k, tuple(slice(o.start + s.start, o.start + s.stop) for o, s in zip(box, b)),
+                              comp[b] == c))
+        for lesion, where_box, mask in parts:
+            voxels = int(np.count_nonzero(mask))
+            if voxels == 0:
+                continue
+            diameter, where = _largest_section_diameter(mask, axis, in_plane)
+            row = {"label": lab, "name": _name(names, lab), "lesion": lesion, "voxels": voxels,
+                   "volume_ml": voxels * voxel_ml, "max_diameter_mm": diameter,
+                   "diameter_slice": where + where_box[axis].start,
+                   "hu_mean": math.nan, "hu_std": math.nan, "hu_min": math.nan, "hu_max": math.nan,
+                   "notes": ""}
+            if image is not None:
+                row.update(_intensity(np.asarray(image[where_box]), mask))
+            rows.append(row)
     return rows
 
 
