@@ -516,19 +516,6 @@ def _nearest_lps(directions: np.ndarray) -> tuple[tuple[int, int, int], tuple[in
     return (best[0], best[1], best[2]), flips
 
 
-def _display_affine(source_affine: np.ndarray, reo: Reorientation, source_shape) -> np.ndarray:
-    """Affine of the display array: display index -> source index -> world."""
-    p = np.zeros((4, 4))
-    p[3, 3] = 1.0
-    for j, d in enumerate(reo.axes):
-        if d in reo.flips:
-            p[j, d] = -1.0
-            p[j, 3] = source_shape[j] - 1
-        else:
-            p[j, d] = 1.0
-    return source_affine @ p
-
-
 # --------------------------------------------------------------------------------------------
 # pixels
 
@@ -801,7 +788,7 @@ def read_dicom(path_or_paths, *, series_uid: str | None = None, lazy: bool | str
     lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
     source_affine = lps_to_ras @ lps
     volume = reo.to_display(source)
-    affine = _display_affine(source_affine, reo, source.shape)
+    affine = source_affine @ reo.index_matrix(volume.shape)
     spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
     deviation = float(np.degrees(np.arccos(np.clip(np.abs(directions).max(axis=0).min(), -1, 1))))
     oblique = bool(np.abs(directions).max(axis=0).min() < 1.0 - AXIS_TOL)
