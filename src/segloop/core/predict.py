@@ -36,7 +36,7 @@ from segloop.core.tiling import (
 )
 from segloop.errors import EngineError, InvalidImageError, ModelNotFoundError
 
-__all__ = ["Model", "SegmentationResult", "list_models", "load_model", "model_dirs", "validate_image"]
+__all__ = ["Model", "SegmentationResult", "list_models", "load_model", "model_dirs", "model_path", "validate_image"]
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "models"
 _registered: dict[str, Path] = {}
@@ -139,16 +139,26 @@ def load_model(name_or_path: str | os.PathLike, *, device: str = "auto", engine:
     ModelNotFoundError
         No such name and no such path; the message lists the known names.
     """
+    return Model(load_package(model_path(name_or_path)), device=device, engine=engine, precision=precision)
+
+
+def model_path(name_or_path: str | os.PathLike) -> Path:
+    """The package folder / ``.zip`` of a bundled or registered name, or an existing path.
+
+    Raises
+    ------
+    ModelNotFoundError
+        No such name and no such path; the message lists the known names.
+    """
     known = _discover()
     key = str(name_or_path)
     if key in known:
-        path = known[key]
-    else:
-        path = Path(name_or_path).expanduser()
-        if not path.exists():
-            raise ModelNotFoundError(
-                f"no model named or at {key!r}; known models: {', '.join(sorted(known)) or 'none'}")
-    return Model(load_package(path), device=device, engine=engine, precision=precision)
+        return Path(known[key])
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        raise ModelNotFoundError(
+            f"no model named or at {key!r}; known models: {', '.join(sorted(known)) or 'none'}")
+    return path
 
 
 @dataclass
@@ -170,6 +180,9 @@ class SegmentationResult:
         Tiles (3D: patches) the network ran on / skipped as background.
     provenance : dict
         Model name, version, sha256, parameters, engine, time: JSON-able.
+    probabilities : (K, H, W) or (K, z1 - z0, H, W) float16 ndarray, or None
+        The blended class probabilities of the predicted planes, class axis
+        first; only with ``predict(..., probabilities=True)``.
     """
 
     labels: np.ndarray
@@ -178,6 +191,7 @@ class SegmentationResult:
     tiles_predicted: int
     tiles_skipped: int
     provenance: dict[str, Any] = field(default_factory=dict)
+    probabilities: np.ndarray | None = None
 
 
 def _channels_per_plane(spec: ModelSpec) -> int:
@@ -467,6 +481,8 @@ class Model:
         uncertainty: bool = False,
         z_range: tuple[int, int] | None = None,
         out: np.ndarray | None = None,
+        probabilities: bool = False,
+        probability_sink=None,
         progress=None,
         cancel=None,
     ) -> SegmentationResult:
@@ -512,6 +528,20 @@ class Model:
             written.  ``result.labels`` is ``out`` unless more than 65,535
             objects are found in a plane and ``out`` is uint16 (then a new
             uint32 array, with a warning).
+        probabilities : bool
+            Also return the blended class probabilities (float16,
+            ``(K, H, W)`` or ``(K, z1 - z0, H, W)``) as
+            ``result.probabilities``.  ``K`` times the label array's memory
+            (and more): for large images prefer ``probability_sink``.
+        probability_sink : callable, optional
+            ``probability_sink(z, y0, y1, probs)`` receives every finished
+            band of blended probabilities, ``probs (K, y1 - y0, W)`` float32,
+            in order; ``z`` is the plane's index among the predicted planes
+            (``z - z0``; 0 for a 2D image); 3D models send whole planes.
+            ``probs`` is read-only for the sink and only valid during the
+            call (copy what you keep).  This is how
+            :mod:`segloop.core.uncertainty` sees probabilities without an
+            image-sized array per class.
         progress : callable, optional
             ``progress(done, total)`` in tiles (3D: patches).
         cancel : threading.Event or callable, optional
@@ -608,9 +638,17 @@ class Model:
 
         unc = np.zeros(part_shape, np.float16) if uncertainty else None
         unc_sink = EntropySink(unc) if uncertainty else None
+        prob_out: np.ndarray | None = None
 
         def sink(z, y0, y1, probs):
+            nonlocal prob_out
             local = z - z0                  # sinks see planes of the predicted range
+            if probability_sink is not None:
+                probability_sink(local, y0, y1, probs)
+            if probabilities:
+                if prob_out is None:
+                    prob_out = np.zeros((probs.shape[0],) + part_shape, np.float16)
+                (prob_out[:, local] if stack else prob_out)[:, y0:y1] = probs
             label_sink(local, y0, y1, probs)
             if unc_sink is not None:
                 unc_sink(local, y0, y1, probs)
@@ -662,7 +700,8 @@ class Model:
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "n_planes": z1 - z0,
         }
-        return SegmentationResult(labels, unc, n_objects, stats.predicted_tiles, stats.skipped_tiles, prov)
+        return SegmentationResult(labels, unc, n_objects, stats.predicted_tiles, stats.skipped_tiles, prov,
+                                  probabilities=prob_out)
 
     def predict_slice(
         self,
