@@ -1,4 +1,4 @@
-"""The bundled nuclei model: real, documented, and good on an image it never saw."""
+"""The bundled nuclei models: real, documented, and good on an image they never saw."""
 
 import numpy as np
 import pytest
@@ -14,20 +14,33 @@ from segloop.core.predict import BUNDLED_DIR
 from .conftest import DATA
 
 
-@pytest.fixture(scope="module")
-def model():
-    return segloop.load_model("nuclei-unet", device="cpu", precision="fp32")
+#: One per architecture (issue 8); all trained on BBBC007 by training/recipes/<name>.toml.
+NUCLEI_MODELS = ("nuclei-unet", "nuclei-unet26", "nuclei-segunet", "nuclei-convnext-unet")
 
 
-def test_bundled_model_is_listed_verified_small_and_documented():
-    assert "nuclei-unet" in segloop.list_models()
-    path = BUNDLED_DIR / "nuclei-unet"
+@pytest.fixture(scope="module", params=NUCLEI_MODELS)
+def model(request):
+    return segloop.load_model(request.param, device="cpu", precision="fp32")
+
+
+@pytest.mark.parametrize("name", NUCLEI_MODELS)
+def test_bundled_model_is_listed_verified_small_and_documented(name):
+    assert name in segloop.list_models()
+    path = BUNDLED_DIR / name
     spec = verify_package(path)
     assert spec.task == "instance" and spec.training["val_sources"]
     assert (path / "model.safetensors").stat().st_size < 10_000_000
     card = (path / "MODEL_CARD.md").read_text()
-    for needed in ("## Data", "CC0", "Held-out", "Intended use", "Reproduce", "f1@0.5"):
+    for needed in ("## Data", "CC0", "Held-out", "Intended use", "Reproduce", "f1@0.5", "## Licence"):
         assert needed in card
+
+
+def test_one_nuclei_model_per_architecture_and_one_with_dropout():
+    from segloop.core.package import read_spec
+
+    specs = [read_spec(BUNDLED_DIR / n) for n in NUCLEI_MODELS]
+    assert {s.architecture for s in specs} == {"unet", "unet26", "segunet", "convnext_unet"}
+    assert any(s.architecture_kwargs.get("dropout", 0) > 0 for s in specs)     # MC-dropout uncertainty
 
 
 def test_held_out_sample_image_was_not_trained_on(model):
