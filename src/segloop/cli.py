@@ -524,7 +524,8 @@ def _cmd_loop(args) -> int:
         raise SegloopError(f"segloop loop needs the training module segloop_train, installed with napari-segloop "
                            f"({e})") from None
     for label, v, lo in (("--rounds", args.rounds, 0), ("--budget", args.budget, 1),
-                         ("--region-size", args.region_size, 1), ("--steps", args.steps, 1)):
+                         ("--region-size", args.region_size, 1), ("--steps", args.steps, 1),
+                         ("--initial-steps", 1 if args.initial_steps is None else args.initial_steps, 1)):
         if v < lo:
             raise SegloopError(f"{label} must be at least {lo}, got {v}")
     if (args.heldout_images is None) != (args.heldout_ground_truth is None):
@@ -574,6 +575,7 @@ def _cmd_loop(args) -> int:
         res = run_loop(pool, truth, heldout=heldout, out=args.out, folder=args.folder, parent=parent,
                        strategy=args.strategy, rounds=args.rounds, budget=args.budget, initial=args.initial,
                        region_size=args.region_size, region_kind=args.region_kind, steps=args.steps,
+                       initial_steps=args.initial_steps,
                        batch=args.batch, patch=args.patch, lr=args.lr, seed=args.seed,
                        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), score=args.score,
                        device=args.device, sources=sources, progress=show, cancel=cancel)
@@ -718,7 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout-images", nargs="+", default=None, help="images evaluated every round, never corrected")
     p.add_argument("--heldout-ground-truth", nargs="+", default=None, help="their labels, same order")
     who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--model", default=None, help="start every round from this model (bundled name or package path)")
+    who.add_argument("--model", default=None, help="start from this model (bundled name or package path)")
     who.add_argument("--arch", default=None, help="start from scratch: unet, unet26, segunet, convnext_unet")
     p.add_argument("--arch-kwargs", default=None, help='--arch: JSON, e.g. \'{"depth": 3, "base_width": 16}\'')
     p.add_argument("--classes", default="background,object", help="--arch: class names, background first")
@@ -738,7 +740,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stacks: in-plane tiles of one plane, whole planes, or cubes")
     p.add_argument("--methods", default="entropy", help="uncertainty methods, comma-separated: entropy, tta, mc_dropout")
     p.add_argument("--score", choices=["mean", "boundary", "mean+boundary"], default="mean", help="region score")
-    p.add_argument("--steps", type=int, default=100, help="fine-tuning steps per round")
+    p.add_argument("--steps", type=int, default=100, help="fine-tuning steps per round (each fine-tunes round 0's model)")
+    p.add_argument("--initial-steps", type=int, default=None,
+                   help="training steps of round 0 (default: --steps; from scratch, give more, e.g. 400)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--patch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
