@@ -132,11 +132,11 @@ def evaluate_nuclei(name: str, heldout, ihc, repeats: int) -> dict:
 
 
 def evaluate_ct(name: str, slab: np.ndarray, truth: np.ndarray, repeats: int) -> dict:
-    import segloop
     from ct_models import per_class
-    from segloop_train.finetune import VolumePredictor
 
+    import segloop
     from segloop.core import metrics as M
+    from segloop_train.finetune import VolumePredictor
 
     model = segloop.load_model(name, device="cpu")
     vp = VolumePredictor(model, device="cpu")
@@ -172,6 +172,20 @@ def _overlay(img: np.ndarray, truth: np.ndarray | None, pred: np.ndarray | None)
     return rgb
 
 
+def _worst_window(truth: np.ndarray, preds: list[np.ndarray], side: int) -> tuple[slice, slice]:
+    """The ``side`` x ``side`` window with the most foreground disagreement between truth and the predictions."""
+    from scipy import ndimage as ndi
+
+    wrong = sum(((truth > 0) != (p > 0)).astype(np.float64) for p in preds)
+    side = min(side, *truth.shape)
+    score = ndi.uniform_filter(wrong, side, mode="constant")
+    half = side // 2
+    score[:half], score[truth.shape[0] - side + half + 1:] = -1, -1
+    score[:, :half], score[:, truth.shape[1] - side + half + 1:] = -1, -1
+    cy, cx = np.unravel_index(int(np.argmax(score)), score.shape)
+    return slice(cy - half, cy - half + side), slice(cx - half, cx - half + side)
+
+
 def nuclei_figure(path: Path, heldout, results: dict) -> None:
     import matplotlib
 
@@ -183,23 +197,23 @@ def nuclei_figure(path: Path, heldout, results: dict) -> None:
     mean_f1 = {img: np.mean([results[n]["per_image"][img]["f1@0.5"] for n in names]) for img, _, _ in heldout}
     order = sorted(mean_f1, key=mean_f1.get)
     rows = [order[-1], order[0]] if len(order) > 1 else order
-    by_name = {n: (i, l) for n, i, l in heldout}
-    fig, axes = plt.subplots(len(rows), len(cols), figsize=(3.2 * len(cols), 3.5 * len(rows)), squeeze=False)
+    by_name = {n: (img, lab) for n, img, lab in heldout}
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(3.2 * len(cols), 3.9 * len(rows)), squeeze=False,
+                             layout="constrained")
     for r, img_name in enumerate(rows):
         img, lab = by_name[img_name]
-        y0, x0 = (np.array(img.shape[:2]) - 200) // 2
-        win = (slice(y0, y0 + 200), slice(x0, x0 + 200))
+        win = _worst_window(lab, [results[n]["_preds"][img_name] for n in names], 200)
         for c, col in enumerate(cols):
             pred = results["_baseline"]["_preds"][img_name] if col == BASELINE else results[col]["_preds"][img_name]
             f1 = (results["_baseline"] if col == BASELINE else results[col])["per_image"][img_name]["f1@0.5"]
             ax = axes[r, c]
             ax.imshow(_overlay(img[win], lab[win], pred[win]))
-            ax.set_title(f"{col}\nF1@0.5 {f1:.3f}", fontsize=9)
+            ax.set_title(f"{col}\nF1@0.5 {f1:.3f} (whole image)", fontsize=9)
             ax.set_axis_off()
         axes[r, 0].text(-10, 100, ("best: " if r == 0 else "worst: ") + img_name, rotation=90, va="center",
                         ha="right", fontsize=9)
-    fig.suptitle("Held-out BBBC007 (200 px crops): reference outlines green, prediction magenta", fontsize=10)
-    fig.tight_layout()
+    fig.suptitle("Held-out BBBC007, the 200 px crop where the models disagree most with the reference: "
+                 "reference outlines green, prediction magenta", fontsize=10)
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
@@ -223,7 +237,8 @@ def ct_figure(path: Path, slab: np.ndarray, truth: np.ndarray, results: dict) ->
     good = max(liver, key=lambda z: scores[z])
     bad = min(liver, key=lambda z: scores[z])
     win = np.clip((slab.astype(np.float64) + 160) / 400, 0, 1)         # soft-tissue window W400 L40
-    fig, axes = plt.subplots(2, len(names), figsize=(3.6 * len(names), 7.4), squeeze=False)
+    fig, axes = plt.subplots(2, len(names), figsize=(3.6 * len(names), 7.4), squeeze=False,
+                             layout="constrained")
     for r, z in enumerate((good, bad)):
         for c, n in enumerate(names):
             pred = results[n]["_pred"]
@@ -238,7 +253,6 @@ def ct_figure(path: Path, slab: np.ndarray, truth: np.ndarray, results: dict) ->
             ax.set_axis_off()
     fig.suptitle("Held-out CT slices (good, bad). Reference: liver green, tumour yellow;\n"
                  "model: liver magenta, tumour blue", fontsize=10)
-    fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
@@ -252,7 +266,8 @@ def ihc_figure(path: Path, ihc, results: dict) -> None:
     names = [n for n, r in results.items() if r.get("kind") == "nuclei"]
     img, ref = ihc
     win = (slice(150, 350), slice(150, 350))
-    fig, axes = plt.subplots(1, len(names) + 1, figsize=(3.2 * (len(names) + 1), 3.7), squeeze=False)
+    fig, axes = plt.subplots(1, len(names) + 1, figsize=(3.2 * (len(names) + 1), 3.7), squeeze=False,
+                             layout="constrained")
     axes[0, 0].imshow(_overlay(img[win], ref[win], None))
     axes[0, 0].set_title("IHC tile, classical\nhematoxylin reference", fontsize=9)
     for c, n in enumerate(names, 1):
@@ -262,7 +277,6 @@ def ihc_figure(path: Path, ihc, results: dict) -> None:
         ax.set_axis_off()
     fig.suptitle("Fluorescence-trained nuclei models on an IHC tile (hematoxylin channel),\nbefore any "
                  "correction (200 px crop)", fontsize=10)
-    fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
@@ -315,8 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     from finetune_gain import reference_labels
     from skimage import data
 
-    from segloop.core.predict import BUNDLED_DIR, _discover
     from segloop.core.package import read_spec
+    from segloop.core.predict import BUNDLED_DIR, _discover
 
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -13,7 +13,6 @@ from segloop.core.predict import BUNDLED_DIR
 
 from .conftest import DATA
 
-
 #: One per architecture (issue 8); all trained on BBBC007 by training/recipes/<name>.toml.
 NUCLEI_MODELS = ("nuclei-unet", "nuclei-unet26", "nuclei-segunet", "nuclei-convnext-unet")
 

@@ -2,7 +2,8 @@
 
 No Qt, no napari.  :func:`finetune` is the entry point (CLI: ``segloop-train``, or
 ``python -m segloop_train``); ``segloop_train.train`` and ``segloop_train.recipes`` hold the
-from-samples loop and the recipes of the bundled models.
+from-samples loop and the recipes of the bundled models; :func:`run_loop` simulates active
+learning (CLI: ``segloop loop``).
 """
 
 from segloop_train.augment import AugmentConfig
@@ -17,8 +18,9 @@ from segloop_train.finetune import (
     finetune,
 )
 from segloop_train.folders import load_folders
+from segloop_train.loop import LoopResult, ScratchModel, run_loop
 from segloop_train.train import TrainConfig, evaluate, train, train_and_save
 
 __all__ = ["AugmentConfig", "FinetuneResult", "PeerFailedError", "Sample", "TrainConfig", "TrainingDivergedError",
            "TrainingError", "TrainingOutOfMemoryError", "evaluate", "evaluate_samples", "finetune",
-           "instance_targets", "load_folders", "train", "train_and_save"]
+           "instance_targets", "load_folders", "LoopResult", "run_loop", "ScratchModel", "train", "train_and_save"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import tomllib
 import subprocess
 import sys
 import zipfile
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+import tomllib
 
 from segloop.core.normalize import Percentile
 from segloop.core.package import ModelSpec

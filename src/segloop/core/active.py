@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import errno
 import json
 import os
 import uuid
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_chec
 
 import numpy as np
 
+from segloop.core.trainfolder import _export_error, _fsync_dir
 from segloop.errors import (
     ActiveLearningError,
     ActiveLearningStateError,
@@ -756,28 +756,9 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _fsync_dir(path: Path) -> None:
-    if os.name == "nt":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _save_error(e: OSError, folder: Path) -> ExportError:
-    code = e.errno
-    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
-        why = "the disk is full (or your quota is used up); free some space"
-    elif code == errno.EROFS:
-        why = "the folder is on a read-only file system; choose a writable training folder"
-    elif code in (errno.EACCES, errno.EPERM):
-        why = "permission denied; fix the folder's permissions or choose another training folder"
-    else:
-        why = f"{type(e).__name__}: {e.strerror or e}; check that the folder exists and is writable"
-    return ExportError(f"could not save the active-learning state in {folder}: {why}. "
-                       f"The previous {ActiveLearningState.FILE} (if any) is unchanged")
+    return _export_error(e, folder, "save the active-learning state",
+                         after=f"then try again. The previous {ActiveLearningState.FILE} (if any) is unchanged")
 
 
 @dataclass

@@ -325,8 +325,9 @@ def _rmtree(path: Path) -> None:
             path.unlink()
 
 
-def _export_error(e: OSError, folder: Path, what: str) -> ExportError:
-    """An ExportError saying what happened and what to do."""
+def _export_error(e: OSError, folder: Path, what: str, *,
+                  after: str = "then export again. Nothing partial was left in the folder") -> ExportError:
+    """An ExportError saying what happened and what to do (``after``: what then, and what was kept)."""
     code = e.errno
     if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
         why = ("the disk is full (or your quota is used up)", "free some space or choose a folder on another disk")
@@ -339,8 +340,7 @@ def _export_error(e: OSError, folder: Path, what: str) -> ExportError:
         why = ("permission denied", "choose a folder you can write to (or fix its permissions)")
     else:
         why = (f"{type(e).__name__}: {e.strerror or e}", "check that the folder exists, is writable and has free space")
-    return ExportError(f"could not {what} in {folder}: {why[0]}; {why[1]}, then export again. "
-                       "Nothing partial was left in the folder")
+    return ExportError(f"could not {what} in {folder}: {why[0]}; {why[1]}, {after}")
 
 
 @contextlib.contextmanager
