@@ -371,3 +371,14 @@ def test_region_dict_round_trip_and_key():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert r.slices == (slice(0, 1), slice(0, 256), slice(256, 512))
+
+
+def test_images_with_the_same_file_name_in_several_folders_keep_distinct_ids(tmp_path):
+    from segloop.core.active import _image_sources
+
+    paths = []
+    for d in ("d1", "d2", "d3"):
+        (tmp_path / d).mkdir()
+        paths.append(tmp_path / d / "x.tif")
+    names = [n for n, _ in _image_sources(paths)]
+    assert len(set(names)) == 3 and names[0] == "x"

