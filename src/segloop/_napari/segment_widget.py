@@ -111,9 +111,15 @@ def is_ct_layer(layer) -> bool:
     return info is not None and (getattr(info, "units", "") == "HU" or getattr(info, "modality", "") == "CT")
 
 
+#: The bundled models to offer first (best held-out figures in docs/models.md), before the others in order.
+PREFERRED_MODELS = ("nuclei-unet", "ct-liver-segunet25d")
+
+
 def default_model(names: list[str], *, ct: bool) -> str | None:
-    """The first model whose modality suits the image: a CT model for CT, any other for the rest."""
-    for name in names:
+    """The model to offer for an image: a CT model for CT, any other for the rest; among those the
+    preferred bundled one (:data:`PREFERRED_MODELS`), else the first."""
+    ordered = [n for n in PREFERRED_MODELS if n in names] + [n for n in names if n not in PREFERRED_MODELS]
+    for name in ordered:
         if (_model_modality(name).upper() == "CT") == ct:
             return name
     return names[0] if names else None
