@@ -288,6 +288,24 @@ def test_state_round_trip_and_the_training_folder_stays_valid(tmp_path):
     TrainingFolder.open(tf.path)
 
 
+def test_a_state_saved_before_the_first_export_does_not_block_the_training_folder(tmp_path):
+    """A script may find regions and save its progress before anything was exported there."""
+    from segloop.core.trainfolder import TrainingFolder, validate_folder
+    from segloop.errors import TrainingFolderError
+
+    folder = tmp_path / "tf"
+    folder.mkdir()
+    st = _state()
+    st.mark_reviewed(st.queue[0].key)
+    st.save(folder)
+    tf = TrainingFolder.create(folder, classes=("background", "nucleus"), task="instance")
+    assert ActiveLearningState.load(tf.path) == st and validate_folder(tf.path).ok
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(TrainingFolderError, match="not empty"):
+        TrainingFolder.create(tmp_path / "other", classes=("background", "nucleus"), task="instance")
+
+
 @pytest.mark.parametrize("content,match", [
     (b'{"format": "segloop-active-learning", "format_version": 1, "queue": [', "not valid JSON"),
     (b"\xff\xfe garbage", "not valid JSON"),

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_chec
 
 import numpy as np
 
-from segloop.core.trainfolder import _export_error, _fsync_dir
+from segloop.core.trainfolder import ACTIVE_STATE_FILE, _export_error, _fsync_dir
 from segloop.errors import (
     ActiveLearningError,
     ActiveLearningStateError,
@@ -806,7 +806,7 @@ class ActiveLearningState:
     created: str = ""
     updated: str = ""
 
-    FILE: ClassVar[str] = "segloop-active-learning.json"
+    FILE: ClassVar[str] = ACTIVE_STATE_FILE
     FORMAT: ClassVar[str] = "segloop-active-learning"
     FORMAT_VERSION: ClassVar[int] = 1
 

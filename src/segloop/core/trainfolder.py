@@ -77,6 +77,9 @@ __all__ = [
 FORMAT = "segloop-training"
 FORMAT_VERSION = 1
 INFO_FILE = "segloop-training.json"
+#: The active-learning state (:class:`segloop.core.active.ActiveLearningState`) kept beside the
+#: samples; a folder holding only it may still become a training folder.
+ACTIVE_STATE_FILE = "segloop-active-learning.json"
 SAMPLES_DIR = "samples"
 LOCK_FILE = ".segloop.lock"
 SAMPLE_SCHEMA = "segloop-sample"
@@ -767,7 +770,8 @@ class TrainingFolder:
         Parameters
         ----------
         path : path-like
-            A new or empty directory (files starting with ``.`` are ignored).
+            A new or empty directory (files starting with ``.`` are ignored, and so is an
+            active-learning state saved there before the first export).
         classes : sequence of str
             Class names, index 0 = background.
         task : {"semantic", "instance"}
@@ -792,7 +796,7 @@ class TrainingFolder:
             raise TrainingFolderError(f"{path} is a file, not a folder; choose a new or empty folder for training data")
         if (path / INFO_FILE).exists():
             return cls._existing(path, info, exist_ok)
-        if path.is_dir() and any(not n.startswith(".") for n in os.listdir(path)):
+        if path.is_dir() and any(not n.startswith(".") and n != ACTIVE_STATE_FILE for n in os.listdir(path)):
             raise TrainingFolderError(f"{path} is not empty and is not a segloop training folder (no {INFO_FILE}); "
                                       "choose a new or empty folder")
         try:
