@@ -205,6 +205,29 @@ def test_region_features_are_pooled_bottleneck_activations(tiny, nuclei_image):
     np.testing.assert_allclose(g[0], g[1], atol=1e-4 * scale)
 
 
+def test_region_features_report_progress_and_can_be_cancelled(tiny, nuclei_image):
+    import threading
+
+    from segloop.errors import Cancelled
+
+    img = np.ascontiguousarray(nuclei_image[:128, :128])
+    boxes = region_grid(img.shape, 64)
+    seen = []
+    region_features(tiny, img, boxes, progress=lambda d, t: seen.append((d, t)))
+    assert seen[0] == (0, 4) and seen[-1] == (4, 4)
+    stop = threading.Event()
+    seen.clear()
+
+    def progress(done, total):
+        seen.append(done)
+        if done == 2:
+            stop.set()
+
+    with pytest.raises(Cancelled):
+        region_features(tiny, img, boxes, progress=progress, cancel=stop)
+    assert seen == [0, 1, 2]
+
+
 def test_rank_images_pools_regions_of_a_folder_and_selects_jointly(tiny, nuclei_image, tmp_path):
     import tifffile
 

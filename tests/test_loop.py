@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import sys
 import threading
 
 import numpy as np
@@ -224,6 +225,23 @@ def test_cancel_keeps_finished_rounds(data, tmp_path):
     assert [r["round"] for r in res.rows] == [0]
     with open(res.csv, newline="") as f:
         assert len(list(csv.DictReader(f))) == 1
+
+
+def test_cancel_while_choosing_regions_keeps_finished_rounds(data, tmp_path):
+    """Cancelled inside round 1's encoder-feature pass (diversity): a 'cancelled' result, not an exception."""
+    images, truth, heldout = data
+
+    def inside_region_features() -> bool:          # what a Cancel press during that pass looks like
+        f = sys._getframe(1)
+        while f is not None:
+            if f.f_code.co_name == "region_features":
+                return True
+            f = f.f_back
+        return False
+
+    res = run_loop(images, truth, heldout=heldout, out=tmp_path / "c", strategy="diversity", parent=TINY,
+                   cancel=inside_region_features, **FAST)
+    assert res.stopped == "cancelled" and [r["round"] for r in res.rows] == [0]
 
 
 def test_bad_inputs_raise_typed_errors(data, tmp_path):

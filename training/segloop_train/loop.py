@@ -88,6 +88,7 @@ import numpy as np
 
 from segloop.errors import (
     ActiveLearningError,
+    Cancelled,
     InvalidImageError,
     InvalidLabelsError,
     ModelPackageError,
@@ -826,11 +827,14 @@ def run_loop(
             for n, img in pool.items():
                 if _is_cancelled(cancel):
                     return finish("cancelled")
-                res = estimate_uncertainty(model, img, methods=tuple(methods), seed=rseed, cancel=cancel)
-                predictions[n] = np.asarray(res.labels)
-                candidates += score_regions(res.combined(), res.labels, grids[n], image=n, score=score)
-                if r > 0 and getattr(strat, "needs_features", False):
-                    feats.append(region_features(model, img, grids[n]))
+                try:
+                    res = estimate_uncertainty(model, img, methods=tuple(methods), seed=rseed, cancel=cancel)
+                    predictions[n] = np.asarray(res.labels)
+                    candidates += score_regions(res.combined(), res.labels, grids[n], image=n, score=score)
+                    if r > 0 and getattr(strat, "needs_features", False):
+                        feats.append(region_features(model, img, grids[n], cancel=cancel))
+                except Cancelled:
+                    return finish("cancelled")
                 del res
         else:
             candidates = [Region(n, box) for n in pool for box in grids[n]]

@@ -508,7 +508,8 @@ class ActiveLearningWidget(Container):
             open_regions = pool
             self._relay.progressed.emit("region features", 0, 1)
             features = region_features(model, job["image"], [r.box for r in pool], channel_axis=channel_axis,
-                                       normalization=normalization)
+                                       normalization=normalization, cancel=cancel,
+                                       progress=lambda d, t: self._relay.progressed.emit("region features", d, t))
         if cancel.is_set():
             raise Cancelled("cancelled")
         queue = strategy.select(open_regions, req.budget, features=features, seed=0)

@@ -316,7 +316,8 @@ def _deepest_encoder_module(network):
 
 
 def region_features(model: Model, image, boxes: Sequence[Box], *, channel_axis="auto", normalization=None,
-                    batch_size: int = 8, max_planes: int = 4) -> np.ndarray:
+                    batch_size: int = 8, max_planes: int = 4, progress: Callable[[int, int], None] | None = None,
+                    cancel=None) -> np.ndarray:
     """Pooled deepest-encoder features of each region, for diversity-aware selection.
 
     Every region's pixels are normalized as for prediction and run through the
@@ -341,6 +342,10 @@ def region_features(model: Model, image, boxes: Sequence[Box], *, channel_axis="
         Pieces per forward pass.
     max_planes : int
         Planes used per region for 2D/2.5D models on stacks.
+    progress : callable(done, total), optional
+        Called after each region with the number of regions done.
+    cancel : threading.Event or callable, optional
+        Checked before each region; when set, :class:`~segloop.errors.Cancelled` is raised.
 
     Returns
     -------
@@ -430,9 +435,15 @@ def region_features(model: Model, image, boxes: Sequence[Box], *, channel_axis="
             weights[i] += wgt
         pending.clear()
 
+    from segloop.core.tiling import _is_cancelled
+
     handle = target.register_forward_hook(hook)
     try:
         for i, box in enumerate(boxes):
+            if _is_cancelled(cancel):
+                raise Cancelled("computing region features was cancelled")
+            if progress is not None:
+                progress(i, len(boxes))
             box = _check_box(box)
             if len(box) != len(spatial) or any(b > n for (_, b), n in zip(box, spatial)):
                 raise ActiveLearningError(f"box {box} does not fit an image of spatial shape {spatial}")
@@ -441,6 +452,8 @@ def region_features(model: Model, image, boxes: Sequence[Box], *, channel_axis="
                     flush()
                 pending.append((i, float(wgt), x))
         flush()
+        if progress is not None:
+            progress(len(boxes), len(boxes))
     finally:
         handle.remove()
     if sums is None:
@@ -735,7 +748,7 @@ def rank_images(model: Model, images, *, size: int, kind: RegionKind = "tile", m
         del unc, res
         if wants_features:
             f = region_features(model, image, [r.box for r in scored], channel_axis=unc_kw.get("channel_axis", "auto"),
-                                normalization=unc_kw.get("normalization"))
+                                normalization=unc_kw.get("normalization"), cancel=cancel)
             feats.append(f)
         regions.extend(scored)
         if progress is not None:
