@@ -173,7 +173,91 @@ def _coords(mask: np.ndarray, rng: np.random.Generator, limit: int = 200_000) ->
     return idx
 
 
-class AugmentedPatchSampler:
+class _ReviewedPatchSampler:
+    """What the 2D and the volume samplers share: where patches are drawn from, raw jitter,
+    zoom, the last augmentation steps and batching.
+
+    ``targets`` hold class ids with ``IGNORE`` where not reviewed; a sample is drawn in
+    proportion to its reviewed pixels (voxels).
+    """
+
+    images: list[np.ndarray]
+    normalizers: list[Normalizer]
+    targets: list[np.ndarray]
+    modalities: list[str]
+    config: AugmentConfig
+
+    def _index(self, images, normalizers, targets, modalities, config: AugmentConfig, what: str) -> None:
+        self.images, self.normalizers, self.targets = images, normalizers, targets
+        self.modalities = [m.lower() for m in modalities]
+        self.config = config
+        rng = np.random.default_rng(0)       # only to subsample coordinates of huge images
+        self.reviewed = [_coords(t != IGNORE, rng) for t in targets]
+        self.foreground = [_coords((t > 0) & (t != IGNORE), rng) for t in targets]
+        w = np.array([np.count_nonzero(t != IGNORE) for t in targets], float)
+        if w.sum() == 0:
+            raise ValueError(f"no reviewed {what}")
+        self.weights = w / w.sum()
+
+    def _centre_index(self, i: int, rng: np.random.Generator) -> int:
+        """Flat index of a reviewed pixel of sample ``i``: foreground ``foreground_fraction`` of the time."""
+        pool = self.foreground[i] if (len(self.foreground[i]) and rng.random() < self.config.foreground_fraction) \
+            else self.reviewed[i]
+        return int(pool[rng.integers(len(pool))])
+
+    def _zoomed_side(self, p: int, rng: np.random.Generator) -> int:
+        """The side of the raw crop that becomes a ``p`` patch (zoom, ``zoom_p`` of the time)."""
+        cfg = self.config
+        scale = 1.0
+        if cfg.zoom and rng.random() < cfg.zoom_p:
+            lo, hi = cfg.zoom
+            scale = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        return max(4, int(round(p / scale)))
+
+    def _raw_jitter(self, i: int, raw: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        cfg, mod = self.config, self.modalities[i]
+        if mod in HISTOLOGY_MODALITIES and raw.ndim >= 3 and raw.shape[-1] in (3, 4) \
+                and (cfg.stain_sigma or cfg.stain_bias):
+            scale = float(self.normalizers[i].stats.get("input_scale", 255.0 if raw.dtype == np.uint8 else 1.0))
+            rgb = stain_jitter(raw[..., :3], rng, sigma=cfg.stain_sigma, bias=cfg.stain_bias, scale=scale)
+            return rgb if raw.shape[-1] == 3 else np.concatenate([rgb, raw[..., 3:].astype(np.float32)], -1)
+        if mod == "ct" and (cfg.ct_shift_hu or cfg.ct_noise_hu or cfg.ct_contrast):
+            level = float(getattr(self.normalizers[i].spec, "level", 40.0))
+            return ct_jitter(raw, rng, shift_hu=cfg.ct_shift_hu, noise_hu=cfg.ct_noise_hu, contrast=cfg.ct_contrast,
+                             level=level)
+        return raw
+
+    def _finish(self, img: np.ndarray, tgt: np.ndarray, p: int | None, rng: np.random.Generator,
+                flip=None) -> tuple[np.ndarray, np.ndarray]:
+        """Resize a zoomed ``(C, side, side)`` crop to ``p`` (None: no zoom), then flips / rotations
+        (``flip``, default :func:`flip_rotate`) and intensity jitter."""
+        cfg = self.config
+        if p is not None and img.shape[-1] != p:
+            img = resize(img, (img.shape[0], p, p), order=1, mode="edge", anti_aliasing=False,
+                         preserve_range=True).astype(np.float32)
+            tgt = resize(tgt, (p, p), order=0, mode="edge", anti_aliasing=False,
+                         preserve_range=True).astype(np.uint8)
+        if cfg.flips:
+            img, tgt = (flip or flip_rotate)(img, tgt, rng)
+        if cfg.intensity:
+            img = intensity_jitter(img, rng)
+        return np.ascontiguousarray(img, np.float32), np.ascontiguousarray(tgt, np.uint8)
+
+    def sample(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def batch(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``(n, C, *patch)`` float32 images and ``(n, *patch)`` int64 targets."""
+        xs, ys = [], []
+        for _ in range(n):
+            i = int(rng.choice(len(self.images), p=self.weights))
+            img, tgt = self.sample(i, rng)
+            xs.append(img)
+            ys.append(tgt)
+        return np.stack(xs), np.stack(ys).astype(np.int64)
+
+
+class AugmentedPatchSampler(_ReviewedPatchSampler):
     """Random augmented patches of raw 2D samples.
 
     Parameters
@@ -195,26 +279,14 @@ class AugmentedPatchSampler:
                  modalities: list[str], *, patch: int, config: AugmentConfig = AugmentConfig()):
         if not images:
             raise ValueError("no images to sample patches from")
-        self.images, self.normalizers, self.targets = images, normalizers, targets
-        self.modalities = [m.lower() for m in modalities]
         self.patch = int(patch)
-        self.config = config
-        rng = np.random.default_rng(0)       # only to subsample coordinates of huge images
-        self.reviewed = [_coords(t != IGNORE, rng) for t in targets]
-        self.foreground = [_coords((t > 0) & (t != IGNORE), rng) for t in targets]
-        w = np.array([max(np.count_nonzero(t != IGNORE), 0) for t in targets], float)
-        if w.sum() == 0:
-            raise ValueError("no reviewed pixels in any training image")
-        self.weights = w / w.sum()
+        self._index(images, normalizers, targets, modalities, config, "pixels in any training image")
 
     # ------------------------------------------------------------------ steps
 
     def _window(self, i: int, rng: np.random.Generator, side: int) -> tuple[int, int]:
         h, w = self.targets[i].shape
-        cfg = self.config
-        pool = self.foreground[i] if (len(self.foreground[i]) and rng.random() < cfg.foreground_fraction) \
-            else self.reviewed[i]
-        cy, cx = divmod(int(pool[rng.integers(len(pool))]), w)
+        cy, cx = divmod(self._centre_index(i, rng), w)
         q = side // 4
         y = cy - side // 2 + int(rng.integers(-q, q + 1))
         x = cx - side // 2 + int(rng.integers(-q, q + 1))
@@ -231,49 +303,10 @@ class AugmentedPatchSampler:
             ct = np.pad(ct, ((0, ph), (0, pw)), constant_values=IGNORE)
         return ci, ct
 
-    def _raw_jitter(self, i: int, raw: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        cfg, mod = self.config, self.modalities[i]
-        if mod in HISTOLOGY_MODALITIES and raw.ndim == 3 and raw.shape[-1] in (3, 4) \
-                and (cfg.stain_sigma or cfg.stain_bias):
-            scale = float(self.normalizers[i].stats.get("input_scale", 255.0 if raw.dtype == np.uint8 else 1.0))
-            rgb = stain_jitter(raw[..., :3], rng, sigma=cfg.stain_sigma, bias=cfg.stain_bias, scale=scale)
-            return rgb if raw.shape[-1] == 3 else np.concatenate([rgb, raw[..., 3:].astype(np.float32)], -1)
-        if mod == "ct" and (cfg.ct_shift_hu or cfg.ct_noise_hu or cfg.ct_contrast):
-            spec = self.normalizers[i].spec
-            level = float(getattr(spec, "level", 40.0))
-            return ct_jitter(raw, rng, shift_hu=cfg.ct_shift_hu, noise_hu=cfg.ct_noise_hu, contrast=cfg.ct_contrast,
-                             level=level)
-        return raw
-
     def sample(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One augmented patch of image ``i``: ``(C, p, p)`` float32 and ``(p, p)`` uint8."""
-        p, cfg = self.patch, self.config
-        scale = 1.0
-        if cfg.zoom and rng.random() < cfg.zoom_p:
-            lo, hi = cfg.zoom
-            scale = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-        side = max(4, int(round(p / scale)))
+        side = self._zoomed_side(self.patch, rng)
         y, x = self._window(i, rng, side)
         raw, tgt = self._raw_crop(i, y, x, side)
         raw = self._raw_jitter(i, raw, rng)
-        img = self.normalizers[i](raw)                          # (C, side, side)
-        if side != p:
-            img = resize(img, (img.shape[0], p, p), order=1, mode="edge", anti_aliasing=False,
-                         preserve_range=True).astype(np.float32)
-            tgt = resize(tgt, (p, p), order=0, mode="edge", anti_aliasing=False,
-                         preserve_range=True).astype(np.uint8)
-        if cfg.flips:
-            img, tgt = flip_rotate(img, tgt, rng)
-        if cfg.intensity:
-            img = intensity_jitter(img, rng)
-        return np.ascontiguousarray(img, np.float32), np.ascontiguousarray(tgt, np.uint8)
-
-    def batch(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """``(n, C, p, p)`` float32 images and ``(n, p, p)`` int64 targets."""
-        xs, ys = [], []
-        for _ in range(n):
-            i = int(rng.choice(len(self.images), p=self.weights))
-            img, tgt = self.sample(i, rng)
-            xs.append(img)
-            ys.append(tgt)
-        return np.stack(xs), np.stack(ys).astype(np.int64)
+        return self._finish(self.normalizers[i](raw), tgt, self.patch, rng)   # normalized: (C, side, side)

@@ -37,16 +37,9 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from skimage.transform import resize
 
-from segloop.core.normalize import CTWindow, Normalizer
-from segloop_train.augment import (
-    HISTOLOGY_MODALITIES,
-    AugmentConfig,
-    ct_jitter,
-    intensity_jitter,
-    stain_jitter,
-)
+from segloop.core.normalize import Normalizer
+from segloop_train.augment import AugmentConfig, _ReviewedPatchSampler
 from segloop_train.data import IGNORE
 
 __all__ = ["VolumePatchSampler", "context_indices", "context_stack", "flip_rotate_inplane",
@@ -101,13 +94,6 @@ def flip_rotate_inplane(img: np.ndarray, tgt: np.ndarray, rng: np.random.Generat
     return img, tgt
 
 
-def _coords(mask: np.ndarray, rng: np.random.Generator, limit: int = 200_000) -> np.ndarray:
-    idx = np.flatnonzero(mask)
-    if idx.size > limit:
-        idx = np.sort(rng.choice(idx, limit, replace=False))
-    return idx
-
-
 def _pad_to(img: np.ndarray, tgt: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """Pad the leading spatial axes of ``img`` (``(*S[, C])``) and ``tgt`` (``S``) at the end up to ``shape``."""
     pads = [(0, int(w) - int(s)) for w, s in zip(shape, tgt.shape, strict=True)]
@@ -118,7 +104,7 @@ def _pad_to(img: np.ndarray, tgt: np.ndarray, shape: Sequence[int]) -> tuple[np.
     return np.pad(img, pads + extra, mode=mode), np.pad(tgt, pads, constant_values=IGNORE)
 
 
-class VolumePatchSampler:
+class VolumePatchSampler(_ReviewedPatchSampler):
     """Random augmented 2.5D or 3D patches of raw volumes.
 
     Parameters
@@ -155,9 +141,7 @@ class VolumePatchSampler:
         for t in targets:
             if t.ndim != 3:
                 raise ValueError(f"volume targets must be (Z, Y, X), got shape {t.shape}")
-        self.images, self.normalizers, self.targets = images, normalizers, targets
-        self.modalities = [m.lower() for m in modalities]
-        self.dims, self.k, self.config = dims, int(context_slices), config
+        self.dims, self.k = dims, int(context_slices)
         if dims == 3:
             p = (int(patch),) * 3 if np.isscalar(patch) else tuple(int(v) for v in patch)
             if len(p) != 3:
@@ -165,21 +149,13 @@ class VolumePatchSampler:
             self.patch: int | tuple[int, int, int] = p
         else:
             self.patch = int(patch)
-        rng = np.random.default_rng(0)           # only to subsample coordinates of huge volumes
-        self.reviewed = [_coords(t != IGNORE, rng) for t in targets]
-        self.foreground = [_coords((t > 0) & (t != IGNORE), rng) for t in targets]
-        w = np.array([np.count_nonzero(t != IGNORE) for t in targets], float)
-        if w.sum() == 0:
-            raise ValueError("no reviewed voxels in any training volume")
-        self.weights = w / w.sum()
+        self._index(images, normalizers, targets, modalities, config, "voxels in any training volume")
 
     # ------------------------------------------------------------------ steps
 
     def centre(self, i: int, rng: np.random.Generator) -> tuple[int, int, int]:
         """A reviewed (foreground, ``foreground_fraction`` of the time) voxel of volume ``i``."""
-        pool = self.foreground[i] if (len(self.foreground[i]) and rng.random() < self.config.foreground_fraction) \
-            else self.reviewed[i]
-        z, y, x = np.unravel_index(int(pool[rng.integers(len(pool))]), self.targets[i].shape)
+        z, y, x = np.unravel_index(self._centre_index(i, rng), self.targets[i].shape)
         return int(z), int(y), int(x)
 
     @staticmethod
@@ -188,34 +164,16 @@ class VolumePatchSampler:
         s = c - side // 2 + int(rng.integers(-q, q + 1))
         return int(np.clip(s, 0, max(n - side, 0)))
 
-    def _raw_jitter(self, i: int, raw: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        cfg, mod = self.config, self.modalities[i]
-        if mod in HISTOLOGY_MODALITIES and raw.ndim >= 3 and raw.shape[-1] in (3, 4) \
-                and (cfg.stain_sigma or cfg.stain_bias):
-            scale = float(self.normalizers[i].stats.get("input_scale", 255.0 if raw.dtype == np.uint8 else 1.0))
-            rgb = stain_jitter(raw[..., :3], rng, sigma=cfg.stain_sigma, bias=cfg.stain_bias, scale=scale)
-            return rgb if raw.shape[-1] == 3 else np.concatenate([rgb, raw[..., 3:].astype(np.float32)], -1)
-        if mod == "ct" and (cfg.ct_shift_hu or cfg.ct_noise_hu or cfg.ct_contrast):
-            spec = self.normalizers[i].spec
-            level = spec.level if isinstance(spec, CTWindow) else 40.0
-            return ct_jitter(raw, rng, shift_hu=cfg.ct_shift_hu, noise_hu=cfg.ct_noise_hu,
-                             contrast=cfg.ct_contrast, level=level)
-        return raw
-
     def _normalize(self, i: int, raw: np.ndarray) -> np.ndarray:
         """``(n, ..., Y, X[, C])`` raw -> ``(n, C, Y, X)`` float32 (the normalizer puts C before Y, X)."""
         return self.normalizers[i](raw)
 
     def sample_25d(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One 2.5D patch of volume ``i``: ``(k * C, p, p)`` float32 and the centre slice's ``(p, p)`` uint8."""
-        p, cfg = self.patch, self.config
+        p = self.patch
         tgt_vol, img_vol = self.targets[i], self.images[i]
         depth, h, w = tgt_vol.shape
-        scale = 1.0
-        if cfg.zoom and rng.random() < cfg.zoom_p:
-            lo, hi = cfg.zoom
-            scale = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-        side = max(4, int(round(p / scale)))
+        side = self._zoomed_side(p, rng)
         z, cy, cx = self.centre(i, rng)
         y, x = self._start(cy, side, h, rng), self._start(cx, side, w, rng)
         zs = context_indices(z, depth, self.k)
@@ -229,20 +187,10 @@ class VolumePatchSampler:
         raw = self._raw_jitter(i, raw, rng)
         img = self._normalize(i, raw)                                      # (k, C, side, side)
         img = img.reshape(-1, side, side)                                  # slice-major channels
-        if side != p:
-            img = resize(img, (img.shape[0], p, p), order=1, mode="edge", anti_aliasing=False,
-                         preserve_range=True).astype(np.float32)
-            tgt = resize(tgt, (p, p), order=0, mode="edge", anti_aliasing=False,
-                         preserve_range=True).astype(np.uint8)
-        if cfg.flips:
-            img, tgt = flip_rotate_inplane(img, tgt, rng)
-        if cfg.intensity:
-            img = intensity_jitter(img, rng)
-        return np.ascontiguousarray(img, np.float32), np.ascontiguousarray(tgt, np.uint8)
+        return self._finish(img, tgt, p, rng, flip_rotate_inplane)
 
     def sample_3d(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One 3D patch of volume ``i``: ``(C, pz, py, px)`` float32 and ``(pz, py, px)`` uint8."""
-        cfg = self.config
         tgt_vol, img_vol = self.targets[i], self.images[i]
         c = self.centre(i, rng)
         starts = [self._start(ci, side, n, rng) for ci, side, n in zip(c, self.patch, tgt_vol.shape, strict=True)]
@@ -250,26 +198,11 @@ class VolumePatchSampler:
         raw, tgt = _pad_to(np.asarray(img_vol[box]), tgt_vol[box], self.patch)
         raw = self._raw_jitter(i, raw, rng)
         img = np.moveaxis(self._normalize(i, raw), 1, 0)                  # (C, pz, py, px)
-        if cfg.flips:
-            img, tgt = flip_rotate_inplane(img, tgt, rng)
-        if cfg.intensity:
-            img = intensity_jitter(img, rng)
-        return np.ascontiguousarray(img, np.float32), np.ascontiguousarray(tgt, np.uint8)
+        return self._finish(img, tgt, None, rng, flip_rotate_inplane)
 
     def sample(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One augmented patch of volume ``i`` (2.5D or 3D, by ``dims``)."""
         return self.sample_3d(i, rng) if self.dims == 3 else self.sample_25d(i, rng)
-
-    def batch(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """``(n, C', *patch)`` float32 images and ``(n, *patch)`` int64 targets."""
-        xs, ys = [], []
-        for _ in range(n):
-            i = int(rng.choice(len(self.images), p=self.weights))
-            img, tgt = self.sample(i, rng)
-            xs.append(img)
-            ys.append(tgt)
-        return np.stack(xs), np.stack(ys).astype(np.int64)
-
 
 # --------------------------------------------------------------------------- whole-volume forward pass
 
