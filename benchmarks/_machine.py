@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import platform
-
 
 def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name from /proc/cpuinfo, else what ``platform`` knows (the key segloop caches
+    its measured engine choices under)."""
+    from segloop.core.engines import cpu_id
+
+    return cpu_id()

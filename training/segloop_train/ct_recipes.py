@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from segloop.core.engines import cpu_id
 from segloop.core.importers import LIVER_CT_HOLDOUT, LIVER_CT_TRAIN, import_source
 from segloop.core.package import load_package, save_package
 from segloop.core.trainfolder import TrainingFolder
@@ -167,19 +168,6 @@ def _evaluate(package_path: Path, folder: Path) -> tuple[dict, float]:
     return m, time.perf_counter() - t0
 
 
-def _cpu_model() -> str:
-    import platform
-
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _fmt(m: dict, key: str) -> str:
     return f"{m[key]:.3f}" if key in m else "n/a"
 
@@ -307,7 +295,7 @@ def finish_ct_model(recipe: CTRecipe, raw: str | Path, out: str | Path, folder: 
         seed=recipe.seed, device="CPU", threads=training["threads"], seconds=train_seconds,
         steps_done=training.get("steps_done"), batch=recipe.batch,
         patch=list(recipe.patch) if isinstance(recipe.patch, tuple) else recipe.patch, lr=recipe.lr,
-        total=total, command=command, cpu=_cpu_model(), ncpu=os.cpu_count())
+        total=total, command=command, cpu=cpu_id(), ncpu=os.cpu_count())
     training["total_seconds"] = round(total, 1)
     training["eval_seconds"] = round(eval_s, 1)
     spec = replace(spec, training=training)
