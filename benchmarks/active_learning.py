@@ -269,6 +269,12 @@ def main(argv: list[str] | None = None) -> int:
         what = "held from" if sustained else "first reached at"
         print(f"uncertainty / random area, {what}: " + ", ".join(f"{k} {r:.3f}{'' if ok else ' (never)'}"
                                                                 for k, r, ok in vals) + f"; mean {mean:.3f}")
+    if len(seeds) > 1:
+        for sustained in (False, True):
+            print(f"spread over seeds ({'reach and stay' if sustained else 'first reach'}): "
+                  + "; ".join(spread(f"{d}", [r for k, r, _ in ratios[sustained] if k.startswith(d + "/")])
+                              for d in datasets)
+                  + "; " + spread("all", [r for _, r, _ in ratios[sustained]]))
     first = float(np.mean([r for _, r, _ in ratios[False]]))
     held = float(np.mean([r for _, r, _ in ratios[True]]))
     print(f"area_ratio_first={first:.3f}")
@@ -276,6 +282,17 @@ def main(argv: list[str] | None = None) -> int:
           f"random's final quality; target <= 0.6: {'met' if held <= 0.6 else 'NOT met'}")
     print(f"area_ratio={held:.3f}")
     return 0
+
+
+def spread(name: str, values: list[float], *, resamples: int = 10_000) -> str:
+    """``name``: mean, median, range and a 95 % bootstrap interval of the mean (seeded) of ``values``."""
+    v = np.asarray(values, float)
+    if v.size == 0:
+        return f"{name}: no runs"
+    boot = np.random.default_rng(0).choice(v, (resamples, v.size)).mean(axis=1)
+    lo, hi = np.percentile(boot, (2.5, 97.5))
+    return (f"{name} n={v.size} mean {v.mean():.3f} median {np.median(v):.3f} range {v.min():.3f}-{v.max():.3f} "
+            f"95% CI of the mean {lo:.3f}-{hi:.3f}")
 
 
 def picks_montage(pool: dict, truth: dict, work: Path, seed: int, strategies: list[str], path: Path, *,
