@@ -323,7 +323,18 @@ def test_images_masks_folder_with_naming_variants(tmp_path, nuclei_image):
     splits = _by_split(tf)
     assert splits["val"] and splits["train"] and not splits["test"]              # by source image
     again = import_images_masks(d, tmp_path / "f", classes=("background", "nucleus"))
-    assert again.written == [] and len(again.skipped) == 5
+    assert again.written == [] and len(again.skipped) == 5 and again.changed == []
+    # a mask corrected in the source folder after the import is named, not silently left behind
+    fixed = want["b"][1].copy()
+    fixed[:8] = 0
+    tifffile.imwrite(d / "masks" / "b_masks.tif", fixed)
+    stale = import_images_masks(d, tmp_path / "f", classes=("background", "nucleus"))
+    assert stale.written == [] and stale.changed == ["b"]
+    assert "changed mask" in stale.summary() and "--replace" in stale.summary()
+    np.testing.assert_array_equal(tf.read_sample("b").labels, want["b"][1])
+    fresh = import_images_masks(d, tmp_path / "f", classes=("background", "nucleus"), replace=True)
+    assert "b" in fresh.written
+    np.testing.assert_array_equal(TrainingFolder.open(tmp_path / "f").read_sample("b").labels, fixed)
 
 
 def test_images_masks_errors_name_the_file(tmp_path, nuclei_image):
@@ -413,6 +424,17 @@ def test_convert_then_import_nnunet_round_trips_with_ignore(tmp_path, nuclei_ima
         np.testing.assert_array_equal(b.image, a.image)
         np.testing.assert_array_equal(b.reviewed, a.reviewed)           # nnU-Net's ignore label -> unreviewed
         np.testing.assert_array_equal(b.labels, np.where(a.reviewed == 1, a.labels > 0, 0))
+    lab_file = sorted((tmp_path / "raw").glob("Dataset012_*/labelsTr/*"))[0]
+    assert import_nnunet(tmp_path / "raw", tmp_path / "back").changed == []
+    lab_file.write_bytes(lab_file.read_bytes())                          # same bytes: not a change
+    assert import_nnunet(tmp_path / "raw", tmp_path / "back").changed == []
+    from skimage.io import imread, imsave
+
+    lab = imread(lab_file)
+    lab[:4] = 0
+    imsave(lab_file, lab, check_contrast=False)
+    again = import_nnunet(tmp_path / "raw", tmp_path / "back")
+    assert again.written == [] and len(again.changed) == 1 and again.changed[0] in got
 
 
 def _semantic_3d_folder(tmp_path) -> TrainingFolder:

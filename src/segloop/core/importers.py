@@ -260,6 +260,9 @@ class ImportReport:
         The training folder.
     written, skipped : list of str
         Sample ids written now, and ids that were already there (left as they are).
+    changed : list of str
+        Skipped ids whose mask / label file differs from the one imported then (folder layouts):
+        the folder keeps the old labels until the import runs again with ``replace=True``.
     splits : dict
         ``{sample_id: split}`` of every sample this import wrote or found.
     classes : tuple of str
@@ -280,6 +283,7 @@ class ImportReport:
     source: str = ""
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
     splits: dict[str, str] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)
 
@@ -302,6 +306,11 @@ class ImportReport:
         lines.append(f"licence: {self.licence}" if self.licence else
                      "licence: not recorded (your own data: its terms travel with it, not with segloop)")
         lines += [f"note: {n}" for n in self.notices]
+        if self.changed:
+            lines.append(f"note: {len(self.changed)} sample(s) already there have a changed mask in the source folder "
+                         f"and were NOT updated: {', '.join(self.changed[:8])}"
+                         + (" ..." if len(self.changed) > 8 else "") + "; run the import again with --replace to "
+                         "take the new masks (it rewrites those samples)")
         return "\n".join(lines)
 
 
@@ -425,6 +434,13 @@ def _already_there(existing: dict, sid: str, source_sha256: str | None, extra_ke
             f"sample {sid!r} in {rec.path.parent.parent} comes from another source file ({m.get('source')}); "
             "import into another folder, or pass replace=True (--replace) to replace it")
     return True
+
+
+def _note_changed_labels(report: ImportReport, rec, key: str, path: Path, sid: str) -> None:
+    """A skipped sample whose label file changed since it was imported: named, never silently kept."""
+    before = (((rec.meta or {}).get("extra") or {}).get("import") or {}).get(key)
+    if before is not None and before != _sha256_file(path):
+        report.changed.append(sid)
 
 
 def _add(tf, report: ImportReport, image, labels, *, axes: str, sid: str, split: str, source: str,
@@ -1201,6 +1217,7 @@ def import_images_masks(path: str | os.PathLike, folder, *, classes: Iterable[st
         if _already_there(existing, sid, sha, None, replace):
             report.skipped.append(sid)
             report.splits[sid] = existing[sid].split
+            _note_changed_labels(report, existing[sid], "mask_sha256", pair.mask, sid)
         else:
             mask = _read_2d_or_stack(pair.mask)
             if mask.ndim == 3 and mask.shape[-1] in (3, 4):
@@ -1413,6 +1430,7 @@ def import_nnunet(path: str | os.PathLike, folder, *, modality: str | None = Non
         if _already_there(existing, sid, sha, None, replace):
             report.skipped.append(sid)
             report.splits[sid] = existing[sid].split
+            _note_changed_labels(report, existing[sid], "label_sha256", lab_path, sid)
             continue
         lab, lab_sp, lab_geo = _read_nnunet_file(lab_path, "tiff3d" if tiff3d else "")
         if lab.ndim == 3 and lab.shape[-1] in (3, 4) and not tiff3d and lab_sp is None:
