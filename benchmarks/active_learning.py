@@ -202,8 +202,10 @@ def main(argv: list[str] | None = None) -> int:
               f"for M0, {s['steps']} per later round (fine-tuning M0) "
               f"(batch {s['batch']}, patch {s['patch']}), {parent.architecture} {parent.architecture_kwargs}"
               + (f", {parent.context_slices} slices" if parent.context_slices > 1 else ""), flush=True)
+        by_seed: list[dict[str, list[dict]]] = []
         for seed in seeds:
             curves = {}
+            by_seed.append(curves)
             metric, second = METRICS[dataset]
             for strategy in strategies:
                 run_dir = work / f"{dataset}-seed{seed}-{strategy}"
@@ -262,6 +264,21 @@ def main(argv: list[str] | None = None) -> int:
                     p = picks_montage(pool, truth, work, seed, strategies, a.plots / "al-nuclei-picks.png",
                                       skip=s["initial"])
                     print(f"   wrote {p}")
+        if len(seeds) > 1:
+            mean_curves = {k: mean_curve([c[k] for c in by_seed], metric) for k in strategies}
+            t_mean = float(mean_curves["random"][-1][metric])
+            a_r, _ = area_to_reach(mean_curves["random"], t_mean, metric=metric, sustained=True)
+            a_u, ok_u = area_to_reach(mean_curves["uncertainty"], t_mean, metric=metric, sustained=True)
+            print(f"-- {dataset}, mean over {len(seeds)} seeds (round by round; for reference, not in area_ratio): "
+                  + ", ".join(f"{k} {' '.join(f'{float(r[metric]):.3f}' for r in v)}" for k, v in mean_curves.items())
+                  + f"; random's final {t_mean:.3f} held from {a_r:,.0f} px, by uncertainty "
+                  + (f"from {a_u:,.0f} px" if ok_u else f"never ({a_u:,.0f} px at the end)")
+                  + f": ratio {a_u / a_r:.3f}")
+            if a.plots:
+                name = {"nuclei": "BBBC007 nuclei", "ct": "LiTS liver CT"}[dataset]
+                p = plot_curves(mean_curves, a.plots / f"al-{dataset}-mean.png", metric=metric, target=t_mean,
+                                title=f"{name}: mean of {len(seeds)} seeds, round by round")
+                print(f"   wrote {p}")
     print(f"\nall runs: {time.perf_counter() - t_all:.0f} s" + (f"; runs kept in {work}" if a.out else ""))
     for sustained in (False, True):
         vals = ratios[sustained]
@@ -288,6 +305,15 @@ def main(argv: list[str] | None = None) -> int:
           f"random's final quality; target <= 0.6: {'met' if held <= 0.6 else 'NOT met'}")
     print(f"area_ratio={held:.3f}")
     return 0
+
+
+def mean_curve(runs: list[list[dict]], metric: str) -> list[dict]:
+    """Round-by-round mean over seeds of the quality and of the corrected area (all runs have the same rounds)."""
+    n = min(len(r) for r in runs)
+    return [{"round": i, "strategy": runs[0][i]["strategy"],
+             "corrected_area": float(np.mean([r[i]["corrected_area"] for r in runs])),
+             "corrected_fraction": float(np.mean([r[i]["corrected_fraction"] for r in runs])),
+             metric: float(np.mean([float(r[i][metric]) for r in runs]))} for i in range(n)]
 
 
 def spread(name: str, values: list[float], *, resamples: int = 10_000) -> str:
