@@ -50,8 +50,9 @@ ratios (a one-round spike followed by a fall is not a quality a person can rely 
 of the issue: ``area_ratio <= 0.6``.
 
 Run: ``.venv/bin/python benchmarks/active_learning.py [--datasets nuclei,ct] [--plots docs/images]``
-(about 17 minutes for one seed of random + uncertainty on both datasets, measured with
-``--threads 1`` on 2 CPU cores shared with another training job; each further seed as much
+(about 11 minutes for one seed of random + uncertainty on both datasets with ``--threads 1`` on
+2 idle CPU cores, 17 minutes with another training job on them; the documented figures use
+``--seeds 0,1,2,3,4``; each further seed as much
 again, ``diversity`` about 9 minutes more per seed; ``--quick``: a smoke run of about a minute,
 figures meaningless).  ``--out DIR`` keeps every run, and a rerun with the same ``--out`` reuses the
 runs that finished (e.g. to add ``--strategies random,uncertainty,diversity``).  On a machine
