@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from segloop.core.tiling import _is_cancelled
 from segloop.errors import (
     Cancelled,
     ImageReadError,
@@ -315,14 +316,6 @@ class ImportReport:
 
 
 # --------------------------------------------------------------------------- small helpers
-
-
-def _is_cancelled(cancel) -> bool:
-    if cancel is None:
-        return False
-    if callable(cancel) and not hasattr(cancel, "is_set"):
-        return bool(cancel())
-    return bool(cancel.is_set())
 
 
 def _check_cancel(cancel, report: ImportReport) -> None:
