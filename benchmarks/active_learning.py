@@ -15,7 +15,7 @@ quality is compared.
   the figures measure agreement with it.  An instance model (2D U-Net, depth 3, width 16),
   regions of 32 x 32 px, 4 random start regions + 8 rounds of 4; quality = held-out instance
   F1 at IoU 0.5 (Dice printed for reference).
-* **ct**: the liver CT (LiTS case 117, 128^3, :func:`segloop.core.io.samples.load_liver_ct`):
+* **ct**: the liver CT (LiTS case 117, 128^3, :func:`segloop.core.formats.io.samples.load_liver_ct`):
   axial slices 0-87 are the pool (one volume), 96-127 are held out, 88-95 are a gap never used
   (as in :mod:`segloop_train.ct_recipes`).  A semantic 2.5D SegUNet (3 neighbouring slices as
   channels, depth 3, width 12, soft-tissue window), regions = 32 x 32 px in-plane tiles of
@@ -121,7 +121,7 @@ def nuclei_data(wheels: Path, quick: bool):
 
 
 def ct_data(quick: bool):
-    from segloop.core.io.samples import load_liver_ct
+    from segloop.core.formats.io.samples import load_liver_ct
 
     hu, labels, _ = load_liver_ct()
     p0, p1 = CT_POOL
@@ -338,7 +338,7 @@ def picks_montage(pool: dict, truth: dict, work: Path, seed: int, strategies: li
     from PIL import Image
     from skimage.segmentation import find_boundaries
 
-    from segloop.core.active import ActiveLearningState
+    from segloop.core.learning.state import ActiveLearningState
 
     cell, pad = 64, 16
     bands = []

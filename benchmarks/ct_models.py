@@ -3,16 +3,14 @@
 What it does
 ------------
 * **Data**: LiTS case 117 (128^3, HU) from the installed ``liver-ct-segmentation-package``,
-  read by :func:`segloop.core.io.samples.load_liver_ct` (Z axial).  The **held-out slab** is
+  read by :func:`segloop.core.formats.io.samples.load_liver_ct` (Z axial).  The **held-out slab** is
   axial slices 96-127: the ``val`` sample of the training folder the models were trained from
   (slices 88-95 were a gap; the models never saw slices >= 88).  One patient: the figures
   say how well the models fit the rest of *this* liver, nothing about other patients.
 * **Models**: ``ct-liver-segunet25d`` (2.5D SegUNet, 5 slices as channels) and
   ``ct-liver-unet3d`` (3D U-Net), loaded by name with ``segloop.load_model`` (torch, fp32).
-* **Prediction**: the whole slab through ``Model.predict`` when this segloop's ``Model``
-  runs 2.5D / 3D packages (``z_range`` option), else through
-  ``segloop_train.volumes.predict_volume`` (same normalization, context and Gaussian
-  blending); the line ``path=`` says which.  The slab is predicted on its own (32 slices),
+* **Prediction**: the whole slab through ``Model.predict`` (printed as ``prediction through``).
+  The slab is predicted on its own (32 slices),
   so 2.5D context is clamped at its first and last slices, as in training's evaluation.
 * **Printed**: per class (liver, tumour) Dice and Jaccard over the slab's voxels, the number
   of weights, the package's weights file size (MB), the slab time (best of ``--repeats``),
@@ -65,10 +63,9 @@ def per_class(truth: np.ndarray, pred: np.ndarray, classes: tuple[str, ...]) -> 
 def measure(name: str, slab: np.ndarray, truth: np.ndarray, repeats: int):
     """(spec, per-class metrics, weights, MB, slab seconds, extra timings in ms) of one bundled model."""
     import segloop
-    from segloop.core.engines import TorchPredictor
-    from segloop.core.predict import BUNDLED_DIR
+    from segloop.core.formats.registry import BUNDLED_DIR
+    from segloop.core.inference.engines import TorchPredictor
     from segloop_train.finetune import VolumePredictor
-    from segloop_train.volumes import model_predicts_volumes
 
     model = segloop.load_model(name, device="cpu", precision="fp32")
     spec = model.spec
@@ -83,7 +80,7 @@ def measure(name: str, slab: np.ndarray, truth: np.ndarray, repeats: int):
     x = np.random.default_rng(0).random((1, spec.in_channels, *size), np.float32)
     torch_pred(x)                                                                   # warm-up
     extra[f"forward_{'x'.join(map(str, size))}_ms"] = _best(lambda: torch_pred(x), repeats)[0] * 1e3
-    if spec.dims == 2 and model_predicts_volumes():
+    if spec.dims == 2:
         big = np.repeat(np.repeat(slab[14:19], 4, axis=1), 4, axis=2)              # (5, 512, 512) HU
         model.predict(big, z_range=(2, 3))                                          # warm-up
         extra["predict_plane_512_ms"] = _best(lambda: model.predict(big, z_range=(2, 3)), repeats)[0] * 1e3
@@ -102,12 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     from _machine import cpu_model
 
-    from segloop.core.io.samples import load_liver_ct
-    from segloop_train.volumes import model_predicts_volumes
+    from segloop.core.formats.io.samples import load_liver_ct
 
     hu, labels, _ = load_liver_ct()
     slab, truth = hu[SLAB[0]:SLAB[1]], labels[SLAB[0]:SLAB[1]]
-    path = "Model.predict" if model_predicts_volumes() else "segloop_train.volumes.predict_volume"
+    path = "Model.predict"
     rows, kv = [], []
     for name in MODELS:
         rows.append((name, *measure(name, slab, truth, a.repeats)))

@@ -89,8 +89,8 @@ def random_package(folder: Path, name: str, *, arch: str, kwargs: dict, dims: in
     """Save a random-init network as a model package (so both sides load the very same weights)."""
     import torch
 
-    from segloop.core.models import build
-    from segloop.core.package import ModelSpec, save_package
+    from segloop.core.formats.package import ModelSpec, save_package
+    from segloop.core.networks import build
 
     spec = ModelSpec(name=name, version="0.0.0-random", architecture=arch, architecture_kwargs=kwargs, dims=dims,
                      in_channels=in_channels, classes=("background", "liver", "tumour"), task="semantic",
@@ -210,7 +210,7 @@ def bench_volume(args, tmp: Path, liver: np.ndarray) -> dict:
     from monai.inferers import sliding_window_inference
 
     import segloop
-    from segloop.core.normalize import Normalizer
+    from segloop.core.inference.normalize import Normalizer
 
     name = args.volume_model or find_ct_model(3, False)
     if name is None:
@@ -269,13 +269,14 @@ def bench_volume(args, tmp: Path, liver: np.ndarray) -> dict:
     seconds, labels = interleaved_best(runs, args.repeats)
 
     # Probabilities, once each (untimed), to compare beyond labels.
-    from segloop.core.tiling import PatchGrid, predict_tiled_3d
+    from segloop.core.inference.grid import WindowGrid
+    from segloop.core.inference.tiling import predict_tiled_3d
 
     labels_monai, probs_monai = monai(plain_net, False, keep_probs=True)()
     probs_ours = predict_tiled_3d(first.predictor, volume, patch=patch, overlap=0.25,
                                   normalize=first.normalizer_for(volume), batch_size=args.batch,
                                   multiple=first.divisor)
-    grid = PatchGrid.build(volume.shape, patch=patch, overlap=0.25, multiple=first.divisor)
+    grid = WindowGrid.build(volume.shape, window=patch, overlap=0.25, multiple=first.divisor)
     # Control: the same run with MONAI's importance map (its Gaussian is centred at size // 2, truncated
     # at 4 sigma and clamped to >= 1e-3; segloop's is nnU-Net's, centred, unclamped). When the grids are
     # the same too, what is left is floating-point noise.
@@ -307,7 +308,7 @@ def bench_volume(args, tmp: Path, liver: np.ndarray) -> dict:
           f"Gaussian sigma = patch/8, batch {args.batch}, torch threads {torch.get_num_threads()}; best of "
           f"{args.repeats} runs per method after 1 warm-up, methods taking turns")
     print(f"  model: {describe(first)}")
-    print(f"  patches: segloop {len(grid)} of {grid.patch} (starts z {grid.zs}, y {grid.ys}, x {grid.xs}), "
+    print(f"  patches: segloop {len(grid)} of {grid.window} (starts z {grid.zs}, y {grid.ys}, x {grid.xs}), "
           f"MONAI {n_monai}")
     hdr = f"  {'method':<90}{'time s':>8}{'MONAI/this':>11}{'agree':>9}"
     print(hdr)

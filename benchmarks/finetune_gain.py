@@ -45,7 +45,8 @@ def reference_labels(image: np.ndarray) -> np.ndarray:
     from scipy import ndimage as ndi
     from skimage import feature, filters, measure, morphology, segmentation
 
-    from segloop.core.normalize import Hematoxylin, Normalizer
+    from segloop.core.formats.normalization import Hematoxylin
+    from segloop.core.inference.normalize import Normalizer
 
     h = Normalizer.fit(Hematoxylin(), image, channel_axis=-1)(image)[0].astype(np.float64)
     d = filters.gaussian(h, 1.0) - filters.gaussian(h, 12)
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from skimage import data
 
     import segloop
-    from segloop.core.trainfolder import TrainingFolder
+    from segloop.core.formats.trainfolder import TrainingFolder
     from segloop_train.finetune import evaluate_samples, finetune
     from segloop_train.folders import load_folders
 
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _test_samples(folder: Path):
     """The folder's test split as 2D samples (finetune never reads it)."""
-    from segloop.core.trainfolder import TrainingFolder
+    from segloop.core.formats.trainfolder import TrainingFolder
     from segloop_train.data import Sample
 
     tf = TrainingFolder.open(folder)

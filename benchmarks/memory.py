@@ -169,11 +169,11 @@ def make_model(fast_net: bool, threads: int):
 
     torch.set_num_threads(threads)
     import segloop
-    from segloop.core.models import build
-    from segloop.core.normalize import Percentile
-    from segloop.core.package import ModelPackage, ModelSpec
-    from segloop.core.postprocess import InstanceParams
-    from segloop.core.predict import Model
+    from segloop.core.formats.normalization import Percentile
+    from segloop.core.formats.package import ModelPackage, ModelSpec
+    from segloop.core.inference.model import Model
+    from segloop.core.inference.postprocess import InstanceParams
+    from segloop.core.networks import build
 
     if not fast_net:
         if "nuclei-unet" in segloop.list_models():
@@ -224,8 +224,9 @@ def child(args) -> dict:
         sampler.start()
         t0 = time.perf_counter()
         if args.naive:
-            from segloop.core.normalize import Normalizer, spec_from_dict
-            from segloop.core.tiling import predict_tiled
+            from segloop.core.formats.normalization import spec_from_dict
+            from segloop.core.inference.normalize import Normalizer
+            from segloop.core.inference.tiling import predict_tiled
 
             norm = Normalizer.fit(spec_from_dict(model.spec.normalization), image, channel_axis=None)
             probs = predict_tiled(model.predictor, image, tile=args.tile, overlap=args.overlap,

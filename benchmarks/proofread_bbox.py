@@ -7,7 +7,7 @@ object (for split) and a ring with a hole (for fill holes).  Then, on ONE
 object each:
 
 =========== ============================================== =====================================================
-operation   segloop (``segloop.core.proofread``)           named naive baseline (full array)
+operation   segloop (``segloop.core.editing.proofread``)           named naive baseline (full array)
 =========== ============================================== =====================================================
 merge       ``merge_labels(labels, [a, b])``               ``np.where(labels == b, a, labels)``
 delete      ``delete_labels(labels, [a])``                 ``np.where(labels == a, 0, labels)``
@@ -52,7 +52,7 @@ from _machine import cpu_model
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-from segloop.core import proofread as pr
+from segloop.core.editing import proofread as pr
 
 SPACING = 32
 RADIUS = 12

@@ -67,8 +67,8 @@ def load_network(name_or_path: str = "nuclei-unet", seed: int = 0):
     import torch
 
     import segloop
-    from segloop.core.models import build
-    from segloop.core.normalize import Percentile, spec_from_dict
+    from segloop.core.formats.normalization import Percentile, spec_from_dict
+    from segloop.core.networks import build
 
     if name_or_path in segloop.list_models() or Path(name_or_path).expanduser().exists():
         try:
@@ -173,7 +173,7 @@ def bench_image(name: str, image: np.ndarray, channel_axis, normalizer, *, net, 
     import torch
     from monai.inferers import sliding_window_inference
 
-    from segloop.core.tiling import predict_tiled
+    from segloop.core.inference.tiling import predict_tiled
 
     mpx = image.shape[0] * image.shape[1] / 1e6
     rows: list[Row] = []
@@ -225,14 +225,14 @@ def bench_image(name: str, image: np.ndarray, channel_axis, normalizer, *, net, 
     # int(tile * (1 - overlap)) and clamps the last tile; segloop spreads tiles
     # evenly like nnU-Net).  Same weights, same blending formula: agreement
     # here shows what is left once the grids are the same.
-    from segloop.core.tiling import TileGrid
+    from segloop.core.inference.grid import WindowGrid
 
     def monai_positions(n):
         step = max(int(args.tile * (1 - args.overlap)), 1)
         return tuple(sorted({min(p, max(n - args.tile, 0)) for p in range(0, max(n - args.tile, 0) + step, step)}))
 
     h, w = image.shape[:2]
-    mgrid = TileGrid(h, w, (args.tile, args.tile), monai_positions(h), monai_positions(w))
+    mgrid = WindowGrid((h, w), (args.tile, args.tile), (monai_positions(h), monai_positions(w)))
     probs = predict_tiled(engines["torch"][1], image, tile=args.tile, channel_axis=channel_axis,
                           normalize=normalizer, n_classes=n_classes, batch_size=args.batch, grid=mgrid)
     same_grid_agree = float((probs.argmax(0) == ref).mean())
@@ -250,7 +250,7 @@ def bench_image(name: str, image: np.ndarray, channel_axis, normalizer, *, net, 
             variants.append((f"segloop {label} + skip_background", "onnx-int8-skip", pred, True))
     for method, key, pred, skip in variants:
         if key.startswith("onnx-int8"):   # calibrate int8 on this image's own tiles (its first batch)
-            from segloop.core.engines import OnnxPredictor
+            from segloop.core.inference.engines import OnnxPredictor
 
             pred = OnnxPredictor(pred._fp32_bytes, device="cpu", quantize="int8", threads=pred.threads)
         counter = Counting(pred)
@@ -324,8 +324,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import monai
 
-    from segloop.core.engines import TorchPredictor, export_onnx
-    from segloop.core.normalize import Hematoxylin, Normalizer
+    from segloop.core.formats.normalization import Hematoxylin
+    from segloop.core.inference.engines import TorchPredictor, export_onnx
+    from segloop.core.inference.normalize import Normalizer
 
     net, n_classes, fluo_spec, model_desc = load_network(args.model)
     onnx_bytes = None
@@ -345,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": ("torch fp32", TorchPredictor(net, device="cpu", precision="fp32"))}
     net = engines["torch"][1].network                       # channels-last, BN folded, eval, CPU
     if onnx_bytes is not None:
-        from segloop.core.engines import OnnxPredictor
+        from segloop.core.inference.engines import OnnxPredictor
 
         engines["onnx"] = ("onnxruntime fp32", OnnxPredictor(onnx_bytes, device="cpu", threads=threads))
         logging.disable(logging.WARNING)   # onnxruntime.quantization's advice messages

@@ -29,8 +29,8 @@ def main() -> None:
 
     import segloop
     from segloop._napari.active_widget import ActiveLearningWidget
-    from segloop._napari.tracking import track
-    from segloop.core.corrections import PredictionSnapshot
+    from segloop._napari.correction_tracking import track
+    from segloop.core.editing.corrections import PredictionSnapshot
 
     app = QApplication.instance() or QApplication([])
     data = Path(segloop.__file__).parent / "data"

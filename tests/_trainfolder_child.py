@@ -1,7 +1,7 @@
 """Writer process for tests/test_trainfolder.py (crash, disk-full, read-only and concurrency tests).
 
 Run as ``python _trainfolder_child.py COMMAND ...``; imports only numpy, tifffile and
-segloop.core.trainfolder so it starts fast.
+segloop.core.formats.trainfolder so it starts fast.
 
 Commands
 --------
@@ -31,7 +31,7 @@ import time
 import numpy as np
 import tifffile
 
-from segloop.core.trainfolder import TrainingFolder
+from segloop.core.formats.trainfolder import TrainingFolder
 
 CLASSES = ("background", "cell")
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segloop.core.models import build
-from segloop.core.normalize import Percentile
-from segloop.core.package import ModelSpec, save_package
-from segloop.core.postprocess import InstanceParams
+from segloop.core.formats.normalization import Percentile
+from segloop.core.formats.package import ModelSpec, save_package
+from segloop.core.inference.postprocess import InstanceParams
+from segloop.core.networks import build
 
 DATA = Path(__file__).resolve().parents[1] / "src" / "segloop" / "data"
 

@@ -12,24 +12,21 @@ import warnings
 import numpy as np
 import pytest
 
-from segloop.core.active import (
-    REGION_KINDS,
+from segloop.core.formats.package import ModelPackage
+from segloop.core.inference.model import Model
+from segloop.core.inference.uncertainty import estimate_uncertainty
+from segloop.core.learning.features import region_features
+from segloop.core.learning.pipeline import rank_images, rank_regions
+from segloop.core.learning.regions import REGION_KINDS, Region, region_grid, score_regions
+from segloop.core.learning.state import ActiveLearningState
+from segloop.core.learning.strategies import (
     STRATEGIES,
-    ActiveLearningState,
     DiversityStrategy,
     RandomStrategy,
-    Region,
     Strategy,
     UncertaintyStrategy,
     get_strategy,
-    rank_images,
-    region_features,
-    region_grid,
-    score_regions,
 )
-from segloop.core.package import ModelPackage
-from segloop.core.predict import Model
-from segloop.core.uncertainty import estimate_uncertainty
 from segloop.errors import ActiveLearningError, ActiveLearningStateError, ExportError
 
 from .conftest import tiny_spec, tiny_state
@@ -254,6 +251,26 @@ def test_rank_images_pools_regions_of_a_folder_and_selects_jointly(tiny, nuclei_
     assert len({r.key for r in div}) == 4 and {r.key for r in div} <= {r.key for r in pooled}
 
 
+def test_rank_regions_pool_scope_leaves_out_done_regions_and_keeps_the_maps(tiny, nuclei_image):
+    """What the widget runs: done regions dropped first, features for the diversity pool only."""
+    img = nuclei_image[:96, :128]
+    res = estimate_uncertainty(tiny, img)
+    regions = score_regions(res.combined(), res.labels, region_grid(img.shape, 32), image="x")
+    seen = []
+    ranking = rank_regions(tiny, {"x": img}, size=32, k=3, strategy="diversity", pool_factor=2,
+                           exclude={regions[5].key, "elsewhere:0-1,0-1"}, exclude_where=lambda r: r.box[0] == (0, 32),
+                           feature_scope="pool", keep_labels=True, keep_uncertainty=True,
+                           progress=lambda *a: seen.append(a))
+    left_out = {regions[5].key} | {r.key for r in regions if r.box[0] == (0, 32)}
+    assert ranking.candidates == regions and ranking.excluded == left_out
+    pool = sorted((r for r in regions if r.key not in left_out), key=lambda r: -r.score)[:6]
+    feats = region_features(tiny, img, [r.box for r in pool])
+    assert ranking.selected == DiversityStrategy(pool_factor=2).select(pool, 3, features=feats)
+    np.testing.assert_array_equal(ranking.images["x"].uncertainty, res.combined())
+    np.testing.assert_array_equal(ranking.images["x"].labels, res.labels)
+    assert {s for s, _, _ in seen} == {"uncertainty", "scoring regions", "region features"}
+
+
 def test_rank_images_on_a_stack_with_z_range_gives_full_coordinates(tiny, nuclei_image):
     plane = nuclei_image[:64, :64]
     stack = np.stack([plane] * 4)
@@ -292,7 +309,7 @@ def test_navigation_skip_review_and_progress():
 
 
 def test_state_round_trip_and_the_training_folder_stays_valid(tmp_path):
-    from segloop.core.trainfolder import TrainingFolder, validate_folder
+    from segloop.core.formats.trainfolder import TrainingFolder, validate_folder
 
     tf = TrainingFolder.create(tmp_path / "tf", classes=("background", "nucleus"), task="instance")
     assert ActiveLearningState.load(tf.path) is None
@@ -313,7 +330,7 @@ def test_state_round_trip_and_the_training_folder_stays_valid(tmp_path):
 
 def test_a_state_saved_before_the_first_export_does_not_block_the_training_folder(tmp_path):
     """A script may find regions and save its progress before anything was exported there."""
-    from segloop.core.trainfolder import TrainingFolder, validate_folder
+    from segloop.core.formats.trainfolder import TrainingFolder, validate_folder
     from segloop.errors import TrainingFolderError
 
     folder = tmp_path / "tf"
@@ -367,7 +384,8 @@ def test_a_failed_save_keeps_the_old_file(tmp_path):
 
 _SAVE_IN_CHILD = """
 import sys
-from segloop.core.active import ActiveLearningState, Region
+from segloop.core.learning.state import ActiveLearningState
+from segloop.core.learning.regions import Region
 from segloop.errors import ExportError
 st = ActiveLearningState("random", 32, "tile", 1, [Region("x", ((0, 1), (0, 1)))])
 try:
@@ -415,7 +433,7 @@ def test_region_dict_round_trip_and_key():
 
 
 def test_images_with_the_same_file_name_in_several_folders_keep_distinct_ids(tmp_path):
-    from segloop.core.active import _image_sources
+    from segloop.core.learning.pipeline import _image_sources
 
     paths = []
     for d in ("d1", "d2", "d3"):

@@ -8,9 +8,9 @@ import pytest
 napari = pytest.importorskip("napari")
 
 from segloop._napari.active_widget import STATE_KEY, ActiveLearningWidget  # noqa: E402
+from segloop._napari.correction_tracking import track, tracker_for  # noqa: E402
 from segloop._napari.export_widget import ExportWidget  # noqa: E402
-from segloop._napari.tracking import track, tracker_for  # noqa: E402
-from segloop.core.corrections import PredictionSnapshot  # noqa: E402
+from segloop.core.editing.corrections import PredictionSnapshot  # noqa: E402
 
 SCALE, TRANSLATE = (0.5, 0.5), (10.0, 20.0)
 STATE_FILE = "segloop-active-learning.json"
@@ -109,7 +109,7 @@ def test_find_regions_adds_heatmap_overlay_state_and_jumps_to_the_first(make_nap
 
 def test_next_marks_the_region_reviewed_and_export_writes_it(make_napari_viewer, qtbot, tmp_path, nuclei_image,
                                                              nuclei_prediction):
-    from segloop.core.trainfolder import TrainingFolder
+    from segloop.core.formats.trainfolder import TrainingFolder
 
     folder = tmp_path / "training"
     viewer, img, lab, w = make(make_napari_viewer, qtbot, nuclei_image, *nuclei_prediction, folder=folder,
@@ -334,7 +334,7 @@ def test_tta_with_diversity_then_a_random_round_reuse_the_layers(make_napari_vie
 
 def test_mc_dropout_is_offered_only_for_a_model_with_dropout(make_napari_viewer, qtbot, tmp_path, nuclei_image):
     import segloop
-    from segloop.core.package import save_package
+    from segloop.core.formats.package import save_package
 
     from .conftest import tiny_spec, tiny_state
 
@@ -357,7 +357,7 @@ def test_mc_dropout_is_offered_only_for_a_model_with_dropout(make_napari_viewer,
 
 def test_two_images_in_one_folder_each_resume_their_own_round(make_napari_viewer, qtbot, tmp_path, nuclei_image):
     import segloop
-    from segloop.core.active import ActiveLearningState
+    from segloop.core.learning.state import ActiveLearningState
 
     folder = tmp_path / "training"
     model = segloop.load_model("nuclei-unet", device="cpu")
@@ -391,8 +391,8 @@ def test_two_images_in_one_folder_each_resume_their_own_round(make_napari_viewer
 
 def test_a_corrupt_state_file_is_reported_and_replaced_by_a_new_round(make_napari_viewer, qtbot, tmp_path,
                                                                       nuclei_image, nuclei_prediction):
-    from segloop.core.active import ActiveLearningState
-    from segloop.core.trainfolder import TrainingFolder
+    from segloop.core.formats.trainfolder import TrainingFolder
+    from segloop.core.learning.state import ActiveLearningState
 
     folder = tmp_path / "training"
     TrainingFolder.create(folder, classes=["background", "nucleus"], task="instance")

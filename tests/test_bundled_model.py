@@ -5,11 +5,12 @@ import pytest
 import tifffile
 
 import segloop
-from segloop.core import metrics as M
-from segloop.core.engines import OnnxPredictor, TorchPredictor, export_onnx
-from segloop.core.normalize import Normalizer, spec_from_dict
-from segloop.core.package import verify_package
-from segloop.core.predict import BUNDLED_DIR
+from segloop.core.editing import metrics as M
+from segloop.core.formats.normalization import spec_from_dict
+from segloop.core.formats.registry import BUNDLED_DIR
+from segloop.core.inference.engines import OnnxPredictor, TorchPredictor, export_onnx
+from segloop.core.inference.model import verify_package
+from segloop.core.inference.normalize import Normalizer
 
 from .conftest import DATA
 
@@ -35,7 +36,7 @@ def test_bundled_model_is_listed_verified_small_and_documented(name):
 
 
 def test_one_nuclei_model_per_architecture_and_one_with_dropout():
-    from segloop.core.package import read_spec
+    from segloop.core.formats.package import read_spec
 
     specs = [read_spec(BUNDLED_DIR / n) for n in NUCLEI_MODELS]
     assert {s.architecture for s in specs} == {"unet", "unet26", "segunet", "convnext_unet"}

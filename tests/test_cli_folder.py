@@ -7,7 +7,7 @@ import pytest
 import tifffile
 
 from segloop.cli import main
-from segloop.core.trainfolder import TrainingFolder
+from segloop.core.formats.trainfolder import TrainingFolder
 
 
 def _nuclei_pair(tmp_path, nuclei_image, name="nuclei tile ü.tif"):
@@ -112,7 +112,7 @@ def test_convert_to_nnunet_reads_back_with_ignore_label(tmp_path, nuclei_image, 
 
 def test_convert_to_cellpose_and_stardist_skip_partly_reviewed(tmp_path, nuclei_image):
     tf = _folder_with_three_sources(tmp_path, nuclei_image)
-    from segloop.core.convert import convert
+    from segloop.core.formats.convert import convert
 
     rep = convert(tf, tmp_path / "cp", to="cellpose")
     masks = sorted((tmp_path / "cp").rglob("*_masks.tif"))

@@ -3,7 +3,11 @@
 import numpy as np
 import pytest
 
-from segloop.core.corrections import PredictionSnapshot, ReviewedRegions, summarize_corrections
+from segloop.core.editing.corrections import (
+    PredictionSnapshot,
+    ReviewedRegions,
+    summarize_corrections,
+)
 from segloop.errors import InvalidLabelsError
 
 

@@ -9,9 +9,9 @@ import pytest
 
 napari = pytest.importorskip("napari")
 
+from segloop._napari.correction_tracking import track  # noqa: E402
 from segloop._napari.ct_widget import DICOM_SEG, NIFTI, NRRD, CTToolsWidget  # noqa: E402
-from segloop._napari.tracking import track  # noqa: E402
-from segloop.core.corrections import PredictionSnapshot  # noqa: E402
+from segloop.core.editing.corrections import PredictionSnapshot  # noqa: E402
 
 SCALE = (2.0, 0.5, 0.5)
 
@@ -217,7 +217,7 @@ def test_export_nifti_and_slicer_seg_with_scale_only_geometry(make_napari_viewer
 def test_export_keeps_the_geometry_the_image_was_read_with(make_napari_viewer, qtbot, tmp_path, notes):
     import nibabel as nib
 
-    from segloop.core.io.volume import read_volume
+    from segloop.core.formats.io.volume import read_volume
 
     # a NIfTI CT in RAS voxel order with an origin: the labels must come back on the same grid
     src_affine = np.array([[0.7, 0, 0, -120.0], [0, 0.7, 0, -90.0], [0, 0, 2.5, 40.0], [0, 0, 0, 1]])
@@ -251,7 +251,7 @@ def test_export_errors_are_notifications(make_napari_viewer, qtbot, tmp_path, no
 def test_dicom_images_offer_dicom_seg_with_names_and_colours(make_napari_viewer, qtbot, tmp_path):
     import highdicom as hd
 
-    from segloop.core.io.dicom import read_dicom
+    from segloop.core.formats.io.dicom import read_dicom
     from tests._dicom_series import write_series
 
     write_series(tmp_path / "ct", 4)

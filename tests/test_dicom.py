@@ -20,8 +20,9 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
-from segloop.core.io import dicom
-from segloop.core.io.dicom import list_series, read_dicom, write_dicom_seg
+from segloop.core.formats.io import dicom
+from segloop.core.formats.io.dicom import list_series, read_dicom
+from segloop.core.formats.io.dicom_seg import write_dicom_seg
 from segloop.errors import (
     Cancelled,
     DecoderUnavailableError,

@@ -3,16 +3,17 @@
 import numpy as np
 import pytest
 
-from segloop.core.engines import (
+from segloop.core.formats.normalization import Percentile
+from segloop.core.formats.package import load_package
+from segloop.core.inference.engines import (
     OnnxPredictor,
     TorchPredictor,
     cpu_has_native_bf16,
     export_onnx,
     resolve_device,
 )
-from segloop.core.normalize import Normalizer, Percentile
-from segloop.core.package import load_package
-from segloop.core.predict import Model
+from segloop.core.inference.model import Model, build_network
+from segloop.core.inference.normalize import Normalizer
 from segloop.errors import EngineError
 
 
@@ -42,7 +43,7 @@ def test_bf16_is_never_chosen_without_native_support(tiny_package, tmp_path, mon
     flags = _cpuinfo_flags()
     if flags:
         assert cpu_has_native_bf16() == bool({"avx512_bf16", "amx_bf16"} & flags)
-    pred = TorchPredictor(load_package(tiny_package).build_network(), device="cpu")
+    pred = TorchPredictor(build_network(load_package(tiny_package)), device="cpu")
     choice = pred.calibrate((64, 64), in_channels=1)
     if not cpu_has_native_bf16():
         assert choice.precision == "fp32" and "no native bf16" in choice.reason
@@ -53,7 +54,7 @@ def test_bf16_is_never_chosen_without_native_support(tiny_package, tmp_path, mon
 
 def test_onnx_runtime_matches_torch_on_a_real_image(tiny_package, nuclei_image):
     pkg = load_package(tiny_package)
-    net = pkg.build_network()
+    net = build_network(pkg)
     tiles = Normalizer.fit(Percentile(), nuclei_image)(nuclei_image)[None, :, :128, :128]
     tiles = np.concatenate([tiles, Normalizer.fit(Percentile(), nuclei_image)(nuclei_image)[None, :, 128:256, 128:256]])
     onnx_pred = OnnxPredictor(export_onnx(net, in_channels=1, tile=128), device="cpu")
@@ -69,7 +70,7 @@ def test_onnx_engine_end_to_end_agrees_with_torch_labels(tiny_package, nuclei_im
 
 
 def test_int8_is_calibrated_on_the_image_and_validated_against_fp32(tiny_package, nuclei_image):
-    net = load_package(tiny_package).build_network()
+    net = build_network(load_package(tiny_package))
     data = export_onnx(net, in_channels=1, tile=64)
     norm = Normalizer.fit(Percentile(), nuclei_image)(nuclei_image)
     batch = np.stack([norm[:, y:y + 64, x:x + 64] for y in (0, 200) for x in (0, 300)])
@@ -106,9 +107,9 @@ def test_folding_batchnorm_keeps_outputs_and_leaves_the_callers_network_alone(ti
 
     import torch
 
-    from segloop.core.engines import fold_conv_batchnorm
+    from segloop.core.inference.engines import fold_conv_batchnorm
 
-    net = load_package(tiny_package).build_network()
+    net = build_network(load_package(tiny_package))
     # give the BatchNorms non-trivial statistics, as a trained network has
     for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -132,6 +133,6 @@ def test_onnx_engine_handles_any_tile_and_images_smaller_than_a_tile(tiny_packag
     m = Model(load_package(tiny_package), device="cpu", engine="onnx")
     assert m.predict(nuclei_image[:40, :40]).labels.shape == (40, 40)
     assert m.predict(nuclei_image, tile=128).labels.shape == nuclei_image.shape
-    probs = OnnxPredictor(export_onnx(load_package(tiny_package).build_network(), in_channels=1, tile=64),
+    probs = OnnxPredictor(export_onnx(build_network(load_package(tiny_package)), in_channels=1, tile=64),
                           device="cpu")(np.zeros((1, 1, 37, 50), np.float32))
     assert probs.shape == (1, 3, 37, 50)

@@ -20,10 +20,11 @@ from safetensors.torch import load_file
 from skimage.measure import label
 
 import segloop
-from segloop.core.models import build
-from segloop.core.normalize import Normalizer, Scale
-from segloop.core.package import load_package, save_package
-from segloop.core.trainfolder import TrainingFolder
+from segloop.core.formats.normalization import Scale
+from segloop.core.formats.package import load_package, save_package
+from segloop.core.formats.trainfolder import TrainingFolder
+from segloop.core.inference.normalize import Normalizer
+from segloop.core.networks import build
 from segloop.errors import ModelPackageError, TrainingFolderError
 from segloop_train.augment import AugmentConfig, AugmentedPatchSampler, ct_jitter, stain_jitter
 from segloop_train.data import IGNORE, Sample, reviewed_targets

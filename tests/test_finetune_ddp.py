@@ -22,8 +22,8 @@ import torch
 import torch.distributed as dist
 
 import segloop
-from segloop.core.package import load_package, save_package
-from segloop.core.trainfolder import TrainingFolder
+from segloop.core.formats.package import load_package, save_package
+from segloop.core.formats.trainfolder import TrainingFolder
 from segloop_train import precision as P
 from segloop_train.finetune import checkpoint_dir
 
@@ -79,7 +79,7 @@ def ddp_run(tmp_path_factory, nuclei_image):
 
 
 def test_precision_is_fp32_on_a_cpu_without_native_bf16_and_says_why():
-    from segloop.core.engines import cpu_has_native_bf16
+    from segloop.core.inference.engines import cpu_has_native_bf16
 
     choice = P.choose_precision("auto", "cpu", None)
     if cpu_has_native_bf16():                       # not this machine: then bf16 must be measured first
@@ -96,8 +96,8 @@ def test_precision_is_fp32_on_a_cpu_without_native_bf16_and_says_why():
 
 
 def test_bf16_on_a_cpu_that_has_it_is_measured_once_and_cached(monkeypatch, tmp_path):
-    from segloop.core import engines
-    from segloop.core.models import build
+    from segloop.core.inference import engines
+    from segloop.core.networks import build
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)                        # 2 threads on a shared 2-core machine are much slower

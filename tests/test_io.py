@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from segloop.core.io import read_image, write_labels
+from segloop.core.formats.io import read_image, write_labels
 from segloop.errors import ImageReadError
 
 
@@ -55,7 +55,7 @@ def _write_pyramid(path, data, levels=3):
 
 
 def test_compressed_pyramid_is_read_lazily_at_level_0(tmp_path):
-    from segloop.core.io import read_pyramid
+    from segloop.core.formats.io import read_pyramid
 
     data = np.random.default_rng(1).integers(0, 255, (1024, 768, 3), dtype=np.uint8)
     p = tmp_path / "slide.ome.tif"

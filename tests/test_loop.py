@@ -11,9 +11,10 @@ import pytest
 import tifffile
 
 from segloop.cli import main as cli_main
-from segloop.core.active import ActiveLearningState, Region
-from segloop.core.predict import load_model
-from segloop.core.trainfolder import TrainingFolder
+from segloop.core.formats.trainfolder import TrainingFolder
+from segloop.core.inference.model import load_model
+from segloop.core.learning.regions import Region
+from segloop.core.learning.state import ActiveLearningState
 from segloop.errors import ActiveLearningError, InvalidLabelsError, ModelPackageError
 from segloop_train.loop import ScratchModel, area_to_reach, paste_truth, run_loop
 

@@ -7,7 +7,13 @@ import time
 import numpy as np
 import pytest
 
-from segloop.core.measure import COLUMNS, label_ids, max_feret_diameter, measure_labels, write_csv
+from segloop.core.editing.measure import (
+    COLUMNS,
+    label_ids,
+    max_feret_diameter,
+    measure_labels,
+    write_csv,
+)
 from segloop.errors import ExportError, InvalidImageError, InvalidLabelsError
 
 SPACING = (2.0, 0.5, 0.5)

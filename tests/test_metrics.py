@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from segloop.core import metrics as M
+from segloop.core.editing import metrics as M
 
 
 def two_squares():

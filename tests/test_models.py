@@ -1,4 +1,4 @@
-"""Tests of the segmentation networks in segloop.core.models (CPU, tiny widths)."""
+"""Tests of the segmentation networks in segloop.core.networks (CPU, tiny widths)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segloop.core.models import available, build, register
-from segloop.core.models._blocks import LayerNormCF, crop, max_pool, pad_to_multiple
-from segloop.core.models.convnext_unet import ConvNeXtBlock
-from segloop.core.models.segunet import UnpoolBlock, switch_mask, unpool
+from segloop.core.networks import available, build, register
+from segloop.core.networks._blocks import LayerNormCF, crop, max_pool, pad_to_multiple
+from segloop.core.networks.convnext_unet import ConvNeXtBlock
+from segloop.core.networks.segunet import UnpoolBlock, switch_mask, unpool
 from segloop.errors import UnknownArchitectureError
 
 ARCHS = ["convnext_unet", "segunet", "unet", "unet26"]

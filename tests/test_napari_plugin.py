@@ -16,8 +16,8 @@ def test_sample_data_opens_in_a_real_viewer(make_napari_viewer, tmp_path):
 
 
 def test_predicted_labels_show_as_a_labels_layer(make_napari_viewer, tiny_package, nuclei_image):
-    from segloop.core.package import load_package
-    from segloop.core.predict import Model
+    from segloop.core.formats.package import load_package
+    from segloop.core.inference.model import Model
 
     res = Model(load_package(tiny_package), device="cpu").predict(nuclei_image)
     viewer = make_napari_viewer()

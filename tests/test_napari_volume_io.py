@@ -11,8 +11,8 @@ napari = pytest.importorskip("napari")
 nib = pytest.importorskip("nibabel")
 nrrd = pytest.importorskip("nrrd")
 
-from segloop.core.io.samples import liver_ct_paths  # noqa: E402
-from segloop.core.io.volume import VolumeInfo  # noqa: E402
+from segloop.core.formats.io.geometry import VolumeInfo  # noqa: E402
+from segloop.core.formats.io.samples import liver_ct_paths  # noqa: E402
 
 
 def _ct_nifti(path, *, window=None):

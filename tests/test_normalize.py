@@ -1,4 +1,4 @@
-"""Tests for segloop.core.normalize: specs as data, image-wide stats, tile-wise application."""
+"""Tests for segloop.core.formats.normalization: specs as data, image-wide stats, tile-wise application."""
 
 from __future__ import annotations
 
@@ -9,19 +9,17 @@ import pytest
 from skimage.color import rgb2hed
 from skimage.data import immunohistochemistry
 
-from segloop.core.normalize import (
-    MAX_SAMPLE_PIXELS,
+from segloop.core.formats.normalization import (
     CTWindow,
     Fixed,
     Hematoxylin,
-    Normalizer,
     Percentile,
     Scale,
     describe,
     output_channels,
-    sample_strides,
     spec_from_dict,
 )
+from segloop.core.inference.normalize import MAX_SAMPLE_PIXELS, Normalizer, sample_strides
 from segloop.errors import InvalidImageError, ModelPackageError
 
 ALL_SPECS = [

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from segloop.core.package import (
+from segloop.core._runtime import sha256_bytes
+from segloop.core.formats.package import (
     ModelSpec,
     add_onnx,
     load_package,
     save_package,
-    sha256_bytes,
-    verify_package,
 )
+from segloop.core.inference.model import build_network, verify_package
 from segloop.errors import (
     FormatVersionError,
     IntegrityError,
@@ -36,7 +36,7 @@ def test_round_trip_dir_and_zip_give_identical_networks(tmp_path):
     for path in (tmp_path / "p", tmp_path / "p.zip"):
         pkg = load_package(path)
         assert pkg.spec.to_dict() == written.to_dict()
-        net = pkg.build_network()
+        net = build_network(pkg)
         for k, v in state.items():
             assert torch.equal(net.state_dict()[k], v)
     raw = json.loads((tmp_path / "p" / "segloop-model.json").read_text())
@@ -105,7 +105,7 @@ def test_unknown_architecture_and_newer_format(tiny_package):
         load_package(tiny_package)
     _edit_spec(tiny_package, format_version=1, architecture="transunet")
     with pytest.raises(UnknownArchitectureError, match="transunet"):
-        load_package(tiny_package)
+        verify_package(tiny_package)          # refused when the network is built (formats do not know networks)
 
 
 def test_weights_that_do_not_fit_the_architecture(tiny_package):
@@ -182,10 +182,10 @@ def test_unhashed_or_junk_onnx_files(tiny_package):
 
 
 def test_add_onnx_keeps_other_files_and_permissions(tiny_package):
-    from segloop.core.engines import export_onnx
+    from segloop.core.inference.engines import export_onnx
 
     (tiny_package / "notes.md").write_text("my notes")
-    net = load_package(tiny_package).build_network()
+    net = build_network(load_package(tiny_package))
     add_onnx(tiny_package, export_onnx(net, in_channels=1, tile=64))
     assert (tiny_package / "notes.md").read_text() == "my notes"
     assert load_package(tiny_package).onnx_bytes is not None
@@ -202,7 +202,7 @@ def test_zips_from_finder_with_a_folder_and_macosx_metadata_load(tiny_package, t
 
 
 def test_read_spec_reads_only_the_json(tiny_package):
-    from segloop.core.package import read_spec
+    from segloop.core.formats.package import read_spec
 
     (tiny_package / "model.safetensors").write_bytes(b"garbage")     # weights are not touched
     assert read_spec(tiny_package).name == "tiny"

@@ -44,7 +44,7 @@ def test_npe2_validates_the_manifest_with_imports():
 
 
 def test_core_imports_no_qt_or_napari():
-    code = ("import sys, segloop, segloop.core.predict, segloop.core.tiling, segloop.core.engines, "
+    code = ("import sys, segloop, segloop.core.inference.model, segloop.core.inference.tiling, segloop.core.inference.engines, "
             "segloop.cli, segloop_train.train; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', "
             "'PySide6', 'magicgui', 'vispy')]; print(bad); sys.exit(1 if bad else 0)")

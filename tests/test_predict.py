@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import segloop
-from segloop.core.package import load_package
-from segloop.core.predict import Model, validate_image
+from segloop.core.formats.package import load_package
+from segloop.core.inference.model import Model, validate_image
 from segloop.errors import Cancelled, InvalidImageError, ModelNotFoundError
 
 
@@ -32,10 +32,10 @@ def test_register_model_makes_it_listed(tiny_package):
 def test_a_persisted_registration_survives_a_new_session_and_a_deleted_package_is_skipped(tiny_package):
     import shutil
 
-    from segloop.core import predict
+    from segloop.core.formats import registry
 
     segloop.register_model(tiny_package, name="tiny v9", persist=True)
-    predict._registered.clear()                           # a new session: only the saved file remains
+    registry._registered.clear()                           # a new session: only the saved file remains
     assert "tiny v9" in segloop.list_models()
     shutil.rmtree(tiny_package)
     assert "tiny v9" not in segloop.list_models()
@@ -117,7 +117,7 @@ def test_hematoxylin_runs_a_fluorescence_model_on_16bit_rgb_ihc(model, ihc_image
 
 
 def test_semantic_models_write_class_ids(tmp_path):
-    from segloop.core.package import save_package
+    from segloop.core.formats.package import save_package
 
     from .conftest import tiny_spec, tiny_state
 

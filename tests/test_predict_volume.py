@@ -9,11 +9,17 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from segloop.core.normalize import Normalizer, Percentile
-from segloop.core.package import load_package, save_package
-from segloop.core.postprocess import entropy
-from segloop.core.predict import Model
-from segloop.core.tiling import PatchGrid, gaussian_importance, predict_tiled, predict_tiled_3d
+from segloop.core.formats.normalization import Percentile
+from segloop.core.formats.package import load_package, save_package
+from segloop.core.inference.grid import WindowGrid
+from segloop.core.inference.model import Model
+from segloop.core.inference.normalize import Normalizer
+from segloop.core.inference.postprocess import entropy
+from segloop.core.inference.tiling import (
+    gaussian_importance,
+    predict_tiled,
+    predict_tiled_3d,
+)
 from segloop.errors import Cancelled, InvalidImageError
 
 from .conftest import tiny_spec, tiny_state
@@ -108,12 +114,12 @@ def test_25d_model_equals_a_manual_reference_per_plane_and_repeats_a_single_plan
         idx = [min(max(z + d, 0), n_z - 1) for d in (-1, 0, 1)]
         probs = _net_probs(model25, planes[idx])
         np.testing.assert_array_equal(res.labels[z], probs.argmax(0), err_msg=f"plane {z}")
-        np.testing.assert_array_equal(res.uncertainty[z], entropy(probs), err_msg=f"plane {z}")
+        np.testing.assert_array_equal(res.uncertainty[z], entropy(probs, dtype=np.float16), err_msg=f"plane {z}")
     assert 0.05 < (res.labels == 1).mean() < 0.95                           # labels that can tell
     assert (_net_labels(model25, planes[[5, 4, 3]]) != res.labels[4]).mean() > 0.02  # the order matters
     single = model25.predict(ct_stack[4], tile=64, uncertainty=True)     # a 2D image: its own neighbours
     plane = Normalizer.fit(Percentile(), ct_stack[4])(ct_stack[4])
-    np.testing.assert_array_equal(single.uncertainty, entropy(_net_probs(model25, np.concatenate([plane] * 3))))
+    np.testing.assert_array_equal(single.uncertainty, entropy(_net_probs(model25, np.concatenate([plane] * 3)), dtype=np.float16))
 
 
 def test_25d_z_range_with_and_without_out_and_provenance(model25, ct_stack):
@@ -162,9 +168,9 @@ def _smooth_predictor(batch):
 def test_3d_blending_equals_a_dense_gaussian_reference():
     vol = np.random.default_rng(1).standard_normal((37, 45, 29)).astype(np.float32)
     got = predict_tiled_3d(_smooth_predictor, vol, patch=(16, 24, 16), overlap=0.25, batch_size=4, multiple=8)
-    grid = PatchGrid.build(vol.shape, patch=(16, 24, 16), overlap=0.25, multiple=8)
-    assert grid.patch == (16, 24, 16) and len(grid.zs) > 2 and len(grid.ys) > 2 and len(grid.xs) > 1
-    pz, py, px = grid.patch
+    grid = WindowGrid.build(vol.shape, window=(16, 24, 16), overlap=0.25, multiple=8)
+    assert grid.window == (16, 24, 16) and len(grid.zs) > 2 and len(grid.ys) > 2 and len(grid.xs) > 1
+    pz, py, px = grid.window
 
     def dense(g):
         acc, wsum = np.zeros((2, *vol.shape)), np.zeros(vol.shape)
@@ -176,8 +182,8 @@ def test_3d_blending_equals_a_dense_gaussian_reference():
                     wsum[box] += g
         return acc / wsum
 
-    np.testing.assert_allclose(got, dense(gaussian_importance(grid.patch).astype(np.float64)), rtol=1e-5, atol=1e-6)
-    ramp = np.linspace(0.1, 1, pz * py * px).reshape(grid.patch)     # another tool's weights, when asked
+    np.testing.assert_allclose(got, dense(gaussian_importance(grid.window).astype(np.float64)), rtol=1e-5, atol=1e-6)
+    ramp = np.linspace(0.1, 1, pz * py * px).reshape(grid.window)     # another tool's weights, when asked
     other = predict_tiled_3d(_smooth_predictor, vol, patch=(16, 24, 16), overlap=0.25, multiple=8, importance=ramp)
     np.testing.assert_allclose(other, dense(ramp), rtol=1e-5, atol=1e-6)
     part = predict_tiled_3d(_smooth_predictor, vol, patch=(16, 24, 16), overlap=0.25, multiple=8, z_range=(0, 5))
@@ -200,12 +206,12 @@ def test_3d_z_range_out_predict_slice_progress_and_3d_input_required(model3d, ct
     vol = np.concatenate([ct_stack] * 4)                  # (36, 48, 40)
     seen = []
     full = model3d.predict(vol, progress=lambda d, t: seen.append((d, t)))
-    grid = PatchGrid.build(vol.shape, patch=(16, 32, 32), overlap=0.25, multiple=model3d.divisor)
+    grid = WindowGrid.build(vol.shape, window=(16, 32, 32), overlap=0.25, multiple=model3d.divisor)
     assert seen[-1] == (len(grid), len(grid)) == (full.tiles_predicted, full.provenance["parameters"]["patches"])
     out = np.full(vol.shape, 9, np.uint8)
     seen.clear()
     res = model3d.predict(vol, z_range=(20, 22), out=out, progress=lambda d, t: seen.append((d, t)))
-    slab = PatchGrid.build(vol.shape, patch=(16, 32, 32), overlap=0.25, multiple=model3d.divisor, z_range=(20, 22))
+    slab = WindowGrid.build(vol.shape, window=(16, 32, 32), overlap=0.25, multiple=model3d.divisor, span=(20, 22))
     assert res.labels is out and len(slab.zs) == 1 and seen[-1] == (len(slab), len(slab)) and len(slab) < len(grid)
     assert (out[:20] == 9).all() and (out[22:] == 9).all() and (out[20:22] != 9).all()
     assert (out[20:22] == full.labels[20:22]).mean() > 0.9      # another patch grid, same network
@@ -267,7 +273,7 @@ def test_3d_memory_is_bounded_by_the_patch_depth_not_the_volume(model3d):
 
 
 def test_3d_instance_model_labels_plane_by_plane_and_says_so(tmp_path, ct_stack):
-    from segloop.core.postprocess import InstanceParams
+    from segloop.core.inference.postprocess import InstanceParams
 
     model = _model(tmp_path, "ct-3d-inst", dims=3, task="instance", classes=("background", "interior", "boundary"),
                    postprocess=InstanceParams(min_size=1).to_dict(), normalization=CT_WINDOW,
@@ -291,8 +297,8 @@ def test_3d_instance_model_labels_plane_by_plane_and_says_so(tmp_path, ct_stack)
 def test_engine_swaps_channels_last_instance_norms_without_changing_the_output(dims):
     import torch
 
-    from segloop.core.engines import TorchPredictor
-    from segloop.core.models import build
+    from segloop.core.inference.engines import TorchPredictor
+    from segloop.core.networks import build
 
     torch.manual_seed(0)
     net = build("unet", 2, 3, dims=dims, depth=2, base_width=4, norm="instance").eval()

@@ -1,4 +1,4 @@
-"""segloop.core.proofread: label edits are returned as LabelEdit, exact, undoable, bbox-local."""
+"""segloop.core.editing.proofread: label edits are returned as LabelEdit, exact, undoable, bbox-local."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from skimage.segmentation import relabel_sequential as sk_relabel_sequential
 
-from segloop.core import proofread as pr
-from segloop.core.proofread import LabelEdit
+from segloop.core.editing import proofread as pr
+from segloop.core.editing.proofread import LabelEdit
 from segloop.errors import InvalidImageError, InvalidLabelsError
 
 # --------------------------------------------------------------------------- helpers

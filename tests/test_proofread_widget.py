@@ -9,10 +9,10 @@ napari = pytest.importorskip("napari")
 
 from qtpy.QtCore import QPoint, Qt  # noqa: E402
 
+from segloop._napari.correction_tracking import track, tracker_for  # noqa: E402
 from segloop._napari.export_widget import ExportWidget  # noqa: E402
 from segloop._napari.proofread_widget import ProofreadWidget  # noqa: E402
-from segloop._napari.tracking import track, tracker_for  # noqa: E402
-from segloop.core.corrections import PredictionSnapshot  # noqa: E402
+from segloop.core.editing.corrections import PredictionSnapshot  # noqa: E402
 
 
 def hand_made_labels() -> np.ndarray:
@@ -187,7 +187,7 @@ def test_mark_view_slice_and_rectangles_reviewed_with_overlay(make_napari_viewer
 
 
 def test_proofread_then_export_then_validate(make_napari_viewer, qtbot, tmp_path):
-    from segloop.core.trainfolder import TrainingFolder, validate_folder
+    from segloop.core.formats.trainfolder import TrainingFolder, validate_folder
 
     viewer, layer, w = setup(make_napari_viewer, qtbot)
     click(qtbot, viewer, (35, 30))
@@ -266,7 +266,7 @@ def test_export_needs_a_reviewed_region_for_a_prediction_but_not_for_drawn_label
     ex.labels.value = drawn
     run_export(qtbot, ex)
     assert "exported" in ex.status.value
-    from segloop.core.trainfolder import TrainingFolder
+    from segloop.core.formats.trainfolder import TrainingFolder
 
     s = TrainingFolder.open(tmp_path / "f").read_sample(TrainingFolder.open(tmp_path / "f").samples()[0])
     assert s.meta["model"] is None and s.meta["corrections"] is None
@@ -297,7 +297,7 @@ def test_reader_opens_an_exported_sample_again(make_napari_viewer, qtbot, tmp_pa
 
 
 def test_a_sample_read_back_is_corrected_and_replaced_explicitly(make_napari_viewer, qtbot, tmp_path):
-    from segloop.core.trainfolder import TrainingFolder, validate_folder
+    from segloop.core.formats.trainfolder import TrainingFolder, validate_folder
 
     viewer, layer, w = setup(make_napari_viewer, qtbot, predicted=False)
     run_export(qtbot, export_widget(viewer, layer, tmp_path / "f"))
@@ -335,7 +335,7 @@ def test_a_sample_read_back_is_corrected_and_replaced_explicitly(make_napari_vie
 def test_export_from_a_lazy_multiscale_image_and_the_current_view(make_napari_viewer, qtbot, tmp_path):
     import dask.array as da
 
-    from segloop.core.trainfolder import TrainingFolder
+    from segloop.core.formats.trainfolder import TrainingFolder
 
     viewer = make_napari_viewer(show=True)
     base = np.random.default_rng(0).integers(0, 255, (400, 600), dtype=np.uint8)
@@ -391,7 +391,7 @@ def test_review_regressions_found_in_review(make_napari_viewer, qtbot, tmp_path)
 
 
 def test_export_one_slice_of_a_stack_and_default_image_is_the_source(make_napari_viewer, qtbot, tmp_path):
-    from segloop.core.trainfolder import TrainingFolder
+    from segloop.core.formats.trainfolder import TrainingFolder
 
     viewer = make_napari_viewer(show=True)
     vol = np.random.default_rng(0).integers(0, 255, (5, 64, 80), dtype=np.uint8)
@@ -421,8 +421,8 @@ def test_export_one_slice_of_a_stack_and_default_image_is_the_source(make_napari
 def test_export_slice_range_of_a_ct_volume_keeps_spacing_and_orientation(make_napari_viewer, qtbot, tmp_path):
     from pathlib import Path
 
-    from segloop.core.io.volume import VolumeInfo
-    from segloop.core.trainfolder import TrainingFolder
+    from segloop.core.formats.io.geometry import VolumeInfo
+    from segloop.core.formats.trainfolder import TrainingFolder
 
     viewer = make_napari_viewer(show=True)
     vol = np.random.default_rng(1).integers(-1000, 1000, (6, 40, 50), dtype=np.int16)

@@ -238,7 +238,7 @@ def _stack(nuclei_image, n=5):
 def test_slice_range_labels_only_those_slices_and_keeps_volume_geometry(make_napari_viewer, qtbot, nuclei_image):
     from pathlib import Path
 
-    from segloop.core.io.volume import VolumeInfo, lps_affine
+    from segloop.core.formats.io.geometry import VolumeInfo, lps_affine
 
     stack = _stack(nuclei_image)
     info = VolumeInfo(path=Path("stack"), format="tiff", shape=stack.shape, spacing=(2.0, 0.5, 0.5),
@@ -260,7 +260,7 @@ def test_slice_range_labels_only_those_slices_and_keeps_volume_geometry(make_nap
 
 def test_live_mode_segments_the_slices_scrolled_to_and_never_overwrites_an_edit(make_napari_viewer, qtbot,
                                                                               nuclei_image):
-    from segloop._napari.tracking import tracker_for
+    from segloop._napari.correction_tracking import tracker_for
 
     stack = _stack(nuclei_image)
     viewer, w = make(make_napari_viewer, stack, name="stack")
@@ -309,7 +309,7 @@ def test_live_mode_needs_a_stack_and_stops_when_the_image_goes(make_napari_viewe
 def test_a_ct_volume_gets_a_ct_model_and_a_tile_gets_a_non_ct_one(make_napari_viewer, qtbot, nuclei_image):
     from pathlib import Path
 
-    from segloop.core.io.volume import VolumeInfo, lps_affine
+    from segloop.core.formats.io.geometry import VolumeInfo, lps_affine
 
     viewer, w = make(make_napari_viewer, nuclei_image, name="nuclei")
     assert w.model.value == "nuclei-unet"                  # not the first name alphabetically (a CT model)

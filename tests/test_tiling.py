@@ -5,11 +5,11 @@ import threading
 import numpy as np
 import pytest
 
-from segloop.core.tiling import (
-    TileGrid,
+from segloop.core.inference.grid import WindowGrid, tile_positions
+from segloop.core.inference.tiling import (
     gaussian_importance,
     predict_tiled,
-    tile_positions,
+    predict_tiled_3d,
     tissue_mask,
 )
 from segloop.errors import Cancelled, InvalidImageError
@@ -37,7 +37,7 @@ def test_rgb_and_stacks_channels_last():
 def test_blending_weights_tiles_by_gaussian_not_average():
     # A predictor that returns each tile's own constant: the blend at a pixel
     # is the Gaussian-weighted mean of the constants of the tiles covering it.
-    grid = TileGrid.build(100, 40, tile=40, overlap=20)
+    grid = WindowGrid.build((100, 40), window=40, overlap=20)
     consts = {}
 
     def tile_id(batch):
@@ -129,10 +129,10 @@ def test_progress_counts_tiles_and_cancel_stops_between_batches():
 
 
 def test_tiles_are_a_multiple_of_the_divisor_and_pixel_overlap_fits_small_images():
-    g = TileGrid.build(1000, 1000, tile=100, overlap=0.25, multiple=16)
-    assert g.tile == (112, 112)
-    g = TileGrid.build(20, 30, tile=256, overlap=40, multiple=16)     # 40 px > the shrunken tile
-    assert g.tile == (32, 32) and g.ys == (0,)
+    g = WindowGrid.build((1000, 1000), window=100, overlap=0.25, multiple=16)
+    assert g.window == (112, 112)
+    g = WindowGrid.build((20, 30), window=256, overlap=40, multiple=16)     # 40 px > the shrunken tile
+    assert g.window == (32, 32) and g.ys == (0,)
     img = np.random.default_rng(3).random((20, 30)).astype(np.float32)
     out = predict_tiled(double, img, tile=256, overlap=40, multiple=16)
     np.testing.assert_allclose(out[0], 2 * img, rtol=1e-5)
@@ -157,9 +157,27 @@ def test_an_explicit_grid_is_used_as_given():
         seen.append(len(batch))
         return 2 * batch
 
-    grid = TileGrid(100, 90, (64, 64), (0, 36), (0, 26))
+    grid = WindowGrid((100, 90), (64, 64), ((0, 36), (0, 26)))
     out = predict_tiled(record, img, grid=grid, batch_size=1)
     assert len(seen) == 4
     np.testing.assert_allclose(out[0], 2 * img, rtol=1e-5)
     with pytest.raises(InvalidImageError, match="grid is for"):
         predict_tiled(record, img[:50], grid=grid)
+
+
+def test_2d_tiles_and_3d_patches_share_one_blender():
+    # One sliding window: a stack tiled plane by plane in 2D equals the same stack run as 3D
+    # patches one plane deep (same grid in Y/X, same Gaussian, same blender), exactly - also
+    # for a predictor whose output depends on the window, so the blend itself is compared.
+    stack = np.random.default_rng(5).random((4, 70, 90)).astype(np.float32)
+
+    def corner(batch):                      # 2 * x plus the window's corner value: not pointwise
+        return 2 * batch + batch[..., :1, :1]
+
+    by_plane = predict_tiled(corner, stack, tile=32, overlap=0.3, batch_size=3)            # (Z, K, H, W)
+    by_patch = predict_tiled_3d(corner, stack, patch=(1, 32, 32), overlap=0.3, batch_size=3)   # (K, Z, H, W)
+    np.testing.assert_array_equal(np.moveaxis(by_patch, 0, 1), by_plane)
+    assert not np.allclose(by_plane[:, 0], 3 * stack)                 # windows disagree: blending shows
+    vol = np.random.default_rng(6).random((19, 33, 41)).astype(np.float32)
+    out = predict_tiled_3d(double, vol, patch=(8, 16, 16), overlap=0.3, batch_size=2)
+    np.testing.assert_allclose(out[0], 2 * vol, rtol=1e-5, atol=1e-6)

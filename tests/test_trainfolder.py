@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from segloop import __version__
-from segloop.core.trainfolder import (
+from segloop.core.formats.trainfolder import (
     FORMAT,
     FORMAT_VERSION,
     AddResult,

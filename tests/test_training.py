@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from segloop.core.package import load_package
+from segloop.core.formats.package import load_package
 from segloop_train.data import IGNORE, Sample, instance_targets
 from segloop_train.losses import dice_ce_loss
 from segloop_train.train import TrainConfig, train_and_save
@@ -60,9 +60,9 @@ def test_tiny_training_run_writes_a_loadable_package_with_its_record(tmp_path, n
 
 
 def test_every_recipe_builds_a_small_network_and_matches_its_bundled_package():
-    from segloop.core.models import build
-    from segloop.core.package import read_spec
-    from segloop.core.predict import BUNDLED_DIR
+    from segloop.core.formats.package import read_spec
+    from segloop.core.formats.registry import BUNDLED_DIR
+    from segloop.core.networks import build
     from segloop_train.recipes import load_recipe, nuclei_recipes
 
     names = set(nuclei_recipes())

@@ -7,14 +7,15 @@ import threading
 import numpy as np
 import pytest
 
-from segloop.core.engines import TorchPredictor
-from segloop.core.package import ModelPackage, load_package
-from segloop.core.predict import BUNDLED_DIR, Model, load_model
-from segloop.core.uncertainty import (
+from segloop.core.formats.package import ModelPackage, load_package
+from segloop.core.formats.registry import BUNDLED_DIR
+from segloop.core.inference.engines import TorchPredictor
+from segloop.core.inference.model import Model, load_model
+from segloop.core.inference.postprocess import entropy
+from segloop.core.inference.uncertainty import (
     METHODS,
     UncertaintyResult,
     disagreement_map,
-    entropy_map,
     estimate_uncertainty,
     supports_mc_dropout,
 )
@@ -49,13 +50,13 @@ def nuclei_crop(nuclei_image):
 # --------------------------------------------------------------------------- maps
 
 
-def test_entropy_map_is_normalized_float32():
+def test_entropy_is_normalized_float32_by_default():
     probs = np.array([[1.0, 0.5, 1 / 3], [0.0, 0.5, 1 / 3], [0.0, 0.0, 1 / 3]], np.float32)   # (K=3, 3 pixels)
-    h = entropy_map(probs)
+    h = entropy(probs)
     assert h.dtype == np.float32 and h.shape == (3,)
     np.testing.assert_allclose(h, [0.0, np.log(2) / np.log(3), 1.0], atol=1e-6)
-    assert entropy_map(np.ones((1, 4, 4))).max() == 0                 # one class: nothing to doubt
-    np.testing.assert_allclose(entropy_map(np.moveaxis(probs, 0, -1), axis=-1), h, atol=1e-6)
+    assert entropy(np.ones((1, 4, 4))).max() == 0                 # one class: nothing to doubt
+    np.testing.assert_allclose(entropy(np.moveaxis(probs, 0, -1), axis=-1), h, atol=1e-6)
 
 
 def test_disagreement_is_zero_for_agreement_one_for_an_even_split_and_4var_for_two_classes():

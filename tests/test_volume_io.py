@@ -21,9 +21,14 @@ from nibabel.orientations import (  # noqa: E402
     ornt_transform,
 )
 
-from segloop.core.io import load_liver_ct, read_volume, write_nifti_labels, write_seg_nrrd  # noqa: E402
-from segloop.core.io.samples import liver_ct_paths  # noqa: E402
-from segloop.core.io.volume import looks_like_dicom_dir  # noqa: E402
+from segloop.core.formats.io import (  # noqa: E402
+    load_liver_ct,
+    read_volume,
+    write_nifti_labels,
+    write_seg_nrrd,
+)
+from segloop.core.formats.io.samples import liver_ct_paths  # noqa: E402
+from segloop.core.formats.io.volume import looks_like_dicom_dir  # noqa: E402
 from segloop.errors import Cancelled, ImageReadError, InvalidLabelsError, VolumeReadError  # noqa: E402
 
 

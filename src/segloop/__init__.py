@@ -10,27 +10,27 @@ Library use (no napari needed)::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from segloop._version import __version__
 
 __all__ = ["__version__", "list_models", "load_model", "register_model"]
 
 
 def list_models() -> list[str]:
     """Names of the bundled and registered model packages."""
-    from segloop.core.predict import list_models as _list
+    from segloop.core.formats.registry import list_models as _list
 
     return _list()
 
 
 def load_model(name_or_path, *, device: str = "auto", engine: str = "torch", precision: str = "auto"):
-    """Load a model package by name or path; see :func:`segloop.core.predict.load_model`."""
-    from segloop.core.predict import load_model as _load
+    """Load a model package by name or path; see :func:`segloop.core.inference.model.load_model`."""
+    from segloop.core.inference.model import load_model as _load
 
     return _load(name_or_path, device=device, engine=engine, precision=precision)
 
 
 def register_model(path, *, name: str | None = None, persist: bool = False) -> str:
-    """Make a package folder available by name; see :func:`segloop.core.predict.register_model`."""
-    from segloop.core.predict import register_model as _reg
+    """Make a package folder available by name; see :func:`segloop.core.formats.registry.register_model`."""
+    from segloop.core.formats.registry import register_model as _reg
 
     return _reg(path, name=name, persist=persist)

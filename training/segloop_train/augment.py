@@ -32,11 +32,11 @@ import numpy as np
 from skimage.color import hed_from_rgb, rgb_from_hed
 from skimage.transform import resize
 
-from segloop.core.normalize import Normalizer
+from segloop.core.inference.normalize import Normalizer
 from segloop_train.data import IGNORE
 
-__all__ = ["AugmentConfig", "AugmentedPatchSampler", "ct_jitter", "flip_rotate", "intensity_jitter",
-           "stain_jitter", "HISTOLOGY_MODALITIES"]
+__all__ = ["AugmentConfig", "AugmentedPatchSampler", "ReviewedPatchSampler", "ct_jitter", "flip_rotate",
+           "intensity_jitter", "stain_jitter", "HISTOLOGY_MODALITIES"]
 
 #: Folder modalities that get stain jitter (when the image is RGB).
 HISTOLOGY_MODALITIES = ("histology", "brightfield", "he", "ihc")
@@ -173,7 +173,7 @@ def _coords(mask: np.ndarray, rng: np.random.Generator, limit: int = 200_000) ->
     return idx
 
 
-class _ReviewedPatchSampler:
+class ReviewedPatchSampler:
     """What the 2D and the volume samplers share: where patches are drawn from, raw jitter,
     zoom, the last augmentation steps and batching.
 
@@ -257,7 +257,7 @@ class _ReviewedPatchSampler:
         return np.stack(xs), np.stack(ys).astype(np.int64)
 
 
-class AugmentedPatchSampler(_ReviewedPatchSampler):
+class AugmentedPatchSampler(ReviewedPatchSampler):
     """Random augmented patches of raw 2D samples.
 
     Parameters

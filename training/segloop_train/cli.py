@@ -8,6 +8,12 @@
     segloop-train FOLDER... --arch unet --out DIR [--arch-kwargs JSON --classes a,b
                   --task semantic|instance --normalization JSON --dims 2|3 --context-slices K] ...
 
+    segloop-train loop --images ... --ground-truth ... (--arch unet | --model M) --out DIR ...
+
+The last form simulates active learning with ground truth as the oracle
+(:mod:`segloop_train.loop_cli`, :func:`segloop_train.loop.run_loop`; ``segloop loop`` runs it).
+To fine-tune on a training folder that is literally called ``loop``, write ``./loop``.
+
 2.5D and 3D (CT stacks): ``--arch segunet --context-slices 5`` trains a 2D network on the 5
 slices around each slice; ``--arch unet --dims 3 --patch 32,96,96`` a 3D network on 3D
 patches ``(pz, py, px)``.  Fine-tuning a 2.5D / 3D package (``--from``) trains the same way.
@@ -53,7 +59,7 @@ import warnings
 
 from segloop.errors import SegloopError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "options_from_args"]
 
 PROG = "segloop-train"
 
@@ -99,6 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-checkpoint", action="store_true", help="keep DIR.ckpt after writing the package")
     p.add_argument("--progress-json", action="store_true", help="one JSON object per line on stdout")
     return p
+
+
+def options_from_args(args: argparse.Namespace, *, command: str | None = None):
+    """The :class:`segloop_train.config.FinetuneOptions` of parsed ``segloop-train`` arguments."""
+    from segloop_train.config import FinetuneOptions
+
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    return FinetuneOptions.from_kwargs(
+        args.folders, parent=args.parent, out=args.out, steps=args.steps, epochs=args.epochs, lr=args.lr,
+        batch=args.batch, patch=args.patch, device=args.device, seed=args.seed, resume=args.resume,
+        eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, patience=args.patience,
+        version=args.version, name=args.name, arch=args.arch, arch_kwargs=args.arch_kwargs, classes=classes,
+        task=args.task, normalization=args.normalization, dims=args.dims, context_slices=args.context_slices,
+        onnx=not args.no_onnx, keep_checkpoint=args.keep_checkpoint, precision=args.precision, command=command)
 
 
 def _patch(text: str) -> int | tuple[int, ...]:
@@ -202,6 +222,11 @@ def _rank() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["loop"]:                      # segloop-train loop ...: the active-learning loop
+        from segloop_train.loop_cli import main as loop_main
+
+        return loop_main(argv[1:])
     args = build_parser().parse_args(argv)
     rank = _rank()
     under_torchrun = _distributed()
@@ -225,9 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     old = {}
     if threading.current_thread() is threading.main_thread():
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    command = " ".join([PROG, *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
+    command = " ".join([PROG, *map(shlex.quote, argv)])
     try:
-        from segloop_train.finetune import FinetuneWarning, finetune
+        from segloop_train.finetune import FinetuneWarning, run_finetune
         from segloop_train.folders import SkippedSampleWarning
 
         if args.threads:
@@ -237,16 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():            # shown through the printer instead
             warnings.simplefilter("ignore", FinetuneWarning)
             warnings.simplefilter("ignore", SkippedSampleWarning)
-            finetune(args.folders, parent=args.parent, out=args.out, steps=args.steps, epochs=args.epochs,
-                     lr=args.lr, batch=args.batch, patch=args.patch, device=args.device, seed=args.seed,
-                     resume=args.resume, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-                     patience=args.patience, version=args.version, name=args.name, arch=args.arch,
-                     arch_kwargs=args.arch_kwargs,
-                     classes=[c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None,
-                     task=args.task, normalization=args.normalization, dims=args.dims,
-                     context_slices=args.context_slices, onnx=not args.no_onnx,
-                     keep_checkpoint=args.keep_checkpoint, precision=args.precision, command=command,
-                     progress=printer, cancel=cancel)
+            run_finetune(options_from_args(args, command=command), progress=printer, cancel=cancel)
     except (SegloopError, ValueError, OSError) as e:
         printer.close()
         if getattr(e, "quiet", False):             # another rank failed and rank 0 says why

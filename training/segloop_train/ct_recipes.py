@@ -6,7 +6,7 @@
     python -m segloop_train.recipes ct-liver-unet3d --out DIR [--threads 2]
 
 Data: LiTS case 117 as shipped (resampled to 128^3) by the installed wheel
-``liver-ct-segmentation-package==1.6.0``, read with :func:`segloop.core.io.samples.load_liver_ct`
+``liver-ct-segmentation-package==1.6.0``, read with :func:`segloop.core.formats.io.samples.load_liver_ct`
 (files only, the package is never imported; ``(Z, Y, X)`` with Z axial, inferior -> superior).
 It is written as a training folder v1 (classes background / liver / tumour, semantic, modality
 CT, every voxel reviewed: the LiTS reference labels) by :func:`liver_ct_folder`.  One volume is
@@ -37,10 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from segloop.core.engines import cpu_id
-from segloop.core.importers import LIVER_CT_HOLDOUT, LIVER_CT_TRAIN, import_source
-from segloop.core.package import load_package, save_package
-from segloop.core.trainfolder import TrainingFolder
+from segloop.core.formats.importers import LIVER_CT_HOLDOUT, LIVER_CT_TRAIN, import_source
+from segloop.core.formats.package import load_package, save_package
+from segloop.core.formats.trainfolder import TrainingFolder
+from segloop.core.inference.engines import cpu_id
 
 __all__ = ["CT_RECIPES", "CTRecipe", "HOLDOUT_SLICES", "build_ct_model", "finish_ct_model", "liver_ct_folder"]
 
@@ -124,9 +124,9 @@ CT_RECIPES: dict[str, CTRecipe] = {
 def liver_ct_folder(dest: str | Path) -> TrainingFolder:
     """Write LiTS case 117 as a training folder v1 with a held-out axial slab.
 
-    The folder is written by the ``liver-ct`` importer (:func:`segloop.core.importers.import_source`,
+    The folder is written by the ``liver-ct`` importer (:func:`segloop.core.formats.importers.import_source`,
     also ``segloop import liver-ct --folder DEST``), so a recipe run and an import give the same
-    folder (the same :meth:`~segloop.core.trainfolder.TrainingFolder.fingerprint`).
+    folder (the same :meth:`~segloop.core.formats.trainfolder.TrainingFolder.fingerprint`).
 
     Parameters
     ----------
@@ -187,7 +187,7 @@ point to fine-tune on your own corrected scans with segloop (Segment -> proofrea
   crop** by `liver-ct-segmentation-package==1.6.0` (files `data/img_117.mrc`, `lab_117.mrc`,
   read without importing the package). HU {hu_min:.0f} .. {hu_max:.0f}; labels 0 background,
   1 liver, 2 tumour (the LiTS reference, every voxel counted as reviewed).
-- Orientation from anatomy (`segloop.core.io.samples.load_liver_ct`): Z axial, inferior ->
+- Orientation from anatomy (`segloop.core.formats.io.samples.load_liver_ct`): Z axial, inferior ->
   superior. **Voxel spacing unknown** (MRC voxel size 0, and the crop was resampled): none is
   recorded in the package, and the network has never seen a known slice thickness.
 - Split along Z (one patient, so no independent test set exists): axial slices 0-87 train,
@@ -263,8 +263,7 @@ def finish_ct_model(recipe: CTRecipe, raw: str | Path, out: str | Path, folder: 
     """
     import torch
 
-    from segloop.core.io.samples import load_liver_ct
-    from segloop_train.volumes import model_predicts_volumes
+    from segloop.core.formats.io.samples import load_liver_ct
 
     out, folder = Path(out), Path(folder)
     pkg = load_package(raw)
@@ -290,7 +289,7 @@ def finish_ct_model(recipe: CTRecipe, raw: str | Path, out: str | Path, folder: 
         jac_liver=_fmt(metrics, "jaccard:liver"), dice_tumour=_fmt(metrics, "dice:tumour"),
         jac_tumour=_fmt(metrics, "jaccard:tumour"), dice=_fmt(metrics, "dice"), jaccard=_fmt(metrics, "jaccard"),
         acc=_fmt(metrics, "pixel_accuracy"),
-        evaluated_with="Model.predict" if model_predicts_volumes() else "segloop_train.volumes.predict_volume",
+        evaluated_with="Model.predict",
         best_step=(training.get("best") or {}).get("step", "?"), steps=recipe.steps, license=LICENSE,
         seed=recipe.seed, device="CPU", threads=training["threads"], seconds=train_seconds,
         steps_done=training.get("steps_done"), batch=recipe.batch,

@@ -3,7 +3,7 @@
 A :class:`Sample` is one image with its labels and an optional ``reviewed``
 mask (pixels with ``reviewed == 0`` are ignored by the loss).  Instance labels
 become three-class targets (background / interior / boundary), the
-representation the instance post-processing in ``segloop.core.postprocess``
+representation the instance post-processing in ``segloop.core.inference.postprocess``
 expects.
 """
 
@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from skimage.segmentation import find_boundaries
 
-from segloop.core.normalize import Normalizer, spec_from_dict
+from segloop.core.formats.normalization import spec_from_dict
+from segloop.core.inference.normalize import Normalizer
 
 __all__ = ["Sample", "instance_targets", "reviewed_targets", "PatchSampler", "normalize_sample"]
 

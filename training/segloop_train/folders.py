@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segloop.core.package import ModelSpec
-from segloop.core.trainfolder import SPLITS, FolderInfo, TrainingFolder
+from segloop.core.formats.package import ModelSpec
+from segloop.core.formats.trainfolder import SPLITS, FolderInfo, TrainingFolder
 from segloop.errors import TrainingFolderError
 from segloop_train.data import Sample
 

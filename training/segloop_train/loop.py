@@ -18,12 +18,10 @@ Round 0 (the starting point, the same for every strategy)
     parent, which is then ``M0`` (corrected area 0).  ``start`` reuses the round 0 of an
     earlier run (its ``M0``) instead of training it again.
 Rounds 1 .. ``rounds``
-    1. the current model segments every pool image with uncertainty
-       (:func:`segloop.core.uncertainty.estimate_uncertainty`); the images are cut into
-       regions (:func:`segloop.core.active.region_grid`) and scored
-       (:func:`segloop.core.active.score_regions`); the ``strategy`` picks ``budget`` regions
-       that were not corrected before (diversity also gets
-       :func:`segloop.core.active.region_features`);
+    1. the current model segments every pool image with uncertainty, the images are cut into
+       regions and scored, and the ``strategy`` picks ``budget`` regions that were not corrected
+       before (diversity also gets encoder features) - the one active-learning pipeline,
+       :func:`segloop.core.learning.pipeline.rank_regions`, that the napari widget runs too;
     2. the oracle copies the ground truth into the picked regions; its record counts the
        pixels whose class (instance models: object vs background) it had to change;
     3. every image whose corrections grew is exported to the training folder as one
@@ -56,11 +54,16 @@ steps is uncertain everywhere - after 120 steps on 8 BBBC007 tiles the normalize
 plain background was 0.46 (the trained ``nuclei-unet``: 0.01) - and then uncertainty cannot
 rank regions.  Later rounds fine-tune an already confident M0, which needs far fewer steps.
 
+Each step of a round is a function here (:func:`_select_regions`, :func:`_correct_regions`,
+:func:`_export_corrections`, :func:`_train_round`, :func:`_evaluate_round`); the CSV and the
+curves are :mod:`segloop_train.loop_report`, the command line ``segloop-train loop``
+:mod:`segloop_train.loop_cli`.
+
 Outputs in ``out``: ``loop.json`` (the configuration), ``loop.csv`` (one row per round,
 rewritten after every round), ``loop.png`` (quality vs corrected area; matplotlib when it is
 installed, else a plain Pillow drawing), ``models/round-NN/`` (the package of each round) and,
 unless ``folder`` is given elsewhere, ``training-folder/`` with the exported samples and the
-:class:`segloop.core.active.ActiveLearningState` (every region corrected so far, marked reviewed).
+:class:`segloop.core.learning.state.ActiveLearningState` (every region corrected so far, marked reviewed).
 
 Deterministic: the regions of round ``r`` are drawn with ``SeedSequence([seed, r])``, the
 network's initialization and every training step are seeded, and inference runs in fp32, so a
@@ -70,9 +73,7 @@ the same figures.
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import os
 import re
 import shutil
@@ -86,13 +87,19 @@ from typing import Any, Literal
 
 import numpy as np
 
+from segloop.core._runtime import is_cancelled
+from segloop.core.learning.pipeline import rank_regions
+from segloop.core.learning.regions import REGION_KINDS, Region, region_grid
+from segloop.core.learning.state import ActiveLearningState, model_info
+from segloop.core.learning.strategies import Strategy, get_strategy
 from segloop.errors import (
     ActiveLearningError,
     Cancelled,
-    InvalidImageError,
     InvalidLabelsError,
     ModelPackageError,
 )
+from segloop_train.loop_oracle import changed_pixels, check_pool, paste_truth
+from segloop_train.loop_report import area_to_reach, plot_curves, quality_key, write_csv
 
 __all__ = [
     "LOOP_STRATEGIES",
@@ -107,13 +114,8 @@ __all__ = [
     "write_csv",
 ]
 
-#: Strategies the loop runs (:data:`segloop.core.active.STRATEGIES`).
+#: Strategies the loop runs (:data:`segloop.core.learning.strategies.STRATEGIES`).
 LOOP_STRATEGIES = ("random", "uncertainty", "diversity")
-
-#: Columns every row has, in CSV order; the held-out metrics follow, then :data:`_TAIL`.
-_HEAD = ("round", "strategy", "regions_selected", "regions_total", "corrected_area", "corrected_fraction",
-         "changed_pixels", "mean_uncertainty")
-_TAIL = ("model_version", "model", "select_seconds", "train_seconds", "eval_seconds", "seconds")
 
 Progress = Callable[[dict], None]
 
@@ -139,7 +141,7 @@ class ScratchModel:
     context_slices : int
         Odd; > 1 makes a 2.5D network (that many neighbouring planes as channels).
     normalization : dict, optional
-        A spec of :mod:`segloop.core.normalize`; default percentile.
+        A spec of :mod:`segloop.core.formats.normalization`; default percentile.
     modality : str
         Of the training folder (chooses the augmentation: ``CT`` intensity jitter ...).
     name : str
@@ -244,56 +246,7 @@ class LoopResult:
         return [r for rnd in self.selected for r in rnd]
 
 
-def quality_key(task: str) -> str:
-    """The held-out metric the loop plots: instance F1 at IoU 0.5, or mean Dice for semantic models."""
-    return "f1@0.5" if task == "instance" else "dice"
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-def _is_cancelled(cancel) -> bool:
-    if cancel is None:
-        return False
-    return bool(cancel()) if callable(cancel) else bool(cancel.is_set())
-
-
-def _named(arrays, what: str) -> dict[str, np.ndarray]:
-    """``{id: array}`` from a mapping or a sequence (ids ``image-000`` ...)."""
-    if isinstance(arrays, np.ndarray):
-        raise InvalidImageError(f"{what}: give a list of arrays (or a {{name: array}} mapping), not one array")
-    if isinstance(arrays, Mapping):
-        items = [(str(k), v) for k, v in arrays.items()]
-    else:
-        items = [(f"image-{i:03d}", v) for i, v in enumerate(arrays)]
-    return {k: np.asarray(v) for k, v in items}
-
-
-def _pair(images, truth, what: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Check images against their ground truth; typed errors naming the first mismatch."""
-    imgs, gts = _named(images, f"{what} images"), _named(truth, f"{what} ground truth")
-    if len(imgs) != len(gts):
-        raise InvalidLabelsError(f"{len(imgs)} {what} image(s) but {len(gts)} ground-truth label image(s); give "
-                                 "one ground truth per image, in the same order")
-    if isinstance(images, Mapping) and isinstance(truth, Mapping) and set(imgs) != set(gts):
-        raise InvalidLabelsError(f"{what} images and ground truth have different names: "
-                                 f"{sorted(set(imgs) ^ set(gts))[:4]}")
-    if not isinstance(truth, Mapping) or not isinstance(images, Mapping):
-        gts = dict(zip(imgs, gts.values()))
-    for name, img in imgs.items():
-        gt = gts[name]
-        if gt.dtype.kind not in "iub":
-            raise InvalidLabelsError(f"{what} ground truth of {name!r} has dtype {gt.dtype}; labels must be integers "
-                                     "(object ids or class ids)")
-        if gt.ndim not in (2, 3):
-            raise InvalidLabelsError(f"{what} ground truth of {name!r} has shape {gt.shape}; give (Y, X) or (Z, Y, X)")
-        if gt.size and gt.min() < 0:
-            raise InvalidLabelsError(f"{what} ground truth of {name!r} has negative labels")
-        if img.ndim not in (gt.ndim, gt.ndim + 1) or tuple(img.shape[:gt.ndim]) != gt.shape:
-            raise InvalidLabelsError(
-                f"{what} image {name!r} has shape {img.shape} but its ground truth {gt.shape}; the ground truth must "
-                "have the image's spatial shape (channels last in the image)")
-    return imgs, {k: gts[k] for k in imgs}
+# --------------------------------------------------------------------------- helpers
 
 
 def _slug(name: str, taken: set[str]) -> str:
@@ -314,221 +267,12 @@ def _round_seed(seed: int, r: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(r)]).generate_state(1)[0])
 
 
-# --------------------------------------------------------------------------- the oracle
-
-
-def _fg(labels: np.ndarray, task: str) -> np.ndarray:
-    return labels > 0 if task == "instance" else labels
-
-
-def paste_truth(prediction: np.ndarray | None, truth: np.ndarray, mask: np.ndarray, task: str) -> np.ndarray:
-    """The labels a person has after correcting ``mask``: ``truth`` there, ``prediction`` elsewhere.
-
-    Instance ids of the truth are shifted above the prediction's so no pasted object shares an
-    id with a predicted one.  ``prediction`` None: nothing outside ``mask`` (0).
-    """
-    truth = np.asarray(truth)
-    if prediction is None:
-        pred = np.zeros(truth.shape, np.uint32 if task == "instance" else np.uint8)
-    else:
-        pred = np.asarray(prediction)
-    if task != "instance":
-        return np.where(mask, truth, pred).astype(np.uint8)
-    offset = int(pred.max()) if pred.size else 0
-    pasted = np.where(truth > 0, truth.astype(np.int64) + offset, 0)
-    out = np.where(mask, pasted, pred.astype(np.int64))
-    return out.astype(np.uint16 if out.max() <= np.iinfo(np.uint16).max else np.uint32)
-
-
-# --------------------------------------------------------------------------- curves
-
-
-def area_to_reach(rows: Sequence[Mapping], target: float, *, metric: str, area: str = "corrected_area",
-                  sustained: bool = False) -> tuple[float, bool]:
-    """The corrected area at which a quality curve reaches ``target``.
-
-    ``sustained=False``: where it *first* reaches it - linear interpolation between the last
-    row below ``target`` and the first row at or above it.  ``sustained=True``: from where it
-    *stays* at or above it in every later round - interpolation between the last row below
-    ``target`` and the next one (a one-round spike followed by a fall does not count).  When
-    the curve never reaches it (or ends below it): ``(area of the last row, False)``.
-
-    Parameters
-    ----------
-    rows : sequence of dict
-        Rows of :func:`run_loop` (or of ``loop.csv``), in round order.
-    target : float
-    metric : str
-        Column holding the quality (``"f1@0.5"``, ``"dice"`` ...).
-    area : str
-        Column holding the cumulative corrected area.
-
-    Returns
-    -------
-    (float, bool)
-        The area, and whether the target was reached.
-    """
-    pts = [(float(r[area]), float(r[metric])) for r in rows
-           if r.get(metric) not in (None, "") and math.isfinite(float(r[metric]))]
-    if not pts:
-        raise ValueError(f"no rows with a value for {metric!r}")
-    if sustained:
-        below = [i for i, (_, q) in enumerate(pts) if q < target]
-        if not below:
-            return pts[0][0], True
-        i = below[-1]
-        if i == len(pts) - 1:
-            return pts[-1][0], False
-        (a0, q0), (a1, q1) = pts[i], pts[i + 1]
-        return a0 + (a1 - a0) * (target - q0) / (q1 - q0), True
-    prev = None
-    for a, q in pts:
-        if q >= target:
-            if prev is None or q == prev[1]:
-                return a, True
-            a0, q0 = prev
-            return a0 + (a - a0) * (target - q0) / (q - q0), True
-        prev = (a, q)
-    return pts[-1][0], False
-
-
-def write_csv(rows: Sequence[Mapping], path: str | os.PathLike) -> Path:
-    """Rows as CSV (the columns of :func:`run_loop`, metrics in the order they first appear)."""
-    path = Path(path)
-    metrics: list[str] = []
-    for r in rows:
-        metrics += [k for k in r if k not in _HEAD and k not in _TAIL and k not in metrics]
-    cols = [*_HEAD, *metrics, *_TAIL]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: _csv_value(r.get(k)) for k in cols})
-    os.replace(tmp, path)
-    return path
-
-
-def _csv_value(v):
-    if isinstance(v, float):
-        return "" if not math.isfinite(v) else f"{v:.6g}"
-    return "" if v is None else v
-
-
-def plot_curves(curves: Mapping[str, Sequence[Mapping]], path: str | os.PathLike, *, metric: str,
-                title: str = "", x: Literal["fraction", "area"] = "fraction", target: float | None = None) -> Path:
-    """Quality vs corrected area, one line per curve, written as a PNG.
-
-    Parameters
-    ----------
-    curves : mapping of str -> rows
-        Label -> rows of :func:`run_loop` (e.g. ``{"random": res_a.rows, "uncertainty": res_b.rows}``).
-    path : path-like
-        The PNG to write.
-    metric : str
-        The row key on the y axis.
-    title : str
-    x : {"fraction", "area"}
-        Corrected area as a percentage of the pool, or in pixels (voxels).
-    target : float, optional
-        Draw a dotted horizontal line at this quality (e.g. random's final quality).
-
-    Uses matplotlib (Agg, no pyplot state) when it is installed, else Pillow.
-    """
-    path = Path(path)
-    xkey = "corrected_fraction" if x == "fraction" else "corrected_area"
-    series = []
-    for label, rows in curves.items():
-        pts = [(float(r[xkey]) * (100.0 if x == "fraction" else 1.0), float(r[metric])) for r in rows
-               if r.get(metric) not in (None, "") and math.isfinite(float(r[metric]))]
-        if pts:
-            series.append((str(label), pts))
-    if not series:
-        raise ValueError(f"nothing to plot: no rows have {metric!r}")
-    xlabel = "corrected area (% of the pool)" if x == "fraction" else "corrected area (pixels)"
-    ylabel = f"held-out {metric}"
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        return _plot_pillow(series, path, xlabel=xlabel, ylabel=ylabel, title=title, target=target)
-    fig = Figure(figsize=(6.4, 4.2), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    for label, pts in series:
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, label=label)
-    if target is not None:
-        ax.axhline(target, ls=":", color="0.4", lw=1)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
-
-
-_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189))
-
-
-def _plot_pillow(series, path: Path, *, xlabel: str, ylabel: str, title: str, target: float | None) -> Path:
-    """A plain line plot with Pillow (a dependency of scikit-image), for installs without matplotlib."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    w, h, left, right, top, bottom = 700, 460, 70, 20, 40, 60
-    img = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(img)
-    try:
-        font = ImageFont.load_default(size=13)
-    except TypeError:                          # Pillow < 10.1
-        font = ImageFont.load_default()
-    xs = [p[0] for _, pts in series for p in pts]
-    ys = [p[1] for _, pts in series for p in pts] + ([target] if target is not None else [])
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = min(ys), max(ys)
-    x1 = x1 if x1 > x0 else x0 + 1
-    pad = (y1 - y0) * 0.05 or 0.01
-    y0, y1 = y0 - pad, y1 + pad
-
-    def px(x, y):
-        return (left + (x - x0) / (x1 - x0) * (w - left - right), top + (y1 - y) / (y1 - y0) * (h - top - bottom))
-
-    d.rectangle([left, top, w - right, h - bottom], outline="black")
-    for i in range(6):
-        xv, yv = x0 + (x1 - x0) * i / 5, y0 + (y1 - y0) * i / 5
-        gx, gy = px(xv, yv)
-        d.line([gx, top, gx, h - bottom], fill=(225, 225, 225))
-        d.line([left, gy, w - right, gy], fill=(225, 225, 225))
-        d.text((gx, h - bottom + 6), f"{xv:.3g}", fill="black", font=font, anchor="mt")
-        d.text((left - 6, gy), f"{yv:.3f}", fill="black", font=font, anchor="rm")
-    if target is not None:
-        ty = px(x0, target)[1]
-        for sx in range(left, w - right, 8):
-            d.line([sx, ty, sx + 3, ty], fill=(100, 100, 100))
-    for i, (label, pts) in enumerate(series):
-        c = _COLOURS[i % len(_COLOURS)]
-        xy = [px(*p) for p in pts]
-        if len(xy) > 1:
-            d.line(xy, fill=c, width=2)
-        for cx, cy in xy:
-            d.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=c)
-        d.text((w - right - 150, h - bottom - 20 - 18 * (len(series) - 1 - i)), f"- {label}", fill=c, font=font)
-    d.text(((left + w - right) / 2, h - 22), xlabel, fill="black", font=font, anchor="mt")
-    d.text((8, top - 22), ylabel, fill="black", font=font)
-    if title:
-        d.text((w / 2, 8), title, fill="black", font=font, anchor="mt")
-    img.save(path)
-    return path
-
-
 # --------------------------------------------------------------------------- the loop
 
 
 def load_model_path(name_or_path) -> str:
     """The package path of a bundled name or a path (what rounds >= 1 fine-tune when round 0 trained nothing)."""
-    from segloop.core.predict import model_path
+    from segloop.core.formats.registry import model_path
 
     return str(model_path(name_or_path))
 
@@ -540,8 +284,6 @@ _START_KEYS = ("images", "seed", "initial", "initial_steps", "region_size", "reg
 
 def _check_start(start: Path, config: LoopConfig) -> list[str]:
     """The round-0 region keys of an earlier run, after checking it made M0 as this run would."""
-    from segloop.core.active import ActiveLearningState
-
     try:
         have = json.loads((start / "loop.json").read_text())
     except (OSError, ValueError) as e:
@@ -556,6 +298,7 @@ def _check_start(start: Path, config: LoopConfig) -> list[str]:
         raise ActiveLearningError(f"start {start} has no finished round 0 (models/round-00 and the training "
                                   "folder's state); run it first")
     return [r.key for r in state.queue[: config.initial]]
+
 
 
 def run_loop(
@@ -618,7 +361,7 @@ def run_loop(
         Regions drawn at random for round 0 (default ``budget``; must be > 0 for a
         :class:`ScratchModel`).
     region_size : int
-        Tile side in pixels (see :func:`segloop.core.active.region_grid`).
+        Tile side in pixels (see :func:`segloop.core.learning.regions.region_grid`).
     region_kind : {"tile", "slice", "subvolume"}
     steps : int
         Fine-tuning steps of rounds 1 .. ``rounds`` (each fine-tunes M0).
@@ -630,7 +373,7 @@ def run_loop(
     methods : sequence of str
         Uncertainty methods (``entropy``, ``tta``, ``mc_dropout``); their mean scores the regions.
     score : {"mean", "boundary", "mean+boundary"}
-        Region score (:func:`segloop.core.active.score_regions`).
+        Region score (:func:`segloop.core.learning.regions.score_regions`).
     device : str
     precision : str
         Of training (fp32 by default: reproducible); inference always runs in fp32.
@@ -674,32 +417,11 @@ def run_loop(
     ModelPackageError, ModelNotFoundError
         ``out`` is not new or empty; a bad parent.
     """
-    import torch
-
-    from segloop.core.active import (
-        REGION_KINDS,
-        ActiveLearningState,
-        Region,
-        get_strategy,
-        model_info,
-        region_features,
-        region_grid,
-        score_regions,
-    )
-    from segloop.core.predict import load_model
-    from segloop.core.trainfolder import TrainingFolder
-    from segloop.core.uncertainty import estimate_uncertainty
-    from segloop_train.data import Sample
-    from segloop_train.finetune import FinetuneWarning, evaluate_samples, finetune
-    from segloop_train.folders import object_classes
-
     t_start = time.perf_counter()
     emit = progress or (lambda ev: None)
-    messages: list[str] = []
 
-    # ---- arguments
+    # ---- arguments (checked before anything is written)
     strat = get_strategy(strategy)
-    random_strat = get_strategy("random")
     if region_kind not in REGION_KINDS:
         raise ActiveLearningError(f"unknown region kind {region_kind!r}; choose from {', '.join(REGION_KINDS)}")
     initial_steps = int(steps if initial_steps is None else initial_steps)
@@ -710,51 +432,17 @@ def run_loop(
     initial = int(budget if initial is None else initial)
     if initial < 0:
         raise ActiveLearningError(f"initial must be >= 0 regions, got {initial}")
-    scratch = isinstance(parent, ScratchModel)
-    if scratch and initial == 0:
+    if isinstance(parent, ScratchModel) and initial == 0:
         raise ActiveLearningError("a model trained from scratch needs initial > 0 regions to start from; give "
                                   "initial (--initial) or a parent model")
-    pool, truth = _pair(images, ground_truth, "pool")
-    if not pool:
-        raise InvalidImageError("no pool images: give at least one image with its ground truth")
-    ho_imgs, ho_truth = _pair(*heldout, "held-out") if heldout is not None else ({}, {})
-    spatial = {len(g.shape) for g in truth.values()}
-    if len(spatial) != 1:
-        raise InvalidLabelsError("mix of 2D and 3D pool images; give all (Y, X) or all (Z, Y, X)")
-    n_sp = spatial.pop()
-    for name, img in pool.items():
-        if np.issubdtype(img.dtype, np.floating) and not np.isfinite(img).all():
-            raise InvalidImageError(f"pool image {name!r} has NaN or infinite values")
+    pool, truth, ho_imgs, ho_truth = check_pool(images, ground_truth, heldout)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(not n.startswith(".") for n in os.listdir(out))):
         raise ModelPackageError(f"{out} exists and is not an empty folder; the loop writes models and results "
                                 "there and never overwrites them: choose a new --out")
     folder = Path(folder) if folder is not None else out / "training-folder"
-
-    # ---- the parent and the folder's classes
-    if scratch:
-        task, fclasses, modality = parent.task, tuple(parent.classes), parent.modality
-        if task == "instance" and len(fclasses) == 3 and fclasses[-1] == "boundary":
-            fclasses = fclasses[:2]
-        base_name, parent_desc = parent.name, parent.to_dict()
-        parent_model = None
-    else:
-        parent_model = load_model(parent, device=device, precision="fp32")
-        ps = parent_model.spec
-        task, modality = ps.task, (ps.modality or "other")
-        fclasses = (ps.classes[0], *object_classes(ps)) if task == "instance" else tuple(ps.classes)
-        base_name, parent_desc = ps.name, str(parent)
-    if task not in ("instance", "semantic"):
-        raise ActiveLearningError(f"task must be 'instance' or 'semantic', got {task!r}")
-    if task == "semantic":
-        k = len(fclasses)
-        for what, gts in (("pool", truth), ("held-out", ho_truth)):
-            for name, gt in gts.items():
-                if gt.size and int(gt.max()) >= k:
-                    raise InvalidLabelsError(f"{what} ground truth of {name!r} has class id {int(gt.max())} but the "
-                                             f"model has {k} classes {list(fclasses)}; give class ids 0 .. {k - 1}")
-    metric = quality_key(task)
-
+    parent_model, task, fclasses, modality, base_name, parent_desc = _open_parent(parent, device)
+    _check_classes(task, fclasses, truth, ho_truth)
     config = LoopConfig(
         strategy=strat.name, rounds=int(rounds), budget=int(budget), initial=initial, region_size=int(region_size),
         region_kind=str(region_kind), parent=parent_desc, steps=int(steps), initial_steps=initial_steps,
@@ -764,196 +452,334 @@ def run_loop(
         finetune_kwargs=dict(finetune_kwargs or {}), images=tuple(pool), heldout=tuple(ho_imgs),
         start=None if start is None else str(Path(start)), folder=str(folder))
     start_keys = _check_start(Path(start), config) if start is not None else None
-    out.mkdir(parents=True, exist_ok=True)                # nothing is written before the checks above
-    tf = TrainingFolder.create(folder, classes=fclasses, task=task, modality=modality)
-    (out / "loop.json").write_text(json.dumps(config.to_dict(), indent=1, default=str) + "\n")
-    csv_path = out / "loop.csv"
-    models_dir = out / "models"
-    heldout_samples = [Sample(img, ho_truth[n], None, source=n, meta={"volume": True} if ho_truth[n].ndim == 3 else {})
-                       for n, img in ho_imgs.items()]
-    if not heldout_samples:
-        messages.append("no held-out images: rounds are not evaluated and no plot is drawn")
-        emit({"event": "warning", "message": messages[-1]})
 
-    # ---- per-image bookkeeping
-    taken: set[str] = set()
-    sample_ids = {n: _slug(n, taken) for n in pool}
-    grids = {n: region_grid(truth[n].shape, int(region_size), kind=region_kind) for n in pool}
-    corrected = {n: np.zeros(truth[n].shape, bool) for n in pool}
-    pool_px = int(sum(g.size for g in truth.values()))
-    done_keys: list[str] = []
-    all_selected: list[Region] = []
-    rows: list[dict] = []
-    selected_rounds: list[list[Region]] = []
-    models: list[Path] = []
-    changed_total = 0
-    model = parent_model
-    model_path: Path | None = None
-    m0_path: Path | None = None if scratch else Path(load_model_path(parent))
-    stopped = "completed"
-    plot_path: Path | None = None
-    ft_kwargs = dict(finetune_kwargs or {})
-
-    def finish(status: str) -> LoopResult:
-        nonlocal plot_path
-        if rows:
-            write_csv(rows, csv_path)
-            if heldout_samples:
-                try:
-                    plot_path = plot_curves({strat.name: rows}, out / "loop.png", metric=metric,
-                                            title=f"{base_name}: {strat.name}, {budget} regions of {region_size} px "
-                                                  "per round")
-                except (OSError, ValueError) as e:
-                    messages.append(f"no plot: {e}")
-        result = LoopResult(rows, selected_rounds, metric, out, folder, csv_path, plot_path, models, status, config,
-                            messages, time.perf_counter() - t_start)
-        emit({"event": "cancelled" if status == "cancelled" else "done", "rows": len(rows), "stopped": status,
-              "csv": str(csv_path), "plot": None if plot_path is None else str(plot_path)})
-        return result
-
+    run = _open_run(config, pool, truth, ho_imgs, ho_truth, parent=parent, parent_model=parent_model, task=task,
+                    classes=fclasses, modality=modality, base_name=base_name, parent_desc=parent_desc,
+                    strategy=strat, out=out, folder=folder, sources=sources or {}, start_keys=start_keys,
+                    emit=emit, cancel=cancel, t_start=t_start)
     for r in range(int(rounds) + 1):
-        if _is_cancelled(cancel):
-            return finish("cancelled")
-        t_round = time.perf_counter()
-        emit({"event": "round_start", "round": r, "rounds": int(rounds)})
-        rseed = _round_seed(seed, r)
-        k = initial if r == 0 else int(budget)
+        if is_cancelled(cancel):
+            return _finish(run, "cancelled")
+        stopped = _run_round(run, r)
+        if stopped is not None:
+            return _finish(run, stopped)
+    return _finish(run, "completed")
 
-        # ---- 1. score and select
-        predictions: dict[str, np.ndarray] = {}
-        candidates: list[Region] = []
-        feats: list[np.ndarray] = []
-        if model is not None and k > 0:
-            for n, img in pool.items():
-                if _is_cancelled(cancel):
-                    return finish("cancelled")
-                try:
-                    res = estimate_uncertainty(model, img, methods=tuple(methods), seed=rseed, cancel=cancel)
-                    predictions[n] = np.asarray(res.labels)
-                    candidates += score_regions(res.combined(), res.labels, grids[n], image=n, score=score)
-                    if r > 0 and getattr(strat, "needs_features", False):
-                        feats.append(region_features(model, img, grids[n], cancel=cancel))
-                except Cancelled:
-                    return finish("cancelled")
-                del res
-        else:
-            candidates = [Region(n, box) for n in pool for box in grids[n]]
-        if r == 0:                              # the same random start for every strategy
-            picked = random_strat.select(candidates, k, exclude=done_keys, seed=rseed)
-        else:
-            features = np.concatenate(feats) if feats else None
-            picked = strat.select(candidates, k, exclude=done_keys, features=features, seed=rseed)
-        if r > 0 and not picked:
-            messages.append(f"every region was corrected before round {r}: stopped")
-            emit({"event": "warning", "message": messages[-1]})
-            return finish("exhausted")
-        select_s = time.perf_counter() - t_round
-        emit({"event": "selected", "round": r, "regions": [p.key for p in picked]})
 
-        # ---- 2. the oracle, 3. export
-        touched: dict[str, list[Region]] = {}
-        changed = 0
-        for reg in picked:
-            n = reg.image
-            sl = reg.slices
-            pred = predictions.get(n)
-            gt = truth[n][sl]
-            p = np.zeros(gt.shape, gt.dtype) if pred is None else pred[sl]
-            changed += int(np.count_nonzero(_fg(p, task) != _fg(gt, task)))
-            corrected[n][sl] = True
-            touched.setdefault(n, []).append(reg)
-        changed_total += changed
-        done_keys += [p.key for p in picked]
-        all_selected += picked
-        selected_rounds.append(list(picked))
-        info = None if model is None else model_info(model)
-        for n in pool:                          # in pool order: the folder is written the same way every run
-            if n not in touched:
-                continue
-            labels = paste_truth(predictions.get(n), truth[n], corrected[n], task)
-            tf.add_sample(pool[n], labels, corrected[n].astype(np.uint8), axes=_axes(pool[n], n_sp),
-                          source=(sources or {}).get(n, n), model=info, split="train", sample_id=sample_ids[n],
-                          replace=True,
-                          corrections={"regions_corrected": int(sum(reg.image == n for reg in all_selected)),
-                                       "pixels_reviewed": int(corrected[n].sum())},
-                          extra={"active_learning": {"round": r, "strategy": strat.name if r else "random start",
-                                                     "regions": [reg.key for reg in all_selected if reg.image == n]}})
-        emit({"event": "exported", "round": r, "images": sorted(touched)})
+# --------------------------------------------------------------------------- setting up
 
-        # ---- 4. round 0: train M0 from the parent; later rounds: fine-tune M0 on everything corrected so far
-        train_s = 0.0
-        if r == 0 and start_keys is not None:
-            if [p.key for p in picked] != start_keys:
-                raise ActiveLearningError(f"start {start}: its round-0 regions differ from this run's; run both "
-                                          "with the same pool, seed and initial regions")
-            models_dir.mkdir(exist_ok=True)
-            model_path = models_dir / "round-00"
-            shutil.copytree(Path(start) / "models" / "round-00", model_path)
-            models.append(model_path)
-            model = load_model(model_path, device=device, precision="fp32")
-            m0_path = model_path
-        elif picked:
-            if _is_cancelled(cancel):
-                return finish("cancelled")
-            models_dir.mkdir(exist_ok=True)
-            pkg_out = models_dir / f"round-{r:02d}"
-            kw: dict[str, Any] = dict(steps=int(steps if r else initial_steps), batch=int(batch), patch=config.patch,
-                                      lr=float(lr),
-                                      seed=int(seed), device=device, precision=precision, onnx=False,
-                                      eval_every=int(steps), checkpoint_every=int(steps),
-                                      name=f"{base_name}-al-{strat.name}", version=f"0.{r}.0",
-                                      command=f"segloop_train.loop.run_loop round {r} ({strat.name}, seed {seed})")
-            if m0_path is not None:
-                kw.update(parent=m0_path)
-            elif scratch:
-                kw.update(parent=None, arch=parent.architecture, arch_kwargs=dict(parent.architecture_kwargs),
-                          classes=list(fclasses), task=task, normalization=parent.normalization, dims=parent.dims,
-                          context_slices=parent.context_slices)
-            else:
-                kw.update(parent=parent)
-            kw.update(ft_kwargs)
 
-            def relay(ev: dict, r=r) -> None:
-                if ev.get("event") == "warning" and "no val samples" not in ev.get("message", ""):
-                    msg = f"round {r}: {ev['message']}"
-                    if msg not in messages:
-                        messages.append(msg)
-                emit({"event": "finetune", "round": r, "train": ev})
+def _open_parent(parent, device: str):
+    """``(model or None, task, folder classes, modality, base name, description)`` of the parent."""
+    from segloop.core.inference.model import load_model
+    from segloop_train.folders import object_classes
 
-            t0 = time.perf_counter()
-            with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
-                warnings.simplefilter("ignore", FinetuneWarning)
-                torch.manual_seed(int(seed))        # the same initialization in every round (scratch)
-                res_ft = finetune(folder, progress=relay, cancel=cancel, out=pkg_out, **kw)
-            train_s = time.perf_counter() - t0
-            if res_ft.stopped == "cancelled" or res_ft.package is None:
-                return finish("cancelled")
-            model_path = Path(res_ft.package)
-            models.append(model_path)
-            model = load_model(model_path, device=device, precision="fp32")
-            if r == 0:
-                m0_path = model_path
+    if isinstance(parent, ScratchModel):
+        task, fclasses, modality = parent.task, tuple(parent.classes), parent.modality
+        if task == "instance" and len(fclasses) == 3 and fclasses[-1] == "boundary":
+            fclasses = fclasses[:2]
+        return None, task, fclasses, modality, parent.name, parent.to_dict()
+    model = load_model(parent, device=device, precision="fp32")
+    ps = model.spec
+    task, modality = ps.task, (ps.modality or "other")
+    fclasses = (ps.classes[0], *object_classes(ps)) if task == "instance" else tuple(ps.classes)
+    return model, task, fclasses, modality, ps.name, str(parent)
 
-        # ---- 5. evaluate on held-out images
-        t0 = time.perf_counter()
-        metrics = evaluate_samples(model, heldout_samples, device=device) if heldout_samples else {}
-        eval_s = time.perf_counter() - t0
-        area = int(sum(int(m.sum()) for m in corrected.values()))
-        unc = [p.mean_uncertainty for p in picked] if predictions else []
-        row = {"round": r, "strategy": strat.name, "regions_selected": len(picked),
-               "regions_total": len(all_selected), "corrected_area": area, "corrected_fraction": area / pool_px,
-               "changed_pixels": changed_total, "mean_uncertainty": float(np.mean(unc)) if unc else float("nan"),
-               **metrics, "model_version": model.spec.version if model is not None else "",
-               "model": str(model_path) if model_path is not None else str(parent_desc if not scratch else ""),
-               "select_seconds": round(select_s, 2), "train_seconds": round(train_s, 2),
-               "eval_seconds": round(eval_s, 2), "seconds": round(time.perf_counter() - t_round, 2)}
-        rows.append(row)
-        write_csv(rows, csv_path)
-        state = ActiveLearningState(strategy=strat.name, region_size=int(region_size), region_kind=str(region_kind),
-                                    budget=int(budget), queue=list(all_selected), reviewed=list(done_keys),
-                                    cursor=len(all_selected),
-                                    model=None if model is None else {**model_info(model), "path": str(model_path)})
-        state.save(folder)
-        emit({"event": "round", "round": r, "row": row})
-    return finish(stopped)
 
+def _check_classes(task: str, fclasses: tuple[str, ...], truth: Mapping, ho_truth: Mapping) -> None:
+    if task not in ("instance", "semantic"):
+        raise ActiveLearningError(f"task must be 'instance' or 'semantic', got {task!r}")
+    if task == "semantic":
+        k = len(fclasses)
+        for what, gts in (("pool", truth), ("held-out", ho_truth)):
+            for name, gt in gts.items():
+                if gt.size and int(gt.max()) >= k:
+                    raise InvalidLabelsError(f"{what} ground truth of {name!r} has class id {int(gt.max())} but the "
+                                             f"model has {k} classes {list(fclasses)}; give class ids 0 .. {k - 1}")
+
+
+@dataclass
+class _Run:
+    """What the steps of one loop run share: its inputs, the bookkeeping so far and the current model."""
+
+    config: LoopConfig
+    pool: dict[str, np.ndarray]
+    truth: dict[str, np.ndarray]
+    heldout: list                           # segloop_train.data.Sample, evaluated every round
+    parent: Any                             # as given to run_loop
+    parent_desc: str | dict
+    strategy: Strategy
+    task: str
+    classes: tuple[str, ...]
+    base_name: str
+    metric: str
+    out: Path
+    folder: Path
+    training_folder: Any                    # TrainingFolder
+    sources: Mapping[str, str]
+    start_keys: list[str] | None
+    emit: Progress
+    cancel: Any
+    t_start: float
+    messages: list[str] = field(default_factory=list)
+    sample_ids: dict[str, str] = field(default_factory=dict)
+    grids: dict[str, list] = field(default_factory=dict)
+    corrected: dict[str, np.ndarray] = field(default_factory=dict)
+    done_keys: list[str] = field(default_factory=list)
+    all_selected: list[Region] = field(default_factory=list)
+    selected_rounds: list[list[Region]] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)
+    models: list[Path] = field(default_factory=list)
+    changed_total: int = 0
+    model: Any = None                       # the current Model (None before a scratch round 0)
+    model_path: Path | None = None
+    m0_path: Path | None = None
+
+    @property
+    def scratch(self) -> bool:
+        return isinstance(self.parent, ScratchModel)
+
+    @property
+    def csv_path(self) -> Path:
+        return self.out / "loop.csv"
+
+    @property
+    def spatial_dims(self) -> int:
+        return next(iter(self.truth.values())).ndim
+
+    def warn(self, message: str) -> None:
+        self.messages.append(message)
+        self.emit({"event": "warning", "message": message})
+
+
+def _open_run(config: LoopConfig, pool, truth, ho_imgs, ho_truth, *, parent, parent_model, task, classes, modality,
+              base_name, parent_desc, strategy, out: Path, folder: Path, sources, start_keys, emit, cancel,
+              t_start) -> _Run:
+    """Create ``out`` and the training folder, write ``loop.json``; the bookkeeping of round 0."""
+    from segloop.core.formats.trainfolder import TrainingFolder
+    from segloop_train.data import Sample
+
+    out.mkdir(parents=True, exist_ok=True)                # nothing is written before the checks of run_loop
+    tf = TrainingFolder.create(folder, classes=classes, task=task, modality=modality)
+    (out / "loop.json").write_text(json.dumps(config.to_dict(), indent=1, default=str) + "\n")
+    heldout = [Sample(img, ho_truth[n], None, source=n, meta={"volume": True} if ho_truth[n].ndim == 3 else {})
+               for n, img in ho_imgs.items()]
+    run = _Run(config, pool, truth, heldout, parent, parent_desc, strategy, task, tuple(classes), base_name,
+               quality_key(task), out, folder, tf, sources, start_keys, emit, cancel, t_start,
+               model=parent_model, m0_path=None if isinstance(parent, ScratchModel) else Path(load_model_path(parent)))
+    if not heldout:
+        run.warn("no held-out images: rounds are not evaluated and no plot is drawn")
+    taken: set[str] = set()
+    run.sample_ids = {n: _slug(n, taken) for n in pool}
+    run.grids = {n: region_grid(truth[n].shape, config.region_size, kind=config.region_kind) for n in pool}
+    run.corrected = {n: np.zeros(truth[n].shape, bool) for n in pool}
+    return run
+
+
+# --------------------------------------------------------------------------- one round
+
+
+def _run_round(run: _Run, r: int) -> str | None:
+    """Round ``r``: select, correct, export, train, evaluate.  None when it finished, else why the loop stops."""
+    t_round = time.perf_counter()
+    run.emit({"event": "round_start", "round": r, "rounds": run.config.rounds})
+    rseed = _round_seed(run.config.seed, r)
+    try:
+        picked, predictions = _select_regions(run, r, run.config.initial if r == 0 else run.config.budget, rseed)
+    except Cancelled:
+        return "cancelled"
+    if r > 0 and not picked:
+        run.warn(f"every region was corrected before round {r}: stopped")
+        return "exhausted"
+    select_s = time.perf_counter() - t_round
+    run.emit({"event": "selected", "round": r, "regions": [p.key for p in picked]})
+    touched = _correct_regions(run, picked, predictions)
+    _export_corrections(run, r, touched, predictions)
+    train_s = _train_round(run, r, picked)
+    if train_s is None:
+        return "cancelled"
+    _evaluate_round(run, r, picked, bool(predictions), select_s=select_s, train_s=train_s, t_round=t_round)
+    return None
+
+
+def _select_regions(run: _Run, r: int, k: int, rseed: int) -> tuple[list[Region], dict[str, np.ndarray]]:
+    """Step 1: the regions to correct, and the current model's prediction of every pool image.
+
+    Round 0 draws at random (the same start for every strategy); later rounds rank with the
+    strategy.  Without a model (a scratch round 0) the regions are not scored.
+
+    Raises
+    ------
+    Cancelled
+    """
+    strat = run.strategy if r > 0 else get_strategy("random")
+    if run.model is None or k == 0:
+        candidates = [Region(n, box) for n in run.pool for box in run.grids[n]]
+        return strat.select(candidates, k, exclude=run.done_keys, seed=rseed), {}
+    c = run.config
+    ranking = rank_regions(run.model, run.pool, size=c.region_size, kind=c.region_kind, methods=c.methods,
+                           strategy=strat, k=k, exclude=run.done_keys, seed=rseed, score=c.score, keep_labels=True,
+                           cancel=run.cancel)
+    return ranking.selected, {n: s.labels for n, s in ranking.images.items()}
+
+
+def _correct_regions(run: _Run, picked: list[Region], predictions: Mapping[str, np.ndarray]
+                     ) -> dict[str, list[Region]]:
+    """Step 2, the oracle: the picked regions become corrected; counts the pixels it had to change."""
+    touched: dict[str, list[Region]] = {}
+    changed = 0
+    for reg in picked:
+        n = reg.image
+        sl = reg.slices
+        pred = predictions.get(n)
+        changed += changed_pixels(None if pred is None else pred[sl], run.truth[n][sl], run.task)
+        run.corrected[n][sl] = True
+        touched.setdefault(n, []).append(reg)
+    run.changed_total += changed
+    run.done_keys += [p.key for p in picked]
+    run.all_selected += picked
+    run.selected_rounds.append(list(picked))
+    return touched
+
+
+def _export_corrections(run: _Run, r: int, touched: Mapping[str, list[Region]],
+                        predictions: Mapping[str, np.ndarray]) -> None:
+    """Step 3: every touched image is (re)exported as one sample: truth in corrected regions, reviewed mask."""
+    info = None if run.model is None else model_info(run.model)
+    name = run.strategy.name if r else "random start"
+    for n in run.pool:                          # in pool order: the folder is written the same way every run
+        if n not in touched:
+            continue
+        corrected = run.corrected[n]
+        labels = paste_truth(predictions.get(n), run.truth[n], corrected, run.task)
+        run.training_folder.add_sample(
+            run.pool[n], labels, corrected.astype(np.uint8), axes=_axes(run.pool[n], run.spatial_dims),
+            source=run.sources.get(n, n), model=info, split="train", sample_id=run.sample_ids[n], replace=True,
+            corrections={"regions_corrected": int(sum(reg.image == n for reg in run.all_selected)),
+                         "pixels_reviewed": int(corrected.sum())},
+            extra={"active_learning": {"round": r, "strategy": name,
+                                       "regions": [reg.key for reg in run.all_selected if reg.image == n]}})
+    run.emit({"event": "exported", "round": r, "images": sorted(touched)})
+
+
+def _train_round(run: _Run, r: int, picked: list[Region]) -> float | None:
+    """Step 4: round 0 trains M0 from the parent (or reuses ``start``'s); later rounds fine-tune M0
+    on everything corrected so far.  Seconds spent, or None when cancelled."""
+    from segloop.core.inference.model import load_model
+
+    c = run.config
+    models_dir = run.out / "models"
+    if r == 0 and run.start_keys is not None:
+        if [p.key for p in picked] != run.start_keys:
+            raise ActiveLearningError(f"start {c.start}: its round-0 regions differ from this run's; run both "
+                                      "with the same pool, seed and initial regions")
+        models_dir.mkdir(exist_ok=True)
+        run.model_path = run.m0_path = models_dir / "round-00"
+        shutil.copytree(Path(c.start) / "models" / "round-00", run.model_path)
+        run.models.append(run.model_path)
+        run.model = load_model(run.model_path, device=c.device, precision="fp32")
+        return 0.0
+    if not picked:
+        return 0.0
+    if is_cancelled(run.cancel):
+        return None
+    import torch
+
+    from segloop_train.finetune import FinetuneWarning, finetune
+
+    models_dir.mkdir(exist_ok=True)
+    kw = _finetune_kwargs(run, r)
+
+    def relay(ev: dict) -> None:
+        if ev.get("event") == "warning" and "no val samples" not in ev.get("message", ""):
+            msg = f"round {r}: {ev['message']}"
+            if msg not in run.messages:
+                run.messages.append(msg)
+        run.emit({"event": "finetune", "round": r, "train": ev})
+
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        warnings.simplefilter("ignore", FinetuneWarning)
+        torch.manual_seed(c.seed)               # the same initialization in every round (scratch)
+        res = finetune(run.folder, progress=relay, cancel=run.cancel, out=models_dir / f"round-{r:02d}", **kw)
+    train_s = time.perf_counter() - t0
+    if res.stopped == "cancelled" or res.package is None:
+        return None
+    run.model_path = Path(res.package)
+    run.models.append(run.model_path)
+    run.model = load_model(run.model_path, device=c.device, precision="fp32")
+    if r == 0:
+        run.m0_path = run.model_path
+    return train_s
+
+
+def _finetune_kwargs(run: _Run, r: int) -> dict[str, Any]:
+    """Keyword arguments of :func:`segloop_train.finetune` for round ``r`` (from M0, else the parent)."""
+    c = run.config
+    kw: dict[str, Any] = dict(steps=c.steps if r else c.initial_steps, batch=c.batch, patch=c.patch, lr=c.lr,
+                              seed=c.seed, device=c.device, precision=c.precision, onnx=False,
+                              eval_every=c.steps, checkpoint_every=c.steps,
+                              name=f"{run.base_name}-al-{run.strategy.name}", version=f"0.{r}.0",
+                              command=f"segloop_train.loop.run_loop round {r} ({run.strategy.name}, seed {c.seed})")
+    if run.m0_path is not None:
+        kw.update(parent=run.m0_path)
+    elif run.scratch:
+        p = run.parent
+        kw.update(parent=None, arch=p.architecture, arch_kwargs=dict(p.architecture_kwargs),
+                  classes=list(run.classes), task=run.task, normalization=p.normalization, dims=p.dims,
+                  context_slices=p.context_slices)
+    else:
+        kw.update(parent=run.parent)
+    kw.update(c.finetune_kwargs)
+    return kw
+
+
+def _evaluate_round(run: _Run, r: int, picked: list[Region], scored: bool, *, select_s: float, train_s: float,
+                    t_round: float) -> None:
+    """Step 5: held-out metrics; the round's row (CSV rewritten) and the state saved in the folder."""
+    from segloop_train.finetune import evaluate_samples
+
+    c = run.config
+    t0 = time.perf_counter()
+    metrics = evaluate_samples(run.model, run.heldout, device=c.device) if run.heldout else {}
+    eval_s = time.perf_counter() - t0
+    area = int(sum(int(m.sum()) for m in run.corrected.values()))
+    pool_px = int(sum(g.size for g in run.truth.values()))
+    unc = [p.mean_uncertainty for p in picked] if scored else []
+    model = run.model
+    row = {"round": r, "strategy": run.strategy.name, "regions_selected": len(picked),
+           "regions_total": len(run.all_selected), "corrected_area": area, "corrected_fraction": area / pool_px,
+           "changed_pixels": run.changed_total, "mean_uncertainty": float(np.mean(unc)) if unc else float("nan"),
+           **metrics, "model_version": model.spec.version if model is not None else "",
+           "model": str(run.model_path) if run.model_path is not None else str(
+               run.parent_desc if not run.scratch else ""),
+           "select_seconds": round(select_s, 2), "train_seconds": round(train_s, 2),
+           "eval_seconds": round(eval_s, 2), "seconds": round(time.perf_counter() - t_round, 2)}
+    run.rows.append(row)
+    write_csv(run.rows, run.csv_path)
+    state = ActiveLearningState(strategy=run.strategy.name, region_size=c.region_size, region_kind=c.region_kind,
+                                budget=c.budget, queue=list(run.all_selected), reviewed=list(run.done_keys),
+                                cursor=len(run.all_selected),
+                                model=None if model is None else {**model_info(model), "path": str(run.model_path)})
+    state.save(run.folder)
+    run.emit({"event": "round", "round": r, "row": row})
+
+
+def _finish(run: _Run, status: str) -> LoopResult:
+    """The result; the CSV and the plot of the finished rounds."""
+    plot_path = None
+    if run.rows:
+        write_csv(run.rows, run.csv_path)
+        if run.heldout:
+            c = run.config
+            try:
+                plot_path = plot_curves({run.strategy.name: run.rows}, run.out / "loop.png", metric=run.metric,
+                                        title=f"{run.base_name}: {run.strategy.name}, {c.budget} regions of "
+                                              f"{c.region_size} px per round")
+            except (OSError, ValueError) as e:
+                run.messages.append(f"no plot: {e}")
+    result = LoopResult(run.rows, run.selected_rounds, run.metric, run.out, run.folder, run.csv_path, plot_path,
+                        run.models, status, run.config, run.messages, time.perf_counter() - run.t_start)
+    run.emit({"event": "cancelled" if status == "cancelled" else "done", "rows": len(run.rows), "stopped": status,
+              "csv": str(run.csv_path), "plot": None if plot_path is None else str(plot_path)})
+    return result

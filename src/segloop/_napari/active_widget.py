@@ -1,16 +1,16 @@
 """Active-learning dock widget: find the regions the model is least sure of and walk through them.
 
-"Find regions" runs :func:`segloop.core.uncertainty.estimate_uncertainty`, scores a grid of
-regions (:func:`segloop.core.active.score_regions`) and picks ``budget`` of them with the chosen
-strategy, all in a napari thread worker with progress and Cancel.  The result is an uncertainty
+"Find regions" runs the active-learning pipeline (:func:`segloop.core.learning.pipeline.rank_regions`:
+uncertainty, a scored grid of regions, ``budget`` of them picked by the chosen strategy) in a napari
+thread worker with progress and Cancel.  The result is an uncertainty
 heatmap layer, a Shapes overlay of the queued regions and an
-:class:`~segloop.core.active.ActiveLearningState`, saved in the training folder so the work can
+:class:`~segloop.core.learning.state.ActiveLearningState`, saved in the training folder so the work can
 be resumed another day.
 
 Navigation:
 
 - **Next** means "I am done with this region": it is marked reviewed -- in the labels layer's
-  :class:`~segloop._napari.tracking.Tracker` (so Export writes it in ``reviewed.tif``) and in the
+  :class:`~segloop._napari.correction_tracking.Tracker` (so Export writes it in ``reviewed.tif``) and in the
   state -- and the camera moves to the next region.  Looking at a region and finding the
   prediction right is a review too: the model learns from confirmed pixels as well as corrected ones.
 - **Skip** moves on without marking anything.
@@ -21,7 +21,6 @@ Layers are only touched on the main thread; the worker gets copies of what it ne
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
@@ -43,9 +42,11 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, Signal
 
+from segloop._napari import settings
 from segloop._napari._regions import spatial_shape
+from segloop._napari.correction_tracking import tracker_for
+from segloop._napari.region_overlay import draw_regions, legend_html, show_heatmap, zoom_to_region
 from segloop._napari.segment_widget import LOAD_PACKAGE, default_model, is_ct_layer
-from segloop._napari.tracking import tracker_for
 from segloop.errors import Cancelled, SegloopError
 
 __all__ = ["ActiveLearningWidget", "FindRequest", "KINDS", "STRATEGY_NAMES", "image_id"]
@@ -64,25 +65,8 @@ STATE_KEY = "segloop_active_learning"
 PER_IMAGE_DIR = ".segloop-active-learning"
 """Hidden folder in the training folder keeping one state per image (see widget-needs.md)."""
 
-# overlay colours (RGBA): queued outline, current outline, reviewed fill, skipped outline
-QUEUED = (1.0, 0.85, 0.1, 1.0)
-CURRENT = (0.1, 0.9, 1.0, 1.0)
-REVIEWED = (0.2, 0.9, 0.3, 1.0)
-SKIPPED = (0.6, 0.6, 0.6, 1.0)
-NO_FILL = (0.0, 0.0, 0.0, 0.0)
-REVIEWED_FILL = (0.2, 0.9, 0.3, 0.25)
-
 
 HINT = "Correct the labels in the cyan region, then press Next (marks it reviewed); Skip leaves it unmarked."
-
-
-def _legend() -> str:
-    def swatch(rgba, text):
-        r, g, b = (int(255 * c) for c in rgba[:3])
-        return f'<span style="color: rgb({r},{g},{b})">■</span> {text}'
-
-    return " &nbsp; ".join([swatch(CURRENT, "current"), swatch(QUEUED, "queued"), swatch(REVIEWED, "reviewed"),
-                            swatch(SKIPPED, "skipped")])
 
 
 class _Relay(QObject):
@@ -111,26 +95,13 @@ def _base_data(layer):
 
 def image_id(layer) -> str:
     """How a saved state recognises its image: the stem of the file it was read from (as
-    :func:`segloop.core.active.rank_images` names images), else the layer name."""
+    :func:`segloop.core.learning.pipeline.rank_images` names images), else the layer name."""
     src = (layer.metadata.get("segloop_source") or {}).get("source") or getattr(layer.source, "path", None)
     return Path(str(src)).stem if src else str(layer.name)
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(text).name or text)[:80] or "image"
-
-
-def _camera(viewer):
-    scene = getattr(viewer, "scene", None)           # napari >= 0.9
-    return scene.camera if scene is not None else viewer.camera
-
-
-def _canvas_size(viewer) -> np.ndarray:
-    canvas = getattr(viewer, "canvas", None)
-    size = getattr(canvas, "size", None) if canvas is not None else None
-    if size is None:
-        size = getattr(viewer, "_canvas_size", (600, 800))
-    return np.maximum(np.asarray(size, float), 1.0)
 
 
 class ActiveLearningWidget(Container):
@@ -197,7 +168,7 @@ class ActiveLearningWidget(Container):
         self.resume_button = PushButton(text="Resume", visible=False)
         self.reviewed_text = Label(label="reviewed", value="no regions yet")
         self.reviewed_text.native.setStyleSheet("font-weight: bold")
-        self.legend = Label(value=_legend(), visible=False)
+        self.legend = Label(value=legend_html(), visible=False)
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
         self.reviewed_text.native.setWordWrap(True)
@@ -292,12 +263,12 @@ class ActiveLearningWidget(Container):
 
     def _recorded_model(self) -> tuple[str | None, str] | None:
         """The model Segment recorded on the labels layer: (registered name, "") or (None, package path)."""
-        from segloop.core.predict import _discover
+        from segloop.core.formats.registry import discover_models
 
         layer = self.labels.value
         info = ((layer.metadata.get("segloop") or {}).get("model") or {}) if layer is not None else {}
         name, path = info.get("name"), info.get("path") or ""
-        known = _discover()
+        known = discover_models()
         if name in known and (not path or Path(known[name]).resolve() == Path(path).resolve()):
             return name, ""
         if path and Path(path).exists():
@@ -326,10 +297,10 @@ class ActiveLearningWidget(Container):
         ok = False
         if mid:
             try:
-                from segloop.core.package import read_spec
-                from segloop.core.predict import _discover
+                from segloop.core.formats.package import read_spec
+                from segloop.core.formats.registry import discover_models
 
-                spec = read_spec(_discover().get(mid, Path(mid)))       # JSON only, no weights here
+                spec = read_spec(discover_models().get(mid, Path(mid)))       # JSON only, no weights here
                 ok = float(spec.architecture_kwargs.get("dropout", 0) or 0) > 0
             except (SegloopError, OSError, TypeError, ValueError):
                 ok = False
@@ -346,14 +317,9 @@ class ActiveLearningWidget(Container):
         """The Export widget's training folder, when none is chosen here."""
         if self.folder.line_edit.value.strip():
             return
-        from segloop.core.engines import cache_dir
-
-        try:
-            saved = json.loads((cache_dir() / "export-widget.json").read_text())
-        except (OSError, ValueError):
-            return
-        if isinstance(saved, dict) and saved.get("folder"):
-            self.folder.value = saved["folder"]
+        folder = settings.training_folder()
+        if folder:
+            self.folder.value = folder
 
     def _folder(self) -> Path | None:
         """The training folder, or None when the field is empty (FileEdit reads an empty field as ".")."""
@@ -410,7 +376,7 @@ class ActiveLearningWidget(Container):
             return None
         if req.kind != "tile" and len(shape) < 3:
             req = FindRequest(**{**req.__dict__, "kind": "tile"})
-        from segloop.core.corrections import ReviewedRegions
+        from segloop.core.editing.corrections import ReviewedRegions
 
         reviewed, skipped = self._earlier_keys(lab, req.image_id)
         tr = tracker_for(lab)
@@ -445,7 +411,7 @@ class ActiveLearningWidget(Container):
         states = [self.state, lab.metadata.get(STATE_KEY)]
         folder = self._folder()
         if folder is not None:
-            from segloop.core.active import ActiveLearningState
+            from segloop.core.learning.state import ActiveLearningState
 
             for path in self._state_paths(folder, iid):
                 try:
@@ -467,57 +433,31 @@ class ActiveLearningWidget(Container):
 
     def _find(self, job: dict, req: FindRequest, cancel: threading.Event):
         """Worker thread: never touches the viewer or its layers."""
-        from segloop.core.active import (
-            ActiveLearningState,
-            get_strategy,
-            model_info,
-            region_features,
-            region_grid,
-            score_regions,
-        )
-        from segloop.core.uncertainty import estimate_uncertainty, supports_mc_dropout
+        from segloop.core.inference.stain import stain_normalization
+        from segloop.core.inference.uncertainty import supports_mc_dropout
+        from segloop.core.learning.pipeline import rank_regions
+        from segloop.core.learning.state import ActiveLearningState, model_info
 
         model = self._load_model(req)
         mc_ok = supports_mc_dropout(model)
         rgb = job["rgb"]
-        normalization = {"kind": "hematoxylin"} if rgb and model.spec.in_channels == 1 else None
-        channel_axis = -1 if rgb else "auto"
-        self._relay.progressed.emit("uncertainty", 0, 1)
-
-        def progress(done, total):
-            self._relay.progressed.emit("uncertainty", int(done), int(total))
-
-        result = estimate_uncertainty(model, job["image"], methods=req.methods, channel_axis=channel_axis,
-                                      normalization=normalization, progress=progress, cancel=cancel)
-        if cancel.is_set():
-            raise Cancelled("cancelled")
-        unc = np.asarray(result.combined(), np.float32)
-        boxes = region_grid(job["shape"], req.size, kind=req.kind)
-        self._relay.progressed.emit("scoring regions", 0, 1)
-        regions = score_regions(unc, result.labels, boxes, image=req.image_id)
-        # regions already fully reviewed on this layer (Proofread, an earlier round) are not proposed
         looked_at = job["looked_at"]
-        exclude = set(job["exclude"]) | {r.key for r in regions if looked_at.mask(r.slices).all()}
-        open_regions = [r for r in regions if r.key not in exclude]
-        strategy = get_strategy(req.strategy)
-        features = None
-        if req.strategy == "diversity" and open_regions:
-            # features only for the candidate pool (the top pool_factor * budget by score): the encoder
-            # pass over every tile of a large image would cost more than the ranking is worth
-            pool = sorted(open_regions, key=lambda r: -r.score)[: strategy.pool_factor * req.budget]
-            open_regions = pool
-            self._relay.progressed.emit("region features", 0, 1)
-            features = region_features(model, job["image"], [r.box for r in pool], channel_axis=channel_axis,
-                                       normalization=normalization, cancel=cancel,
-                                       progress=lambda d, t: self._relay.progressed.emit("region features", d, t))
-        if cancel.is_set():
-            raise Cancelled("cancelled")
-        queue = strategy.select(open_regions, req.budget, features=features, seed=0)
+        # regions already fully reviewed on this layer (Proofread, an earlier round) are not proposed;
+        # diversity computes encoder features for its candidate pool only (feature_scope="pool"): the
+        # encoder pass over every tile of a large image would cost more than the ranking is worth
+        ranking = rank_regions(model, {req.image_id: job["image"]}, size=req.size, kind=req.kind,
+                               methods=req.methods, strategy=req.strategy, k=req.budget, exclude=job["exclude"],
+                               exclude_where=lambda r: bool(looked_at.mask(r.slices).all()), seed=0,
+                               feature_scope="pool", keep_uncertainty=True,
+                               channel_axis=-1 if rgb else "auto",
+                               normalization=stain_normalization(model, rgb=rgb),
+                               progress=self._relay.progressed.emit, cancel=cancel)
+        unc = ranking.images[req.image_id].uncertainty
         info = {**model_info(model), "methods": list(req.methods)}
-        state = ActiveLearningState.from_ranking(queue, strategy=req.strategy, region_size=req.size,
+        state = ActiveLearningState.from_ranking(ranking.selected, strategy=req.strategy, region_size=req.size,
                                                  region_kind=req.kind, budget=req.budget, model=info)
         return {"state": state, "uncertainty": unc.astype(np.float16), "mc_ok": mc_ok,
-                "n_candidates": len(regions), "n_excluded": sum(r.key in exclude for r in regions)}
+                "n_candidates": len(ranking.candidates), "n_excluded": len(ranking.excluded)}
 
     def _on_progress(self, stage: str, done: int, total: int):
         if self._closed:
@@ -589,103 +529,18 @@ class ActiveLearningWidget(Container):
             self.status.value = "cancelling…"
 
     # -- layers ----------------------------------------------------------------------
-    def _geometry(self, lab) -> dict:
-        n = len(spatial_shape(lab))
-        return {"scale": tuple(lab.scale)[-n:], "translate": tuple(lab.translate)[-n:]}
-
     def _show_heatmap_layer(self, unc: np.ndarray, lab):
-        name = f"{lab.name} · uncertainty"
-        existing = self.viewer.layers[name] if name in self.viewer.layers else None
-        if isinstance(existing, Image) and existing.data.shape == unc.shape:
-            existing.data = unc
-            existing.contrast_limits = (0.0, 1.0)
-            existing.visible = bool(self.show_heatmap.value)
-            self._heatmap = existing
-        else:
-            if existing is not None:
-                name = f"{lab.name} · uncertainty (active learning)"
-            self._heatmap = self.viewer.add_image(unc, name=name, colormap="inferno", blending="additive",
-                                                  opacity=0.6, contrast_limits=(0.0, 1.0),
-                                                  visible=bool(self.show_heatmap.value),
-                                                  metadata={"segloop_overlay_of": lab.name}, **self._geometry(lab))
-        self.viewer.layers.selection.active = lab
+        self._heatmap = show_heatmap(self.viewer, unc, lab, visible=bool(self.show_heatmap.value))
 
     def _on_show_heatmap(self, *_):
         if self._heatmap is not None and self._heatmap in self.viewer.layers:
             self._heatmap.visible = bool(self.show_heatmap.value)
 
-    def _rects(self) -> tuple[list[np.ndarray], list[int]]:
-        """One rectangle per region and plane (data coordinates, pixel edges) and its queue index."""
-        rects, owner = [], []
-        for i, region in enumerate(self.state.queue):
-            box = region.box
-            (y0, y1), (x0, x1) = box[-2:]
-            corners = np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float) - 0.5
-            lead = box[:-2]
-            if not lead:
-                rects.append(corners)
-                owner.append(i)
-                continue
-            for idx in np.ndindex(*[b - a for a, b in lead]):
-                plane = [a + k for (a, _), k in zip(lead, idx)]
-                rects.append(np.hstack([np.tile(np.array(plane, float), (4, 1)), corners]))
-                owner.append(i)
-        return rects, owner
-
-    def _colors(self, owner: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        st = self.state
-        reviewed, skipped = set(st.reviewed), set(st.skipped)
-        edge, face = [], []
-        for i in owner:
-            key = st.queue[i].key
-            if i == st.cursor:
-                edge.append(CURRENT)
-                face.append(REVIEWED_FILL if key in reviewed else NO_FILL)
-            elif key in reviewed:
-                edge.append(REVIEWED)
-                face.append(REVIEWED_FILL)
-            elif key in skipped:
-                edge.append(SKIPPED)
-                face.append(NO_FILL)
-            else:
-                edge.append(QUEUED)
-                face.append(NO_FILL)
-        return np.array(edge, float).reshape(-1, 4), np.array(face, float).reshape(-1, 4)
-
     def _draw_overlay(self):
         """(Re)build the regions overlay: outlines queued, current in cyan, reviewed filled green."""
         if self.state is None or self._state_layers is None:
             return
-        lab = self._state_layers[1]
-        rects, owner = self._rects()
-        edge, face = self._colors(owner)
-        size = max(int(self.state.region_size or 0), max((r.box[-1][1] - r.box[-1][0] for r in self.state.queue),
-                                                         default=64))
-        width = max(1.0, min(size / 48.0, 8.0))
-        features = {"rank": [i + 1 for i in owner]}
-        if self._overlay is not None and self._overlay in self.viewer.layers \
-                and len(self._overlay.data) == len(rects) and self._overlay.metadata.get("segloop_regions_of") == \
-                lab.name:
-            self._overlay.edge_color = edge
-            self._overlay.face_color = face
-            self._overlay.refresh()
-            return
-        index = None
-        if self._overlay is not None and self._overlay in self.viewer.layers:
-            index = self.viewer.layers.index(self._overlay)
-            self.viewer.layers.remove(self._overlay)
-        from napari.layers import Shapes
-
-        self._overlay = Shapes(rects, shape_type="rectangle", edge_color=edge, face_color=face, edge_width=width,
-                               features=features, name=f"{lab.name} · regions",
-                               text={"string": "{rank}", "color": "white", "size": 10, "anchor": "upper_left"},
-                               metadata={"segloop_overlay_of": lab.name, "segloop_regions_of": lab.name},
-                               **self._geometry(lab))
-        if index is None:
-            self.viewer.layers.append(self._overlay)
-        else:
-            self.viewer.layers.insert(index, self._overlay)
-        self.viewer.layers.selection.active = lab          # keep brush and keys on the labels
+        self._overlay = draw_regions(self.viewer, self._overlay, self.state, self._state_layers[1])
 
     # -- state -------------------------------------------------------------------------
     def _use_state(self, state, img, lab):
@@ -733,7 +588,7 @@ class ActiveLearningWidget(Container):
                    and all(0 <= a < b <= n for (a, b), n in zip(r.box, shape)) for r in state.queue)
 
     def _saved_state(self, iid: str):
-        from segloop.core.active import ActiveLearningState
+        from segloop.core.learning.state import ActiveLearningState
 
         folder = self._folder()
         layer = self.image.value
@@ -826,7 +681,7 @@ class ActiveLearningWidget(Container):
 
     def _ensure_training_folder(self, folder: Path, lab, img):
         """Make the folder a training folder first, so Export can still add samples to it."""
-        from segloop.core.trainfolder import INFO_FILE, TrainingFolder
+        from segloop.core.formats.trainfolder import INFO_FILE, TrainingFolder
 
         if (folder / INFO_FILE).is_file():
             return
@@ -896,29 +751,7 @@ class ActiveLearningWidget(Container):
         """Move the camera (and the slice) so that ``region`` fills the view."""
         if region is None or self._state_layers is None:
             return
-        lab = self._state_layers[1]
-        box = np.asarray(region.box, float)                       # (n, 2) data (start, stop)
-        n = box.shape[0]
-        mid = (box[:, 0] + box[:, 1] - 1) / 2
-        mid[:-2] = np.floor(mid[:-2])                             # slices: the middle plane
-        lo = box[:, 0] - 0.5
-        hi = box[:, 1] - 0.5
-        w_mid = np.asarray(lab.data_to_world(mid), float)[-n:]
-        w_lo = np.asarray(lab.data_to_world(lo), float)[-n:]
-        w_hi = np.asarray(lab.data_to_world(hi), float)[-n:]
-        dims = self.viewer.dims
-        offset = dims.ndim - n
-        displayed = list(dims.displayed)
-        for i in range(n):
-            axis = offset + i
-            if axis not in displayed:
-                dims.set_point(axis, float(w_mid[i]))
-        shown = [a - offset for a in displayed if a >= offset]
-        camera = _camera(self.viewer)
-        camera.center = tuple(float(w_mid[i]) for i in shown)
-        extent = np.abs(w_hi - w_lo)[shown[-2:]]
-        extent[extent <= 0] = 1.0
-        camera.zoom = float(0.9 * np.min(_canvas_size(self.viewer) / extent))
+        zoom_to_region(self.viewer, self._state_layers[1], region)
 
     # -- teardown ----------------------------------------------------------------------
     def _on_destroyed(self, *_):

@@ -1,11 +1,11 @@
 """CT tools dock widget: window presets, slice interpolation, measurements, export for other tools.
 
 * **Window** - CT window presets (lung, mediastinum, ... from
-  :data:`segloop.core.normalize.CT_PRESETS`) or a custom level / width set the
+  :data:`segloop.core.formats.normalization.CT_PRESETS`) or a custom level / width set the
   image layer's contrast limits to ``level +- width / 2``.  When the layer's
   limits match a preset (also after dragging napari's own slider), it is shown.
 * **Interpolate** - fills the slices between drawn slices
-  (:func:`segloop.core.interpolate.interpolate_slices`) as ONE undo step
+  (:func:`segloop.core.editing.interpolate.interpolate_slices`) as ONE undo step
   (Ctrl+Z undoes all of it).  Filled slices are not marked reviewed: a person
   has not looked at them yet.
 * **Measure** - a table of volume (mL), largest axial diameter (mm) and HU
@@ -16,7 +16,7 @@
 
 Spacing comes from the layers' ``scale`` (``(dz, dy, dx)`` mm); geometry for
 export from ``metadata["segloop_volume"]`` (a
-:class:`~segloop.core.io.volume.VolumeInfo`) of the labels or the image layer.
+:class:`~segloop.core.formats.io.geometry.VolumeInfo`) of the labels or the image layer.
 Failures are notifications; they never change the labels.
 """
 
@@ -41,8 +41,8 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QStyledItemDelegate
 
-from segloop._napari.tracking import tracker_for
-from segloop.core.normalize import CT_PRESETS
+from segloop._napari.correction_tracking import tracker_for
+from segloop.core.formats.normalization import CT_PRESETS
 from segloop.errors import SegloopError
 
 __all__ = ["CTToolsWidget", "PRESETS", "FORMATS"]
@@ -56,7 +56,7 @@ FILTERS = {NIFTI: "NIfTI (*.nii.gz *.nii)", NRRD: "3D Slicer segmentation (*.seg
            DICOM_SEG: "DICOM-SEG (*.dcm)"}
 
 TABLE_COLUMNS = ("label", "name", "voxels", "mL", "max Ø (mm)", "HU mean ± sd")
-"""Table headers; the CSV has every column of :data:`segloop.core.measure.COLUMNS`."""
+"""Table headers; the CSV has every column of :data:`segloop.core.editing.measure.COLUMNS`."""
 TABLE_MAX_WIDTH = 560
 """The table widens the dock to fit its columns up to this many pixels."""
 MEASURE_SYNC_VOXELS = 1 << 24
@@ -278,7 +278,7 @@ class CTToolsWidget(Container):
 
     def interpolate(self):
         """Interpolate the chosen label(s) between slices as one undo step; returns the result (or None)."""
-        from segloop.core.interpolate import interpolate_slices
+        from segloop.core.editing.interpolate import interpolate_slices
 
         layer = self.labels_layer.value
         if layer is None:
@@ -358,7 +358,7 @@ class CTToolsWidget(Container):
 
     def refresh(self) -> list[dict] | None:
         """Measure the labels now (small volumes: returns the rows) or in a worker (returns None)."""
-        from segloop.core.measure import measure_labels
+        from segloop.core.editing.measure import measure_labels
 
         self._timer.stop()
         if self._worker is not None:
@@ -439,7 +439,7 @@ class CTToolsWidget(Container):
 
     def save_csv(self, path: str | Path | None = None) -> Path | None:
         """Write the measurements (refreshed first if there are none) to ``path`` (asks when None)."""
-        from segloop.core.measure import write_csv
+        from segloop.core.editing.measure import write_csv
 
         rows = self.rows or self.refresh() or []
         if not rows:
@@ -568,7 +568,7 @@ def segment_names(layer, ids) -> dict[int, str]:
 
 def geometry_from_layer(layer):
     """A ``VolumeInfo`` from the layer's scale and translate alone (LPS voxel axes, as the readers give)."""
-    from segloop.core.io.volume import VolumeInfo, lps_affine
+    from segloop.core.formats.io.geometry import VolumeInfo, lps_affine
 
     spacing = tuple(float(s) for s in layer.scale[-3:])
     tz, ty, tx = (float(t) for t in layer.translate[-3:])
@@ -580,21 +580,21 @@ def geometry_from_layer(layer):
 
 
 def _label_ids(data) -> list[int]:
-    from segloop.core.measure import label_ids
+    from segloop.core.editing.measure import label_ids
 
     return label_ids(data)
 
 
 def _write(fmt: str, path: Path, data, info, names: dict, colors: dict):
     if fmt == NIFTI:
-        from segloop.core.io.volume import write_nifti_labels
+        from segloop.core.formats.io.volume import write_nifti_labels
 
         return write_nifti_labels(path, data, info)
     if fmt == NRRD:
-        from segloop.core.io.volume import write_seg_nrrd
+        from segloop.core.formats.io.volume import write_seg_nrrd
 
         return write_seg_nrrd(path, data, info, names=names, colors=colors)
-    from segloop.core.io.dicom import write_dicom_seg
+    from segloop.core.formats.io.dicom_seg import write_dicom_seg
 
     return write_dicom_seg(path, data, info, segment_names=names, colors=colors)
 

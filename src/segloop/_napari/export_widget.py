@@ -9,8 +9,6 @@ notification and leaves the layers untouched: the export only reads them.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -30,9 +28,11 @@ from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from segloop._napari import settings
 from segloop._napari._regions import OffView, plane_index, spatial_shape, view_box
-from segloop._napari.tracking import tracker_for
-from segloop.core.corrections import box_from_slices, summarize_corrections
+from segloop._napari.correction_tracking import tracker_for
+from segloop.core._runtime import sha256_file
+from segloop.core.editing.corrections import box_from_slices, summarize_corrections
 from segloop.errors import SegloopError
 
 __all__ = ["ExportWidget", "WHAT"]
@@ -142,27 +142,14 @@ class ExportWidget(Container):
         ranged = self.what.value in ("slice range", "3D crop")
         self.z_from.visible = self.z_to.visible = ranged
 
-    def _settings_path(self) -> Path:
-        from segloop.core.engines import cache_dir
-
-        return cache_dir() / "export-widget.json"
-
     def _recall(self):
-        try:
-            saved = json.loads(self._settings_path().read_text())
-        except (OSError, ValueError):
-            return
-        if saved.get("folder"):
-            self.folder.value = saved["folder"]
+        folder = settings.training_folder()
+        if folder:
+            self.folder.value = folder
         self._show_counts()
 
     def _remember(self):
-        try:
-            p = self._settings_path()
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(json.dumps({"folder": str(self.folder.value)}))
-        except OSError:
-            pass
+        settings.remember_training_folder(self.folder.value)
 
     def _on_destroyed(self, *_):
         layers = self.viewer.layers
@@ -323,7 +310,7 @@ class ExportWidget(Container):
         self.progress.visible = False
 
     def _show_counts(self):
-        from segloop.core.trainfolder import TrainingFolder
+        from segloop.core.formats.trainfolder import TrainingFolder
 
         try:
             folder = TrainingFolder.open(self.folder.value)
@@ -339,11 +326,7 @@ class ExportWidget(Container):
 
 def _sha256_file(path: Path, chunk: int = 1 << 22) -> str | None:
     try:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(chunk):
-                h.update(block)
-        return h.hexdigest()
+        return sha256_file(path, chunk=chunk)
     except OSError:
         return None
 
@@ -372,7 +355,7 @@ def _geometry(img_layer, crop: tuple[slice, ...], kept: list[int]) -> dict | Non
 
 def _write_sample(job: dict):
     """Worker: open or create the folder, summarize the corrections, write the sample atomically."""
-    from segloop.core.trainfolder import TrainingFolder
+    from segloop.core.formats.trainfolder import TrainingFolder
 
     t0 = time.perf_counter()
     folder_path: Path = job["folder"]

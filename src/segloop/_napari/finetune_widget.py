@@ -29,6 +29,7 @@ from qtpy.QtCore import QPointF, QProcess, Qt
 from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
+from segloop._napari import settings
 from segloop._napari.segment_widget import default_model
 
 __all__ = ["FinetuneWidget", "LossPlot"]
@@ -136,14 +137,9 @@ class FinetuneWidget(Container):
         self._recall_folder()
 
     def _recall_folder(self):
-        from segloop.core.engines import cache_dir
-
-        try:
-            saved = json.loads((cache_dir() / "export-widget.json").read_text())
-            if saved.get("folder"):
-                self.folder.value = saved["folder"]
-        except (OSError, ValueError):
-            pass
+        folder = settings.training_folder()
+        if folder:
+            self.folder.value = folder
 
     @property
     def running(self) -> bool:
@@ -155,10 +151,10 @@ class FinetuneWidget(Container):
         base = Path(base) if base and base != "." else folder / "models"
         stem = Path(str(self.parent_model.value)).name.replace(" ", "-")
         out = str(base / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-        from segloop.core.predict import _discover
+        from segloop.core.formats.registry import discover_models
 
         # a registered model exists only in this process: give the training process its path
-        parent = str(_discover().get(str(self.parent_model.value), self.parent_model.value))
+        parent = str(discover_models().get(str(self.parent_model.value), self.parent_model.value))
         return [sys.executable, "-m", "segloop_train", str(folder), "--from", parent,
                 "--out", out, "--steps", str(int(self.steps.value)), "--lr", f"{self.lr.value:g}",
                 "--batch", str(int(self.batch.value)), "--patch", str(int(self.patch.value)),
@@ -297,12 +293,12 @@ class FinetuneWidget(Container):
         if self.package is None:
             return None
         from segloop import register_model
-        from segloop.core.package import read_spec
-        from segloop.core.predict import _discover
+        from segloop.core.formats.package import read_spec
+        from segloop.core.formats.registry import discover_models
 
         spec = read_spec(self.package)
         name = f"{spec.name} v{spec.version}"
-        known = _discover().get(name)
+        known = discover_models().get(name)
         if known is not None and Path(known).resolve() != Path(self.package).resolve():
             name = f"{name} ({spec.sha256[:8]})"         # another run of the same version: keep both
         name = register_model(self.package, name=name, persist=True)
@@ -361,8 +357,8 @@ class FinetuneWidget(Container):
 def _compare_job(folder: Path, parent: str, package: Path, max_samples: int):  # noqa: D103
     """Worker: predictions of the parent and the new model on up to ``max_samples`` val samples."""
     import segloop
-    from segloop.core import metrics
-    from segloop.core.trainfolder import TrainingFolder
+    from segloop.core.editing import metrics
+    from segloop.core.formats.trainfolder import TrainingFolder
 
     tf = TrainingFolder.open(folder)
     old, new = segloop.load_model(parent), segloop.load_model(package)

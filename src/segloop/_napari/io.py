@@ -1,8 +1,8 @@
-"""Reader and writer contributions, on top of ``segloop.core.io``."""
+"""Reader and writer contributions, on top of ``segloop.core.formats.io``."""
 
 from __future__ import annotations
 
-from segloop.core.io.images import read_pyramid, write_labels
+from segloop.core.formats.io.images import read_pyramid, write_labels
 
 _SUFFIXES = (".tif", ".tiff", ".btf", ".png", ".jpg", ".jpeg")
 
@@ -49,7 +49,7 @@ def get_volume_reader(path):
     """
     from pathlib import Path
 
-    from segloop.core.io.volume import is_dicom_file, looks_like_dicom_dir
+    from segloop.core.formats.io.volume import is_dicom_file, looks_like_dicom_dir
 
     if isinstance(path, (list, tuple)):
         if len(path) > 1 and all(str(p).lower().endswith(".dcm") for p in path):
@@ -66,7 +66,7 @@ def get_volume_reader(path):
 
 def contrast_limits_for(info) -> tuple[float, float] | None:
     """Display range of a volume: the file's window, else the soft-tissue window for CT, else None."""
-    from segloop.core.normalize import CT_PRESETS
+    from segloop.core.formats.normalization import CT_PRESETS
 
     window = info.window
     if window is None and (info.units == "HU" or info.extra.get("likely_ct")):
@@ -99,7 +99,7 @@ def _volume_name(info) -> str:
 
 
 def _read_volume_layers(path):
-    from segloop.core.io.volume import read_volume
+    from segloop.core.formats.io.volume import read_volume
 
     volume, info = read_volume(path)     # typed errors say what is wrong; napari shows them
     if info.warnings:
@@ -113,7 +113,7 @@ def _volume_info_for(data, meta: dict, fmt: str):
     """The VolumeInfo behind a labels layer, or an identity geometry from its scale (with a warning)."""
     import numpy as np
 
-    from segloop.core.io.volume import VolumeInfo, lps_affine
+    from segloop.core.formats.io.geometry import VolumeInfo, lps_affine
 
     info = (meta.get("metadata") or {}).get("segloop_volume")
     shape = tuple(int(s) for s in np.shape(data))
@@ -139,7 +139,7 @@ def _volume_info_for(data, meta: dict, fmt: str):
 
 def write_labels_nifti(path, data, meta):
     """Save a Labels layer as NIfTI in its source volume's space (``metadata["segloop_volume"]``)."""
-    from segloop.core.io.volume import write_nifti_labels
+    from segloop.core.formats.io.volume import write_nifti_labels
 
     info = _volume_info_for(data, meta, "NIfTI")
     write_nifti_labels(path, _labels_3d(data, info), info)
@@ -148,7 +148,7 @@ def write_labels_nifti(path, data, meta):
 
 def write_labels_seg_nrrd(path, data, meta):
     """Save a Labels layer as a 3D Slicer segmentation (``.seg.nrrd``) with names and layer colours."""
-    from segloop.core.io.volume import write_seg_nrrd
+    from segloop.core.formats.io.volume import write_seg_nrrd
 
     info = _volume_info_for(data, meta, ".seg.nrrd")
     labels = _labels_3d(data, info)
@@ -210,7 +210,7 @@ def _read_training_folder(path):
     """Each sample as image + labels + reviewed layers, with the sample's metadata."""
     from pathlib import Path
 
-    from segloop.core.trainfolder import TrainingFolder
+    from segloop.core.formats.trainfolder import TrainingFolder
 
     p = Path(path)
     is_sample = (p / "meta.json").is_file()

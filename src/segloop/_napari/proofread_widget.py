@@ -1,6 +1,6 @@
 """Proofread dock widget: merge, split, delete, fill, clean and paint labels, undoably.
 
-Every action computes a :class:`segloop.core.proofread.LabelEdit` (only the
+Every action computes a :class:`segloop.core.editing.proofread.LabelEdit` (only the
 voxels that change, found inside the affected objects' bounding box) and
 applies it with ``Labels.data_setitem``, so it lands on the layer's own undo
 stack next to brush strokes: napari's Ctrl+Z / Ctrl+Shift+Z undo and redo it.
@@ -19,8 +19,8 @@ from napari.layers import Labels, Shapes
 from napari.utils.notifications import show_error, show_info
 
 from segloop._napari._regions import OffView, plane_index, region, view_box
-from segloop._napari.tracking import tracker_for
-from segloop.core import proofread as pr
+from segloop._napari.correction_tracking import tracker_for
+from segloop.core.editing import proofread as pr
 from segloop.errors import SegloopError
 
 __all__ = ["ProofreadWidget"]

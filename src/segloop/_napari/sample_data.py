@@ -32,7 +32,7 @@ def liver_ct():
     install command.
     """
     from segloop._napari.io import volume_layer_kwargs
-    from segloop.core.io.samples import load_liver_ct
+    from segloop.core.formats.io.samples import load_liver_ct
 
     hu, labels, info = load_liver_ct()
     image_kw = volume_layer_kwargs(info, name="CT liver (LiTS 117)")

@@ -30,8 +30,10 @@ from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, Signal
 
-from segloop._napari.tracking import track
-from segloop.core.corrections import PredictionSnapshot
+from segloop._napari import settings
+from segloop._napari.correction_tracking import track
+from segloop.core.editing.corrections import PredictionSnapshot
+from segloop.core.inference.stain import STAINS, stain_normalization
 from segloop.errors import Cancelled, SegloopError
 
 __all__ = ["SegmentWidget", "SegmentRequest", "ScopeCrop", "crop_for_scope", "result_layer_name"]
@@ -44,8 +46,8 @@ LIVE_DEBOUNCE_MS = 120
 def _warm_imports() -> None:
     import torch  # noqa: F401
 
-    import segloop.core.engines  # noqa: F401
-    import segloop.core.predict  # noqa: F401
+    import segloop.core.inference.engines  # noqa: F401
+    import segloop.core.inference.model  # noqa: F401
 
 
 class _Relay(QObject):
@@ -97,10 +99,10 @@ class ScopeCrop:
 def _model_modality(name: str) -> str:
     """The bundled/registered model's modality from its JSON spec ("" if unknown)."""
     try:
-        from segloop.core.package import read_spec
-        from segloop.core.predict import _discover
+        from segloop.core.formats.package import read_spec
+        from segloop.core.formats.registry import discover_models
 
-        return str(read_spec(_discover().get(name, Path(name))).modality or "")
+        return str(read_spec(discover_models().get(name, Path(name))).modality or "")
     except (SegloopError, OSError):
         return ""
 
@@ -215,7 +217,7 @@ class SegmentWidget(Container):
         self.live = CheckBox(text="live: segment each slice as you scroll", value=False,
                              tooltip="Stacks only. The visible slice is segmented when you stop scrolling; "
                                      "each slice once, into one '… (live)' Labels layer you can correct.")
-        self.stain = ComboBox(label="stain", choices=["auto", "none", "hematoxylin"], value="auto",
+        self.stain = ComboBox(label="stain", choices=list(STAINS), value="auto",
                               tooltip="auto: hematoxylin deconvolution for RGB images and 1-channel models")
         self.uncertainty = CheckBox(text="add uncertainty layer", value=False)
         self.run_button = PushButton(text="Segment")
@@ -247,21 +249,8 @@ class SegmentWidget(Container):
         self._on_model_changed()
 
     # -- remembered choice ------------------------------------------------------
-    @staticmethod
-    def _settings_path() -> Path:
-        from segloop.core.engines import cache_dir
-
-        return cache_dir() / "segment-widget.json"
-
     def _restore_choice(self):
-        import json
-
-        try:
-            saved = json.loads(self._settings_path().read_text())
-        except (OSError, ValueError):
-            return
-        if not isinstance(saved, dict):
-            return
+        saved = settings.load("segment-widget")
         if saved.get("package") and Path(saved["package"]).is_dir():
             self.model.value = LOAD_PACKAGE
             self.package.value = saved["package"]
@@ -272,16 +261,9 @@ class SegmentWidget(Container):
                 getattr(self, name).value = saved[name]
 
     def _remember_choice(self, req: SegmentRequest):
-        import json
-
         data = {"model": self.model.value, "device": req.device, "engine": req.engine,
                 "package": req.model if self.model.value == LOAD_PACKAGE else None}
-        try:
-            p = self._settings_path()
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(json.dumps(data))
-        except OSError:
-            pass   # a read-only home must not stop segmentation
+        settings.save("segment-widget", data)   # a read-only home must not stop segmentation
 
     # -- choices ------------------------------------------------------------
     def _image_choices(self, _widget=None):
@@ -317,10 +299,10 @@ class SegmentWidget(Container):
         if not mid:
             return
         try:
-            from segloop.core.package import read_spec
-            from segloop.core.predict import _discover
+            from segloop.core.formats.package import read_spec
+            from segloop.core.formats.registry import discover_models
 
-            spec = read_spec(_discover().get(mid, Path(mid)))      # JSON only: no weights on the UI thread
+            spec = read_spec(discover_models().get(mid, Path(mid)))      # JSON only: no weights on the UI thread
         except (SegloopError, OSError) as e:
             self.status.value = f"cannot read model: {e}"
             return
@@ -400,10 +382,7 @@ class SegmentWidget(Container):
 
         rgb = info["rgb"]
         model = self._load_model(req)
-        stain = req.stain
-        if stain == "auto":
-            stain = "hematoxylin" if rgb and model.spec.in_channels == 1 else "none"
-        normalization = {"kind": "hematoxylin"} if stain == "hematoxylin" else None
+        normalization = stain_normalization(model, rgb=rgb, stain=req.stain)
         extra = {"z_range": info["z_range"]} if info.get("z_range") else {}
         result = model.predict(data, tile=req.tile, overlap=req.overlap, normalization=normalization,
                                channel_axis=-1 if rgb else "auto", uncertainty=req.uncertainty,
@@ -628,10 +607,7 @@ class _LiveSession:
     def _predict(self, data, z: int, cancel: threading.Event):
         model = self.w._load_model(self.req)
         rgb = bool(self.image.rgb)
-        stain = self.req.stain
-        if stain == "auto":
-            stain = "hematoxylin" if rgb and model.spec.in_channels == 1 else "none"
-        normalization = {"kind": "hematoxylin"} if stain == "hematoxylin" else None
+        normalization = stain_normalization(model, rgb=rgb, stain=self.req.stain)
         predict_slice = getattr(model, "predict_slice", None)
         if predict_slice is not None and normalization is None:
             result = predict_slice(data, z, cancel=cancel)

@@ -1,0 +1,1 @@
+"""Editing: pure label edits, correction tracking, measurements and metrics."""

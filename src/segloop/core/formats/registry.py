@@ -1,0 +1,108 @@
+"""Where model packages are found: bundled, ``$SEGLOOP_MODEL_PATH`` and registered by name."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from segloop.core._runtime import atomic_write_text
+from segloop.core.formats.package import load_package
+from segloop.errors import ModelNotFoundError
+
+__all__ = ["BUNDLED_DIR", "discover_models", "list_models", "model_dirs", "model_path", "register_model"]
+
+BUNDLED_DIR = Path(__file__).resolve().parents[2] / "models"
+_registered: dict[str, Path] = {}
+
+
+def model_dirs() -> list[Path]:
+    """Folders searched for packages: bundled, then each entry of ``$SEGLOOP_MODEL_PATH``."""
+    dirs = [BUNDLED_DIR]
+    for d in os.environ.get("SEGLOOP_MODEL_PATH", "").split(os.pathsep):
+        if d:
+            dirs.append(Path(d).expanduser())
+    return dirs
+
+
+def discover_models() -> dict[str, Path]:
+    """``{name: package path}`` of every bundled, ``$SEGLOOP_MODEL_PATH`` and registered package."""
+    found: dict[str, Path] = {}
+    for d in model_dirs():
+        if not d.is_dir():
+            continue
+        for p in sorted(d.iterdir()):
+            if (p / "segloop-model.json").is_file() or (p.suffix == ".zip" and p.is_file()):
+                found.setdefault(p.stem if p.suffix == ".zip" else p.name, p)
+    for key, p in _saved_registrations().items():
+        if Path(p).exists():
+            found.setdefault(key, Path(p))
+    found.update(_registered)
+    return found
+
+
+def _registry_file() -> Path:
+    from segloop.core._runtime import cache_dir
+
+    return cache_dir() / "registered-models.json"
+
+
+def _saved_registrations() -> dict[str, str]:
+    import json
+
+    try:
+        data = json.loads(_registry_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def register_model(path: str | os.PathLike, *, name: str | None = None, persist: bool = False) -> str:
+    """Make a package available by name to :func:`list_models` / :func:`load_model`.
+
+    The package is verified (sha256) first.  ``persist=True`` also remembers it
+    for later sessions (``registered-models.json`` in the segloop cache folder;
+    packages that no longer exist are skipped).
+    """
+    import json
+
+    from segloop.core.formats.package import read_spec
+
+    load_package(path)                   # verified: a broken package is refused here, not at first use
+    key = name or read_spec(path).name
+    path = Path(path).resolve()
+    _registered[key] = path
+    if persist:
+        saved = {**_saved_registrations(), key: str(path)}
+        f = _registry_file()
+        try:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(f, json.dumps(saved, indent=1), durable=False)
+        except OSError:
+            pass                          # remembered for this session only
+    return key
+
+
+def list_models() -> list[str]:
+    """Names of the bundled and registered model packages, sorted."""
+    return sorted(discover_models())
+
+
+def model_path(name_or_path: str | os.PathLike) -> Path:
+    """The package folder / ``.zip`` of a bundled or registered name, or an existing path.
+
+    Raises
+    ------
+    ModelNotFoundError
+        No such name and no such path; the message lists the known names.
+    """
+    known = discover_models()
+    key = str(name_or_path)
+    if key in known:
+        return Path(known[key])
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        raise ModelNotFoundError(
+            f"no model named or at {key!r}; known models: {', '.join(sorted(known)) or 'none'}")
+    return path
+
+

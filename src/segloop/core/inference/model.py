@@ -1,0 +1,768 @@
+"""Segment an image with a model package: the library's main entry point.
+
+``load_model(name_or_path)`` returns a :class:`Model`; ``model.predict(image)``
+validates the image, fits the normalization once on a downsampled copy, runs
+tiled inference through the chosen engine (2D tiles, 2.5D tiles with
+neighbouring planes as channels, or 3D patches) and assembles labels band by
+band: prepare (:meth:`Model.prepare`) -> tile (the one sliding window of
+:mod:`segloop.core.inference.tiling`) -> assemble
+(:class:`~segloop.core.inference.postprocess.LabelAssembly`) -> provenance.  ``model.predict_slice(volume, z)`` is the live path for one plane.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from segloop.core.formats.normalization import (
+    NormalizationSpec,
+    input_channels,
+    output_channels,
+    spec_from_dict,
+)
+from segloop.core.formats.package import ModelPackage, ModelSpec, load_package
+from segloop.core.formats.registry import model_path
+from segloop.core.inference.grid import WindowGrid, check_z_range
+from segloop.core.inference.normalize import Normalizer
+from segloop.core.inference.postprocess import InstanceParams, LabelAssembly
+from segloop.core.inference.tiling import BandSink, TiledStats, predict_tiled, predict_tiled_3d
+from segloop.errors import (
+    EngineError,
+    InvalidImageError,
+    ModelPackageError,
+    UnknownArchitectureError,
+)
+
+__all__ = ["Model", "PreparedImage", "SegmentationResult", "build_network", "check_architecture", "drop_alpha",
+           "load_model", "validate_image", "verify_package"]
+
+Engine = Literal["torch", "onnx", "onnx-int8", "auto"]
+
+
+def check_architecture(spec: ModelSpec, *, source: str = "spec") -> None:
+    """Raise :class:`~segloop.errors.UnknownArchitectureError` unless this segloop has ``spec.architecture``.
+
+    Formats are data and do not know the networks: a package with an unknown architecture
+    loads, and is refused here, when its network is built.
+    """
+    from segloop.core.networks import available
+
+    if spec.architecture not in available():
+        raise UnknownArchitectureError(
+            f"{source}: unknown architecture {spec.architecture!r}; this segloop knows "
+            f"{', '.join(available())}. Upgrade napari-segloop or check the package")
+
+
+def build_network(package: ModelPackage):
+    """The package's ``torch.nn.Module`` with its weights loaded, in eval mode, on CPU.
+
+    Raises
+    ------
+    UnknownArchitectureError
+        This segloop has no network of ``package.spec.architecture``.
+    ModelPackageError
+        The weights do not fit the architecture and its ``architecture_kwargs``.
+    """
+    from segloop.core.networks import build
+
+    s = package.spec
+    check_architecture(s, source=str(package.path or "package"))
+    net = build(s.architecture, s.in_channels, s.n_classes, dims=s.dims, **s.architecture_kwargs)
+    try:
+        net.load_state_dict(package.state_dict, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise ModelPackageError(
+            f"weights in {package.path or 'package'} do not fit architecture {s.architecture!r} "
+            f"with {s.architecture_kwargs}: {first}") from None
+    return net.eval()
+
+
+def verify_package(path: str | os.PathLike) -> ModelSpec:
+    """Load fully (hashes, schema, weights fit the architecture); return the spec."""
+    package = load_package(path, verify=True)
+    build_network(package)
+    return package.spec
+
+
+def load_model(name_or_path: str | os.PathLike, *, device: str = "auto", engine: Engine = "torch",
+               precision: str = "auto") -> Model:
+    """Load a model package by name (see :func:`list_models`) or path.
+
+    Parameters
+    ----------
+    name_or_path : str or path-like
+        A bundled/registered name such as ``"nuclei-unet"``, or a package
+        folder / ``.zip``.
+    device : {"auto", "cpu", "cuda", "cuda:N", "mps"}
+    engine : {"torch", "onnx", "onnx-int8", "auto"}
+        ``"auto"`` measures torch and ONNX Runtime (when the package has
+        ``model.onnx`` and onnxruntime is installed) on one batch and keeps the
+        faster.
+    precision : {"auto", "fp32", "bf16", "fp16"}
+        Torch engine only; ``"auto"`` decides by CPU capability + measurement.
+
+    Raises
+    ------
+    ModelNotFoundError
+        No such name and no such path; the message lists the known names.
+    """
+    return Model(load_package(model_path(name_or_path)), device=device, engine=engine, precision=precision)
+
+
+
+@dataclass
+class SegmentationResult:
+    """The output of :meth:`Model.predict`.
+
+    Attributes
+    ----------
+    labels : (H, W) or (Z, H, W) ndarray
+        uint16 instance ids (uint32 beyond 65,535 objects) or class ids (uint8).
+        With ``z_range=(z0, z1)``: ``(z1 - z0, H, W)``, or the full ``out``
+        array when one was given.
+    uncertainty : (H, W) or (z1 - z0, H, W) float16 ndarray, or None
+        Normalized entropy of the blended probabilities (0 certain, 1
+        uniform), for the predicted planes.
+    n_objects : int
+        Instances found (instance models) or distinct non-background classes.
+    tiles_predicted, tiles_skipped : int
+        Tiles (3D: patches) the network ran on / skipped as background.
+    provenance : dict
+        Model name, version, sha256, parameters, engine, time: JSON-able.
+    probabilities : (K, H, W) or (K, z1 - z0, H, W) float16 ndarray, or None
+        The blended class probabilities of the predicted planes, class axis
+        first; only with ``predict(..., probabilities=True)``.
+    """
+
+    labels: np.ndarray
+    uncertainty: np.ndarray | None
+    n_objects: int
+    tiles_predicted: int
+    tiles_skipped: int
+    provenance: dict[str, Any] = field(default_factory=dict)
+    probabilities: np.ndarray | None = None
+
+
+def _channels_per_plane(spec: ModelSpec) -> int:
+    """Normalized channels of one plane: ``in_channels / context_slices`` (2.5D stacks k planes)."""
+    return int(spec.in_channels) // int(spec.context_slices)
+
+
+def validate_image(image, *, channels: int, channel_axis: int | None | Literal["auto"] = "auto"
+                   ) -> tuple[int | None, bool]:
+    """Check an image for a model needing ``channels`` input channels.
+
+    Parameters
+    ----------
+    image : array-like
+        (H, W), (H, W, C), (Z, H, W) or (Z, H, W, C).
+    channels : int
+        Raw channels the model needs (3 for RGB / hematoxylin models).
+    channel_axis : None, -1 or "auto"
+
+    Returns
+    -------
+    channel_axis : None or -1
+    is_stack : bool
+
+    Raises
+    ------
+    InvalidImageError
+        With a message that says what is wrong and what to do.
+    """
+    shape = tuple(getattr(image, "shape", ()))
+    dtype = np.dtype(getattr(image, "dtype", np.float64))
+    if dtype.kind not in "biuf":
+        raise InvalidImageError(
+            f"image dtype {dtype} is not supported; give a numeric array (bool, int, uint or float)")
+    if len(shape) < 2:
+        raise InvalidImageError(f"image must be at least 2D (H, W), got shape {shape}")
+    if any(s == 0 for s in shape):
+        raise InvalidImageError(f"image is empty (shape {shape})")
+    if channel_axis == "auto":
+        last = shape[-1]
+        if channels == 1:
+            if len(shape) == 2:
+                channel_axis = None
+            elif len(shape) == 3 and last in (1, 2) and min(shape[:2]) > 2:
+                channel_axis = -1              # (H, W, 1), or grey + alpha (H, W, 2)
+            elif len(shape) == 3 and last in (3, 4) and min(shape[:2]) > 4:
+                raise InvalidImageError(
+                    f"image of shape {shape} looks RGB but the model takes 1 channel. For stained "
+                    "tissue use hematoxylin normalization (CLI: --stain hematoxylin); for a "
+                    "multichannel fluorescence image pick the nuclear channel")
+            elif len(shape) == 3:
+                channel_axis = None           # (Z, H, W) stack
+            elif len(shape) == 4 and last in (1, 2):
+                channel_axis = -1
+            elif len(shape) == 4 and last in (3, 4):
+                raise InvalidImageError(
+                    f"image of shape {shape} looks like an RGB stack but the model takes 1 channel; use "
+                    "hematoxylin normalization (--stain hematoxylin) or pick one channel")
+            else:
+                raise InvalidImageError(
+                    f"image of shape {shape} has too many axes for a 1-channel 2D model; give (H, W) or (Z, H, W)")
+        else:
+            if last == channels or (channels == 3 and last == 4):
+                channel_axis = -1
+            elif shape[0] == channels and len(shape) == 3:
+                raise InvalidImageError(
+                    f"image of shape {shape} looks channels-first; the model needs channels last "
+                    f"(H, W, {channels}): use np.moveaxis(image, 0, -1)")
+            else:
+                raise InvalidImageError(
+                    f"model needs {channels} channels (last axis) but the image has shape {shape}")
+    spatial = len(shape) - (0 if channel_axis is None else 1)
+    if spatial not in (2, 3):
+        raise InvalidImageError(
+            f"image of shape {shape} with channel_axis={channel_axis} is {spatial}D; expected (H, W) "
+            "or a stack (Z, H, W), channels last")
+    if channel_axis is not None:
+        have = shape[-1]
+        if not (have == channels or (channels == 3 and have == 4) or (channels == 1 and have == 2)):
+            raise InvalidImageError(f"model needs {channels} channels, the image has {have} (shape {shape})")
+    return channel_axis, spatial == 3
+
+
+def drop_alpha(image, channel_axis, channels):
+    """RGBA -> RGB and grey + alpha -> grey (a view, no copy); anything else unchanged."""
+    if channel_axis is not None and image.shape[-1] == channels + 1 and channels in (1, 3):
+        return image[..., :channels]
+    return image
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image made ready for a model by :meth:`Model.prepare`.
+
+    Every consumer (prediction, uncertainty, region features for active
+    learning, the trainer's held-out evaluation) reads pixels through this one
+    step, so they all see the same channels and the same normalization.
+
+    Attributes
+    ----------
+    image : (H, W[, C]) or (Z, H, W[, C]) array-like
+        A view of the input with an alpha channel dropped and ``bool`` read as
+        ``uint8``; not normalized (the normalizer runs tile by tile).
+    channel_axis : None or -1
+    stack : bool
+        Whether ``image`` has a Z axis.
+    spatial_shape : tuple of int
+        ``(H, W)`` or ``(Z, H, W)``.
+    norm_spec : NormalizationSpec
+    normalizer : Normalizer
+        Fitted once on the whole image (or the one given).
+    tile : tuple of int
+        Tile (2D / 2.5D) or patch (3D) size, one int per spatial axis of the model.
+    """
+
+    image: Any
+    channel_axis: int | None
+    stack: bool
+    spatial_shape: tuple[int, ...]
+    norm_spec: NormalizationSpec
+    normalizer: Normalizer
+    tile: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _TilingPlan:
+    """:meth:`Model.predict`'s checked tiling options (internal).
+
+    Attributes
+    ----------
+    shape : (H, W) or (Z, H, W)
+        Spatial shape of the prepared image.
+    z_range : (z0, z1)
+        Planes predicted; ``(0, 1)`` for a 2D image.
+    overlap : float
+    batch_size : int
+    skip_background : bool
+    grid : WindowGrid or None
+        The 3D patch grid (3D models), else None (2D tiles are laid per plane).
+    """
+
+    shape: tuple[int, ...]
+    z_range: tuple[int, int]
+    overlap: float
+    batch_size: int
+    skip_background: bool
+    grid: WindowGrid | None
+
+
+class Model:
+    """A loaded model: network, spec and engine, ready to segment images.
+
+    2D models run tile by tile on an image or on every plane of a stack;
+    2.5D models (``spec.context_slices = k > 1``) get the ``k`` neighbouring
+    planes of each plane as channels; 3D models (``spec.dims == 3``) run 3D
+    patches over a ``(Z, Y, X[, C])`` volume.  :meth:`predict` segments an
+    image (or a range of planes of a stack); :meth:`predict_slice` is the fast
+    path for one plane of a volume, with the volume's normalizer cached.
+
+    Attributes
+    ----------
+    network : torch.nn.Module
+    spec : ModelSpec
+    package : ModelPackage
+    predictor : callable
+        The engine: ``(B, C, th, tw) -> (B, K, th, tw)`` probabilities
+        (``(B, C, pz, py, px)`` for 3D models).
+    """
+
+    #: Volumes whose fitted normalizer :meth:`normalizer_for` remembers.
+    NORMALIZER_CACHE_SIZE = 4
+
+    def __init__(self, package: ModelPackage, *, device: str = "auto", engine: Engine = "torch",
+                 precision: str = "auto"):
+        from segloop.core.inference.engines import OnnxPredictor, TorchPredictor
+
+        self.package = package
+        self.spec = package.spec
+        self.network = build_network(package)
+        self.engine_name = engine
+        self._normalizers: OrderedDict[tuple, tuple[Any, Normalizer]] = OrderedDict()
+        tile = self.tile_shape(None)
+        if engine in ("onnx", "onnx-int8"):
+            onnx_bytes = package.onnx_bytes or self._export_onnx(tile)
+            self.predictor = OnnxPredictor(onnx_bytes, device=device,
+                                           quantize="int8" if engine == "onnx-int8" else "none")
+        elif engine == "torch":
+            self.predictor = TorchPredictor(self.network, device=device, precision=precision)
+        elif engine == "auto":
+            self.predictor = self._pick_engine(device, precision, tile)
+        else:
+            raise EngineError(f"unknown engine {engine!r}; use 'torch', 'onnx', 'onnx-int8' or 'auto'")
+
+    def tile_shape(self, tile=None) -> tuple[int, ...]:
+        """Tile (2D) or patch (3D) size: ``tile`` or the package's, one int per spatial axis.
+
+        Raises
+        ------
+        InvalidImageError
+            ``tile`` is not an int or one int per axis, or is under 8 pixels.
+        """
+        dims = int(self.spec.dims)
+        size = self.spec.tile.get("size", 256 if dims == 2 else 96) if tile is None else tile
+        if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+            shape = (int(size),) * dims
+        else:
+            try:
+                shape = tuple(int(v) for v in size)
+            except (TypeError, ValueError):
+                raise InvalidImageError(f"tile must be an int or {dims} ints, got {size!r}") from None
+        if len(shape) != dims:
+            raise InvalidImageError(f"tile {size!r} has {len(shape)} sizes; a {dims}D model needs an int or {dims} ints")
+        if min(shape) < 8:
+            raise InvalidImageError(f"tile must be at least 8 pixels in every axis, got {size!r}")
+        return shape
+
+    def _export_onnx(self, tile: tuple[int, ...]) -> bytes:
+        from segloop.core.inference.engines import export_onnx
+
+        return export_onnx(self.network, in_channels=self.spec.in_channels, tile=tile, dims=self.spec.dims)
+
+    def _pick_engine(self, device, precision, tile: tuple[int, ...]):
+        """Time torch vs ONNX Runtime on one reference batch; keep the faster (cached)."""
+        import time
+
+        from segloop.core.inference.engines import (
+            OnnxPredictor,
+            TorchPredictor,
+            network_key,
+            read_choice_cache,
+            write_choice_cache,
+        )
+
+        torch_pred = TorchPredictor(self.network, device=device, precision=precision)
+        try:
+            onnx_pred = OnnxPredictor(self.package.onnx_bytes or self._export_onnx(tile), device=device)
+        except ImportError:
+            self.engine_name = "torch"
+            return torch_pred
+        key = "engine:" + network_key(self.network, tile) + ":" + torch_pred.device
+        cached = read_choice_cache(key)
+        if cached and cached.get("engine") in ("torch", "onnx"):
+            self.engine_name = cached["engine"]
+        else:
+            n_ref = 2 if self.spec.dims == 2 else 1           # a 3D patch is already a big batch
+            ref = np.random.default_rng(0).standard_normal(
+                (n_ref, self.spec.in_channels, *tile)).astype(np.float32)
+            times = {}
+            for name, p in (("torch", torch_pred), ("onnx", onnx_pred)):
+                p(ref)
+                t0 = time.perf_counter()
+                p(ref)
+                times[name] = time.perf_counter() - t0
+            self.engine_name = min(times, key=times.get)
+            write_choice_cache(key, {"engine": self.engine_name, "ms": {k: round(v * 1e3, 2) for k, v in times.items()}})
+        return torch_pred if self.engine_name == "torch" else onnx_pred
+
+    @property
+    def divisor(self) -> int:
+        return int(getattr(self.network, "divisor", 1))
+
+    # -- normalization --------------------------------------------------------
+    def _norm_spec(self, normalization, normalizer) -> tuple[NormalizationSpec, int, int]:
+        """(spec, raw image channels needed, normalized channels per plane)."""
+        if normalizer is not None:
+            if normalization is not None:
+                raise InvalidImageError("give either normalization (a spec) or normalizer (fitted), not both")
+            if not isinstance(normalizer, Normalizer):
+                raise InvalidImageError(
+                    f"normalizer must be a segloop.core.inference.normalize.Normalizer, got {type(normalizer).__name__}")
+            norm_spec = normalizer.spec
+        elif normalization is not None:
+            norm_spec = spec_from_dict(normalization if isinstance(normalization, dict)
+                                       else normalization.to_dict())
+        else:
+            norm_spec = spec_from_dict(self.spec.normalization)
+        per_plane = _channels_per_plane(self.spec)
+        channels = input_channels(norm_spec, per_plane)
+        if output_channels(norm_spec, channels) != per_plane:
+            raise InvalidImageError(
+                f"normalization {norm_spec.kind!r} gives {output_channels(norm_spec, channels)} "
+                f"channel(s) but {self.spec.name} takes {per_plane}"
+                + (f" per slice ({self.spec.in_channels} over {self.spec.context_slices} slices)"
+                   if self.spec.context_slices > 1 else ""))
+        return norm_spec, channels, per_plane
+
+    def prepare(self, image, *, channel_axis: int | None | Literal["auto"] = "auto",
+                normalization: dict | NormalizationSpec | None = None, normalizer: Normalizer | None = None,
+                tile: int | tuple[int, ...] | None = None, remember: bool = False) -> PreparedImage:
+        """Check ``image`` against this model and fit its normalizer: the one preparation step.
+
+        Parameters
+        ----------
+        image : array-like
+            (H, W), (H, W, C), (Z, H, W) or (Z, H, W, C), channels last.
+        channel_axis : None, -1 or "auto"
+        normalization : dict or spec, optional
+            Override of the package's normalization (e.g. ``{"kind": "hematoxylin"}``).
+        normalizer : Normalizer, optional
+            An already fitted normalizer, used instead of fitting one.
+        tile : int or tuple of int, optional
+            Tile / patch size; default from the package.
+        remember : bool
+            Fit through :meth:`normalizer_for`, which remembers the normalizer
+            of this array for the next call (live slices, uncertainty passes).
+
+        Returns
+        -------
+        PreparedImage
+
+        Raises
+        ------
+        InvalidImageError
+            Wrong dtype, axes or channels; a single plane for a 3D model; a
+            normalizer fitted on other data; a bad tile.
+        """
+        norm_spec, channels, _ = self._norm_spec(normalization, normalizer)
+        channel_axis, stack = validate_image(image, channels=channels, channel_axis=channel_axis)
+        if int(self.spec.dims) == 3 and not stack:
+            raise InvalidImageError(
+                f"{self.spec.name} is a 3D model: give a volume (Z, Y, X) (channels last), "
+                f"not a single plane of shape {tuple(image.shape)}")
+        view = drop_alpha(image, channel_axis, channels)
+        if np.dtype(view.dtype) == np.bool_:
+            view = np.asarray(view, dtype=np.uint8)
+        if normalizer is None:
+            normalizer = (self.normalizer_for(image, channel_axis=channel_axis, normalization=normalization)
+                          if remember else Normalizer.fit(norm_spec, view, channel_axis=channel_axis))
+        elif normalizer.channel_axis != channel_axis or normalizer.in_channels != (
+                view.shape[-1] if channel_axis is not None else 1):
+            raise InvalidImageError(
+                f"the normalizer was fitted on {normalizer.in_channels}-channel data (channel_axis="
+                f"{normalizer.channel_axis}); this image has shape {tuple(view.shape)} (channel_axis="
+                f"{channel_axis}). Fit it on this image (Model.normalizer_for)")
+        spatial = tuple(int(n) for n in view.shape[: 3 if stack else 2])
+        return PreparedImage(view, channel_axis, stack, spatial, norm_spec, normalizer, self.tile_shape(tile))
+
+    def normalizer_for(self, volume, *, channel_axis: int | None | Literal["auto"] = "auto",
+                       normalization: dict | NormalizationSpec | None = None) -> Normalizer:
+        """The normalizer of ``volume``, fitted once and remembered.
+
+        :meth:`predict_slice` uses this so that a slice request does not
+        rescan the volume's percentiles.  The cache is keyed by the array's
+        identity (``id`` plus a weak reference, so a new array that reuses the
+        id is not mistaken for the old one), shape, dtype, channel axis and
+        normalization spec; it holds the last :attr:`NORMALIZER_CACHE_SIZE`
+        volumes.  It assumes ``volume`` is not modified in place: after such
+        a change call :meth:`forget_normalizers`, or pass ``normalizer=``
+        explicitly.  Arrays that cannot be weakly referenced are fitted anew
+        each time (never cached).
+
+        Parameters
+        ----------
+        volume : (Z, Y, X[, C]) or (Y, X[, C]) array-like
+        channel_axis : None, -1 or "auto"
+        normalization : dict or spec, optional
+            Override of the package's normalization.
+
+        Returns
+        -------
+        Normalizer
+        """
+        import json
+        import weakref
+
+        norm_spec, channels, _ = self._norm_spec(normalization, None)
+        channel_axis, _ = validate_image(volume, channels=channels, channel_axis=channel_axis)
+        image = drop_alpha(volume, channel_axis, channels)
+        key = (id(volume), tuple(volume.shape), np.dtype(volume.dtype).str, channel_axis,
+               json.dumps(norm_spec.to_dict(), sort_keys=True))
+        hit = self._normalizers.get(key)
+        if hit is not None and hit[0]() is volume:
+            self._normalizers.move_to_end(key)
+            return hit[1]
+        if np.dtype(image.dtype) == np.bool_:
+            image = np.asarray(image, dtype=np.uint8)
+        normalizer = Normalizer.fit(norm_spec, image, channel_axis=channel_axis)
+        try:
+            ref = weakref.ref(volume)
+        except TypeError:
+            return normalizer
+        self._normalizers[key] = (ref, normalizer)
+        while len(self._normalizers) > self.NORMALIZER_CACHE_SIZE:
+            self._normalizers.popitem(last=False)
+        return normalizer
+
+    def forget_normalizers(self) -> None:
+        """Drop every normalizer :meth:`normalizer_for` remembers."""
+        self._normalizers.clear()
+
+    # -- inference ------------------------------------------------------------
+    def predict(
+        self,
+        image,
+        *,
+        tile: int | tuple[int, ...] | None = None,
+        overlap: float | None = None,
+        channel_axis: int | None | Literal["auto"] = "auto",
+        normalization: dict | NormalizationSpec | None = None,
+        normalizer: Normalizer | None = None,
+        batch_size: int = 4,
+        skip_background: bool | None = None,
+        uncertainty: bool = False,
+        z_range: tuple[int, int] | None = None,
+        out: np.ndarray | None = None,
+        probabilities: bool = False,
+        probability_sink=None,
+        progress=None,
+        cancel=None,
+    ) -> SegmentationResult:
+        """Segment ``image``.
+
+        Parameters
+        ----------
+        image : array-like
+            (H, W), (H, W, C), (Z, H, W) or (Z, H, W, C); numpy array, memmap
+            or anything with ``shape``, ``dtype`` and basic slicing.  3D
+            models need a stack (Z, H, W[, C]); 2.5D models take a single
+            plane as its own neighbours.
+        tile : int or tuple of int, optional
+            Tile size (2D / 2.5D) or patch size (3D: an int for a cube or
+            ``(pz, py, px)``).  Default from the package (``spec.tile``).
+        overlap : float, optional
+            Fraction of the tile in [0, 0.9]; default from the package.
+        channel_axis : None, -1 or "auto"
+        normalization : dict or spec, optional
+            Override the package's normalization (e.g. ``{"kind": "hematoxylin"}``
+            to run a fluorescence nuclei model on H&E/IHC).
+        normalizer : Normalizer, optional
+            An already fitted normalizer (e.g. :meth:`normalizer_for`) used
+            instead of fitting one on ``image``.
+        batch_size : int
+            Tiles (or 3D patches) per engine call.
+        skip_background : bool, optional
+            Skip tiles with no tissue (RGB 2D only).  Default: on for RGB input.
+        uncertainty : bool
+            Also return per-pixel entropy (float16) for the predicted planes.
+        z_range : (z0, z1), optional
+            Predict only planes ``z0 .. z1 - 1`` of a stack.  2.5D models
+            still read the neighbours outside the range; 3D models run
+            patches over the range plus about half a patch depth of context
+            on each side.  The normalizer is fitted on the whole image.
+            ``result.labels`` then has shape ``(z1 - z0, H, W)``, unless
+            ``out`` is given.
+        out : ndarray, optional
+            Preallocated uint16/uint32 label array (e.g. a memmap) of the
+            **full** output shape, used as working memory: its contents are
+            undefined if ``predict`` raises (cancelled, bad input).  Never
+            pass data a person drew.  With ``z_range`` only ``out[z0:z1]`` is
+            written.  ``result.labels`` is ``out`` unless more than 65,535
+            objects are found in a plane and ``out`` is uint16 (then a new
+            uint32 array, with a warning).
+        probabilities : bool
+            Also return the blended class probabilities (float16,
+            ``(K, H, W)`` or ``(K, z1 - z0, H, W)``) as
+            ``result.probabilities``.  ``K`` times the label array's memory
+            (and more): for large images prefer ``probability_sink``.
+        probability_sink : callable, optional
+            ``probability_sink(z, y0, y1, probs)`` receives every finished
+            band of blended probabilities, ``probs (K, y1 - y0, W)`` float32,
+            in order; ``z`` is the plane's index among the predicted planes
+            (``z - z0``; 0 for a 2D image); 3D models send whole planes.
+            ``probs`` is read-only for the sink and only valid during the
+            call (copy what you keep).  This is how
+            :mod:`segloop.core.inference.uncertainty` sees probabilities without an
+            image-sized array per class.
+        progress : callable, optional
+            ``progress(done, total)`` in tiles (3D: patches).
+        cancel : threading.Event or callable, optional
+            Checked between batches; raises :class:`segloop.errors.Cancelled`.
+
+        Returns
+        -------
+        SegmentationResult
+            ``labels``: (H, W) for a 2D image, (z1 - z0, H, W) for a stack
+            (full shape when ``out`` is given); ``uncertainty`` covers the
+            predicted planes only.  Instance models are labelled plane by
+            plane, also 3D ones (ids restart in every plane; recorded in
+            ``provenance["instance_labeling"]``).
+        """
+        started = _dt.datetime.now(_dt.timezone.utc)
+        prep = self.prepare(image, channel_axis=channel_axis, normalization=normalization, normalizer=normalizer,
+                            tile=tile)
+        plan = self._plan(prep, overlap=overlap, batch_size=batch_size, skip_background=skip_background,
+                          z_range=z_range)
+        instance = self.spec.task == "instance"
+        assembly = LabelAssembly(plan.shape, z_range=plan.z_range, task=self.spec.task, n_classes=self.spec.n_classes,
+                                 params=InstanceParams.from_dict(self.spec.postprocess) if instance else None,
+                                 out=out, uncertainty=uncertainty, probabilities=probabilities,
+                                 probability_sink=probability_sink)
+        stats = self._tile(prep, plan, sink=assembly, progress=progress, cancel=cancel)
+        labels, n_objects = assembly.finish()
+        return SegmentationResult(labels, assembly.uncertainty, n_objects, stats.predicted_tiles, stats.skipped_tiles,
+                                  self._provenance(prep, plan, started), probabilities=assembly.probabilities)
+
+    def _plan(self, prep: PreparedImage, *, overlap: float | None, batch_size: int, skip_background: bool | None,
+              z_range: tuple[int, int] | None) -> _TilingPlan:
+        """Check :meth:`predict`'s tiling options against ``prep`` and resolve their defaults."""
+        dims = int(self.spec.dims)
+        overlap = float(self.spec.tile.get("overlap", 0.25) if overlap is None else overlap)
+        if not 0 <= overlap <= 0.9:
+            raise InvalidImageError(f"overlap must be a fraction of the tile in [0, 0.9], got {overlap}")
+        if int(batch_size) < 1:
+            raise InvalidImageError(f"batch_size must be at least 1, got {batch_size}")
+        if skip_background is None:
+            skip_background = dims == 2 and prep.channel_axis is not None and prep.image.shape[-1] >= 3
+        shape = prep.spatial_shape
+        z0, z1 = check_z_range(z_range, shape[0] if prep.stack else 1, prep.stack)
+        grid = None
+        if dims == 3:
+            grid = WindowGrid.build(shape, window=prep.tile, overlap=overlap, multiple=self.divisor, span=(z0, z1))
+        return _TilingPlan(shape, (z0, z1), overlap, batch_size, bool(skip_background) and dims == 2, grid)
+
+    def _tile(self, prep: PreparedImage, plan: _TilingPlan, *, sink: BandSink, progress, cancel) -> TiledStats:
+        """Run the sliding window (2D / 2.5D tiles or 3D patches) and hand every finished band to ``sink``."""
+        common = dict(channel_axis=prep.channel_axis, normalize=prep.normalizer, n_classes=self.spec.n_classes,
+                      batch_size=plan.batch_size, sink=sink, progress=progress, cancel=cancel)
+        if plan.grid is not None:
+            if self.spec.task == "instance":
+                warnings.warn(f"{self.spec.name} is a 3D instance model: instances are labelled plane by plane "
+                              "(3D instance labelling is not implemented)", stacklevel=3)
+            return predict_tiled_3d(self.predictor, prep.image, grid=plan.grid, **common)
+        return predict_tiled(self.predictor, prep.image, tile=prep.tile, overlap=plan.overlap, multiple=self.divisor,
+                             skip_background=plan.skip_background, context_slices=int(self.spec.context_slices),
+                             z_range=plan.z_range if prep.stack else None, **common)
+
+    def _provenance(self, prep: PreparedImage, plan: _TilingPlan, started: _dt.datetime) -> dict[str, Any]:
+        """What ran, on what, with which parameters: JSON-able, for ``SegmentationResult.provenance``."""
+        dims = int(self.spec.dims)
+        tile_shape = prep.tile
+        z0, z1 = plan.z_range
+        extra: dict[str, Any] = {}
+        if self.spec.task == "instance":
+            extra["instance_labeling"] = ("per-plane (3D instance labelling not implemented)" if dims == 3
+                                          else "per-plane")
+        if plan.grid is not None:
+            extra["patch"] = list(plan.grid.window)
+            extra["patches"] = len(plan.grid)
+        engine = getattr(self.predictor, "choice", None)
+        return {
+            "model": {"name": self.spec.name, "version": self.spec.version, "sha256": self.spec.sha256,
+                      "architecture": self.spec.architecture, "path": str(self.package.path or ""),
+                      "classes": list(self.spec.classes), "task": self.spec.task,
+                      "modality": getattr(self.spec, "modality", None), "dims": dims,
+                      "context_slices": int(self.spec.context_slices)},
+            "parameters": {"tile": tile_shape[0] if dims == 2 and len(set(tile_shape)) == 1 else list(tile_shape),
+                           "overlap": plan.overlap, "batch_size": plan.batch_size,
+                           "skip_background": plan.skip_background, "channel_axis": prep.channel_axis,
+                           "z_range": [z0, z1] if prep.stack else None,
+                           "normalization": prep.norm_spec.to_dict(), "normalization_stats": prep.normalizer.stats,
+                           "postprocess": dict(self.spec.postprocess), **extra},
+            "engine": {"name": self.engine_name, **(engine.to_dict() if engine is not None else {})},
+            "image_shape": list(prep.image.shape),
+            "started": started.isoformat(timespec="seconds"),
+            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "n_planes": z1 - z0,
+        }
+
+    def predict_slice(
+        self,
+        volume,
+        z: int,
+        *,
+        channel_axis: int | None | Literal["auto"] = "auto",
+        normalization: dict | NormalizationSpec | None = None,
+        normalizer: Normalizer | None = None,
+        tile: int | tuple[int, ...] | None = None,
+        overlap: float | None = None,
+        batch_size: int = 4,
+        uncertainty: bool = False,
+        progress=None,
+        cancel=None,
+    ) -> SegmentationResult:
+        """Segment one plane ``z`` of ``volume``: the live per-slice fast path.
+
+        The same computation as ``predict(volume, z_range=(z, z + 1))[0]``
+        (2D / 2.5D models: the plane's tiles, with its neighbours as context
+        for 2.5D; 3D models: one slab of patches around ``z``), but the
+        volume's normalizer is fitted once and remembered (see
+        :meth:`normalizer_for`), so repeated requests on the same volume do no
+        percentile scan.  The engine was chosen when the model was loaded; no
+        request measures or re-selects it.
+
+        Parameters
+        ----------
+        volume : (Z, Y, X[, C]) array-like
+            The whole stack (a 2D image is a stack of one plane).
+        z : int
+            The plane, ``0 <= z < Z``.
+        channel_axis, normalization, tile, overlap, batch_size, uncertainty
+            As for :meth:`predict`.
+        normalizer : Normalizer, optional
+            Use this instead of the cached one.
+        progress : callable, optional
+            ``progress(done, total)`` in tiles (3D: patches).
+        cancel : threading.Event or callable, optional
+            Checked between batches of tiles; raises :class:`segloop.errors.Cancelled`.
+
+        Returns
+        -------
+        SegmentationResult
+            ``labels`` (Y, X); ``provenance["parameters"]["z_range"]`` is
+            ``[z, z + 1]``.
+        """
+        if normalizer is None:
+            normalizer = self.normalizer_for(volume, channel_axis=channel_axis, normalization=normalization)
+        elif normalization is not None:
+            raise InvalidImageError("give either normalization (a spec) or normalizer (fitted), not both")
+        if isinstance(z, bool) or not isinstance(z, (int, np.integer)):
+            raise InvalidImageError(f"z must be a plane index (int), got {z!r}")
+        res = self.predict(volume, tile=tile, overlap=overlap, channel_axis=channel_axis, normalizer=normalizer,
+                           batch_size=batch_size, uncertainty=uncertainty, z_range=(int(z), int(z) + 1),
+                           progress=progress, cancel=cancel)
+        if res.labels.ndim == 3:
+            res.labels = res.labels[0]
+            if res.uncertainty is not None:
+                res.uncertainty = res.uncertainty[0]
+        return res
