@@ -413,9 +413,9 @@ def _cmd_export(args) -> int:
     else:
         classes = [c.strip() for c in args.classes.split(",") if c.strip()]
         folder = TrainingFolder.create(folder_path, classes=classes, task=args.task, modality=args.modality)
-    import hashlib
+    from segloop.core._runtime import sha256_file
 
-    sha = hashlib.sha256(Path(args.image).read_bytes()).hexdigest()
+    sha = sha256_file(args.image)
     result = folder.add_sample(np.asarray(image), labels, reviewed, axes=axes, source=str(Path(args.image).resolve()),
                                source_sha256=sha, crop=box,
                                spacing=list(info.pixel_size) if info.pixel_size and n == 2 else None,

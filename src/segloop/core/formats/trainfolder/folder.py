@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from segloop._version import __version__
-from segloop.core._runtime import atomic_write_bytes, fsync_dir, sha256_file
+from segloop.core._runtime import atomic_write_bytes, fsync_dir, sha256_bytes, sha256_file
 from segloop.core.formats.trainfolder.checks import (
     array_sha256,
     check_image,
@@ -260,7 +260,7 @@ class TrainingFolder:
                                           f"sample or remove {rec.path}") from None
             if verify:
                 want = (meta.get("files") or {}).get(name)
-                got = hashlib.sha256(data).hexdigest()
+                got = sha256_bytes(data)
                 if got != want:
                     raise TrainingFolderError(
                         f"sample {sid!r}: {name} has sha256 {got[:12]}..., meta.json records "

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from pathlib import Path
 
 import numpy as np
 
+from segloop.core._runtime import sha256_bytes
 from segloop.core.formats.trainfolder.schema import (
     IMAGE_FILE,
     INFO_FILE,
@@ -99,7 +99,7 @@ def _validate_sample(sid: str, path: Path, info: FolderInfo | None, check_hashes
             try:
                 data: bytes | Path = (path / name).read_bytes() if check_hashes else path / name
                 if check_hashes:
-                    got = hashlib.sha256(data).hexdigest()
+                    got = sha256_bytes(data)
                     if got != files.get(name):
                         probs.append(f"{name} has sha256 {got[:12]}..., {META_FILE} records "
                                      f"{str(files.get(name))[:12]}...: changed or truncated after export; re-export "
