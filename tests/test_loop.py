@@ -302,3 +302,34 @@ def test_cli_loop_runs(data, tmp_path, capsys):
     assert steps == [3, 2]
     sample = TrainingFolder.open(tmp_path / "o" / "training-folder").samples()[0]
     assert sample.meta["source"].endswith("a.tif")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals: Windows sends Ctrl-C through the console")
+def test_ctrl_c_to_segloop_loop_cancels_its_trainer_subprocess_and_keeps_finished_rounds(data, tmp_path):
+    import os
+    import signal
+    import subprocess
+
+    images, truth, heldout = data
+    a, a_gt = _write_pair(tmp_path, "a", images["a"], truth["a"])
+    args = ["loop", "--images", a, "--ground-truth", a_gt, "--arch", "unet", "--arch-kwargs",
+            '{"depth": 2, "base_width": 4}', "--classes", "background,nucleus", "--strategy", "random",
+            "--rounds", "50", "--budget", "2", "--region-size", "32", "--initial-steps", "3", "--steps", "2",
+            "--batch", "2", "--patch", "32", "--out", str(tmp_path / "o")]
+    code = f"import sys; from segloop.cli import main; sys.exit(main({args!r}))"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        for line in proc.stdout:                  # the trainer's output, passed on line by line
+            if line.startswith("round 1"):
+                break
+        proc.send_signal(signal.SIGINT)           # to segloop only, as a script would; it passes it on
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "cancelled" in err and "Traceback" not in err
+    with open(tmp_path / "o" / "loop.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert 2 <= len(rows) < 51                    # round 0 and 1 kept, not all 50 rounds run

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import segloop
 from segloop.core._runtime import sha256_bytes
 from segloop.core.formats.package import (
     ModelSpec,
@@ -106,6 +107,9 @@ def test_unknown_architecture_and_newer_format(tiny_package):
     _edit_spec(tiny_package, format_version=1, architecture="transunet")
     with pytest.raises(UnknownArchitectureError, match="transunet"):
         verify_package(tiny_package)          # refused when the network is built (formats do not know networks)
+    with pytest.raises(UnknownArchitectureError, match="transunet"):
+        segloop.register_model(tiny_package, name="not-here")    # and when registered, not at first use
+    assert "not-here" not in segloop.list_models()
 
 
 def test_weights_that_do_not_fit_the_architecture(tiny_package):

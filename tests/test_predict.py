@@ -7,7 +7,8 @@ import pytest
 
 import segloop
 from segloop.core.formats.package import load_package
-from segloop.core.inference.model import Model, validate_image
+from segloop.core.inference.model import Model
+from segloop.core.inference.prepare import validate_image
 from segloop.errors import Cancelled, InvalidImageError, ModelNotFoundError
 
 

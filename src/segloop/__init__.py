@@ -31,6 +31,10 @@ def load_model(name_or_path, *, device: str = "auto", engine: str = "torch", pre
 
 def register_model(path, *, name: str | None = None, persist: bool = False) -> str:
     """Make a package folder available by name; see :func:`segloop.core.formats.registry.register_model`."""
+    from segloop.core.formats.package import read_spec
     from segloop.core.formats.registry import register_model as _reg
+    from segloop.core.inference.model import check_architecture
 
+    # refused here, not at first use: an unknown architecture (the registry, a format, checks the hashes)
+    check_architecture(read_spec(path), source=str(path))
     return _reg(path, name=name, persist=persist)

@@ -494,7 +494,10 @@ def _cmd_loop(args) -> int:
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(dict.fromkeys([*here, *filter(None, [os.environ.get("PYTHONPATH")])]))}
     cmd = [sys.executable, "-m", "segloop_train", "loop", "--prog", "segloop", *args.args]
-    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True, bufsize=1)
+    # POSIX: the child gets its own process group, so a terminal's Ctrl-C reaches it once, through
+    # this process (below); on Windows it shares the console and gets the Ctrl-C from there.
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True, bufsize=1,
+                             start_new_session=os.name != "nt")
 
     def relay(stream, name: str) -> None:
         for line in stream:
@@ -506,17 +509,26 @@ def _cmd_loop(args) -> int:
                threading.Thread(target=relay, args=(child.stderr, "stderr"), daemon=True)]
     for t in threads:
         t.start()
-    on_main = threading.current_thread() is threading.main_thread()
-    # Ctrl-C: the child cancels at its next step and keeps the finished rounds; this process waits for it
-    previous = signal.signal(signal.SIGINT, lambda *a: child.send_signal(signal.SIGINT)) if on_main else None
+    # Ctrl-C (and SIGTERM): passed on to the child, which cancels at its next step and keeps the
+    # finished rounds; this process waits for it.
+    forward = threading.current_thread() is threading.main_thread() and os.name != "nt"
+
+    def pass_on(signum, _frame):
+        try:
+            child.send_signal(signum)
+        except (OSError, ValueError):
+            pass
+
+    passed = (signal.SIGINT, signal.SIGTERM) if forward else ()
+    previous = {s: signal.signal(s, pass_on) for s in passed}
     try:
         code = child.wait()
         for t in threads:
             t.join()
     finally:
-        if on_main:
-            signal.signal(signal.SIGINT, previous)
-    return code
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 128 - code if code < 0 else code        # killed by signal N: the shell's 128 + N
 
 
 def build_parser() -> argparse.ArgumentParser:

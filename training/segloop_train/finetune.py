@@ -442,7 +442,7 @@ class _Run:
         """Training pixels, run length, precision, the resolved config, the sampler and the optimizer."""
         o, spec, ctx, loaded = self.opts, self.spec, self.ctx, self.loaded
         batch = o.batch
-        data = prepare_samples(loaded.train, spec, self.norm, self.net)
+        data = prepare_samples(loaded.train, spec, self.norm)
         reviewed_px = sum(int(np.count_nonzero(t != 255)) for t in data.targets)
         patch_px = math.prod(patch_shape(self.patch_used, spec.dims))
         # An epoch draws about as many pixels as the samples hold, over all ranks together.

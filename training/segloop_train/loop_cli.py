@@ -20,7 +20,7 @@ import sys
 import threading
 from pathlib import Path
 
-from segloop.errors import SegloopError
+from segloop.errors import Cancelled, SegloopError
 
 __all__ = ["build_parser", "main"]
 
@@ -202,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     try:
         return _cmd_loop(args, prog)
+    except Cancelled:
+        print(f"{prog}: cancelled; the rounds finished so far are kept in the output folder", file=sys.stderr)
+        return 130
     except SegloopError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

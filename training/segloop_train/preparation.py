@@ -15,12 +15,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from segloop.core.formats.normalization import input_channels, output_channels, spec_from_dict
 from segloop.core.formats.package import ModelPackage, ModelSpec
-from segloop.core.inference.model import Model, check_architecture, load_model
+from segloop.core.inference.model import check_architecture, load_model
 from segloop.core.inference.postprocess import InstanceParams
+from segloop.core.inference.prepare import prepare_image
 from segloop.errors import ModelPackageError, SegloopError, TrainingFolderError
 from segloop_train.config import FinetuneOptions
 from segloop_train.data import Sample, reviewed_targets
@@ -218,13 +218,12 @@ class PreparedSamples:
         self.images, self.normalizers, self.targets, self.modalities = images, normalizers, targets, modalities
 
 
-def prepare_samples(samples: Sequence[Sample], spec: ModelSpec, norm: dict, net: torch.nn.Module
-                    ) -> PreparedSamples:
+def prepare_samples(samples: Sequence[Sample], spec: ModelSpec, norm: dict) -> PreparedSamples:
     """Images, fitted normalizers, targets and modalities of training samples.
 
-    Each image goes through :meth:`segloop.core.inference.model.Model.prepare` of the network
-    being trained (the channel axis is known from the labels), so training sees the pixels
-    inference sees.  Volumes (2.5D / 3D models) are normalized with statistics of the whole
+    Each image goes through :func:`segloop.core.inference.prepare.prepare_image` with the spec
+    of the network being trained (what :meth:`Model.prepare` runs; the channel axis is known
+    from the labels), so training sees the pixels inference sees.  Volumes (2.5D / 3D models) are normalized with statistics of the whole
     volume; a 2.5D model's targets are computed slice by slice.
 
     Raises
@@ -232,15 +231,13 @@ def prepare_samples(samples: Sequence[Sample], spec: ModelSpec, norm: dict, net:
     TrainingFolderError
         A sample the model cannot read (channels, dtype, axes), naming the sample.
     """
-    state = {k: v.detach().to("cpu") for k, v in net.state_dict().items()}
-    model = Model(ModelPackage(spec, state), device="cpu", precision="fp32")
     k = spec.context_slices
     images, normalizers, targets, modalities = [], [], [], []
     for s in samples:
         spatial = np.asarray(s.labels).ndim
         img = np.asarray(s.image)
         try:
-            prepared = model.prepare(img, channel_axis=-1 if img.ndim == spatial + 1 else None,
+            prepared = prepare_image(spec, img, channel_axis=-1 if img.ndim == spatial + 1 else None,
                                      normalization=norm)
         except SegloopError as e:
             per = f" per slice x {k} slices" if k > 1 else ""

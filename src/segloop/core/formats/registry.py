@@ -59,7 +59,8 @@ def _saved_registrations() -> dict[str, str]:
 def register_model(path: str | os.PathLike, *, name: str | None = None, persist: bool = False) -> str:
     """Make a package available by name to :func:`list_models` / :func:`load_model`.
 
-    The package is verified (sha256) first.  ``persist=True`` also remembers it
+    The package is verified (sha256) first; :func:`segloop.register_model` also
+    checks that this segloop has its architecture.  ``persist=True`` also remembers it
     for later sessions (``registered-models.json`` in the segloop cache folder;
     packages that no longer exist are skipped).
     """
@@ -67,7 +68,7 @@ def register_model(path: str | os.PathLike, *, name: str | None = None, persist:
 
     from segloop.core.formats.package import read_spec
 
-    load_package(path)                   # verified: a broken package is refused here, not at first use
+    load_package(path)                   # hashes verified: a broken package is refused here, not at first use
     key = name or read_spec(path).name
     path = Path(path).resolve()
     _registered[key] = path

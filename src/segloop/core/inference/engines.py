@@ -24,7 +24,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import platform
 import time
 import warnings
@@ -34,7 +33,7 @@ from typing import Literal
 
 import numpy as np
 
-from segloop.core._runtime import cache_dir
+from segloop.core._runtime import atomic_write_text, cache_dir
 from segloop.errors import EngineError, OnnxUnavailableError
 
 __all__ = [
@@ -170,9 +169,7 @@ def write_choice_cache(key: str, value: dict) -> None:
         if not isinstance(data, dict):
             data = {}
         data[key] = value
-        tmp = p.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, p)
+        atomic_write_text(p, json.dumps(data, indent=1), durable=False)
     except OSError as e:  # a read-only home must not stop inference
         log.info("could not cache engine choice: %s", e)
 

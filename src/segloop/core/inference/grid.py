@@ -122,9 +122,10 @@ class WindowGrid:
             Requested window size (an int is a square / cube).  Each axis is
             rounded up to ``multiple`` and shrunk to the image (rounded up).
         overlap : float or int
-            A fraction of the window in each axis (``0 <= overlap <= 0.9``),
-            or pixels (below the requested window); clamped to the window
-            minus one pixel.
+            A fraction of the window (``0 <= overlap <= 0.9``) or pixels.
+            2D: one overlap for both axes, of the smaller requested side,
+            clamped to the shrunk tile minus one pixel.  3D: per axis, of
+            the patch used (pixels must be below it).
         multiple : int
             The network's divisor.
         span : (a0, a1), optional
@@ -149,8 +150,13 @@ class WindowGrid:
         if len(req) != nd or min(req) < 1:
             raise InvalidImageError(f"window size must be an int or {nd} ints, got {window!r}")
         size = tuple(min(_round_up(p, multiple), _round_up(n, multiple)) for p, n in zip(req, shape))
-        ovs = tuple(min(_overlap_px(overlap, w if isinstance(overlap, (float, np.floating)) else r), w - 1)
-                    for r, w in zip(req, size))
+        if nd == 2:
+            # 2D tiles: one overlap for both axes, a fraction of the smaller requested side, as
+            # segloop has always tiled (so a non-square or non-multiple tile lands where it did)
+            ov = min(_overlap_px(overlap, min(req)), min(size) - 1)
+            ovs = (ov, ov)
+        else:
+            ovs = tuple(min(_overlap_px(overlap, w), w - 1) for w in size)   # 3D: per axis of the patch
         starts = [tuple(tile_positions(n, w, ov)) for n, w, ov in zip(shape, size, ovs)]
         if span is not None:
             a0, a1 = check_z_range(span, shape[0], True)
