@@ -69,9 +69,9 @@ def test_import_contracts_hold():
                                            "import sys; from importlinter.cli import lint_imports_command as c; "
                                            "sys.exit(c())"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert "Contracts:" in res.stdout, res.stdout + res.stderr
+    assert "Contracts:" in res.stdout, res.stdout + res.stderr        # the contracts were read and checked
     assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-2000:]
-    assert " 0 broken" in res.stdout or "broken" not in res.stdout.split("Contracts:")[1].split("\n")[0]
+    assert " 0 broken" in res.stdout
 
 
 def test_no_private_names_across_modules():

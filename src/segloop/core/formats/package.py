@@ -174,7 +174,7 @@ def check_not_pickle(path: Path) -> None:
         raise UnsafeModelFileError(
             f"{path.name} looks like a PyTorch/pickle checkpoint; segloop never unpickles model files "
             "(they can run code). Convert it to a segloop model package (safetensors weights + "
-            "segloop-model.json), e.g. with segloop_train.package_from_state_dict")
+            "segloop-model.json), e.g. with segloop.core.formats.package.save_package(dest, spec, state_dict)")
     if path.is_file():
         with open(path, "rb") as f:
             head = f.read(4)
