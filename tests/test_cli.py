@@ -169,3 +169,20 @@ def test_grey_alpha_png_is_2d(tiny_package, nuclei_image, tmp_path):
     assert main(["predict", str(tmp_path / "la.png"), "-m", str(tiny_package), "-o", str(tmp_path / "o"),
                  "--memmap", "always"]) == 0
     assert tifffile.imread(tmp_path / "o" / "la_labels.tif").shape == nuclei_image.shape
+
+
+def test_bad_numbers_are_one_line_errors_before_anything_is_written(tiny_package, nuclei_image, tmp_path, capsys):
+    img = tmp_path / "nuclei.tif"
+    tifffile.imwrite(img, nuclei_image)
+    out = tmp_path / "results"
+    for slices, said in (("abc", "write first:stop"), ("9:3", "0 <= first < stop"), ("1:3", "applies to volumes")):
+        capsys.readouterr()
+        assert main(["predict", str(img), "--model", str(tiny_package), "--out", str(out), "--slices", slices]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("segloop: error: --slices") and said in err and err.count("\n") == 1, err
+    assert not out.exists()                               # nothing written for a typo
+    for tile in (-3, 100000):
+        assert main(["export-onnx", str(tiny_package), "--tile", str(tile)]) == 2
+        err = capsys.readouterr().err
+        assert f"--tile {tile}" in err and "8 to 4096" in err and err.count("\n") == 1, err
+    assert not (tiny_package / "model.onnx").exists()

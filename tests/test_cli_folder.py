@@ -94,6 +94,9 @@ def _folder_with_three_sources(tmp_path, nuclei_image):
 def test_convert_to_nnunet_reads_back_with_ignore_label(tmp_path, nuclei_image, capsys):
     tf = _folder_with_three_sources(tmp_path, nuclei_image)
     out = tmp_path / "nnunet_raw"
+    for bad in ("-7", "0", "1000"):                       # nnU-Net ids are 1..999; nothing written
+        assert main(["convert", str(tf.path), str(out), "--to", "nnunet", "--dataset-id", bad]) == 2
+        assert "--dataset-id" in capsys.readouterr().err and not out.exists()
     assert main(["convert", str(tf.path), str(out), "--to", "nnunet", "--dataset-id", "7"]) == 0
     root = out / "Dataset007_tf"
     ds = json.loads((root / "dataset.json").read_text())

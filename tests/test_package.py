@@ -17,6 +17,7 @@ from segloop.core.formats.package import (
 )
 from segloop.core.inference.model import build_network, verify_package
 from segloop.errors import (
+    ArchitectureArgumentsError,
     FormatVersionError,
     IntegrityError,
     ModelNotFoundError,
@@ -110,6 +111,17 @@ def test_unknown_architecture_and_newer_format(tiny_package):
     with pytest.raises(UnknownArchitectureError, match="transunet"):
         segloop.register_model(tiny_package, name="not-here")    # and when registered, not at first use
     assert "not-here" not in segloop.list_models()
+
+
+def test_architecture_kwargs_of_the_wrong_kind_are_a_typed_error_on_the_command_line(tiny_package, capsys):
+    from segloop.cli import main
+
+    _edit_spec(tiny_package, architecture_kwargs={"depth": "four", "base_width": 4})
+    with pytest.raises(ArchitectureArgumentsError, match="depth='four'"):
+        verify_package(tiny_package)
+    assert main(["predict", str(tiny_package), "--model", str(tiny_package), "--out", str(tiny_package / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("segloop: error:") and "depth='four'" in err and err.count("\n") == 1
 
 
 def test_weights_that_do_not_fit_the_architecture(tiny_package):

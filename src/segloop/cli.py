@@ -124,8 +124,11 @@ def _cmd_export_onnx(args) -> int:
     from segloop.core.inference.model import build_network
 
     pkg = load_package(args.package)
-    net = build_network(pkg)
     tile = int(args.tile or pkg.spec.tile.get("size", 256))
+    largest = 4096 if pkg.spec.dims == 2 else 512            # beyond this the export alone needs GBs
+    if not 8 <= tile <= largest:
+        raise SegloopError(f"--tile {tile}: give a tile of 8 to {largest} pixels for a {pkg.spec.dims}D model")
+    net = build_network(pkg)
     data = export_onnx(net, in_channels=pkg.spec.in_channels, tile=tile, dims=pkg.spec.dims)
     ref = np.random.default_rng(0).standard_normal((2, pkg.spec.in_channels) + (tile,) * pkg.spec.dims)
     ref = ref.astype(np.float32)
@@ -189,6 +192,11 @@ def _cmd_predict(args) -> int:
     for p in args.images:
         if not (Path(p).is_file() or Path(p).is_dir()):
             raise SegloopError(f"{p}: no such file or folder")
+    if _parse_slices(args.slices) is not None:          # checked before anything is read or written
+        images = [p for p in args.images if not _is_volume(p)]
+        if images:
+            raise SegloopError(f"--slices applies to volumes (DICOM, NIfTI, MRC, NRRD); {images[0]} is read as "
+                               "an image, whose planes are all segmented")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

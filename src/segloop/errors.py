@@ -15,6 +15,7 @@ __all__ = [
     "ModelPackageError",
     "ModelNotFoundError",
     "UnknownArchitectureError",
+    "ArchitectureArgumentsError",
     "FormatVersionError",
     "IntegrityError",
     "UnsafeModelFileError",
@@ -57,6 +58,10 @@ class ModelNotFoundError(ModelPackageError, FileNotFoundError):
 
 class UnknownArchitectureError(ModelPackageError):
     """The package names an architecture this version of segloop does not know."""
+
+
+class ArchitectureArgumentsError(ModelPackageError):
+    """An architecture's arguments (``architecture_kwargs``, ``--arch-kwargs``) are of the wrong kind or out of range."""
 
 
 class FormatVersionError(ModelPackageError):

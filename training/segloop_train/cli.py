@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folders", nargs="+", metavar="FOLDER", help="training folder(s) v1 (segloop export)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--from", dest="parent", metavar="MODEL",
-                     help="model to fine-tune: a bundled name (segloop models) or a package path")
+                     help="model to fine-tune: a bundled name (segloop list-models) or a package path")
     src.add_argument("--arch", choices=["unet", "unet26", "segunet", "convnext_unet"],
                      help="train this architecture from scratch instead")
     p.add_argument("--out", required=True, metavar="DIR", help="the new package folder (must not exist)")

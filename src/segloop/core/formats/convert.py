@@ -53,6 +53,10 @@ def convert(folder, out, *, to: str, dataset_id: int = 501, dataset_name: str | 
 
     if to not in FORMATS:
         raise TrainingFolderError(f"unknown layout {to!r}; choose one of {', '.join(FORMATS)}")
+    if to == "nnunet" and (isinstance(dataset_id, bool) or not isinstance(dataset_id, int)
+                           or not 1 <= dataset_id <= 999):
+        raise TrainingFolderError(f"nnU-Net dataset ids are whole numbers from 1 to 999 (--dataset-id), "
+                                  f"got {dataset_id!r}")
     tf = folder if isinstance(folder, TrainingFolder) else TrainingFolder.open(folder)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

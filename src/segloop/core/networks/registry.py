@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from segloop.errors import UnknownArchitectureError
+from segloop.errors import ArchitectureArgumentsError, UnknownArchitectureError
 
 __all__ = ["register", "build", "available"]
 
@@ -66,6 +66,8 @@ def build(name: str, *args: Any, **kwargs: Any):
     ------
     segloop.errors.UnknownArchitectureError
         If no architecture is registered under ``name``.
+    segloop.errors.ArchitectureArgumentsError
+        The constructor refuses the arguments (wrong type or value, unknown keyword).
     """
     try:
         constructor = _REGISTRY[name]
@@ -73,7 +75,11 @@ def build(name: str, *args: Any, **kwargs: Any):
         raise UnknownArchitectureError(
             f"unknown architecture {name!r}; known architectures: {', '.join(available())}"
         ) from None
-    return constructor(*args, **kwargs)
+    try:
+        return constructor(*args, **kwargs)
+    except (TypeError, ValueError) as e:          # e.g. depth "four", an unknown keyword
+        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise ArchitectureArgumentsError(f"architecture {name!r} cannot be built with {shown}: {e}") from None
 
 
 def available() -> list[str]:
