@@ -186,3 +186,22 @@ def test_bad_numbers_are_one_line_errors_before_anything_is_written(tiny_package
         err = capsys.readouterr().err
         assert f"--tile {tile}" in err and "8 to 4096" in err and err.count("\n") == 1, err
     assert not (tiny_package / "model.onnx").exists()
+
+
+def test_a_failed_command_leaves_no_empty_output_folder_and_never_removes_one_with_files(nuclei_image, tmp_path,
+                                                                                           capsys):
+    img = tmp_path / "nuclei.tif"
+    tifffile.imwrite(img, nuclei_image)
+    out = tmp_path / "new" / "results"
+    assert main(["predict", str(img), "--model", "no-such-model", "--out", str(out)]) == 2
+    assert "no-such-model" in capsys.readouterr().err
+    assert not out.exists() and not out.parent.exists()   # the parent it made too
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    assert main(["predict", str(img), "--model", "no-such-model", "--out", str(kept)]) == 2
+    assert (kept / "notes.txt").read_text() == "mine"
+    empty = tmp_path / "empty-before"
+    empty.mkdir()                                          # existed before the command: not ours to remove
+    assert main(["predict", str(img), "--model", "no-such-model", "--out", str(empty)]) == 2
+    assert empty.is_dir()

@@ -673,17 +673,45 @@ def main(argv: list[str] | None = None) -> int:
     # tifffile logs its own complaints about corrupt files; ours is the one line.
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     args = build_parser().parse_args(argv)
+    new_folders = _new_output_folders(args)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
     except Cancelled:
         print("segloop: cancelled; the image being segmented got no output", file=sys.stderr)
-        return 130
+        code = 130
     except SegloopError as e:
         print(f"segloop: error: {e}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
         print("segloop: interrupted", file=sys.stderr)
-        return 130
+        code = 130
+    if code != 0:
+        _remove_if_empty(new_folders)
+    return code
+
+
+#: Arguments that name a command's output folder (predict/convert --out, import/export --folder).
+_OUTPUT_ARGS = ("out", "folder")
+
+
+def _new_output_folders(args) -> list[Path]:
+    """The output folders of ``args`` and their parents that do not exist yet, deepest first."""
+    missing = []
+    for name in _OUTPUT_ARGS:
+        p = getattr(args, name, None)
+        if isinstance(p, (str, os.PathLike)):
+            p = Path(p).absolute()
+            missing += [q for q in (p, *p.parents) if not q.exists()]
+    return missing
+
+
+def _remove_if_empty(paths: list[Path]) -> None:
+    """Remove the folders a failed command created and left empty (never one holding anything)."""
+    for p in paths:
+        try:
+            p.rmdir()                     # fails, and is left alone, unless it is an empty folder
+        except OSError:
+            pass
 
 
 if __name__ == "__main__":
