@@ -9,19 +9,8 @@ Layout::
     <folder>/samples/<sample_id>/reviewed.tif   uint8, 1 = a person reviewed this pixel (zlib)
     <folder>/samples/<sample_id>/meta.json      provenance, split, sha256 of the three tifs
 
-Crash safety
-------------
-Every sample is written into ``samples/.tmp-<uuid>/`` (each file fsynced, ``meta.json``
-last, then the directory) and renamed to ``samples/<sample_id>`` in one step, so a sample
-folder is either complete or absent.  Writers hold ``.segloop.lock`` for the whole add.
-
-Adds that change more than one sample folder at once (a replace, or a sample with its
-held-out validation block) first write a journal ``samples/.txn-<uuid>.json`` listing
-what goes in and what is moved aside (``samples/.old-<uuid>-<sample_id>``).  The change
-takes effect when the last new folder is renamed in; until then readers see the old state
-(:func:`.storage.scan_samples` applies the journal when listing), and :meth:`TrainingFolder.cleanup` (run
-by every writer before it writes) rolls an interrupted change back or finishes it.
-Nothing starting with ``.`` in ``samples/`` is ever listed as a sample.
+Crash safety: every sample is written to a temporary folder and renamed in whole; changes
+to several sample folders go through a journal.  The protocol is described in :mod:`.storage`.
 
 Modules: :mod:`.schema` (names, constants, records), :mod:`.storage` (lock, journal, listing,
 file I/O), :mod:`.checks` (input checks), :mod:`.regions` (the leak guard between splits),
