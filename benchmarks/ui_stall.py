@@ -15,8 +15,11 @@ ticks while a segmentation runs is the longest stall a person would feel.
 The stalls are split into those while segmenting and the one when napari
 inserts the finished Labels layer.  That insertion has a fixed cost in napari
 itself (Qt layer controls, vispy visuals and overlays, first draw) that hardly
-depends on the data: the named baseline "napari floor" inserts an empty
-64 x 64 Labels layer in the same run.
+depends on the data: the named baselines "napari floor" insert an empty
+64 x 64 Labels layer, and one of the result's size built beforehand, in the same run.
+The widget inserts its result one piece per event-loop turn (layer, tracker,
+uncertainty layer, selection), and segments with all cores but one
+(``thread_budget``), so the event loop keeps a core.
 * click to first Labels layer for a 1024^2 tile, cold (model load included)
   and warm.  Target: < 3 s on 2 CPU cores.
 
@@ -88,6 +91,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=4096, help="side of the image segmented for the stall figure")
     ap.add_argument("--tile", type=int, default=1024, help="side of the click-to-labels tile")
     ap.add_argument("--model", default="nuclei-unet")
+    ap.add_argument("--runs", type=int, default=3, help="segmentations of the big image (worst stall reported)")
     a = ap.parse_args(argv)
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or sys.platform == "darwin"):
         print("needs a display: run under xvfb-run -a", file=sys.stderr)
@@ -129,32 +133,51 @@ def main(argv=None) -> int:
     warm = click_to_labels(tile, "tile-warm")
 
     layer = viewer.add_image(big, name="big")
-    widget.image.value = layer
-    window = {}
-    viewer.layers.events.inserting.connect(lambda e: window.setdefault("start", time.perf_counter()))
-    viewer.layers.events.inserted.connect(lambda e: window.setdefault("end", time.perf_counter()))
-    meter.start()
-    t0 = time.perf_counter()
-    widget.run()
-    process_until(app, lambda: not widget.running, 1800)
-    n0 = len(meter.gaps)
-    process_until(app, lambda: len(meter.gaps) > n0 + 100, 10)     # ~0.5 s after the layer is shown
-    big_s = time.perf_counter() - t0
-    # the first draw of the new layer follows its insertion: give the window 1 s after it
-    stall = meter.stop(exclude=(window["start"], window["end"] + 1.0))
+    runs = []
+    for _ in range(a.runs):
+        widget.image.value = layer
+        window = {}
+        on_start = lambda e, w=window: w.setdefault("start", time.perf_counter())   # noqa: E731
+        on_end = lambda e, w=window: w.__setitem__("end", time.perf_counter())      # noqa: E731
+        viewer.layers.events.inserting.connect(on_start)
+        viewer.layers.events.inserted.connect(on_end)
+        meter.start()
+        t0 = time.perf_counter()
+        widget.run()
+        process_until(app, lambda: not widget.running, 1800)
+        n0 = len(meter.gaps)
+        process_until(app, lambda n0=n0: len(meter.gaps) > n0 + 100, 10)     # ~0.5 s after the layer is shown
+        big_s = time.perf_counter() - t0
+        # the first draw of the new layer follows its insertion: give the window 1 s after it
+        runs.append({**meter.stop(exclude=(window["start"], window["end"] + 1.0)), "seconds": big_s})
+        viewer.layers.events.inserting.disconnect(on_start)
+        viewer.layers.events.inserted.disconnect(on_end)
+        result_layers = [la for la in viewer.layers if la.name.startswith("big ·")]
+        n_labels = result_layers[0].data.shape
+        for la in result_layers:
+            viewer.layers.remove(la)
+    stall = max(runs, key=lambda r: r["max_ms"])
+    big_s = float(np.median([r["seconds"] for r in runs]))
 
-    # Named baseline "napari floor": napari inserting an empty 64 x 64 Labels layer.
-    floors = []
-    for _ in range(3):
+    def insert_floor(data) -> float:
+        """Longest stall while napari inserts a Labels layer built beforehand (as the widget's worker does)."""
+        from napari.layers import Labels
+
+        floor_layer = Labels(data, name="floor")
         meter.start()
         process_until(app, lambda: len(meter.gaps) > 10, 5)      # ticking before the insertion
-        t_end = time.perf_counter() + 0.3
-        viewer.add_labels(np.zeros((64, 64), np.uint16), name="floor")
+        t_end = time.perf_counter() + 1.0
+        viewer.layers.append(floor_layer)
         while time.perf_counter() < t_end:
             app.processEvents()
             time.sleep(0.001)
-        floors.append(meter.stop()["max_ms"])
         viewer.layers.remove("floor")
+        return meter.stop()["max_ms"]
+
+    # Named baselines "napari floor": napari inserting an empty 64 x 64 Labels layer, and a
+    # Labels layer of the result's size (the cost of the data itself in napari).
+    floors = [insert_floor(np.zeros((64, 64), np.uint16)) for _ in range(3)]
+    floors_same = [insert_floor(np.zeros(n_labels, np.uint16)) for _ in range(3)]
 
     # Named baseline: the same work on the main thread blocks the event loop.
     model = segloop.load_model(a.model)
@@ -176,18 +199,25 @@ def main(argv=None) -> int:
     viewer.close()
 
     print(f"click -> labels, {a.tile}^2 tile: cold {cold:.2f} s (model load included), warm {warm:.2f} s")
-    print(f"widget on {a.size}^2: {big_s:.1f} s; longest event-loop stall {stall['max_ms']:.0f} ms "
-          f"(p99 {stall['p99_ms']:.0f} ms over {stall['ticks']} ticks)")
-    print(f"  while segmenting: {stall['outside_max_ms']:.0f} ms; napari inserting the Labels layer: "
-          f"{stall['in_window_max_ms']:.0f} ms")
-    print(f"baseline 'napari floor', inserting an empty 64^2 Labels layer: {min(floors):.0f}-{max(floors):.0f} ms")
+    print(f"widget on {a.size}^2, {a.runs} run(s): {big_s:.1f} s (median); longest event-loop stall "
+          f"{stall['max_ms']:.0f} ms (p99 {stall['p99_ms']:.0f} ms over {stall['ticks']} ticks)")
+    for i, r in enumerate(runs):
+        print(f"  run {i + 1}: while segmenting {r['outside_max_ms']:.0f} ms; inserting the result "
+              f"{r['in_window_max_ms']:.0f} ms")
+    print(f"baseline 'napari floor', inserting an empty 64^2 Labels layer: {min(floors):.0f}-{max(floors):.0f} ms; "
+          f"a {n_labels[0]}x{n_labels[1]} one: {min(floors_same):.0f}-{max(floors_same):.0f} ms")
     print(f"baseline, predict on the main thread ({a.tile}^2): {naive_s:.2f} s; longest stall "
           f"{naive['max_ms']:.0f} ms")
     print(f"max_stall_ms={stall['max_ms']:.1f} {'PASS' if stall['max_ms'] < 100 else 'MISS'} (target < 100)")
-    seg = stall["outside_max_ms"]
-    print(f"stall_while_segmenting_ms={seg:.1f} {'PASS' if seg < 100 else 'MISS'} (target < 100)")
-    print(f"stall_layer_insert_ms={stall['in_window_max_ms']:.1f}")
+    seg = max(r["outside_max_ms"] for r in runs)
+    print(f"stall_while_segmenting_ms={seg:.1f} {'PASS' if seg < 100 else 'MISS'} (target < 100, worst of "
+          f"{a.runs} runs)")
+    ins = float(np.median([r["in_window_max_ms"] for r in runs]))
+    floor = float(np.median(floors_same))
+    print(f"stall_layer_insert_ms={ins:.1f} {'PASS' if ins <= 1.1 * floor + 10 else 'MISS'} (median of runs; "
+          f"target: no worse than napari's own insert of a layer this size)")
     print(f"baseline_napari_floor_ms={np.median(floors):.1f}")
+    print(f"baseline_napari_floor_same_size_ms={floor:.1f}")
     print(f"baseline_main_thread_stall_ms={naive['max_ms']:.1f}")
     print(f"click_to_labels_cold_s={cold:.2f}")
     print(f"click_to_labels_warm_s={warm:.2f} {'PASS' if warm < 3 else 'MISS'} (target < 3)")

@@ -13,8 +13,9 @@ serve FOLDER MODE
     one source: sample + held-out block), ``replace`` (replace=True of ``fixed`` (a pair) and
     ``fixed2`` in turn) or ``vol`` (a 24 x 192 x 192 int16 volume).
 crashat FOLDER N SEED
-    Replace ``fixed`` (a pair) once, SIGKILLing itself right after the N-th ``os.rename`` of
-    that add (N = 0: before the first one).  Prints ``done`` if it survives.
+    Replace ``fixed`` (a pair) once, SIGKILLing itself right after the N-th ``os.rename`` or
+    ``os.replace`` of that add (N = 0: before the first one): the journal, 2 folders moved
+    aside, 2 new folders, then the sample index.  Prints ``done`` if it survives.
 write FOLDER
     One 256 x 256 add; prints ``OK <ids>`` or ``ERR <type>|<message>`` (exit status 3).
 writer FOLDER NAME N
@@ -110,19 +111,20 @@ def crashat(folder: str, n: int, seed: int) -> None:
     _warm_up()
     arrays, opts = make_sample("replace", 0)
     image = np.random.default_rng(seed).integers(0, 4096, (512, 512)).astype(np.uint16)
-    real_rename = os.rename
     count = 0
 
-    def rename(src, dst):
-        nonlocal count
-        if n == 0:                       # die before the first rename
-            os.kill(os.getpid(), signal.SIGKILL)
-        real_rename(src, dst)
-        count += 1
-        if count == n:
-            os.kill(os.getpid(), signal.SIGKILL)
+    def killing(real):
+        def rename(src, dst):
+            nonlocal count
+            if n == 0:                       # die before the first rename
+                os.kill(os.getpid(), signal.SIGKILL)
+            real(src, dst)
+            count += 1
+            if count == n:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return rename
 
-    os.rename = rename
+    os.rename, os.replace = killing(os.rename), killing(os.replace)
     tf.add_sample(image, arrays["labels"], **opts)
     print("done", flush=True)
 

@@ -133,3 +133,52 @@ def test_convert_to_cellpose_and_stardist_skip_partly_reviewed(tmp_path, nuclei_
                    split="train", sample_id="holey")
     rep = convert(tf2, tmp_path / "sd2", to="stardist")
     assert "holey" in rep.skipped and not rep.written
+
+
+def test_validate_names_a_sample_deleted_by_hand_and_one_copied_in_and_fix_accepts_the_disk(tmp_path, capsys):
+    import shutil
+
+    tf = TrainingFolder.create(tmp_path / "f", classes=["background", "nucleus"], task="instance")
+    for sid, split in (("keep", "train"), ("gone", "train"), ("check", "val")):
+        tf.add_sample(np.zeros((32, 32), np.uint8), np.ones((32, 32), np.uint16), axes="YX", split=split,
+                      sample_id=sid)
+    assert main(["validate", str(tf.path)]) == 0
+    capsys.readouterr()
+    shutil.rmtree(tf.samples_dir / "gone")                      # deleted by hand: no longer "OK"
+    assert main(["validate", str(tf.path)]) == 1
+    out = capsys.readouterr().out
+    assert "BAD gone: listed in the sample index" in out and "samples/gone is missing" in out
+    assert out.strip().endswith("2 samples (test 0, train 1, val 1); 1 problem(s)")
+
+    other = TrainingFolder.create(tmp_path / "other", classes=["background", "nucleus"], task="instance")
+    other.add_sample(np.zeros((32, 32), np.uint8), np.ones((32, 32), np.uint16), axes="YX", split="train",
+                     sample_id="stray")
+    shutil.copytree(other.samples_dir / "stray", tf.samples_dir / "stray")
+    assert main(["validate", "--no-hashes", str(tf.path)]) == 1
+    out = capsys.readouterr().out
+    assert "BAD stray: its folder is not in the sample index" in out and "BAD gone:" in out
+
+    assert main(["validate", "--fix", str(tf.path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[1].strip() for line in out if line.startswith("fixed:")] == ["gone", "stray"]
+    assert out[-1].endswith("3 samples (test 0, train 2, val 1); OK")
+
+
+def test_validate_of_a_folder_from_before_the_index_is_ok_with_a_note(tmp_path, capsys):
+    tf = TrainingFolder.create(tmp_path / "f", classes=["background", "nucleus"], task="instance")
+    tf.add_sample(np.zeros((32, 32), np.uint8), np.ones((32, 32), np.uint16), axes="YX", split="train", sample_id="s")
+    (tf.path / "segloop-samples.json").unlink()                 # as segloop wrote folders before the index
+    info = json.loads((tf.path / "segloop-training.json").read_text())
+    del info["sample_index"]
+    (tf.path / "segloop-training.json").write_text(json.dumps(info))
+    assert main(["validate", str(tf.path)]) == 0
+    out = capsys.readouterr().out
+    assert "note: no sample index (segloop-samples.json)" in out and "segloop validate --fix" in out
+    assert main(["validate", "--fix", str(tf.path)]) == 0
+    out = capsys.readouterr().out
+    assert "fixed: the folder kept no sample index" in out and "note: no sample index" not in out
+    assert (tf.path / "segloop-samples.json").is_file()
+    (tf.path / "segloop-training.json").write_text("{}")        # --fix needs a training folder: one-line error
+    assert main(["validate", "--fix", str(tf.path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("segloop: error:")

@@ -167,6 +167,83 @@ def test_measurement_table_for_a_sphere_with_scale_and_csv(make_napari_viewer, q
     assert [w.table.native.item(i, 0).text() for i in range(2)] == ["1.1", "1.2"]
 
 
+def _cli_rows(argv, tmp_path, capsys) -> tuple[list[dict], str]:
+    from segloop.cli import main
+
+    out = tmp_path / f"cli{len(list(tmp_path.glob('cli*.csv')))}.csv"
+    assert main(["measure", *argv, "--csv", str(out)]) == 0
+    printed = capsys.readouterr().out
+    with open(out, newline="") as fh:
+        return list(csv.DictReader(fh)), printed
+
+
+def _same_numbers(widget_rows: list[dict], cli_rows: list[dict], *, hu: bool = False) -> None:
+    """The widget's rows equal the CLI's CSV (floats as written: full precision)."""
+    assert len(widget_rows) == len(cli_rows) > 0
+    for w, c in zip(widget_rows, cli_rows):
+        assert (w["label"], w["voxels"], w["diameter_slice"]) == (int(c["label"]), int(c["voxels"]),
+                                                                 int(c["diameter_slice"]))
+        assert (w["volume_ml"], w["max_diameter_mm"]) == (float(c["volume_ml"]), float(c["max_diameter_mm"]))
+        if hu:            # summed in another voxel order when the axes are stored in another order
+            assert w["hu_mean"] == pytest.approx(float(c["hu_mean"]), rel=1e-9)
+            assert w["hu_std"] == pytest.approx(float(c["hu_std"]), rel=1e-9)
+
+
+def test_segloop_measure_and_the_widget_give_the_same_numbers_for_the_lits_labels(make_napari_viewer, qtbot,
+                                                                                  tmp_path, capsys):
+    """The LiTS 117 MRC files are stored with the head-foot axis last: `segloop measure` on them,
+    the widget on the napari sample (reoriented to (Z, Y, X)) and the widget on the files opened
+    as stored all measure axial sections (the liver: 165.5 mm, not the 125.0 mm of a sagittal one)."""
+    from segloop.core.formats.io.samples import liver_ct_paths
+
+    img_path, lab_path = liver_ct_paths()
+    cli, printed = _cli_rows([str(lab_path), "--image", str(img_path)], tmp_path, capsys)
+    assert printed.splitlines()[1].split("\t")[:4] == ["1", "485268", "485.268", "165.5"]
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-segloop", "liver_ct")
+    w = CTToolsWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.image_layer.value = viewer.layers["CT liver (LiTS 117)"]
+    w.labels_layer.value = viewer.layers["liver/tumour (reference)"]
+    _same_numbers(w.refresh(), cli, hu=True)
+    assert w.table.native.item(0, 4).text() == "165.5"
+
+    # the same files opened as stored (File > Open): the widget finds the axial axis (2) the same way
+    (ct,) = viewer.open(str(img_path), plugin="napari-segloop")
+    (stored,) = viewer.open(str(lab_path), plugin="napari-segloop")
+    labels = viewer.add_labels(np.asarray(stored.data).astype(np.uint8), name="stored labels", scale=stored.scale,
+                               metadata={"segloop_volume": stored.metadata["segloop_volume"]})
+    w.image_layer.value, w.labels_layer.value = ct, labels
+    _same_numbers(w.refresh(), cli, hu=True)
+    assert "axial slices along data axis 2" in w.measure_status.value
+
+
+def test_a_nifti_stored_with_its_axes_in_another_order_measures_the_same_in_both(make_napari_viewer, qtbot,
+                                                                                tmp_path, capsys):
+    """A synthetic NIfTI whose voxel axes run (R->L, S, A->P): `segloop measure` and the widget on the
+    volume opened in napari report its axial diameter."""
+    nib = pytest.importorskip("nibabel")
+
+    sp = {"x": 0.8, "y": 0.5, "z": 2.0}
+    data = np.zeros((50, 30, 40), np.uint16)                 # file axes: i = x (to L), j = z (to S), k = y (to P)
+    data[10:30, 5:25, 10:20] = 4                             # 20 x 20 voxels across (x, y), 20 slices tall
+    affine = np.array([[-sp["x"], 0, 0, 12.0], [0, 0, -sp["y"], -7.0], [0, sp["z"], 0, 30.0], [0, 0, 0, 1]])
+    path = tmp_path / "sagittal first.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    cli, _ = _cli_rows([str(path)], tmp_path, capsys)
+    assert float(cli[0]["max_diameter_mm"]) == pytest.approx(math.hypot(19 * 0.8, 9 * 0.5))
+
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin="napari-segloop")
+    labels = viewer.add_labels(np.asarray(layer.data).astype(np.uint16), name="seg", scale=layer.scale,
+                               metadata={"segloop_volume": layer.metadata["segloop_volume"]})
+    w = CTToolsWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.labels_layer.value = labels
+    _same_numbers(w.refresh(), cli)
+
+
 def test_big_volumes_are_measured_in_a_worker(make_napari_viewer, qtbot, monkeypatch):
     import segloop._napari.ct_widget as ct
 

@@ -136,3 +136,21 @@ def test_onnx_engine_handles_any_tile_and_images_smaller_than_a_tile(tiny_packag
     probs = OnnxPredictor(export_onnx(build_network(load_package(tiny_package)), in_channels=1, tile=64),
                           device="cpu")(np.zeros((1, 1, 37, 50), np.float32))
     assert probs.shape == (1, 3, 37, 50)
+
+
+def test_thread_budget_leaves_a_core_and_restores_the_count_after_nested_uses():
+    import torch
+
+    from segloop.core.inference.engines import _usable_cores, thread_budget
+
+    before = torch.get_num_threads()
+    with thread_budget(reserve=1) as n:
+        assert n == torch.get_num_threads() == max(1, min(before, _usable_cores() - 1))
+        with thread_budget(reserve=1) as inner:            # a second widget's run shares the budget
+            assert inner == n
+        assert torch.get_num_threads() == n
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), thread_budget(reserve=10**6) as n:
+        assert n == 1                                          # never below one thread
+        raise RuntimeError("the run failed")
+    assert torch.get_num_threads() == before

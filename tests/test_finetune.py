@@ -114,8 +114,8 @@ def test_empty_folder_and_no_train_samples_are_refused(tmp_path, nuclei):
 
 
 def test_classes_or_task_that_differ_from_the_parent_are_refused_saying_what_differs(tmp_path, nuclei):
-    make_folder(tmp_path / "cells", nuclei, classes=("background", "cell"))
-    with pytest.raises(TrainingFolderError, match=r"object classes \['cell'\] differ .* \['nucleus'\]"):
+    make_folder(tmp_path / "cells", nuclei, classes=("background", "cell", "nucleus"))
+    with pytest.raises(TrainingFolderError, match=r"object classes \['cell', 'nucleus'\] differ .* \['nucleus'\]"):
         load_folders(tmp_path / "cells", spec=tiny_spec())
     sem = tiny_spec(task="semantic", classes=("background", "liver", "tumour"), postprocess={})
     with pytest.raises(TrainingFolderError, match="holds instance labels but tiny is a semantic model"):
@@ -129,6 +129,21 @@ def test_classes_or_task_that_differ_from_the_parent_are_refused_saying_what_dif
     with pytest.raises(TrainingFolderError, match="differ"):
         finetune(tmp_path / "cells", parent=tmp_path / "parent", out=tmp_path / "out", steps=1, **FAST)
     assert not checkpoint_dir(tmp_path / "out").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_one_class_instance_folder_fits_a_one_class_model_whatever_the_name_recorded_as_a_mapping(
+        tmp_path, nuclei):
+    # `segloop export` without --classes makes background, object; nuclei-unet segments "nucleus"
+    make_folder(tmp_path / "obj", nuclei, classes=("background", "object"))
+    make_folder(tmp_path / "nuc", nuclei, classes=("background", "nucleus"))
+    loaded = load_folders([tmp_path / "obj", tmp_path / "nuc"], spec=tiny_spec())
+    assert loaded.class_mapping == {"object": "nucleus"} and loaded.classes == ("background", "object")
+    assert any("its one object class 'object' is read as tiny's 'nucleus'" in w for w in loaded.warnings)
+    assert load_folders(tmp_path / "nuc", spec=tiny_spec()).class_mapping is None
+    make_parent(tmp_path / "parent")
+    res = finetune(tmp_path / "obj", parent=tmp_path / "parent", out=tmp_path / "out", steps=1, **FAST)
+    assert res.spec.training["class_mapping"] == {"object": "nucleus"}
+    assert res.spec.classes == tiny_spec().classes       # the parent's classes, unchanged
 
 
 def test_3d_samples_load_as_their_reviewed_slices(tmp_path, nuclei):
@@ -406,12 +421,12 @@ def test_sigterm_cancels_the_cli_run_and_writes_the_best_package(tmp_path, nucle
 def test_cli_errors_are_one_line_and_exit_2(tmp_path, nuclei, capsys):
     from segloop_train.cli import main
 
-    make_folder(tmp_path / "cells", nuclei, classes=("background", "cell"))
+    make_folder(tmp_path / "cells", nuclei, classes=("background", "cell", "nucleus"))
     rc = main([str(tmp_path / "cells"), "--from", str(make_parent(tmp_path / "parent")), "--out",
                str(tmp_path / "out"), "--steps", "1", "--progress-json"])
     cap = capsys.readouterr()
     assert rc == 2
-    assert cap.err.count("\n") == 1 and cap.err.startswith("segloop-train: error: ") and "['cell']" in cap.err
+    assert cap.err.count("\n") == 1 and cap.err.startswith("segloop-train: error: ") and "['cell', 'nucleus']" in cap.err
     ev = json.loads(cap.out)
     assert ev["event"] == "error" and "['nucleus']" in ev["message"]
     rc = main([str(tmp_path / "cells"), "--from", "no-such-model", "--out", str(tmp_path / "o2")])

@@ -14,7 +14,7 @@ from segloop.core.editing.measure import (
     measure_labels,
     write_csv,
 )
-from segloop.errors import ExportError, InvalidImageError, InvalidLabelsError
+from segloop.errors import ExportError, InvalidImageError, InvalidLabelsError, SegloopError
 
 SPACING = (2.0, 0.5, 0.5)
 
@@ -181,3 +181,47 @@ def test_lesions_are_measured_one_by_one_largest_first():
     assert big["volume_ml"] == pytest.approx(300 * 2 / 1000) and big["hu_mean"] == 50.0
     assert big["max_diameter_mm"] == pytest.approx(np.hypot(9, 9)) and big["diameter_slice"] == 2
     assert rows[2]["hu_mean"] == 0.0 and rows[2]["diameter_slice"] == 1
+
+
+def test_a_volume_stored_with_its_axes_in_another_order_is_measured_on_its_axial_slices():
+    """One rule for "axial" (geometry.axial_axis): the same volume stored (Z, Y, X) or with the
+    head-foot axis last and an axis flipped gives the same rows through measure_volume."""
+    from pathlib import Path
+
+    from segloop.core.editing.measure import measure_volume
+    from segloop.core.formats.io.geometry import (
+        Reorientation,
+        VolumeInfo,
+        axial_axis,
+        lps_affine,
+        spacing_of,
+    )
+
+    sp = (2.0, 0.5, 0.8)                                       # dz, dy, dx (mm)
+    disp = np.zeros((30, 40, 50), np.uint8)
+    disp[5:25, 10:20, 10:30] = 1                               # tall along S: 20 slices of 10 x 20 voxels
+    disp[2:4, 30:38, 5:45] = 2
+    disp[0, 0, 0] = 3                                          # a marker voxel to check the affine with
+    d_aff = lps_affine(sp, (10.0, -20.0, 30.0))
+    reo = Reorientation(axes=(1, 2, 0), flips=(2,))            # stored: (Y, X flipped, Z)
+    stored = reo.from_display(disp)
+    s_aff = d_aff @ np.linalg.inv(reo.index_matrix(disp.shape))
+    where = np.argwhere(stored == 3)[0]
+    np.testing.assert_allclose(s_aff @ [*where, 1], d_aff @ [0, 0, 0, 1])     # both affines place it alike
+    info_d = VolumeInfo(path=Path("d"), format="", shape=disp.shape, spacing=sp, affine=d_aff)
+    info_s = VolumeInfo(path=Path("s"), format="", shape=stored.shape, spacing=spacing_of(s_aff), affine=s_aff)
+    assert (axial_axis(info_d), axial_axis(info_s), axial_axis(s_aff), axial_axis(None)) == (0, 2, 2, 0)
+
+    want = measure_volume(disp, info_d)
+    got = measure_volume(stored, info_s)
+    assert want[0]["max_diameter_mm"] == pytest.approx(math.hypot(9 * 0.5, 19 * 0.8))
+    for a, b in zip(want, got, strict=True):
+        assert {k: a[k] for k in ("label", "voxels", "diameter_slice")} == {k: b[k] for k in ("label", "voxels",
+                                                                                             "diameter_slice")}
+        assert a["volume_ml"] == pytest.approx(b["volume_ml"]) and a["max_diameter_mm"] == pytest.approx(
+            b["max_diameter_mm"])
+    # taking the first stored axis as axial measures a sagittal section instead
+    assert measure_labels(stored, spacing=info_s.spacing)[0]["max_diameter_mm"] != pytest.approx(
+        want[0]["max_diameter_mm"])
+    with pytest.raises(SegloopError, match="affine"):
+        measure_volume(disp, np.full((4, 4), np.nan))

@@ -451,3 +451,29 @@ def test_export_slice_range_of_a_ct_volume_keeps_spacing_and_orientation(make_na
     sample_aff = np.array(geo["affine"])
     # voxel (0, 3, 4) of the sample is voxel (2, 3, 4) of the volume: same point in RAS mm
     np.testing.assert_allclose(sample_aff @ [0, 3, 4, 1], aff @ [2, 3, 4, 1])
+
+
+def test_export_widget_shows_an_existing_folders_classes_read_only_and_a_models_for_a_new_one(
+        make_napari_viewer, qtbot, tmp_path):
+    from segloop.core.formats.trainfolder import TrainingFolder
+
+    viewer, layer, w = setup(make_napari_viewer, qtbot, predicted=False)
+    # labels predicted by a model with a boundary class: a new folder gets its object class
+    layer.metadata["segloop"] = {"model": {"name": "m", "classes": ["background", "nucleus", "boundary"],
+                                           "task": "instance"}, "parameters": {"postprocess": {"boundary_class": 2}}}
+    ex = export_widget(viewer, layer, tmp_path / "new")
+    ex._defaults_from_provenance()
+    assert ex.classes.value == "background, nucleus" and ex.classes.enabled
+    run_export(qtbot, ex)
+    assert TrainingFolder.open(tmp_path / "new").info.classes == ("background", "nucleus")
+    # an existing folder keeps its classes: the field shows them and cannot be edited
+    TrainingFolder.create(tmp_path / "cells", classes=("background", "cell"), task="instance")
+    ex.folder.value = str(tmp_path / "cells")
+    assert ex.classes.value == "background, cell" and not ex.classes.enabled and not ex.task.enabled
+    ex._defaults_from_provenance()                      # the model's classes do not overwrite the folder's
+    assert ex.classes.value == "background, cell"
+    run_export(qtbot, ex)
+    assert "exported" in ex.status.value, ex.status.value
+    assert TrainingFolder.open(tmp_path / "cells").info.classes == ("background", "cell")
+    ex.folder.value = str(tmp_path / "another new one")
+    assert ex.classes.enabled

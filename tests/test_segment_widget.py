@@ -162,6 +162,29 @@ def test_uncertainty_layer_on_request(make_napari_viewer, qtbot, nuclei_image):
     assert unc.data.dtype == np.float16 and unc.data.shape == nuclei_image.shape
 
 
+def test_the_result_is_inserted_one_piece_per_event_loop_turn_and_the_run_ends_after(make_napari_viewer, qtbot,
+                                                                                      nuclei_image):
+    from qtpy.QtCore import QTimer
+
+    viewer, w = make(make_napari_viewer, nuclei_image, name="nuclei")
+    w.uncertainty.value = True
+    turns, inserted = [0], []
+    ticker = QTimer()
+    ticker.setInterval(0)
+    ticker.timeout.connect(lambda: turns.__setitem__(0, turns[0] + 1))
+    viewer.layers.events.inserted.connect(lambda e: inserted.append((e.value.name, turns[0], w.running)))
+    ticker.start()
+    w.run()
+    wait(qtbot, w)
+    ticker.stop()
+    (lab, t_lab, running_lab), (unc, t_unc, running_unc) = inserted
+    assert lab == "nuclei · nuclei-unet v1.0.0" and unc.endswith("· uncertainty")
+    assert t_unc > t_lab                     # the event loop ran between the two insertions
+    assert running_lab and running_unc       # Segment stays disabled until the last piece is in
+    assert w.run_button.enabled and "objects in" in w.status.value
+    assert viewer.layers.selection.active is viewer.layers[lab]
+
+
 def test_closing_the_widget_mid_run_cancels_it(make_napari_viewer, qtbot, tiny_package):
     viewer, w = start_long_run(make_napari_viewer, tiny_package)
     w.run()

@@ -282,6 +282,158 @@ def test_a_tampered_sample_is_named_by_validate_and_refused_by_read(tmp_path):
     assert any(pr.sample_id == "s0" and "missing reviewed.tif" in pr.message for pr in tf.validate().problems)
 
 
+# --------------------------------------------------------------------------- the sample index
+
+
+def _three_samples(path: Path) -> TrainingFolder:
+    tf = TrainingFolder.create(path, classes=("background", "cell"), task="instance")
+    for i, (sid, split) in enumerate((("a", "train"), ("b", "train"), ("c", "val"))):
+        tf.add_sample(np.full((48, 48), i, np.uint8), _blobs((48, 48), 4, seed=i), axes="YX", split=split,
+                      sample_id=sid)
+    return tf
+
+
+def _make_old(tf: TrainingFolder) -> None:
+    """Turn ``tf`` into a folder as segloop wrote it before the sample index: no index file, no
+    ``sample_index`` in segloop-training.json."""
+    (tf.path / "segloop-samples.json").unlink()
+    info = json.loads((tf.path / "segloop-training.json").read_text())
+    del info["sample_index"]
+    (tf.path / "segloop-training.json").write_text(json.dumps(info))
+
+
+def test_the_index_lists_each_sample_with_its_split_and_meta_hash(tmp_path):
+    tf = _three_samples(tmp_path / "f")
+    index = json.loads((tf.path / "segloop-samples.json").read_text())
+    assert index["format"] == "segloop-sample-index" and index["format_version"] == 1
+    assert {k: v["split"] for k, v in index["samples"].items()} == {"a": "train", "b": "train", "c": "val"}
+    for sid, entry in index["samples"].items():
+        meta = tf.samples_dir / sid / "meta.json"
+        assert entry["meta_sha256"] == hashlib.sha256(meta.read_bytes()).hexdigest()
+        assert entry["write_id"] == json.loads(meta.read_text())["write_id"]
+    assert json.loads((tf.path / "segloop-training.json").read_text())["sample_index"] == "segloop-samples.json"
+    assert TrainingFolder.open(tf.path).info.indexed and tf.validate().ok
+
+
+def test_a_sample_deleted_or_copied_in_by_hand_or_an_edited_split_is_named_by_validate(tmp_path):
+    import shutil
+
+    tf = _three_samples(tmp_path / "f")
+    shutil.rmtree(tf.samples_dir / "b")                         # deleted by hand
+    rep = tf.validate()
+    assert not rep.ok and [p.sample_id for p in rep.problems] == ["b"]
+    assert "missing" in rep.problems[0].message and "--fix" in rep.problems[0].message
+    assert rep.n_samples == 2
+
+    other = TrainingFolder.create(tmp_path / "other", classes=("background", "cell"), task="instance")
+    other.add_sample(np.zeros((48, 48), np.uint8), _blobs((48, 48), 2), axes="YX", split="train", sample_id="x")
+    shutil.copytree(other.samples_dir / "x", tf.samples_dir / "x")       # copied in by hand: a valid sample
+    meta_p = tf.samples_dir / "a" / "meta.json"
+    meta_p.write_text(json.dumps({**json.loads(meta_p.read_text()), "split": "val"}))   # a split edited by hand
+    rep = tf.validate()
+    by_id = {p.sample_id: p.message for p in rep.problems}
+    assert sorted(by_id) == ["a", "b", "x"], rep.summary()
+    assert "not in the sample index" in by_id["x"]
+    assert "split is 'val' in meta.json but 'train' in the sample index" in by_id["a"]
+
+    changes = tf.rebuild_index()                                 # segloop validate --fix
+    assert len(changes) == 3 and all(any(c.startswith(f"{sid}: ") for c in changes) for sid in "abx")
+    rep = tf.validate()
+    assert rep.ok and rep.split_counts == {"train": 1, "val": 2, "test": 0}, rep.summary()
+    assert tf.rebuild_index() == [] and tf.validate().ok         # nothing left to fix
+
+
+def test_a_folder_written_before_the_index_still_opens_validates_and_gets_one_on_its_first_write(tmp_path):
+    tf = _three_samples(tmp_path / "f")
+    _make_old(tf)
+    old = TrainingFolder.open(tf.path)
+    assert not old.info.indexed and [r.sample_id for r in old.samples()] == ["a", "b", "c"]
+    rep = old.validate()
+    assert rep.ok and any("no sample index" in n and "--fix" in n for n in rep.notes), rep.summary()
+    res = old.add_sample(np.zeros((48, 48), np.uint8), _blobs((48, 48), 3), axes="YX", split="test", sample_id="d")
+    assert res.notice is None                                    # a silent upgrade: nothing was lost
+    assert sorted(json.loads((tf.path / "segloop-samples.json").read_text())["samples"]) == ["a", "b", "c", "d"]
+    assert TrainingFolder.open(tf.path).info.indexed
+    rep = old.validate()
+    assert rep.ok and not any("no sample index" in n for n in rep.notes)
+    (tf.samples_dir / "c" / "meta.json").unlink()
+    (tf.samples_dir / "c").rename(tmp_path / "c-elsewhere")    # from now on a deletion is noticed
+    assert [p.sample_id for p in old.validate().problems] == ["c"]
+
+    _make_old(tf)                                                # or: segloop validate --fix writes it
+    changes = TrainingFolder.open(tf.path).rebuild_index()
+    assert len(changes) == 1 and "no sample index" in changes[0] and "3 samples" in changes[0]
+    assert TrainingFolder.open(tf.path).info.indexed and tf.validate().ok
+
+
+def test_a_lost_unreadable_or_newer_index_is_reported_and_never_silently_trusted(tmp_path):
+    tf = _three_samples(tmp_path / "f")
+    index = tf.path / "segloop-samples.json"
+    good = index.read_bytes()
+    index.unlink()                                               # the folder says it keeps one
+    rep = tf.validate()
+    assert [p.sample_id for p in rep.problems] == [None] and "index segloop-samples.json is missing" in rep.problems[0].message
+    res = tf.add_sample(np.zeros((48, 48), np.uint8), _blobs((48, 48), 3), axes="YX", split="train", sample_id="d")
+    assert "was missing, so it was rebuilt" in res.notice and tf.validate().ok
+
+    index.write_text('{"format": "segloop-sample-index", "format_ver')    # truncated
+    rep = tf.validate()
+    assert not rep.ok and rep.problems[0].sample_id is None and "--fix" in rep.problems[0].message
+    assert tf.rebuild_index()[0].startswith("the sample index segloop-samples.json could not be read")
+    assert tf.validate().ok
+
+    index.write_bytes(good.replace(b'"format_version": 1', b'"format_version": 2'))
+    before = _snapshot(tf.path)
+    with pytest.raises(FolderVersionError, match="newer segloop"):
+        tf.add_sample(np.zeros((48, 48), np.uint8), _blobs((48, 48), 3), axes="YX", split="train", sample_id="e")
+    with pytest.raises(FolderVersionError, match="newer segloop"):
+        tf.rebuild_index()
+    assert _snapshot(tf.path) == before and not tf.validate().ok
+
+
+def test_an_add_cut_short_between_its_sample_and_the_index_is_recovered_not_reported(tmp_path):
+    """The state a crash leaves after the new folder is renamed in and before the index is replaced:
+    a committed journal, an index without the sample (made here by putting back the old index)."""
+    tf = _three_samples(tmp_path / "f")
+    index = tf.path / "segloop-samples.json"
+    before = index.read_bytes()
+    tf.add_sample(np.zeros((48, 48), np.uint8), _blobs((48, 48), 3), axes="YX", split="train", sample_id="d")
+    meta = json.loads((tf.samples_dir / "d" / "meta.json").read_text())
+    journal = tf.samples_dir / ".txn-0123456789abcdef0123456789abcdef.json"
+    journal.write_text(json.dumps({"puts": [{"id": "d", "write_id": meta["write_id"]}], "asides": {},
+                                   "created": meta["created"]}))
+    index.write_bytes(before)
+    (tf.path / ".segloop-samples.json.0123456789ab.tmp").write_bytes(before[:20])   # the index write, cut short
+    rep = tf.validate()
+    assert rep.ok and rep.n_samples == 4, rep.summary()
+    assert any("interrupted" in n for n in rep.notes)
+    assert tf.cleanup() == 2 and not journal.exists()
+    assert not (tf.path / ".segloop-samples.json.0123456789ab.tmp").exists()
+    assert "d" in json.loads(index.read_text())["samples"] and tf.validate().ok
+
+
+def test_the_trainer_skips_what_validate_names_and_says_why(tmp_path):
+    import shutil
+
+    from segloop_train.folders import SkippedSampleWarning, load_folders
+
+    tf = _three_samples(tmp_path / "f")
+    shutil.rmtree(tf.samples_dir / "b")
+    other = TrainingFolder.create(tmp_path / "other", classes=("background", "cell"), task="instance")
+    other.add_sample(np.zeros((48, 48), np.uint8), _blobs((48, 48), 2), axes="YX", split="train", sample_id="x")
+    shutil.copytree(other.samples_dir / "x", tf.samples_dir / "x")
+    with pytest.warns(SkippedSampleWarning) as caught:
+        loaded = load_folders(tf.path)
+    said = " ".join(str(w.message) for w in caught)
+    assert "'b' skipped" in said and "missing" in said and "'x' skipped" in said and "not in the sample index" in said
+    assert sorted(s.split(":")[0] for s in loaded.folders[0].skipped) == ["b", "x"]
+    assert [s.meta["sample_id"] for s in loaded.train] == ["a"] and len(loaded.val) == 1
+
+    (tf.path / "segloop-samples.json").write_text("not json")    # folder-level: refused, as validate says
+    with pytest.raises(TrainingFolderError, match="segloop-samples.json cannot be read"):
+        load_folders(tf.path)
+
+
 def test_validate_checks_labels_against_the_folder_classes(tmp_path):
     tf = TrainingFolder.create(tmp_path / "f", classes=SEMANTIC, task="semantic")
     labels = np.zeros((40, 40), np.uint8)
@@ -542,28 +694,37 @@ def test_sigkill_at_50_plus_moments_never_leaves_a_partial_sample(tmp_path):
     assert kills // 4 <= mid_write < kills, f"{mid_write} of {kills} kills hit a write in progress"
 
 
+def _stored_index(path: Path) -> dict[str, str]:
+    """The sample index file as stored: id -> write_id."""
+    return {k: v["write_id"] for k, v in json.loads((path / "segloop-samples.json").read_text())["samples"].items()}
+
+
 def test_a_replace_killed_at_every_rename_keeps_the_old_or_the_new_sample(tmp_path):
-    """os.rename is wrapped in the child to SIGKILL it right after the N-th rename of a replace
-    of a sample with its held-out block: journal, 2 asides, 2 new folders."""
+    """os.rename and os.replace are wrapped in the child to SIGKILL it right after the N-th rename
+    of a replace of a sample with its held-out block: journal, 2 asides, 2 new folders, the index.
+    Killed between the last folder and the index, or before the journal is gone, the folder still
+    validates (the journal says what the index lacks) and recovery records the new samples."""
     new_image = np.random.default_rng(99).integers(0, 4096, (512, 512)).astype(np.uint16)
-    for n in range(6):
+    for n in range(7):
         tf = TrainingFolder.create(tmp_path / f"n{n}", classes=child.CLASSES, task="instance")
         arrays, opts = child.make_sample("replace", 0)
         tf.add_sample(arrays["image"], arrays["labels"], **opts)
         old = _check_consistent(tf.path)
-        assert sorted(old) == ["fixed", "fixed-val"]
+        assert sorted(old) == ["fixed", "fixed-val"] and _stored_index(tf.path) == old
         proc = _run_child("crashat", tf.path, n, 99)
         assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
         assert _debris(tf)
-        seen = _check_consistent(tf.path)
+        seen = _check_consistent(tf.path)               # validate: ok, no sample missing or unexpected
         assert seen.keys() == old.keys()
         if n < 5:
             assert seen == old
         else:
             assert all(seen[k] != old[k] for k in old)
+        assert _stored_index(tf.path) == (seen if n == 6 else old)     # n = 5: the index is behind the disk
         tf.cleanup()
         assert _debris(tf) == [] and _check_consistent(tf.path) == seen
-        want = new_image if n == 5 else arrays["image"]
+        assert _stored_index(tf.path) == seen                         # recovery rolled the index forward
+        want = new_image if n >= 5 else arrays["image"]
         main, val = tf.read_sample("fixed"), tf.read_sample("fixed-val")
         assert np.array_equal(main.image, want) and np.array_equal(val.image, want[384:])
 

@@ -16,6 +16,10 @@ Every arrow of the loop is a command, so it runs without a screen::
     segloop loop --images a.tif b.tif --ground-truth a_gt.tif b_gt.tif --arch unet --strategy uncertainty --out al/
 
 Bad input prints one line (``segloop: error: ...``) and exits with status 2.
+
+Why this module is long: it is the whole command - one short function per subcommand, the
+parser, and what every subcommand shares (the one-line error, all-or-nothing outputs, Ctrl-C,
+clearing what a failed command created); the library does the work.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import sys
 import threading
 from pathlib import Path
 
-from segloop.errors import Cancelled, SegloopError
+from segloop.errors import Cancelled, SegloopError, WriteError
 
 __all__ = ["main"]
 
@@ -124,7 +128,7 @@ def _cmd_export_onnx(args) -> int:
     from segloop.core.inference.model import build_network
 
     pkg = load_package(args.package)
-    tile = int(args.tile or pkg.spec.tile.get("size", 256))
+    tile = int(args.tile if args.tile is not None else pkg.spec.tile.get("size", 256))
     largest = 4096 if pkg.spec.dims == 2 else 512            # beyond this the export alone needs GBs
     if not 8 <= tile <= largest:
         raise SegloopError(f"--tile {tile}: give a tile of 8 to {largest} pixels for a {pkg.spec.dims}D model")
@@ -176,14 +180,6 @@ def _progress_bar(total_images: int, index: int, name: str):
 
 
 def _cmd_predict(args) -> int:
-    import numpy as np
-
-    from segloop.core.formats.io.images import (
-        create_label_memmap,
-        read_image,
-        write_labels,
-        write_overlay,
-    )
     from segloop.core.inference.model import load_model
 
     out_dir = Path(args.out)
@@ -200,9 +196,10 @@ def _cmd_predict(args) -> int:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise SegloopError(f"cannot create output folder {out_dir}: {e.strerror}") from None
+        raise WriteError(f"--out {out_dir}: cannot create the folder ({e.strerror}); choose a folder you can "
+                         "write to") from None
     if not os.access(out_dir, os.W_OK):
-        raise SegloopError(f"output folder {out_dir} is not writable")
+        raise WriteError(f"--out {out_dir} is not writable; choose a folder you can write to")
     stems = [_output_stem(p) for p in args.images]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
@@ -215,62 +212,158 @@ def _cmd_predict(args) -> int:
     previous = signal.signal(signal.SIGINT, lambda *a: cancel.set()) if on_main else None
     try:
         for i, path in enumerate(args.images, 1):
-            if _is_volume(path):
-                _predict_volume(model, path, out_dir, args, i, normalization, cancel)
-                continue
-            if Path(path).is_dir():
-                raise SegloopError(f"{path} is a folder with no DICOM series; give image files")
-            image, info = read_image(path)
-            stem = _output_stem(path)
-            label_path = out_dir / f"{stem}_labels.tif"
-            if label_path.exists() and not args.overwrite:
-                raise SegloopError(f"{label_path} exists; pass --overwrite or choose another --out")
-            bar, update = _progress_bar(len(args.images), i, Path(path).name)
-            out = partial = None
-            n_px = int(np.prod(image.shape[:2] if image.ndim < 4 else image.shape[:3]))
-            use_memmap = args.memmap == "always" or (args.memmap == "auto" and n_px > MEMMAP_PIXELS)
-            if use_memmap and model.spec.task == "instance":
-                partial = out_dir / f".{stem}_labels.partial.tif"
-                shape = image.shape[:-1] if info.axes.endswith(("S", "C")) else image.shape
-                out = create_label_memmap(partial, shape, np.uint16)
             try:
-                res = model.predict(image, tile=args.tile, overlap=args.overlap, batch_size=args.batch,
-                                    normalization=normalization, uncertainty=args.uncertainty,
-                                    skip_background=None if args.skip_background == "auto"
-                                    else args.skip_background == "on",
-                                    out=out, progress=update, cancel=cancel)
-            except BaseException:
-                if partial is not None:
-                    del out
-                    partial.unlink(missing_ok=True)
-                raise
-            finally:
-                bar.close()
-            prov = {**res.provenance, "source": {"path": str(Path(path).resolve()), "axes": info.axes,
-                                                 "pixel_size": info.pixel_size}}
-            if partial is not None and res.labels is out:
-                out.flush()
-                del out
-                os.replace(partial, label_path)
-            else:
-                if partial is not None:
-                    partial.unlink(missing_ok=True)
-                write_labels(label_path, res.labels, metadata=prov)
-            (out_dir / f"{stem}_provenance.json").write_text(json.dumps(prov, indent=2, default=str))
-            if res.uncertainty is not None:
-                write_labels(out_dir / f"{stem}_uncertainty.tif", res.uncertainty, metadata=prov)
-            if args.overlay:
-                if res.labels.ndim == 2:
-                    write_overlay(out_dir / f"{stem}_overlay.png", image, res.labels)
+                if _is_volume(path):
+                    _predict_volume(model, path, out_dir, args, i, normalization, cancel)
                 else:
-                    print(f"{path}: --overlay is drawn for 2D images only", file=sys.stderr)
-            skipped = f", {res.tiles_skipped} background tiles skipped" if res.tiles_skipped else ""
-            kind = "objects" if model.spec.task == "instance" else "classes present"
-            print(f"{path}: {res.n_objects} {kind} -> {label_path}{skipped}")
+                    _predict_image(model, path, out_dir, args, i, normalization, cancel)
+            except (Cancelled, WriteError):
+                raise
+            except SegloopError as e:                 # an error about this input names it
+                raise _naming(path, e) from None
     finally:
         if on_main:
             signal.signal(signal.SIGINT, previous)
     return 0
+
+
+def _naming(path: str, error: SegloopError) -> SegloopError:
+    """``error`` with ``path:`` in front of its message, unless the message names the file already."""
+    if str(path) in str(error) or Path(path).name in str(error):
+        return error
+    try:
+        return type(error)(f"{path}: {error}")
+    except TypeError:                                 # a class with other constructor arguments
+        return error
+
+
+def _predict_image(model, path: str, out_dir: Path, args, index: int, normalization, cancel) -> None:
+    """An image (TIFF, PNG ...): segment it and write its labels, provenance (and uncertainty, overlay)."""
+    import numpy as np
+
+    from segloop.core.formats.io.images import (
+        create_label_memmap,
+        read_image,
+        write_labels,
+        write_overlay,
+    )
+
+    if Path(path).is_dir():
+        raise SegloopError(f"{path} is a folder with no DICOM series; give image files")
+    image, info = read_image(path)
+    stem = _output_stem(path)
+    label_path = out_dir / f"{stem}_labels.tif"
+    if label_path.exists() and not args.overwrite:
+        raise SegloopError(f"{label_path} exists; pass --overwrite or choose another --out")
+    bar, update = _progress_bar(len(args.images), index, Path(path).name)
+    out = partial = None
+    n_px = int(np.prod(image.shape[:2] if image.ndim < 4 else image.shape[:3]))
+    use_memmap = args.memmap == "always" or (args.memmap == "auto" and n_px > MEMMAP_PIXELS)
+    try:
+        if use_memmap and model.spec.task == "instance":
+            partial = out_dir / f".{stem}_labels.partial.tif"
+            shape = image.shape[:-1] if info.axes.endswith(("S", "C")) else image.shape
+            try:
+                out = create_label_memmap(partial, shape, np.uint16)
+            except OSError as e:
+                raise WriteError(f"cannot write {partial} into --out {out_dir}: {e.strerror or e}; free some space "
+                                 "or choose another --out") from None
+        try:
+            res = model.predict(image, tile=args.tile, overlap=args.overlap, batch_size=args.batch,
+                                normalization=normalization, uncertainty=args.uncertainty,
+                                skip_background=None if args.skip_background == "auto"
+                                else args.skip_background == "on",
+                                out=out, progress=update, cancel=cancel)
+        finally:
+            bar.close()
+        prov = {**res.provenance, "source": {"path": str(Path(path).resolve()), "axes": info.axes,
+                                             "pixel_size": info.pixel_size}}
+        if partial is not None and res.labels is out:
+            def write_label_file(tmp):
+                out.flush()
+                os.replace(partial, tmp)
+        else:
+            def write_label_file(tmp):
+                write_labels(tmp, res.labels, metadata=prov)
+        outputs = [(label_path, write_label_file),
+                   (out_dir / f"{stem}_provenance.json",
+                    lambda tmp: Path(tmp).write_text(json.dumps(prov, indent=2, default=str)))]
+        if res.uncertainty is not None:
+            outputs.append((out_dir / f"{stem}_uncertainty.tif",
+                            lambda tmp: write_labels(tmp, res.uncertainty, metadata=prov)))
+        if args.overlay and res.labels.ndim == 2:
+            outputs.append((out_dir / f"{stem}_overlay.png", lambda tmp: write_overlay(tmp, image, res.labels)))
+        _write_together(outputs, path, out_dir, cancel)
+    finally:
+        if partial is not None:
+            del out                                   # the memmap; then the file, unless it was renamed
+            partial.unlink(missing_ok=True)
+    if args.overlay and res.labels.ndim != 2:
+        print(f"{path}: --overlay is drawn for 2D images only", file=sys.stderr)
+    _note_nonfinite(path, res.provenance)
+    skipped = f", {res.tiles_skipped} background tiles skipped" if res.tiles_skipped else ""
+    kind = "objects" if model.spec.task == "instance" else "classes present"
+    print(f"{path}: {res.n_objects} {kind} -> {label_path}{skipped}")
+
+
+def _note_nonfinite(path: str, provenance: dict) -> None:
+    """Say on stderr when the image had NaN / Inf pixels (the model saw them as 0 after normalization)."""
+    stats = (provenance.get("parameters") or {}).get("normalization_stats") or {}
+    bad = stats.get("sample_nonfinite")
+    if bad:
+        print(f"{path}: note: {bad} of the {stats.get('sample_pixels')} pixels sampled for normalization are NaN "
+              "or Inf; such pixels were given 0 after normalization. Replace them in the image if they mean "
+              "something else", file=sys.stderr)
+
+
+def _write_together(outputs, source: str, out_dir: Path, cancel) -> None:
+    """Write the output files of one input all or none.
+
+    Each file is written to a temporary file beside it; only when every one is complete, and no
+    Ctrl-C (``cancel``) has come, are they all renamed into place.  A Ctrl-C that arrives before or
+    while they are written, or a write that fails (read-only folder, full disk), leaves none of
+    them and no temporary file.
+
+    Parameters
+    ----------
+    outputs : list of (Path, callable)
+        The file and ``write(tmp)``, which writes its content to the temporary path ``tmp``.
+    source : str
+        The input they belong to (for messages).
+    out_dir : Path
+        The ``--out`` folder (for messages).
+    cancel : threading.Event
+        Set by Ctrl-C.
+
+    Raises
+    ------
+    Cancelled
+        A Ctrl-C came; when it came during the renames, the files are complete, and still the
+        command stops here.
+    WriteError
+        A file could not be written; nothing of this input was left.
+    """
+    from contextlib import ExitStack
+
+    from segloop.core._runtime import atomic_output
+
+    def stop():
+        if cancel.is_set():
+            raise Cancelled(f"cancelled while writing the outputs of {source}")
+
+    try:
+        with ExitStack() as stack:
+            for path, write in outputs:
+                stop()
+                name = path.name.lower()
+                suffix = next((s for s in (".nii.gz", ".seg.nrrd") if name.endswith(s)), path.suffix)
+                write(stack.enter_context(atomic_output(path, durable=False, suffix=suffix)))
+            stop()                                    # the last chance to leave nothing
+    except OSError as e:
+        why = f"{e.filename}: {e.strerror or e}" if e.filename else (e.strerror or str(e))
+        raise WriteError(f"cannot write the outputs of {source} into --out {out_dir} ({why}); "
+                         "nothing was written for it. Free some space or choose another --out") from None
+    stop()
 
 
 def _parse_slices(text: str | None) -> tuple[int, int] | None:
@@ -289,7 +382,8 @@ def _predict_volume(model, path: str, out_dir: Path, args, index: int, normaliza
     """A CT/MR volume: segment it and write labels in the source's own space (NIfTI; Slicer .seg.nrrd)."""
     import numpy as np
 
-    from segloop.core.editing.measure import measure_labels
+    from segloop.core.editing.measure import measure_volume
+    from segloop.core.formats.io.geometry import Reorientation, lps_reorientation
     from segloop.core.formats.io.volume import read_volume, write_nifti_labels, write_seg_nrrd
 
     stem = _output_stem(path.rstrip("/\\"))
@@ -301,28 +395,36 @@ def _predict_volume(model, path: str, out_dir: Path, args, index: int, normaliza
     volume, info = read_volume(path, cancel=cancel)
     for w in info.warnings:
         print(f"{path}: note: {w}", file=sys.stderr)
+    # Models segment axial slices in display order (Z=S, Y=P, X=L, as in napari): a volume
+    # stored in another order (an MRC stored like a NIfTI) is segmented in that order, and its
+    # labels are put back in the stored order.
+    to_display = lps_reorientation(info.affine) if info.affine is not None else Reorientation()
+    axial_volume = to_display.to_display(volume)
     z_range = _parse_slices(args.slices)
-    if z_range is not None and z_range[1] > volume.shape[0]:
-        raise SegloopError(f"--slices {args.slices}: the volume has {volume.shape[0]} slices")
+    if z_range is not None and z_range[1] > axial_volume.shape[0]:
+        raise SegloopError(f"--slices {args.slices}: the volume has {axial_volume.shape[0]} slices along its axial axis")
     bar, update = _progress_bar(len(args.images), index, Path(path).name)
     try:
-        res = model.predict(volume, tile=args.tile, overlap=args.overlap, batch_size=args.batch,
+        res = model.predict(axial_volume, tile=args.tile, overlap=args.overlap, batch_size=args.batch,
                             normalization=normalization, progress=update, cancel=cancel,
                             **({"z_range": z_range} if z_range else {}))
     finally:
         bar.close()
     labels = np.asarray(res.labels)
     if z_range is not None:                       # the labels of the other slices are 0
-        full = np.zeros(volume.shape, labels.dtype)
+        full = np.zeros(axial_volume.shape, labels.dtype)
         full[z_range[0]:z_range[1]] = labels
         labels = full
+    labels = np.ascontiguousarray(to_display.from_display(labels))
     names = {i: c for i, c in enumerate(model.spec.classes) if i} if model.spec.task == "semantic" else None
-    write_nifti_labels(label_path, labels, info)
-    if args.seg_nrrd:
-        write_seg_nrrd(nrrd_path, labels, info, names=names)
     prov = {**res.provenance, "source": {"path": str(Path(path).resolve()), **info.to_meta()}}
-    (out_dir / f"{stem}_provenance.json").write_text(json.dumps(prov, indent=2, default=str))
-    rows = measure_labels(labels, spacing=info.spacing, image=volume, names=names)
+    outputs = [(label_path, lambda tmp: write_nifti_labels(tmp, labels, info)),
+               (out_dir / f"{stem}_provenance.json",
+                lambda tmp: Path(tmp).write_text(json.dumps(prov, indent=2, default=str)))]
+    if args.seg_nrrd:
+        outputs.append((nrrd_path, lambda tmp: write_seg_nrrd(tmp, labels, info, names=names)))
+    _write_together(outputs, path, out_dir, cancel)
+    rows = measure_volume(labels, info, image=volume, names=names)      # the same numbers as `segloop measure`
     print(f"{path}: {res.n_objects} {'objects' if model.spec.task == 'instance' else 'classes present'}"
           f" -> {label_path}" + (f" and {nrrd_path}" if args.seg_nrrd else ""))
     for r in rows[:20]:
@@ -334,7 +436,7 @@ def _predict_volume(model, path: str, out_dir: Path, args, index: int, normaliza
 def _cmd_measure(args) -> int:
     import numpy as np
 
-    from segloop.core.editing.measure import measure_labels, write_csv
+    from segloop.core.editing.measure import measure_volume, write_csv
     from segloop.core.formats.io.volume import read_volume
 
     labels, info = read_volume(args.labels)
@@ -344,10 +446,15 @@ def _cmd_measure(args) -> int:
         if tuple(image.shape) != tuple(labels.shape):
             raise SegloopError(f"--image has shape {tuple(image.shape)} but the labels {tuple(labels.shape)}; "
                                "give the image the labels were drawn on")
+        directions = [np.round(a[:3, :3] / np.linalg.norm(a[:3, :3], axis=0)).astype(int)
+                      for a in (np.asarray(info.affine, float), np.asarray(img_info.affine, float))]
+        if not np.array_equal(*directions):
+            raise SegloopError(f"--image {args.image} has its axes stored in another orientation than the labels "
+                               f"{args.labels}; give the image the labels were drawn on, in the same format")
     labels = np.asarray(labels)
     if labels.dtype.kind not in "ui":
         raise SegloopError(f"{args.labels}: labels must be integers, got {labels.dtype}")
-    rows = measure_labels(labels, spacing=info.spacing, image=image, lesions=args.lesions)
+    rows = measure_volume(labels, info, image=image, lesions=args.lesions)   # axial axis from the geometry
     if args.csv:
         write_csv(rows, args.csv)
     print("label\tvoxels\tvolume_ml\tmax_axial_diameter_mm" + ("\tmean\tstd" if image is not None else ""))
@@ -365,6 +472,18 @@ def _cmd_measure(args) -> int:
 
 
 def _cmd_demo(args) -> int:
+    from segloop.core.formats.package import read_spec
+    from segloop.core.formats.registry import model_path
+
+    # checked before napari opens a window: a typo gets one line, not a window and a traceback
+    if args.model is not None:
+        read_spec(model_path(args.model))
+    if args.screenshot is not None:
+        shot = Path(args.screenshot)
+        if shot.suffix.lower() != ".png":
+            raise SegloopError(f"--screenshot {shot}: give a .png file name")
+        if not shot.parent.is_dir() or not os.access(shot.parent, os.W_OK):
+            raise SegloopError(f"--screenshot {shot}: {shot.parent} is not a folder you can write to")
     try:
         from segloop._napari.demo import run_demo
     except ImportError as e:
@@ -382,17 +501,20 @@ def _parse_crop(text: str | None) -> tuple[slice, ...] | None:
     if not text:
         return None
     try:
-        return tuple(slice(int(a), int(b)) for a, b in (part.split(":") for part in text.split(",")))
+        pairs = [(int(a), int(b)) for a, b in (part.split(":") for part in text.split(","))]
     except ValueError:
         raise SegloopError(f"--crop {text!r}: write start:stop per axis, e.g. 0:512,256:768") from None
+    if not all(0 <= a < b for a, b in pairs):
+        raise SegloopError(f"--crop {text!r}: each axis needs 0 <= start < stop, e.g. 0:512,256:768")
+    return tuple(slice(a, b) for a, b in pairs)
 
 
 def _cmd_export(args) -> int:
     import numpy as np
     import tifffile
 
-    from segloop.core.formats.io.images import read_image
-    from segloop.core.formats.trainfolder import TrainingFolder
+    from segloop.core.formats.io.images import read_image, read_labels_provenance
+    from segloop.core.formats.trainfolder import open_for_export
     from segloop.errors import ImageReadError, InvalidLabelsError
 
     image, info = read_image(args.image)
@@ -415,12 +537,14 @@ def _cmd_export(args) -> int:
         reviewed = reviewed[crop] if reviewed is not None else None
     n = labels.ndim
     axes = "ZYX"[-n:] + ("C" if info.axes.endswith(("C", "S")) else "")
-    folder_path = Path(args.folder)
-    if (folder_path / "segloop-training.json").is_file():
-        folder = TrainingFolder.open(folder_path)
-    else:
-        classes = [c.strip() for c in args.classes.split(",") if c.strip()]
-        folder = TrainingFolder.create(folder_path, classes=classes, task=args.task, modality=args.modality)
+    # A new folder takes the classes of the model that predicted the labels (their provenance),
+    # so `segloop-train FOLDER --from MODEL` fits it; given classes that differ from an existing
+    # folder's are refused, never ignored.
+    prov = read_labels_provenance(args.labels) or {}
+    folder = open_for_export(args.folder, classes=args.classes.split(",") if args.classes is not None else None,
+                             task=args.task, modality=args.modality, model=prov.get("model"),
+                             postprocess=(prov.get("parameters") or {}).get("postprocess"),
+                             flags={"classes": "--classes", "task": "--task"})
     from segloop.core._runtime import sha256_file
 
     sha = sha256_file(args.image)
@@ -437,8 +561,14 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_validate(args) -> int:
-    from segloop.core.formats.trainfolder import validate_folder
+    from segloop.core.formats.trainfolder import TrainingFolder, validate_folder
 
+    if not Path(args.folder).is_dir():      # a wrong path, not a bad folder: one error line, exit 2
+        raise SegloopError(f"{args.folder}: " + ("a file, not a training folder" if Path(args.folder).exists() else
+                                                 "no such folder") + "; give the folder segloop export wrote")
+    if args.fix:                            # the index takes what is on disk now; each change is listed
+        for change in TrainingFolder.open(args.folder).rebuild_index():
+            print(f"fixed: {change}")
     report = validate_folder(args.folder, check_hashes=not args.no_hashes)
     for problem in report.problems:
         where = problem.sample_id or "folder"
@@ -539,10 +669,24 @@ def _cmd_loop(args) -> int:
     return 128 - code if code < 0 else code        # killed by signal N: the shell's 128 + N
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with the command's error format: ONE line ``segloop: error: ...`` and exit status 2.
+
+    argparse's own errors (an unknown flag, ``--tile abc``, a missing ``--out``) would print the
+    usage block and ``segloop predict: error: ...``; here they read like every other error, and
+    say where the arguments are listed.  Subcommand parsers inherit the class.
+    """
+
+    def error(self, message: str):
+        """Print ``<command>: error: <message> (see <prog> --help)`` and exit with status 2."""
+        root = self.prog.split()[0]
+        self.exit(2, f"{root}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from segloop import __version__
 
-    ap = argparse.ArgumentParser(prog="segloop", description="Annotation-assisted segmentation.")
+    ap = OneLineParser(prog="segloop", description="Annotation-assisted segmentation.")
     ap.add_argument("--version", action="version", version=f"segloop {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -583,7 +727,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("measure", help="per-label volume (mL), largest axial diameter (mm), intensity stats")
-    p.add_argument("labels", help="label volume (NIfTI, MRC, TIFF stack)")
+    p.add_argument("labels", help="label volume (NIfTI, MRC, TIFF stack); diameters are taken on its axial "
+                                  "slices, found from the file's orientation (the same rule as the napari CT tools)")
     p.add_argument("--image", default=None, help="the image (e.g. CT in HU) for mean/std inside each label")
     p.add_argument("--csv", default=None, help="also write the table as CSV")
     p.add_argument("--lesions", action="store_true",
@@ -611,9 +756,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="uint8 TIFF, 1 = reviewed (default: every pixel counts as reviewed)")
     p.add_argument("--folder", required=True, help="training folder (created if missing)")
     p.add_argument("--crop", default=None, help="export only start:stop per axis, e.g. 0:512,0:512")
-    p.add_argument("--classes", default="background,object", help="class names for a new folder")
-    p.add_argument("--task", choices=["instance", "semantic"], default="instance", help="for a new folder")
-    p.add_argument("--modality", default="other", help="for a new folder: fluorescence, histology, ct ...")
+    p.add_argument("--classes", default=None,
+                   help="class names, e.g. background,nucleus (default: the classes of the model that predicted "
+                        "--labels, else background,object; an existing folder keeps its own)")
+    p.add_argument("--task", choices=["instance", "semantic"], default=None,
+                   help="for a new folder (default: the model's, else instance)")
+    p.add_argument("--modality", default=None,
+                   help="fluorescence, histology, ct ... (default: the model's, else other)")
     p.add_argument("--split", choices=["auto", "train", "val", "test"], default="auto")
     p.add_argument("--id", default=None, help="sample id (default: from the image name)")
     p.add_argument("--replace", action="store_true", help="replace the sample with this --id")
@@ -622,6 +771,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a training folder; exit 1 naming each bad sample")
     p.add_argument("folder")
     p.add_argument("--no-hashes", action="store_true", help="skip the sha256 checks (faster)")
+    p.add_argument("--fix", action="store_true",
+                   help="first make the sample index list the samples on disk (adds folders copied in, drops "
+                        "deleted ones, records edited meta.json; writes an index for folders of older segloop "
+                        "versions), printing each change; the samples themselves are not changed")
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("convert", help="write a training folder in nnU-Net v2 / cellpose / StarDist layout")
@@ -680,7 +833,8 @@ def main(argv: list[str] | None = None) -> int:
         print("segloop: cancelled; the image being segmented got no output", file=sys.stderr)
         code = 130
     except SegloopError as e:
-        print(f"segloop: error: {e}", file=sys.stderr)
+        message = _name_the_input(args, " ".join(str(e).splitlines()))           # one line, always
+        print(f"segloop: error: {message}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         print("segloop: interrupted", file=sys.stderr)
@@ -688,6 +842,20 @@ def main(argv: list[str] | None = None) -> int:
     if code != 0:
         _remove_if_empty(new_folders)
     return code
+
+
+#: Errors about one input file of a command whose message starts with one of these words (the
+#: library's wording: "labels have float dtype ...") get the flag and the file in front.
+_SUBJECTS = {"export": (("reviewed", "reviewed"), ("labels", "labels"), ("image", "image"))}
+
+
+def _name_the_input(args, message: str) -> str:
+    """``message`` with ``--labels FILE:`` (etc.) in front when it is about that input and does not name it."""
+    for word, dest in _SUBJECTS.get(getattr(args, "command", None), ()):
+        value = getattr(args, dest, None)
+        if value and message.startswith(word) and str(value) not in message:
+            return f"--{dest} {value}: {message}"
+    return message
 
 
 #: Arguments that name a command's output folder (predict/convert --out, import/export --folder).
@@ -706,12 +874,36 @@ def _new_output_folders(args) -> list[Path]:
 
 
 def _remove_if_empty(paths: list[Path]) -> None:
-    """Remove the folders a failed command created and left empty (never one holding anything)."""
+    """Remove the folders a failed command created and left empty (never one holding anything).
+
+    A training folder the command created but put no sample in (an export whose labels were
+    refused) counts as empty: left behind, it would fix the classes of the next export.
+    """
     for p in paths:
+        _empty_training_folder(p)
         try:
             p.rmdir()                     # fails, and is left alone, unless it is an empty folder
         except OSError:
             pass
+
+
+def _empty_training_folder(path: Path) -> None:
+    """Remove the files of a training folder WITHOUT samples at ``path``; anything else is left alone."""
+    from segloop.core.formats.trainfolder import INDEX_FILE, INFO_FILE, LOCK_FILE, SAMPLES_DIR
+
+    try:
+        names = set(os.listdir(path))
+        if INFO_FILE not in names or not names <= {INFO_FILE, INDEX_FILE, LOCK_FILE, SAMPLES_DIR}:
+            return
+        samples = path / SAMPLES_DIR
+        if SAMPLES_DIR in names and (not samples.is_dir() or os.listdir(samples)):
+            return
+        if SAMPLES_DIR in names:
+            samples.rmdir()
+        for name in names - {SAMPLES_DIR}:
+            (path / name).unlink()
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

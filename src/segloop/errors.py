@@ -16,6 +16,7 @@ __all__ = [
     "ModelNotFoundError",
     "UnknownArchitectureError",
     "ArchitectureArgumentsError",
+    "NetworkTooLargeError",
     "FormatVersionError",
     "IntegrityError",
     "UnsafeModelFileError",
@@ -29,6 +30,7 @@ __all__ = [
     "FolderLockedError",
     "FolderVersionError",
     "ExportError",
+    "WriteError",
     "VolumeReadError",
     "DecoderUnavailableError",
     "ImportSourceError",
@@ -64,6 +66,11 @@ class ArchitectureArgumentsError(ModelPackageError):
     """An architecture's arguments (``architecture_kwargs``, ``--arch-kwargs``) are of the wrong kind or out of range."""
 
 
+class NetworkTooLargeError(ArchitectureArgumentsError):
+    """The network, at this patch / tile size and batch, would need more memory than the machine has
+    available (estimated before anything is allocated); the message gives both figures and what to lower."""
+
+
 class FormatVersionError(ModelPackageError):
     """The package was written by a newer (or unknown) format version."""
 
@@ -97,7 +104,7 @@ class TrainingFolderError(SegloopError, ValueError):
 
 
 class SampleExistsError(TrainingFolderError, FileExistsError):
-    """A sample with this id already exists; pass ``replace=True`` to replace it explicitly."""
+    """A sample with this id already exists; replace it explicitly (``replace=True``, ``--replace``)."""
 
 
 class FolderLockedError(TrainingFolderError, TimeoutError):
@@ -110,6 +117,11 @@ class FolderVersionError(TrainingFolderError):
 
 class ExportError(SegloopError, OSError):
     """A sample could not be written (read-only folder, disk full ...); nothing partial was left."""
+
+
+class WriteError(SegloopError, OSError):
+    """An output (label image, provenance, converted layout, ``model.onnx`` ...) could not be written:
+    a read-only folder, a full disk ...  The message names the file or folder; nothing partial was left."""
 
 
 class VolumeReadError(ImageReadError):

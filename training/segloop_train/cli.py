@@ -58,6 +58,7 @@ import time
 import warnings
 
 from segloop.errors import SegloopError
+from segloop_train.cli_args import OneLineParser, json_object, positive_int
 
 __all__ = ["main", "build_parser", "options_from_args"]
 
@@ -65,7 +66,7 @@ PROG = "segloop-train"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Fine-tune a segloop model package on training folders "
+    p = OneLineParser(prog=PROG, description="Fine-tune a segloop model package on training folders "
                                 "and write a new, evaluated package (parent recorded).")
     p.add_argument("folders", nargs="+", metavar="FOLDER", help="training folder(s) v1 (segloop export)")
     src = p.add_mutually_exclusive_group(required=True)
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="auto (default): fp16 AMP on CUDA; bf16 on a CPU only with native bf16 and when a measured "
                         "step is faster, else fp32")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in DIR.ckpt")
     p.add_argument("--eval-every", type=int, help="steps between evaluations (default: an epoch, <= 20 evals)")
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, help="stop after this many evaluations without improvement")
     p.add_argument("--version", help="version of the new package (default: the parent's, minor bumped)")
     p.add_argument("--name", help="name of the new package (default: the parent's)")
-    p.add_argument("--arch-kwargs", type=json.loads, metavar="JSON", help='from scratch: e.g. \'{"depth": 4}\'')
+    p.add_argument("--arch-kwargs", type=json_object, metavar="JSON", help='from scratch: e.g. \'{"depth": 4}\'')
     p.add_argument("--classes", help="from scratch: class names, e.g. background,nucleus")
     p.add_argument("--task", choices=["semantic", "instance"], help="from scratch: default the folders' task")
     p.add_argument("--dims", type=int, choices=[2, 3], help="from scratch: 3 for a 3D network (default 2)")
@@ -268,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(e, "quiet", False):             # another rank failed and rank 0 says why
             return 2
         msg = str(e).replace("\n", " ")
+        if isinstance(e, OSError) and not isinstance(e, SegloopError):      # a full disk, a read-only folder
+            msg = (f"{e.filename or args.out}: {e.strerror or e}; check that --out {args.out} is writable and the "
+                   "disk has space (the last complete checkpoint, if any, is kept for --resume)")
         if args.progress_json and rank == 0:
             printer({"event": "error", "message": msg})
         print(f"{who}: error: {msg}", file=sys.stderr)

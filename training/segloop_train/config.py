@@ -175,6 +175,9 @@ class FinetuneOptions:
         ------
         ModelPackageError
             Both or neither of ``parent`` and ``arch``.
+        ArchitectureArgumentsError
+            ``arch_kwargs`` is not a JSON object, or a setting is out of the architecture's bounds
+            (:mod:`segloop.core.networks.limits`).
         ValueError
             Anything else.
         """
@@ -183,26 +186,42 @@ class FinetuneOptions:
         if (self.parent is None) == (self.arch is None):
             raise ModelPackageError("give either a parent model to fine-tune (--from) or an architecture to train "
                                     "from scratch (--arch), not both and not neither")
+        # messages name the option and its segloop-train flag: "steps (--steps)"
         if self.steps is not None and self.epochs is not None:
-            raise ValueError("give steps or epochs, not both")
+            raise ValueError("give steps (--steps) or epochs (--epochs), not both")
         for label in ("steps", "epochs", "batch", "eval_every", "checkpoint_every"):
             v = getattr(self, label)
             if v is not None and int(v) < 1:
-                raise ValueError(f"{label} must be at least 1, got {v}")
+                raise ValueError(f"{label} ({_flag(label)}) must be at least 1, got {v}")
         if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
+            raise ValueError(f"lr (--lr) must be a positive number, got {self.lr}")
         if self.patience is not None and int(self.patience) < 1:
-            raise ValueError(f"patience must be at least 1 evaluation (or None), got {self.patience}")
+            raise ValueError(f"patience (--patience) must be at least 1 evaluation (or None), got {self.patience}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
+            raise ValueError(f"unknown precision (--precision) {self.precision!r}; use one of {', '.join(PRECISIONS)}")
         dims, k = self.dims, self.context_slices
         if dims is not None and (isinstance(dims, bool) or dims not in (2, 3)):
-            raise ValueError(f"dims must be 2 or 3, got {dims!r}")
+            raise ValueError(f"dims (--dims) must be 2 or 3, got {dims!r}")
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0):
-            raise ValueError(f"context_slices must be an odd number >= 1 (1, 3, 5 ...), got {k!r}")
+            raise ValueError(f"context_slices (--context-slices) must be an odd number >= 1 (1, 3, 5 ...), got {k!r}")
+        if self.arch_kwargs is not None and not isinstance(self.arch_kwargs, dict):
+            from segloop.errors import ArchitectureArgumentsError
+
+            raise ArchitectureArgumentsError(f"arch_kwargs (--arch-kwargs) must be a JSON object such as "
+                                             f"{{\"depth\": 4}}, got {self.arch_kwargs!r}")
+        if self.arch is not None and self.arch_kwargs:    # bounds, before any folder is read
+            from segloop.core.networks import available, check_arguments
+
+            if self.arch in available():
+                check_arguments(self.arch, self.arch_kwargs, source="arch_kwargs (--arch-kwargs)")
         if (k or 1) > 1 and dims == 3:
             raise ValueError("context_slices > 1 (2.5D) is for 2D networks; a 3D network (dims 3) sees the "
                              "neighbouring slices itself: give one or the other")
+
+
+def _flag(option: str) -> str:
+    """The ``segloop-train`` flag of an option: ``eval_every`` -> ``--eval-every``."""
+    return "--" + option.replace("_", "-")
 
 
 # --------------------------------------------------------------------------- the resolved config

@@ -117,6 +117,7 @@ from segloop_train.distributed import (
 from segloop_train.evaluate import VolumePredictor, evaluate_samples, is_volume_spec, score_key
 from segloop_train.folders import SkippedSampleWarning
 from segloop_train.losses import dice_ce_loss
+from segloop_train.memory import SCRATCH_SOURCE, check_training_memory, fit_training_patch
 from segloop_train.packaging import api_command, export_onnx_checked, model_card, training_record
 from segloop_train.precision import (
     SLOW_BF16,
@@ -415,7 +416,12 @@ class _Run:
 
     def _build_network(self) -> None:
         """The network (the parent's weights loaded) and the patch size that fits it and the data."""
-        spec, patch = self.spec, self.opts.patch
+        spec, scratch = self.spec, self.parent_pkg is None
+        source = SCRATCH_SOURCE if scratch else None
+        # bounds, patch and the memory a step needs, all before anything is allocated
+        patch_used, why = fit_training_patch(spec, self.opts.patch, [tuple(s.labels.shape) for s in self.loaded.train],
+                                             source=source)
+        check_training_memory(spec, patch_used, batch=self.opts.batch, device=self.dev, scratch=scratch, source=source)
         try:
             net = build(spec.architecture, spec.in_channels, spec.n_classes, dims=spec.dims,
                         **spec.architecture_kwargs)
@@ -424,14 +430,6 @@ class _Run:
                                     f"{e}") from None
         if self.parent_pkg is not None:
             net.load_state_dict(self.parent_pkg.state_dict)
-        divisor = int(getattr(net, "divisor", 1))
-        sizes = [tuple(s.labels.shape) for s in self.loaded.train]
-        if spec.dims == 3:
-            patch_used, why = fit_patch_3d(patch, sizes, divisor)
-        else:
-            if not np.isscalar(patch):
-                raise ValueError(f"a 2D / 2.5D model trains on square patches: give one patch side, not {patch!r}")
-            patch_used, why = fit_patch(int(patch), [sz[-2:] for sz in sizes], divisor)
         if why:
             self.note(why)
         if self.loaded.volumes:

@@ -5,14 +5,21 @@ reads its samples.  Policy for bad input:
 
 * a **corrupt sample** (hash mismatch, missing or undecodable file, bad shapes or dtypes,
   unreadable ``meta.json`` ...) is **skipped with a warning** that names the sample and says
-  why.  One damaged file should not block training on the hundreds of good ones, and nothing
-  is lost: the folder is only read.  The skipped samples are listed in
-  :attr:`FolderData.skipped` and end up in the trained package's record;
+  why.  The same goes for what the folder's sample index disagrees with (the rules of
+  ``segloop validate``): a sample the index lists whose folder is **missing**, a sample folder
+  the index does **not list** (copied in by hand), and a sample whose ``meta.json`` (its split)
+  was **edited** after export.  One damaged file should not block training on the hundreds
+  of good ones, and nothing is lost: the folder is only read.  The skipped samples are
+  listed in :attr:`FolderData.skipped` and end up in the trained package's record;
 * a folder that is missing, not a training folder, written by a newer segloop, **empty**, or
   left with **no train samples** after skipping is refused with a
-  :class:`~segloop.errors.TrainingFolderError`;
+  :class:`~segloop.errors.TrainingFolderError`; so is one whose sample index is unreadable, or
+  missing although ``segloop-training.json`` says it keeps one (``segloop validate --fix``
+  rebuilds it).  A folder from before sample indexes is read as before;
 * folders whose **classes or task** differ from each other or from the model to fine-tune
-  are refused, and the message says exactly what differs (:func:`check_classes`).
+  are refused, and the message says exactly what differs (:func:`check_classes`); instance
+  folders with one object class fit any one-object-class model whatever the class is called
+  (recorded as :attr:`LoadedFolders.class_mapping`).
 
 ``reviewed`` masks are kept on each sample, so pixels nobody reviewed are ignored by the
 loss (and by the metrics).  The ``test`` split is never read for training or validation.
@@ -104,6 +111,9 @@ class LoadedFolders:
     classes : tuple of str
         The folders' classes (index 0 = background).
     task : {"semantic", "instance"}
+    class_mapping : dict or None
+        ``{folder class: model class}`` for one-object-class folders read as the model's class
+        under another name (:func:`check_classes`).
     """
 
     train: list[Sample]
@@ -113,6 +123,7 @@ class LoadedFolders:
     task: str
     warnings: list[str] = field(default_factory=list)
     volumes: bool = False
+    class_mapping: dict[str, str] | None = None
 
     @property
     def modalities(self) -> set[str]:
@@ -129,13 +140,22 @@ def object_classes(spec: ModelSpec) -> tuple[str, ...]:
     return tuple(c for i, c in enumerate(spec.classes) if i not in (0, boundary))
 
 
-def check_classes(info: FolderInfo, spec: ModelSpec, *, folder: str | os.PathLike = "training folder") -> None:
+def check_classes(info: FolderInfo, spec: ModelSpec, *, folder: str | os.PathLike = "training folder"
+                  ) -> dict[str, str] | None:
     """Refuse a folder whose task or classes do not fit the model ``spec``.
 
     Semantic models: the folder's classes must equal the model's, in order (label value =
     class index).  Instance models: the folder's object classes (all but index 0) must equal
-    the model's classes without background and boundary (:func:`object_classes`).  Background
-    names (index 0) are not compared.
+    the model's classes without background and boundary (:func:`object_classes`), except that
+    a folder with one object class fits any model with one object class: its labels are object
+    ids, whatever the class is called (``object`` from ``segloop export`` without ``--classes``
+    fits ``nuclei-unet``'s ``nucleus``).  Background names (index 0) are not compared.
+
+    Returns
+    -------
+    dict or None
+        ``{folder class: model class}`` when a one-class folder is read as the model's class
+        under another name (recorded in the new package's training record), else None.
 
     Raises
     ------
@@ -148,6 +168,8 @@ def check_classes(info: FolderInfo, spec: ModelSpec, *, folder: str | os.PathLik
             f"{info.task} model, or train from scratch with --arch ... --task {info.task}")
     if spec.task == "instance":
         have, want = tuple(info.classes[1:]), object_classes(spec)
+        if len(have) == len(want) == 1:
+            return {have[0]: want[0]} if have != want else None
         if have != want:
             raise TrainingFolderError(
                 f"{folder}: its object classes {list(have)} differ from the object classes of {spec.name} "
@@ -164,6 +186,7 @@ def check_classes(info: FolderInfo, spec: ModelSpec, *, folder: str | os.PathLik
                 f"{folder}: its classes {list(have)} differ from {spec.name}'s {list(want)} "
                 f"({'; '.join(diffs)}); label values are class indices, so names and order must match. "
                 "Fine-tune a model with these classes, or train from scratch with --arch")
+    return None
 
 
 def _cut_holdout(image: np.ndarray, labels: np.ndarray, reviewed: np.ndarray, meta: dict, axes: str
@@ -258,17 +281,22 @@ def load_folders(folders: str | os.PathLike | Iterable[str | os.PathLike], *, sp
     data: list[FolderData] = []
     notes: list[str] = []
     first: FolderInfo | None = None
+    class_mapping: dict[str, str] = {}
     for path in paths:
         tf = TrainingFolder.open(path)        # missing / not a folder / newer version: clear errors
         info = tf.info
         if first is None:
             first = info
-        elif (info.task, info.classes) != (first.task, first.classes):
+        elif (info.task, info.classes) != (first.task, first.classes) and not _one_object_class(info, first):
             raise TrainingFolderError(
                 f"{path} has task {info.task!r} and classes {list(info.classes)}, but {paths[0]} has task "
                 f"{first.task!r} and classes {list(first.classes)}; train on folders with the same classes")
         if spec is not None:
-            check_classes(info, spec, folder=path)
+            mapping = check_classes(info, spec, folder=path)
+            if mapping:
+                class_mapping.update(mapping)
+                notes.append(f"{path}: its one object class {next(iter(mapping))!r} is read as {spec.name}'s "
+                             f"{next(iter(mapping.values()))!r} (instance labels are object ids)")
         report = tf.validate(check_hashes=False)      # hashes are checked as each sample is read
         folder_level = [p for p in report.problems if p.sample_id is None]
         if folder_level:
@@ -277,12 +305,15 @@ def load_folders(folders: str | os.PathLike | Iterable[str | os.PathLike], *, sp
         for p in report.problems:
             bad.setdefault(p.sample_id, p.message)
         records = tf.samples()
+        skipped = []
+        for sid in sorted(set(bad) - {r.sample_id for r in records}):   # listed in the index, folder gone
+            skipped.append(f"{sid}: {bad[sid]}")
+            _warn(f"{path}: sample {sid!r} skipped: {bad[sid]}", notes)
         if not records:
             raise TrainingFolderError(
                 f"{path} has no samples; export corrected labels into it first (Export widget or `segloop export`)")
         counts = dict.fromkeys(SPLITS, 0)
         slices = dict.fromkeys(SPLITS, 0)
-        skipped = []
         for rec in records:
             if rec.sample_id in bad:
                 msg = f"{path}: sample {rec.sample_id!r} skipped: {bad[rec.sample_id]}"
@@ -319,4 +350,10 @@ def load_folders(folders: str | os.PathLike | Iterable[str | os.PathLike], *, sp
             + "; ".join(f"{d.path.name}: {d.samples}" for d in data)
             + "); export samples with split 'train', or fix the skipped ones")
     assert first is not None
-    return LoadedFolders(train, val, data, first.classes, first.task, notes, volumes=bool(volumes))
+    return LoadedFolders(train, val, data, first.classes, first.task, notes, volumes=bool(volumes),
+                         class_mapping=class_mapping or None)
+
+
+def _one_object_class(a: FolderInfo, b: FolderInfo) -> bool:
+    """Two instance folders with one object class each: their labels are object ids, whatever the names."""
+    return a.task == b.task == "instance" and len(a.classes) == len(b.classes) == 2

@@ -54,6 +54,7 @@ steps is uncertain everywhere - after 120 steps on 8 BBBC007 tiles the normalize
 plain background was 0.46 (the trained ``nuclei-unet``: 0.01) - and then uncertainty cannot
 rank regions.  Later rounds fine-tune an already confident M0, which needs far fewer steps.
 
+Why this module is long: :func:`run_loop` and the steps of a round read top to bottom here.
 Each step of a round is a function here (:func:`_select_regions`, :func:`_correct_regions`,
 :func:`_export_corrections`, :func:`_train_round`, :func:`_evaluate_round`); the CSV and the
 curves are :mod:`segloop_train.loop_report`, the command line ``segloop-train loop``
@@ -100,6 +101,13 @@ from segloop.errors import (
 )
 from segloop_train.loop_oracle import changed_pixels, check_pool, paste_truth
 from segloop_train.loop_report import area_to_reach, plot_curves, quality_key, write_csv
+from segloop_train.loop_setup import (
+    check_loop_options,
+    check_scratch_model,
+    entries_before,
+    remove_new_entries,
+)
+from segloop_train.memory import check_loop_memory
 
 __all__ = [
     "LOOP_STRATEGIES",
@@ -343,7 +351,8 @@ def run_loop(
         (semantic).  Never shown to the model except inside corrected regions.
     out : path-like
         A new or empty folder for ``loop.json``, ``loop.csv``, ``loop.png``, ``models/`` and
-        (by default) the training folder.
+        (by default) the training folder.  A run that fails or is cancelled before its first
+        round finished removes what it wrote there (and in ``folder``), so it can run again.
     parent : str, path-like or ScratchModel
         The model every round starts from: a package name / path, or a network trained from
         scratch.
@@ -428,13 +437,15 @@ def run_loop(
     for label, v, lo in (("rounds", rounds, 0), ("budget", budget, 1), ("region_size", region_size, 1),
                          ("steps", steps, 1), ("initial_steps", initial_steps, 1)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-            raise ActiveLearningError(f"{label} must be an integer >= {lo}, got {v!r}")
-    initial = int(budget if initial is None else initial)
-    if initial < 0:
-        raise ActiveLearningError(f"initial must be >= 0 regions, got {initial}")
+            raise ActiveLearningError(f"{label} (--{label.replace('_', '-')}) must be an integer >= {lo}, got {v!r}")
+    initial = budget if initial is None else initial
+    check_loop_options(initial=initial, batch=batch, patch=patch, lr=lr, methods=tuple(methods), score=score)
+    initial = int(initial)
     if isinstance(parent, ScratchModel) and initial == 0:
         raise ActiveLearningError("a model trained from scratch needs initial > 0 regions to start from; give "
                                   "initial (--initial) or a parent model")
+    if isinstance(parent, ScratchModel):
+        check_scratch_model(parent)
     pool, truth, ho_imgs, ho_truth = check_pool(images, ground_truth, heldout)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(not n.startswith(".") for n in os.listdir(out))):
@@ -443,6 +454,7 @@ def run_loop(
     folder = Path(folder) if folder is not None else out / "training-folder"
     parent_model, task, fclasses, modality, base_name, parent_desc = _open_parent(parent, device)
     _check_classes(task, fclasses, truth, ho_truth)
+    check_loop_memory(parent, parent_model, fclasses, task, pool, truth, patch=patch, batch=batch, device=device)
     config = LoopConfig(
         strategy=strat.name, rounds=int(rounds), budget=int(budget), initial=initial, region_size=int(region_size),
         region_kind=str(region_kind), parent=parent_desc, steps=int(steps), initial_steps=initial_steps,
@@ -453,17 +465,27 @@ def run_loop(
         start=None if start is None else str(Path(start)), folder=str(folder))
     start_keys = _check_start(Path(start), config) if start is not None else None
 
-    run = _open_run(config, pool, truth, ho_imgs, ho_truth, parent=parent, parent_model=parent_model, task=task,
-                    classes=fclasses, modality=modality, base_name=base_name, parent_desc=parent_desc,
-                    strategy=strat, out=out, folder=folder, sources=sources or {}, start_keys=start_keys,
-                    emit=emit, cancel=cancel, t_start=t_start)
-    for r in range(int(rounds) + 1):
-        if is_cancelled(cancel):
-            return _finish(run, "cancelled")
-        stopped = _run_round(run, r)
-        if stopped is not None:
-            return _finish(run, stopped)
-    return _finish(run, "completed")
+    # A run that fails or is cancelled before its first round finished keeps nothing: what it
+    # wrote is removed, so the same command can run again.
+    before = entries_before(out, folder)
+    run, status = None, "completed"
+    try:
+        run = _open_run(config, pool, truth, ho_imgs, ho_truth, parent=parent, parent_model=parent_model, task=task,
+                        classes=fclasses, modality=modality, base_name=base_name, parent_desc=parent_desc,
+                        strategy=strat, out=out, folder=folder, sources=sources or {}, start_keys=start_keys,
+                        emit=emit, cancel=cancel, t_start=t_start)
+        for r in range(int(rounds) + 1):
+            status = "cancelled" if is_cancelled(cancel) else _run_round(run, r)
+            if status is not None:
+                break
+        status = status or "completed"
+    except BaseException:
+        if run is None or not run.rows:
+            remove_new_entries(before)
+        raise
+    if not run.rows:
+        remove_new_entries(before)
+    return _finish(run, status)
 
 
 # --------------------------------------------------------------------------- setting up

@@ -28,7 +28,9 @@ PROG = "segloop-train"
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"{prog} loop", description=(
+    from segloop_train.cli_args import OneLineParser, positive_int
+
+    p = OneLineParser(prog=f"{prog} loop", description=(
         "Simulate active learning: ground truth corrects the regions a strategy picks, fine-tune and evaluate "
         "every round; CSV + plot of quality vs corrected area."))
     p.add_argument("--images", nargs="+", required=True, help="the pool: images (or TIFF stacks) to pick regions from")
@@ -65,7 +67,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu (reproducible), auto, cuda, cuda:N or mps")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--folder", default=None, help="new or empty training folder (default: OUT/training-folder)")
     p.add_argument("--out", "-o", required=True, help="new or empty folder: loop.csv, loop.png, models/")
     return p
@@ -112,6 +114,17 @@ def _read_pairs(images: list[str], truth: list[str], what: str) -> tuple[dict, d
     return imgs, gts, sources
 
 
+def _json_object(flag: str, text: str) -> dict:
+    """``text`` (the value of ``flag``) as a JSON object, or a one-line error naming the flag."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SegloopError(f"{flag} {text!r} is not JSON ({e}); write a JSON object such as '{{\"depth\": 3}}'") from None
+    if not isinstance(value, dict):
+        raise SegloopError(f"{flag} {text!r} is not a JSON object; write one such as '{{\"depth\": 3}}'")
+    return value
+
+
 def _cmd_loop(args, prog: str) -> int:
     import math
 
@@ -132,13 +145,11 @@ def _cmd_loop(args, prog: str) -> int:
     if args.model is not None:
         parent = args.model
     else:
-        try:
-            arch_kwargs = json.loads(args.arch_kwargs) if args.arch_kwargs else {"depth": 3, "base_width": 16,
-                                                                                  "norm": "batch"}
-            norm = (json.loads(args.normalization) if args.normalization and args.normalization.strip().startswith("{")
-                    else {"kind": args.normalization} if args.normalization else None)
-        except json.JSONDecodeError as e:
-            raise SegloopError(f"--arch-kwargs / --normalization must be JSON objects ({e})") from None
+        arch_kwargs = (_json_object("--arch-kwargs", args.arch_kwargs) if args.arch_kwargs
+                       else {"depth": 3, "base_width": 16, "norm": "batch"})
+        norm = (_json_object("--normalization", args.normalization)
+                if args.normalization and args.normalization.strip().startswith("{")
+                else {"kind": args.normalization} if args.normalization else None)
         parent = ScratchModel(architecture=args.arch, architecture_kwargs=arch_kwargs,
                               classes=tuple(c.strip() for c in args.classes.split(",") if c.strip()), task=args.task,
                               dims=args.dims, context_slices=args.context_slices, normalization=norm,
@@ -178,7 +189,11 @@ def _cmd_loop(args, prog: str) -> int:
             signal.signal(signal.SIGINT, previous)
     for msg in res.messages:
         print(f"{prog}: {msg}", file=sys.stderr)
-    print(f"wrote {res.csv}" + (f" and {res.plot}" if res.plot else "") + f"; training folder {res.folder}")
+    if res.rows:
+        print(f"wrote {res.csv}" + (f" and {res.plot}" if res.plot else "") + f"; training folder {res.folder}")
+    if res.stopped == "cancelled" and not res.rows:
+        print(f"{prog}: cancelled before the first round finished; nothing was kept", file=sys.stderr)
+        return 130
     if res.stopped == "cancelled":
         print(f"{prog}: cancelled after {len(res.rows)} finished round(s); their results are in {res.out}",
               file=sys.stderr)
@@ -207,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except SegloopError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:                          # a full disk, a folder that cannot be written
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"{prog}: error: {where}{e.strerror or e}; check that --out is writable and the disk has space",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

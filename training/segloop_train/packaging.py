@@ -29,6 +29,7 @@ def training_record(*, loaded: LoadedFolders, config: FinetuneConfig, history: l
     return {
         "folders": [f.to_dict() for f in loaded.folders],
         "sample_counts": {"train": len(loaded.train), "val": len(loaded.val)},
+        "class_mapping": loaded.class_mapping,
         "config": config.to_dict(),
         "history": history,
         "best": ({"step": best["step"], "epoch": best["epoch"], **best["metrics"]} if best else {}),

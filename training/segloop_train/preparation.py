@@ -18,7 +18,7 @@ import numpy as np
 
 from segloop.core.formats.normalization import input_channels, output_channels, spec_from_dict
 from segloop.core.formats.package import ModelPackage, ModelSpec
-from segloop.core.inference.model import check_architecture, load_model
+from segloop.core.inference.model import check_architecture, check_network_arguments, load_model
 from segloop.core.inference.postprocess import InstanceParams
 from segloop.core.inference.prepare import prepare_image
 from segloop.errors import ModelPackageError, SegloopError, TrainingFolderError
@@ -29,7 +29,7 @@ from segloop_train.folders import LoadedFolders, check_classes, load_folders
 
 __all__ = ["FolderInfoView", "PreparedSamples", "bump_version", "check_parent_normalization", "fit_patch",
            "fit_patch_3d", "load_spec_and_data", "patch_shape", "prepare_samples", "resolve_parent", "samples_spacing",
-           "scratch_spec", "volume_spec_fields"]
+           "scratch_input", "scratch_spec", "volume_spec_fields"]
 
 
 def bump_version(version: str) -> str:
@@ -138,6 +138,20 @@ def check_parent_normalization(ps: ModelSpec, norm: dict) -> None:
                                 f"input channel(s) {ps.name} takes")
 
 
+def scratch_input(image, spatial: int, normalization: dict | None, context_slices: int = 1) -> tuple[int, dict]:
+    """Input channels and normalization (a dict) of a network trained from scratch on ``image``.
+
+    ``image`` has ``spatial`` axes and maybe a trailing channel axis; the normalization defaults
+    to percentile; an alpha channel is dropped and hematoxylin reads RGB; a 2.5D network sees
+    ``context_slices`` planes of those channels.
+    """
+    raw_c = image.shape[-1] if np.ndim(image) == spatial + 1 else 1
+    norm = spec_from_dict(normalization or {"kind": "percentile"}).to_dict()
+    if norm["kind"] == "hematoxylin" or raw_c == 4:
+        raw_c = 3
+    return output_channels(spec_from_dict(norm), raw_c) * int(context_slices), norm
+
+
 def scratch_spec(*, arch: str, arch_kwargs: dict | None, loaded: LoadedFolders, classes: Sequence[str] | None,
                  task: str | None, normalization: dict | None, name: str, version: str | None, dims: int = 2,
                  context_slices: int = 1) -> ModelSpec:
@@ -155,16 +169,7 @@ def scratch_spec(*, arch: str, arch_kwargs: dict | None, loaded: LoadedFolders, 
         post = InstanceParams().to_dict()
     else:
         model_classes, post = fclasses, {}
-    img = loaded.train[0].image
-    spatial = 3 if loaded.volumes else 2
-    raw_c = img.shape[-1] if img.ndim == spatial + 1 else 1
-    norm = normalization or {"kind": "percentile"}
-    norm = spec_from_dict(norm).to_dict()
-    if norm["kind"] == "hematoxylin":
-        raw_c = 3
-    elif raw_c == 4:
-        raw_c = 3
-    in_c = output_channels(spec_from_dict(norm), raw_c) * int(context_slices)
+    in_c, norm = scratch_input(loaded.train[0].image, 3 if loaded.volumes else 2, normalization, context_slices)
     modality = sorted(loaded.modalities)[0] if len(loaded.modalities) == 1 else ""
     kind = "3D" if dims == 3 else f"2.5D ({context_slices} slices)" if context_slices > 1 else "2D"
     spec = ModelSpec(name=name, version=version or "0.1.0", architecture=arch,
@@ -174,6 +179,10 @@ def scratch_spec(*, arch: str, arch_kwargs: dict | None, loaded: LoadedFolders, 
                      description=f"{kind} {task} segmentation trained from scratch with segloop-train")
     spec.validate(source="from-scratch model")
     check_architecture(spec, source="from-scratch model")
+    # the arguments too, before any data is prepared or anything written (a meta-device build)
+    check_network_arguments(spec.architecture, spec.architecture_kwargs, dims=spec.dims,
+                            in_channels=spec.in_channels, n_classes=spec.n_classes,
+                            source="arch_kwargs (--arch-kwargs)")
     return spec
 
 

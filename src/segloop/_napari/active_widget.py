@@ -681,16 +681,15 @@ class ActiveLearningWidget(Container):
 
     def _ensure_training_folder(self, folder: Path, lab, img):
         """Make the folder a training folder first, so Export can still add samples to it."""
-        from segloop.core.formats.trainfolder import INFO_FILE, TrainingFolder
+        from segloop.core.formats.trainfolder import INFO_FILE, open_for_export
 
         if (folder / INFO_FILE).is_file():
             return
-        model = (lab.metadata.get("segloop") or {}).get("model") or {}
-        task = model.get("task") if model.get("task") in ("instance", "semantic") else "instance"
-        classes = [c for c in model.get("classes") or ("background", "object")
-                   if not (task == "instance" and c == "boundary")]
+        prov = lab.metadata.get("segloop") or {}
+        model = prov.get("model") or {}
         modality = model.get("modality") or ("histology" if getattr(img, "rgb", False) else "other")
-        TrainingFolder.create(folder, classes=classes, task=task, modality=modality)
+        open_for_export(folder, modality=modality, model=model,
+                        postprocess=(prov.get("parameters") or {}).get("postprocess"))
 
     # -- navigation --------------------------------------------------------------------
     def _nav_ready(self) -> bool:

@@ -17,6 +17,10 @@
 Spacing comes from the layers' ``scale`` (``(dz, dy, dx)`` mm); geometry for
 export from ``metadata["segloop_volume"]`` (a
 :class:`~segloop.core.formats.io.geometry.VolumeInfo`) of the labels or the image layer.
+Measurements go through :func:`segloop.core.editing.measure.measure_volume` with that
+geometry, as ``segloop measure`` does, so the axial axis is decided in one place
+(:func:`~segloop.core.formats.io.geometry.axial_axis`; axis 0 when the geometry is unknown)
+and both give the same numbers for the same labels.
 Failures are notifications; they never change the labels.
 """
 
@@ -42,6 +46,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QStyledItemDelegate
 
 from segloop._napari.correction_tracking import tracker_for
+from segloop.core.formats.io.geometry import axial_axis
 from segloop.core.formats.normalization import CT_PRESETS
 from segloop.errors import SegloopError
 
@@ -353,12 +358,13 @@ class CTToolsWidget(Container):
             return None
         image = self._hu_image(layer)
         return {"labels": layer.data, "spacing": self.spacing(), "names": class_names(layer),
+                "geometry": self.volume_info(),
                 "image": None if image is None else (image.data[0] if image.multiscale else image.data),
                 "image_name": None if image is None else image.name}
 
     def refresh(self) -> list[dict] | None:
         """Measure the labels now (small volumes: returns the rows) or in a worker (returns None)."""
-        from segloop.core.editing.measure import measure_labels
+        from segloop.core.editing.measure import measure_volume
 
         self._timer.stop()
         if self._worker is not None:
@@ -368,11 +374,11 @@ class CTToolsWidget(Container):
         if job is None:
             return None
         labels = job["labels"]
-        kwargs = {"spacing": job["spacing"], "image": job["image"], "names": job["names"],
-                  "lesions": bool(self.lesions.value)}
+        kwargs = {"geometry": job["geometry"], "spacing": job["spacing"], "image": job["image"],
+                  "names": job["names"], "lesions": bool(self.lesions.value)}
         if labels.size <= MEASURE_SYNC_VOXELS:
             try:
-                rows = measure_labels(np.asarray(labels), **kwargs)
+                rows = measure_volume(np.asarray(labels), **kwargs)
             except SegloopError as e:
                 self._on_measure_error(e)
                 return None
@@ -382,7 +388,7 @@ class CTToolsWidget(Container):
 
         self.measure_status.value = "measuring…"
         snapshot = np.array(labels, copy=True)        # later edits cannot tear the measurement
-        self._worker = create_worker(measure_labels, snapshot, **kwargs,
+        self._worker = create_worker(measure_volume, snapshot, **kwargs,
                                      _connect={"returned": lambda rows: self._on_measured(rows, job),
                                                "errored": self._on_measure_error,
                                                "finished": self._on_measure_finished})
@@ -398,6 +404,9 @@ class CTToolsWidget(Container):
         if (dz, dy, dx) == (1.0, 1.0, 1.0):
             parts.append("spacing unknown: 1 mm assumed")
         parts.append(f"HU from {job['image_name']!r}" if job["image_name"] else "no image of the same shape: no HU")
+        axis = axial_axis(job["geometry"])
+        if axis != 0:
+            parts.append(f"axial slices along data axis {axis} (from the volume's orientation)")
         notes = [f"label {r['label']}: {r['notes']}" for r in rows if r.get("notes")]
         self.measure_status.value = "; ".join(parts + notes)
 
@@ -429,7 +438,8 @@ class CTToolsWidget(Container):
                 if item is not None:
                     item.setTextAlignment(right)
             if table.item(i, 4) is not None:
-                table.item(i, 4).setToolTip(f"largest axial diameter, on slice {r['diameter_slice']}")
+                table.item(i, 4).setToolTip(f"largest axial diameter, on slice {r['diameter_slice']} of the "
+                                            "axial axis")
             if r.get("notes") and table.item(i, 5) is not None:
                 table.item(i, 5).setToolTip(r["notes"])
         table.resizeColumnsToContents()

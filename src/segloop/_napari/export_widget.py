@@ -33,6 +33,7 @@ from segloop._napari._regions import OffView, plane_index, spatial_shape, view_b
 from segloop._napari.correction_tracking import tracker_for
 from segloop.core._runtime import sha256_file
 from segloop.core.editing.corrections import box_from_slices, summarize_corrections
+from segloop.core.formats.trainfolder.classes import classes_from_model
 from segloop.errors import SegloopError
 
 __all__ = ["ExportWidget", "WHAT"]
@@ -123,12 +124,12 @@ class ExportWidget(Container):
         else:
             self.replace.text = f"replace sample {ref['sample_id']} (opened from its folder)"
         layer = self.labels.value
-        model = ((layer.metadata.get("segloop") or {}).get("model") or {}) if layer is not None else {}
-        if model.get("classes"):
-            task = model.get("task") or "instance"
-            classes = [c for c in model["classes"] if not (task == "instance" and c == "boundary")]
-            self.classes.value = ", ".join(classes)
-            self.task.value = task if task in ("instance", "semantic") else "instance"
+        prov = (layer.metadata.get("segloop") or {}) if layer is not None else {}
+        model = prov.get("model") or {}
+        derived = classes_from_model(model, (prov.get("parameters") or {}).get("postprocess"))
+        if derived and self.classes.enabled:            # not for an existing folder: it keeps its own
+            self.classes.value = ", ".join(derived[0])
+            self.task.value = derived[1]
         if model.get("modality") in MODALITIES:
             self.modality.value = model["modality"]
         img = self.image.value
@@ -250,8 +251,11 @@ class ExportWidget(Container):
             "spacing": [scale[i] for i in kept],
             "model": {k: prov["model"][k] for k in ("name", "version", "sha256") if k in prov.get("model", {})}
             or None,
-            "classes": [c.strip() for c in self.classes.value.split(",") if c.strip()],
-            "task": self.task.value, "modality": self.modality.value,
+            # classes and task for a new folder; an existing one (fields locked, or the folder the
+            # labels were opened from) keeps its own
+            "classes": ([c.strip() for c in self.classes.value.split(",") if c.strip()]
+                        if self.classes.enabled and not ref else None),
+            "task": self.task.value if self.task.enabled and not ref else None, "modality": self.modality.value,
             "split": None if self.split.value == "auto" else self.split.value,
             "folder": Path(ref["folder"]) if ref else Path(self.folder.value),
             "sample_id": ref["sample_id"] if ref else None, "replace": bool(ref),
@@ -317,11 +321,25 @@ class ExportWidget(Container):
             counts = folder.split_counts()
         except (SegloopError, OSError):
             self.counts.value = ""
+            self._lock_classes(None)
             return
+        self._lock_classes(folder.info)
         text = " · ".join(f"{k} {v}" for k, v in sorted(counts.items()))
         if self.last:
             text += f"; last: {', '.join(self.last['ids'])}"
         self.counts.value = text
+
+
+    def _lock_classes(self, info):
+        """An existing folder keeps its classes and task: show them, read-only; a new one takes the fields'."""
+        locked = info is not None
+        if locked:
+            self.classes.value = ", ".join(info.classes)
+            self.task.value = info.task
+        tip = "an existing training folder keeps its classes and task" if locked else ""
+        for w in (self.classes, self.task):
+            w.enabled = not locked
+            w.native.setToolTip(tip)
 
 
 def _sha256_file(path: Path, chunk: int = 1 << 22) -> str | None:
@@ -355,15 +373,10 @@ def _geometry(img_layer, crop: tuple[slice, ...], kept: list[int]) -> dict | Non
 
 def _write_sample(job: dict):
     """Worker: open or create the folder, summarize the corrections, write the sample atomically."""
-    from segloop.core.formats.trainfolder import TrainingFolder
+    from segloop.core.formats.trainfolder import open_for_export
 
     t0 = time.perf_counter()
-    folder_path: Path = job["folder"]
-    if folder_path.is_dir() and (folder_path / "segloop-training.json").is_file():
-        folder = TrainingFolder.open(folder_path)
-    else:
-        folder = TrainingFolder.create(folder_path, classes=job["classes"], task=job["task"],
-                                       modality=job["modality"])
+    folder = open_for_export(job["folder"], classes=job["classes"], task=job["task"], modality=job["modality"])
     corrections = None
     if job["predicted"] is not None:
         corrections = summarize_corrections(job["predicted"], job["labels"], task=folder.info.task).to_dict()

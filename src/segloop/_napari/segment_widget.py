@@ -33,6 +33,7 @@ from qtpy.QtCore import QObject, Signal
 from segloop._napari import settings
 from segloop._napari.correction_tracking import track
 from segloop.core.editing.corrections import PredictionSnapshot
+from segloop.core.inference.engines import thread_budget
 from segloop.core.inference.stain import STAINS, stain_normalization
 from segloop.errors import Cancelled, SegloopError
 
@@ -196,6 +197,7 @@ class SegmentWidget(Container):
         self._cancel: threading.Event | None = None
         self._started = 0.0
         self._closed = False
+        self._inserting = False
         self._relay = _Relay()
         self._relay.progressed.connect(self._on_progress)
 
@@ -319,7 +321,8 @@ class SegmentWidget(Container):
 
     @property
     def running(self) -> bool:
-        return self._worker is not None
+        """A run is going: segmenting, or its result layers still being inserted."""
+        return self._worker is not None or self._inserting
 
     def run(self, _event=None):
         """Start segmenting the selected image (ignored while a run is going)."""
@@ -384,9 +387,10 @@ class SegmentWidget(Container):
         model = self._load_model(req)
         normalization = stain_normalization(model, rgb=rgb, stain=req.stain)
         extra = {"z_range": info["z_range"]} if info.get("z_range") else {}
-        result = model.predict(data, tile=req.tile, overlap=req.overlap, normalization=normalization,
-                               channel_axis=-1 if rgb else "auto", uncertainty=req.uncertainty,
-                               progress=self._relay.progressed.emit, cancel=cancel, **extra)
+        with thread_budget(reserve=1):        # napari's event loop keeps a core
+            result = model.predict(data, tile=req.tile, overlap=req.overlap, normalization=normalization,
+                                   channel_axis=-1 if rgb else "auto", uncertainty=req.uncertainty,
+                                   progress=self._relay.progressed.emit, cancel=cancel, **extra)
         where = info["where"]
         partial = bool(where) and any(s != slice(None) for s in where)
 
@@ -430,15 +434,40 @@ class SegmentWidget(Container):
             show_warning(f"segloop: the image layer {info['name']!r} was removed during the run; "
                          "the result was discarded")
             return
-        for layer in layers:
-            self.viewer.layers.append(layer)
-        track(layers[0], snapshot=snapshot)
-        self.viewer.layers.selection.active = layers[0]
         secs = time.perf_counter() - self._started
         kind = "objects" if model.spec.task == "instance" else "classes present"
-        self.status.value = f"{result.n_objects} {kind} in {secs:.1f} s"
+        status = f"{result.n_objects} {kind} in {secs:.1f} s"
         if result.tiles_skipped:
-            self.status.value += f" ({result.tiles_skipped} background tiles skipped)"
+            status += f" ({result.tiles_skipped} background tiles skipped)"
+
+        def finish():
+            self.viewer.layers.selection.active = layers[0]
+            self.status.value = status
+
+        # The result goes in piece by piece, one per event-loop turn: inserting a layer is
+        # napari's own fixed cost (layer controls, visuals, first draw), and two layers plus
+        # the tracker in one turn would be one long stall instead of a few short ones.
+        self._inserting = True
+        self._insert_in_turns([lambda: self.viewer.layers.append(layers[0]),
+                               lambda: track(layers[0], snapshot=snapshot),
+                               *[(lambda la=la: self.viewer.layers.append(la)) for la in layers[1:]],
+                               finish])
+
+    def _insert_in_turns(self, steps: list):
+        from qtpy.QtCore import QTimer
+
+        try:
+            if not self._closed:
+                steps.pop(0)()
+        except Exception as e:                          # noqa: BLE001 - shown, never a traceback in the console
+            steps.clear()
+            show_error(f"segloop: the result could not be shown ({type(e).__name__}: {e})")
+        if steps and not self._closed:
+            QTimer.singleShot(0, lambda: self._insert_in_turns(steps))
+            return
+        self._inserting = False
+        if not self._closed and self._worker is None:
+            self._on_finished()
 
     def _on_errored(self, exc: BaseException):
         if self._closed:
@@ -455,7 +484,7 @@ class SegmentWidget(Container):
 
     def _on_finished(self):
         self._worker = None
-        if self._closed:
+        if self._closed or self._inserting:            # the last insertion step finishes the run
             return
         self.run_button.enabled = True
         self.cancel_button.enabled = False
@@ -609,11 +638,12 @@ class _LiveSession:
         rgb = bool(self.image.rgb)
         normalization = stain_normalization(model, rgb=rgb, stain=self.req.stain)
         predict_slice = getattr(model, "predict_slice", None)
-        if predict_slice is not None and normalization is None:
-            result = predict_slice(data, z, cancel=cancel)
-        else:
-            result = model.predict(data, z_range=(z, z + 1), normalization=normalization,
-                                   channel_axis=-1 if rgb else "auto", cancel=cancel)
+        with thread_budget(reserve=1):        # scrolling stays smooth while the slice is segmented
+            if predict_slice is not None and normalization is None:
+                result = predict_slice(data, z, cancel=cancel)
+            else:
+                result = model.predict(data, z_range=(z, z + 1), normalization=normalization,
+                                       channel_axis=-1 if rgb else "auto", cancel=cancel)
         labels = np.asarray(result.labels)
         return model, z, labels.reshape(labels.shape[-2:]), result.provenance
 

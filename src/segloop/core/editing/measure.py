@@ -6,6 +6,12 @@ in-plane (axial) diameter in millimetres, and - given the image, e.g. a CT in
 Hounsfield units - the mean, standard deviation, minimum and maximum inside
 the label.  :func:`write_csv` saves the rows for a spreadsheet.
 
+:func:`measure_volume` is what ``segloop measure`` and the napari CT tools call:
+it takes the volume's geometry and lets
+:func:`segloop.core.formats.io.geometry.axial_axis` decide which array axis is
+axial, so both give the same numbers for the same labels whatever order the
+axes are stored in.
+
 Bounding boxes of all labels come from one ``scipy.ndimage.find_objects``
 pass; everything else reads only each label's box (a lazy dask image is read
 box by box).  A 512 x 512 x 300 volume with a few labels takes well under
@@ -28,9 +34,10 @@ from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError
 
 from segloop.core.editing.proofread import check_labels, find_bbox
+from segloop.core.formats.io.geometry import axial_axis
 from segloop.errors import ExportError, InvalidImageError, InvalidLabelsError
 
-__all__ = ["COLUMNS", "label_ids", "measure_labels", "max_feret_diameter", "write_csv"]
+__all__ = ["COLUMNS", "label_ids", "measure_labels", "measure_volume", "max_feret_diameter", "write_csv"]
 
 COLUMNS = ("label", "name", "lesion", "voxels", "volume_ml", "max_diameter_mm", "diameter_slice",
            "hu_mean", "hu_std", "hu_min", "hu_max", "notes")
@@ -139,6 +146,51 @@ def measure_labels(labels: np.ndarray, *, spacing: Sequence[float] = (1.0, 1.0, 
                 row.update(_intensity(np.asarray(image[where_box]), mask))
             rows.append(row)
     return rows
+
+
+def measure_volume(labels: np.ndarray, geometry=None, *, spacing: Sequence[float] | None = None, image=None,
+                   names: Mapping[int, str] | Sequence[str] | None = None, lesions: bool = False) -> list[dict]:
+    """Measure a label volume with its geometry: :func:`measure_labels` along the axial axis.
+
+    The slice axis of the diameters is :func:`~segloop.core.formats.io.geometry.axial_axis`
+    of ``geometry`` (the axis closest to head-foot), never simply the first stored axis; so a
+    volume stored with its axes in another order (an MRC stored like a NIfTI, for one) gives
+    the numbers of the same volume reoriented to ``(Z, Y, X)``.  ``diameter_slice`` counts
+    along that axis of ``labels``.
+
+    Parameters
+    ----------
+    labels : (3-D) ndarray of int
+        As :func:`measure_labels`, in any axis order ``geometry`` describes.
+    geometry : VolumeInfo or (4, 4) array-like, optional
+        The labels' geometry (a reader's :class:`~segloop.core.formats.io.geometry.VolumeInfo`,
+        or an affine from array indices to RAS mm).  None: axis 0 is axial (the readers'
+        convention) and the spacing is ``spacing`` or 1 mm.
+    spacing : 3 floats, optional
+        Voxel size per array axis in mm; default ``geometry.spacing`` (or the affine's column
+        lengths).  The napari widget passes its layer's scale.
+    image, names, lesions
+        As :func:`measure_labels`.
+
+    Returns
+    -------
+    list of dict
+        The rows of :func:`measure_labels`.
+
+    Raises
+    ------
+    InvalidLabelsError, InvalidImageError
+        As :func:`measure_labels`.
+    VolumeReadError
+        ``geometry`` has a malformed affine.
+    """
+    axis = axial_axis(geometry)                      # checks the affine first
+    if spacing is None:
+        spacing = getattr(geometry, "spacing", None)
+        if spacing is None and geometry is not None:
+            spacing = tuple(float(v) for v in np.linalg.norm(np.asarray(geometry, float)[:3, :3], axis=0))
+    return measure_labels(labels, spacing=(1.0, 1.0, 1.0) if spacing is None else spacing, image=image,
+                          names=names, axis=axis, lesions=lesions)
 
 
 def label_ids(labels: np.ndarray) -> list[int]:

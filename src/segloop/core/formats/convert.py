@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from segloop.errors import TrainingFolderError
+from segloop.errors import TrainingFolderError, WriteError
 
 __all__ = ["ConvertReport", "convert", "FORMATS"]
 
@@ -47,7 +49,18 @@ def convert(folder, out, *, to: str, dataset_id: int = 501, dataset_name: str | 
     """Write the samples of training folder ``folder`` into ``out`` in layout ``to``.
 
     ``out`` must not exist or be empty (nothing is overwritten).  Samples are
-    verified (sha256) while read; a tampered sample stops the conversion.
+    verified (sha256) while read; a tampered sample stops the conversion.  The
+    layout is written beside ``out`` and renamed into place when complete, so a
+    conversion that fails leaves nothing.
+
+    Raises
+    ------
+    TrainingFolderError
+        Not a training folder, ``out`` not empty, a layout that does not fit the task.
+    IntegrityError
+        A sample whose files do not match their recorded sha256.
+    WriteError
+        ``out`` cannot be written (read-only folder, full disk); nothing was left.
     """
     from segloop.core.formats.trainfolder import TrainingFolder
 
@@ -64,10 +77,27 @@ def convert(folder, out, *, to: str, dataset_id: int = 501, dataset_name: str | 
     if to != "nnunet" and tf.info.task != "instance":
         raise TrainingFolderError(f"{to} needs instance labels; {tf.path} holds {tf.info.task} labels "
                                   "(use --to nnunet)")
-    out.mkdir(parents=True, exist_ok=True)
-    if to == "nnunet":
-        return _to_nnunet(tf, out, dataset_id, dataset_name or _ascii(tf.path.name) or "segloop")
-    return _to_instance_layout(tf, out, to)
+    # Written into a hidden folder beside ``out`` and renamed into place when complete: a
+    # failure (a tampered sample, a full disk) or Ctrl-C leaves no half-converted layout.
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.partial")
+    try:
+        tmp.mkdir(parents=True)
+        if to == "nnunet":
+            report = _to_nnunet(tf, tmp, dataset_id, dataset_name or _ascii(tf.path.name) or "segloop")
+        else:
+            report = _to_instance_layout(tf, tmp, to)
+        if out.is_dir():
+            out.rmdir()                               # empty, checked above
+        os.rename(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise WriteError(f"cannot write the converted layout to {out} ({e.strerror or e}); nothing was written. Choose an "
+                         "output folder you can write to, on a disk with space") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    report.out = out / Path(report.out).relative_to(tmp)
+    return report
 
 
 def _ascii(name: str) -> str:

@@ -19,17 +19,19 @@ import shutil
 import tempfile
 import warnings
 import zipfile
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from segloop.core._runtime import atomic_write_bytes, fsync_dir, sha256_bytes
+from segloop.core._runtime import atomic_output, atomic_write_bytes, fsync_dir, sha256_bytes
 from segloop.errors import (
     FormatVersionError,
     IntegrityError,
     ModelNotFoundError,
     ModelPackageError,
     UnsafeModelFileError,
+    WriteError,
 )
 
 __all__ = [
@@ -136,6 +138,10 @@ class ModelSpec:
         is built (:func:`segloop.core.inference.model.build_network`): formats do not know the networks."""
         if self.dims not in (2, 3):
             raise ModelPackageError(f"{source}: dims must be 2 or 3, got {self.dims!r}")
+        kw = self.architecture_kwargs
+        if not isinstance(kw, dict) or not all(isinstance(k, str) for k in kw):
+            raise ModelPackageError(f"{source}: architecture_kwargs must be a JSON object of keyword arguments "
+                                    f"such as {{\"depth\": 4}}, got {kw!r}")
         if self.task not in ("semantic", "instance"):
             raise ModelPackageError(f"{source}: task must be 'semantic' or 'instance', got {self.task!r}")
         if len(self.classes) < 2:
@@ -424,16 +430,27 @@ def save_package(dest: str | os.PathLike, spec: ModelSpec, state_dict: dict[str,
 def add_onnx(path: str | os.PathLike, onnx_bytes: bytes) -> ModelSpec:
     """Add (or replace) ``model.onnx`` in a package folder and record its sha256.
 
-    Only ``model.onnx`` and ``segloop-model.json`` are replaced (each through
-    a temporary file and an atomic rename); everything else in the folder is
-    left as it is.
+    Only ``model.onnx`` and ``segloop-model.json`` are replaced: both are
+    written to temporary files first and renamed into place only when both are
+    complete; everything else in the folder is left as it is.
+
+    Raises
+    ------
+    WriteError
+        The folder is read-only or the disk is full; the package is unchanged.
     """
     path = Path(path)
     if not path.is_dir():
         raise ModelPackageError(f"{path}: export-onnx works on package folders; unzip the package first")
     pkg = load_package(path)
     spec = replace(pkg.spec, onnx_sha256=sha256_bytes(onnx_bytes))
-    for name, data in ((ONNX_FILE, onnx_bytes),
-                       (SPEC_FILE, (json.dumps(spec.to_dict(), indent=2) + "\n").encode())):
-        atomic_write_bytes(path / name, data)
+    files = ((ONNX_FILE, onnx_bytes), (SPEC_FILE, (json.dumps(spec.to_dict(), indent=2) + "\n").encode()))
+    try:
+        with ExitStack() as stack:          # both written in full before either is renamed into place
+            for name, data in files:
+                with open(stack.enter_context(atomic_output(path / name)), "xb") as f:
+                    f.write(data)
+    except OSError as e:
+        raise WriteError(f"cannot write {ONNX_FILE} into {path} ({e.strerror or e}); the package is unchanged. "
+                         "Check that the folder is writable and the disk has space") from None
     return spec

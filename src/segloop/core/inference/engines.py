@@ -24,9 +24,12 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import platform
+import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -47,6 +50,7 @@ __all__ = [
     "fold_conv_batchnorm",
     "swap_instance_norms",
     "cache_dir",
+    "thread_budget",
 ]
 
 log = logging.getLogger(__name__)
@@ -58,6 +62,45 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 BF16_MEAN_ABS_TOL = 2e-2
 BF16_MIN_AGREEMENT = 0.99
 INT8_MIN_AGREEMENT = 0.99
+
+
+_budget_lock = threading.Lock()
+_budget_users = 0
+_budget_saved: int | None = None
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+@contextmanager
+def thread_budget(reserve: int = 1):
+    """Run torch's CPU work on all usable cores but ``reserve`` (at least one thread).
+
+    For inference started from an interactive program (the napari widgets): the event loop
+    keeps a core, so the window stays responsive while a worker thread segments.  torch's
+    thread count is process-wide, so nested or concurrent uses share one budget: the first
+    to enter sets it, the last to leave restores the previous count.
+    """
+    global _budget_users, _budget_saved
+    import torch
+
+    with _budget_lock:
+        if _budget_users == 0:
+            _budget_saved = torch.get_num_threads()
+            torch.set_num_threads(max(1, min(_budget_saved, _usable_cores() - int(reserve))))
+        _budget_users += 1
+    try:
+        yield torch.get_num_threads()
+    finally:
+        with _budget_lock:
+            _budget_users -= 1
+            if _budget_users == 0 and _budget_saved is not None:
+                torch.set_num_threads(_budget_saved)
+                _budget_saved = None
 
 
 def resolve_device(device: str = "auto") -> str:

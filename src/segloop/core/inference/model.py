@@ -38,13 +38,15 @@ from segloop.core.inference.prepare import (
 )
 from segloop.core.inference.tiling import BandSink, TiledStats, predict_tiled, predict_tiled_3d
 from segloop.errors import (
+    ArchitectureArgumentsError,
     EngineError,
     InvalidImageError,
     ModelPackageError,
     UnknownArchitectureError,
 )
 
-__all__ = ["Model", "SegmentationResult", "build_network", "check_architecture", "load_model", "verify_package"]
+__all__ = ["Model", "SegmentationResult", "build_network", "check_architecture", "check_network_arguments",
+           "load_model", "verify_package"]
 
 Engine = Literal["torch", "onnx", "onnx-int8", "auto"]
 
@@ -63,6 +65,43 @@ def check_architecture(spec: ModelSpec, *, source: str = "spec") -> None:
             f"{', '.join(available())}. Upgrade napari-segloop or check the package")
 
 
+def check_network_arguments(architecture: str, architecture_kwargs, *, dims: int = 2, in_channels: int = 1,
+                            n_classes: int = 2, source: str = "spec") -> None:
+    """Refuse an architecture and keyword arguments it cannot be built with, before anything is trained.
+
+    The network is built on PyTorch's ``meta`` device: shapes only, no memory for the weights,
+    so the check is quick whatever the size.
+
+    Raises
+    ------
+    UnknownArchitectureError
+        This segloop has no network called ``architecture``.
+    ArchitectureArgumentsError
+        ``architecture_kwargs`` is not a mapping, or the constructor refuses it (a wrong type or
+        value, an unknown keyword, a network too large to describe); the message starts with
+        ``source``.
+    """
+    import torch
+
+    from segloop.core.networks import available, build
+
+    if architecture not in available():
+        raise UnknownArchitectureError(f"{source}: unknown architecture {architecture!r}; this segloop knows "
+                                       f"{', '.join(available())}")
+    if not isinstance(architecture_kwargs, dict) or not all(isinstance(k, str) for k in architecture_kwargs):
+        raise ArchitectureArgumentsError(f"{source}: the architecture's arguments must be a JSON object such as "
+                                         f"{{\"depth\": 4}}, got {architecture_kwargs!r}")
+    try:
+        with torch.device("meta"):
+            build(architecture, int(in_channels), int(n_classes), dims=int(dims), **architecture_kwargs)
+    except ArchitectureArgumentsError as e:
+        raise ArchitectureArgumentsError(f"{source}: {e}") from None
+    except RuntimeError as e:                         # e.g. sizes that overflow: a network far too large
+        shown = ", ".join(f"{k}={v!r}" for k, v in architecture_kwargs.items())
+        raise ArchitectureArgumentsError(f"{source}: architecture {architecture!r} with {shown} is too large to "
+                                         f"build ({str(e).splitlines()[0]}); give smaller values") from None
+
+
 def build_network(package: ModelPackage):
     """The package's ``torch.nn.Module`` with its weights loaded, in eval mode, on CPU.
 
@@ -77,7 +116,11 @@ def build_network(package: ModelPackage):
 
     s = package.spec
     check_architecture(s, source=str(package.path or "package"))
-    net = build(s.architecture, s.in_channels, s.n_classes, dims=s.dims, **s.architecture_kwargs)
+    try:
+        net = build(s.architecture, s.in_channels, s.n_classes, dims=s.dims, **s.architecture_kwargs)
+    except ArchitectureArgumentsError as e:       # name the package whose architecture_kwargs these are
+        raise type(e)(f"{package.path or 'package'}: architecture_kwargs: {e}; fix or replace "   # keeps NetworkTooLargeError
+                      "the package") from None
     try:
         net.load_state_dict(package.state_dict, strict=True)
     except RuntimeError as e:
@@ -477,9 +520,9 @@ class Model:
         dims = int(self.spec.dims)
         overlap = float(self.spec.tile.get("overlap", 0.25) if overlap is None else overlap)
         if not 0 <= overlap <= 0.9:
-            raise InvalidImageError(f"overlap must be a fraction of the tile in [0, 0.9], got {overlap}")
+            raise InvalidImageError(f"overlap (--overlap) must be a fraction of the tile in [0, 0.9], got {overlap}")
         if int(batch_size) < 1:
-            raise InvalidImageError(f"batch_size must be at least 1, got {batch_size}")
+            raise InvalidImageError(f"batch_size (--batch) must be at least 1, got {batch_size}")
         if skip_background is None:
             skip_background = dims == 2 and prep.channel_axis is not None and prep.image.shape[-1] >= 3
         shape = prep.spatial_shape
@@ -487,7 +530,27 @@ class Model:
         grid = None
         if dims == 3:
             grid = WindowGrid.build(shape, window=prep.tile, overlap=overlap, multiple=self.divisor, span=(z0, z1))
+        self._check_memory(grid.window if grid is not None else prep.tile, shape[-len(prep.tile):], batch_size)
         return _TilingPlan(shape, (z0, z1), overlap, batch_size, bool(skip_background) and dims == 2, grid)
+
+    def _check_memory(self, tile: tuple[int, ...], extent: tuple[int, ...], batch_size: int) -> None:
+        """Refuse tiles x batch whose activations would not fit in the predictor's device memory.
+
+        The tile is shrunk to the image and rounded up to the divisor as the sliding window does;
+        the estimate is :func:`segloop.core.networks.check_network`'s (nothing is allocated).
+
+        Raises
+        ------
+        NetworkTooLargeError
+        """
+        from segloop.core.networks import check_network
+
+        s, d = self.spec, max(1, int(self.divisor))
+        window = tuple(min(-(-int(t) // d) * d, -(-int(n) // d) * d) for t, n in zip(tile, extent, strict=True))
+        check_network(s.architecture, s.in_channels, s.n_classes, dims=s.dims, kwargs=s.architecture_kwargs,
+                      shape=window, batch=int(batch_size), device=getattr(self.predictor, "device", "cpu"),
+                      source=s.name, advice="lower the tile (--tile) or the batch (--batch)", batch_flag="--batch",
+                      include_weights=False)
 
     def _tile(self, prep: PreparedImage, plan: _TilingPlan, *, sink: BandSink, progress, cancel) -> TiledStats:
         """Run the sliding window (2D / 2.5D tiles or 3D patches) and hand every finished band to ``sink``."""

@@ -174,7 +174,8 @@ class Normalizer:
         Channels of the output (1 for Hematoxylin).
     stats : dict
         JSON-able provenance: kind, sample strides and size, finite min/max of
-        the sample and, for percentile kinds, the ``low``/``high`` values used
+        the sample, ``sample_nonfinite`` (sampled pixels with a NaN or Inf, only
+        when there are any) and, for percentile kinds, the ``low``/``high`` values used
         (lists, one per channel, or one for all).  :meth:`from_stats` rebuilds
         the same normalizer from it.
     """
@@ -278,6 +279,8 @@ class Normalizer:
             "sample_min": float(fin_vals.min()),
             "sample_max": float(fin_vals.max()),
         }
+        if not all_finite:      # said, so a caller can tell the user (they become 0 in apply)
+            stats["sample_nonfinite"] = int((~finite).any(axis=1).sum())
 
         if isinstance(spec, Percentile):
             columns = ([flat[:, c] if all_finite else flat[finite[:, c], c] for c in range(n_ch)]

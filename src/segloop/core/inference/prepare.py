@@ -167,11 +167,11 @@ def tile_shape(spec: ModelSpec, tile=None) -> tuple[int, ...]:
         try:
             shape = tuple(int(v) for v in size)
         except (TypeError, ValueError):
-            raise InvalidImageError(f"tile must be an int or {dims} ints, got {size!r}") from None
+            raise InvalidImageError(f"tile (--tile) must be an int or {dims} ints, got {size!r}") from None
     if len(shape) != dims:
         raise InvalidImageError(f"tile {size!r} has {len(shape)} sizes; a {dims}D model needs an int or {dims} ints")
     if min(shape) < 8:
-        raise InvalidImageError(f"tile must be at least 8 pixels in every axis, got {size!r}")
+        raise InvalidImageError(f"tile (--tile) must be at least 8 pixels in every axis, got {size!r}")
     return shape
 
 

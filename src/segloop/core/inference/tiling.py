@@ -644,7 +644,7 @@ def predict_tiled_3d(
     if min(spatial) < 1:
         raise InvalidImageError(f"volume has an empty axis: shape {shape}")
     if int(batch_size) < 1:
-        raise InvalidImageError(f"batch_size must be at least 1, got {batch_size}")
+        raise InvalidImageError(f"batch_size (--batch) must be at least 1, got {batch_size}")
     if grid is None:
         grid = WindowGrid.build(spatial, window=patch, overlap=overlap, multiple=multiple, span=z_range)
     elif grid.shape != spatial:

@@ -16,10 +16,23 @@ from torch import nn
 __all__ = [
     "check_dims", "conv", "conv_transpose", "max_pool", "nearest_upsample", "make_norm",
     "make_act", "dropout_layer", "LayerNormCF", "ConvBlock", "Encoder", "UpBlock",
-    "SegmentationNet", "pad_to_multiple", "crop", "widths", "per_level",
+    "SegmentationNet", "pad_to_multiple", "crop", "widths", "per_level", "level_fraction",
+    "NORM_ELEMENTS", "DROPOUT_ELEMENTS",
 ]
 
 NORMS = ("batch", "instance", "group", "layer", "none")
+
+#: Activation elements a normalisation layer keeps alive for the backward pass, per channel and
+#: voxel (its output; :class:`LayerNormCF` is made of elementary ops and keeps ``x - mean``, the
+#: normalised ``x`` and its output).  Used by the networks' ``activation_elements``.
+NORM_ELEMENTS = {"batch": 1.0, "instance": 1.0, "group": 1.0, "layer": 3.0, "none": 0.0}
+#: Element-wise dropout keeps its output and a one-byte mask.
+DROPOUT_ELEMENTS = 1.25
+
+
+def level_fraction(level: int, dims: int) -> float:
+    """Voxels at resolution level ``level`` per input voxel: ``2 ** (-dims * level)``."""
+    return 2.0 ** (-int(dims) * int(level))
 
 
 def check_dims(dims: int) -> int:
@@ -344,6 +357,29 @@ class SegmentationNet(nn.Module):
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for spatial sizes that are multiples of :attr:`divisor`."""
         raise NotImplementedError
+
+    def activation_elements(self, *, training: bool) -> float | None:
+        """Activation memory of one sample, in float32 elements per (padded) input voxel.
+
+        A closed-form count of the feature maps alive at the peak, level by level (level
+        ``i`` has :func:`level_fraction` voxels per input voxel): with ``training`` those
+        autograd keeps for the backward pass (conv / norm outputs, skip concatenations,
+        pooling indices, the loss); without, those of an inference forward pass (the
+        encoder outputs kept for the skips plus the working set of the finest decoder
+        step).  Used by :mod:`segloop.core.networks.memory` on a network built on the
+        ``meta`` device, so nothing is allocated.  ``None`` (this base class): unknown, and
+        only the weights are estimated.
+
+        Parameters
+        ----------
+        training : bool
+            Training step (autograd on) or inference.
+
+        Returns
+        -------
+        float or None
+        """
+        return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Raw logits.

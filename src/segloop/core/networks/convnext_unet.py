@@ -6,14 +6,17 @@ import torch
 from torch import nn
 
 from ._blocks import (
+    DROPOUT_ELEMENTS,
     LayerNormCF,
     SegmentationNet,
     UpBlock,
     conv,
     dropout_layer,
+    level_fraction,
     per_level,
     widths,
 )
+from .limits import BASE_WIDTH, BLOCKS_PER_STAGE, DEPTH, DROPOUT
 from .registry import register
 
 __all__ = ["ConvNeXtBlock", "ConvNeXtUNet"]
@@ -55,7 +58,7 @@ class ConvNeXtBlock(nn.Module):
         return x + y
 
 
-@register("convnext_unet")
+@register("convnext_unet", limits=(DEPTH, BASE_WIDTH, BLOCKS_PER_STAGE, DROPOUT))
 class ConvNeXtUNet(SegmentationNet):
     """U-Net whose encoder stages are ConvNeXt blocks.
 
@@ -91,6 +94,8 @@ class ConvNeXtUNet(SegmentationNet):
         super().__init__(in_channels, out_channels, dims=dims, depth=depth, dropout=dropout)
         w = widths(base_width, depth)
         blocks = per_level(blocks_per_stage, self.depth + 1, "blocks_per_stage")
+        self.widths, self.blocks = w, blocks
+        self.layer_scale = bool(layer_scale_init and layer_scale_init > 0)
         d = self.dims
         self.stem = nn.Sequential(conv(d, self.in_channels, w[0], 3, padding=1), LayerNormCF(w[0]))
         self.downsample = nn.ModuleList(
@@ -121,3 +126,29 @@ class ConvNeXtUNet(SegmentationNet):
         for block, skip in zip(self.decoder, reversed(feats[:-1]), strict=True):
             y = block(y, skip)
         return self.head(self.dropout(y))
+
+    def activation_elements(self, *, training: bool) -> float:
+        """Activation elements per input voxel and sample (see :meth:`SegmentationNet.activation_elements`).
+
+        Training, per level ``i`` (``f_i`` voxels per input voxel, width ``w_i``): a ConvNeXt
+        block keeps ``13 w_i`` (LayerNorm ``3``, the 4x inverted bottleneck and its GELU
+        ``8``, the second pointwise conv and the residual ``2``; ``12`` without layer
+        scale); the stem and each downsampling LayerNorm ``3 w_i``, each downsampling conv
+        its output; a decoder step ``11 w_i`` (up-conv, concatenation, two conv +
+        LayerNorm + GELU); plus the input and ``5 * out_channels``.  Inference: the stage
+        outputs kept for the skips plus ``10 w_0`` (the inverted bottleneck at full
+        resolution), the input and ``2 * out_channels``.
+        """
+        w, b, d = self.widths, self.blocks, self.dims
+        f = [level_fraction(i, d) for i in range(self.depth + 1)]
+        if not training:
+            return (self.in_channels + sum(fi * wi for fi, wi in zip(f, w, strict=True)) + 10.0 * w[0]
+                    + 2.0 * self.out_channels)
+        block = 13.0 if self.layer_scale else 12.0
+        drop = DROPOUT_ELEMENTS if self.has_dropout else 0.0
+        total = self.in_channels + 5.0 * self.out_channels + 3.0 * w[0] + drop * w[0]
+        for i in range(self.depth + 1):
+            total += f[i] * b[i] * block * w[i]
+        for i in range(self.depth):
+            total += 3.0 * f[i] * w[i] + f[i + 1] * w[i + 1] + 11.0 * f[i] * w[i]
+        return total

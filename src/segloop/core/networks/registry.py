@@ -1,29 +1,36 @@
 """Name -> constructor registry of the segmentation networks.
 
 Model packages name their architecture as a string (``"unet"``, ``"unet26"``
-...); :func:`build` turns that name plus keyword arguments into a
-``torch.nn.Module``.  Architectures add themselves with :func:`register`.
+...); :func:`segloop.core.networks.build` turns that name plus keyword
+arguments into a ``torch.nn.Module``.  Architectures add themselves with
+:func:`register`, together with the bounds of their settings
+(:class:`~segloop.core.networks.limits.Limit`, checked before anything is built).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from segloop.errors import ArchitectureArgumentsError, UnknownArchitectureError
+from segloop.errors import UnknownArchitectureError
 
-__all__ = ["register", "build", "available"]
+__all__ = ["register", "available", "constructor", "limits_of"]
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}
+_LIMITS: dict[str, tuple[Any, ...]] = {}
 
 
-def register(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def register(name: str, *, limits: Sequence[Any] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Class or function decorator that registers a network constructor under ``name``.
 
     Parameters
     ----------
     name : str
         Architecture name stored in model packages.
+    limits : sequence of Limit, optional
+        Bounds of the constructor's keyword arguments
+        (:class:`segloop.core.networks.limits.Limit`); settings without one are
+        only checked by the constructor itself.
 
     Returns
     -------
@@ -42,44 +49,32 @@ def register(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 constructor, "__qualname__", None):
             raise ValueError(f"architecture name {name!r} is already registered to {known!r}")
         _REGISTRY[name] = constructor
+        _LIMITS[name] = tuple(limits)
         return constructor
 
     return decorator
 
 
-def build(name: str, *args: Any, **kwargs: Any):
-    """Construct the network registered as ``name``.
-
-    Parameters
-    ----------
-    name : str
-        A name from :func:`available`.
-    *args, **kwargs
-        Passed to the constructor, usually ``in_channels, out_channels, dims=...``.
-
-    Returns
-    -------
-    torch.nn.Module
-        The freshly initialised network (train mode).
+def constructor(name: str) -> Callable[..., Any]:
+    """The constructor registered as ``name``.
 
     Raises
     ------
     segloop.errors.UnknownArchitectureError
         If no architecture is registered under ``name``.
-    segloop.errors.ArchitectureArgumentsError
-        The constructor refuses the arguments (wrong type or value, unknown keyword).
     """
     try:
-        constructor = _REGISTRY[name]
+        return _REGISTRY[name]
     except (KeyError, TypeError):
         raise UnknownArchitectureError(
             f"unknown architecture {name!r}; known architectures: {', '.join(available())}"
         ) from None
-    try:
-        return constructor(*args, **kwargs)
-    except (TypeError, ValueError) as e:          # e.g. depth "four", an unknown keyword
-        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-        raise ArchitectureArgumentsError(f"architecture {name!r} cannot be built with {shown}: {e}") from None
+
+
+def limits_of(name: str) -> tuple[Any, ...]:
+    """The :class:`~segloop.core.networks.limits.Limit` s registered with ``name`` (empty if none)."""
+    constructor(name)
+    return _LIMITS.get(name, ())
 
 
 def available() -> list[str]:

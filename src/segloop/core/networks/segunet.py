@@ -17,7 +17,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._blocks import ConvBlock, Encoder, SegmentationNet, conv, nearest_upsample, per_level, widths
+from ._blocks import (
+    DROPOUT_ELEMENTS,
+    NORM_ELEMENTS,
+    ConvBlock,
+    Encoder,
+    SegmentationNet,
+    conv,
+    level_fraction,
+    nearest_upsample,
+    per_level,
+    widths,
+)
+from .limits import BASE_WIDTH, CONVS_PER_LEVEL, DEPTH, DROPOUT
 from .registry import register
 
 __all__ = ["SegUNet", "switch_mask", "unpool"]
@@ -64,7 +76,7 @@ class UnpoolBlock(nn.Module):
         return self.conv(torch.cat([unpool(self.reduce(y), mask), skip], dim=1))
 
 
-@register("segunet")
+@register("segunet", limits=(DEPTH, BASE_WIDTH, CONVS_PER_LEVEL, DROPOUT))
 class SegUNet(SegmentationNet):
     """SegNet-style switch unpooling plus U-Net skips (MSD lung-tumour SegUNet).
 
@@ -99,6 +111,7 @@ class SegUNet(SegmentationNet):
         super().__init__(in_channels, out_channels, dims=dims, depth=depth, dropout=dropout)
         w = widths(base_width, depth)
         convs = per_level(convs_per_level, self.depth + 1, "convs_per_level")
+        self.widths, self.convs, self.norm_kind = w, convs, norm
         self.encoder = Encoder(self.in_channels, w, dims=self.dims, convs=convs, norm=norm,
                                dropout=dropout)
         self.decoder = nn.ModuleList(
@@ -114,3 +127,27 @@ class SegUNet(SegmentationNet):
                                      strict=True):
             y = block(y, skip, switch_mask(skip, down))
         return self.head(y)
+
+    def activation_elements(self, *, training: bool) -> float:
+        """Activation elements per input voxel and sample (see :meth:`SegmentationNet.activation_elements`).
+
+        As :meth:`UNet.activation_elements <segloop.core.networks.unet.UNet.activation_elements>`,
+        but a decoder step keeps the 1x1 conv's output (``f_(i+1) w_i``), the unpooled
+        features and the switch mask (``2 f_i w_i``) beside the concatenation and its convs,
+        and inference also keeps the pooled features for the switch masks and a wider
+        working set (``7 w_0``).
+        """
+        w, n, d = self.widths, self.convs, self.dims
+        f = [level_fraction(i, d) for i in range(self.depth + 1)]
+        c = NORM_ELEMENTS.get(self.norm_kind, 1.0)
+        drop = DROPOUT_ELEMENTS if self.has_dropout else 0.0
+        if not training:
+            pooled = sum(f[i + 1] * w[i] for i in range(self.depth))
+            return (self.in_channels + sum(fi * wi for fi, wi in zip(f, w, strict=True)) + pooled
+                    + 7.0 * w[0] + 2.0 * self.out_channels)
+        total = self.in_channels + 5.0 * self.out_channels + f[-1] * w[-1] * drop
+        for i in range(self.depth + 1):
+            total += f[i] * n[i] * w[i] * (1.0 + c)
+        for i in range(self.depth):
+            total += 4.0 * f[i + 1] * w[i] + f[i] * w[i] * (4.0 + n[i] * (1.0 + c) + drop)
+        return total

@@ -5,13 +5,24 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._blocks import Encoder, SegmentationNet, UpBlock, conv, per_level, widths
+from ._blocks import (
+    DROPOUT_ELEMENTS,
+    NORM_ELEMENTS,
+    Encoder,
+    SegmentationNet,
+    UpBlock,
+    conv,
+    level_fraction,
+    per_level,
+    widths,
+)
+from .limits import BASE_WIDTH, CONVS_PER_LEVEL, DEPTH, DROPOUT
 from .registry import register
 
 __all__ = ["UNet", "unet26", "UNET26_DEPTH", "UNET26_CONVS"]
 
 
-@register("unet")
+@register("unet", limits=(DEPTH, BASE_WIDTH, CONVS_PER_LEVEL, DROPOUT))
 class UNet(SegmentationNet):
     """U-Net: conv blocks + max pooling down, up-convolution + skip concatenation up.
 
@@ -57,6 +68,7 @@ class UNet(SegmentationNet):
         super().__init__(in_channels, out_channels, dims=dims, depth=depth, dropout=dropout)
         w = widths(base_width, depth)
         convs = per_level(convs_per_level, self.depth + 1, "convs_per_level")
+        self.widths, self.convs, self.norm_kind, self.upsample_kind = w, convs, norm, upsample
         self.encoder = Encoder(self.in_channels, w, dims=self.dims, convs=convs, norm=norm,
                                dropout=dropout)
         self.decoder = nn.ModuleList(
@@ -72,12 +84,39 @@ class UNet(SegmentationNet):
             y = block(y, skip)
         return self.head(y)
 
+    def activation_elements(self, *, training: bool) -> float:
+        """Activation elements per input voxel and sample (see :meth:`SegmentationNet.activation_elements`).
+
+        Training, summed over levels ``i`` (``f_i`` voxels per input voxel, width ``w_i``,
+        ``n_i`` convs, ``c`` = :data:`NORM_ELEMENTS` of the norm):
+        encoder ``f_i n_i w_i (1 + c)``; pooling ``3 f_(i+1) w_i`` (output + int64 indices);
+        decoder ``f_i w_i (3 + n_i (1 + c))`` (up-conv, concatenation, convs; nearest
+        upsampling ``+ 2``); dropout ``1.25`` per element it touches; plus the input and
+        ``5 * out_channels`` (logits and the loss).  Inference: the encoder outputs
+        ``sum f_i w_i`` plus ``5 w_0`` (``7 w_0`` nearest) for the finest decoder step, the
+        input and ``2 * out_channels``.
+        """
+        w, n, d = self.widths, self.convs, self.dims
+        f = [level_fraction(i, d) for i in range(self.depth + 1)]
+        c = NORM_ELEMENTS.get(self.norm_kind, 1.0)
+        up = 3.0 if self.upsample_kind == "nearest" else 1.0
+        drop = DROPOUT_ELEMENTS if self.has_dropout else 0.0
+        if not training:
+            return (self.in_channels + sum(fi * wi for fi, wi in zip(f, w, strict=True))
+                    + (4.0 + up) * w[0] + 2.0 * self.out_channels)
+        total = self.in_channels + 5.0 * self.out_channels + f[-1] * w[-1] * drop
+        for i in range(self.depth + 1):
+            total += f[i] * n[i] * w[i] * (1.0 + c)
+        for i in range(self.depth):
+            total += 3.0 * f[i + 1] * w[i] + f[i] * w[i] * (up + 2.0 + n[i] * (1.0 + c) + drop)
+        return total
+
 
 UNET26_DEPTH = 4
 UNET26_CONVS = (2, 2, 2, 3, 3)
 
 
-@register("unet26")
+@register("unet26", limits=(BASE_WIDTH, DROPOUT))
 def unet26(in_channels: int, out_channels: int, *, dims: int = 2, **kwargs) -> UNet:
     """The 26-conv-layer nuclei U-Net (Lizard / CPM nuclei work) as a :class:`UNet` preset.
 

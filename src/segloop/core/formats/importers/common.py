@@ -83,9 +83,10 @@ def check_fraction(val_fraction: float) -> float:
     try:
         v = float(val_fraction)
     except (TypeError, ValueError):
-        raise ImportLayoutError(f"val_fraction must be a number between 0 and 0.9, got {val_fraction!r}") from None
+        raise ImportLayoutError(f"val_fraction (--val-fraction) must be a number between 0 and 0.9, "
+                                f"got {val_fraction!r}") from None
     if not 0.0 <= v <= 0.9:
-        raise ImportLayoutError(f"val_fraction must be between 0 and 0.9, got {v}")
+        raise ImportLayoutError(f"val_fraction (--val-fraction) must be between 0 and 0.9, got {v}")
     return v
 
 
@@ -93,7 +94,7 @@ def check_limit(limit: int | None) -> int | None:
     if limit is None:
         return None
     if int(limit) < 1:
-        raise ImportLayoutError(f"limit must be 1 or more (source images to import), got {limit}")
+        raise ImportLayoutError(f"limit (--limit) must be 1 or more (source images to import), got {limit}")
     return int(limit)
 
 

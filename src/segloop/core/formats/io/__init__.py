@@ -4,6 +4,7 @@ from segloop.core.formats.io.geometry import Reorientation, VolumeInfo, lps_affi
 from segloop.core.formats.io.images import (
     ImageInfo,
     read_image,
+    read_labels_provenance,
     read_pyramid,
     write_labels,
     write_overlay,
@@ -20,6 +21,7 @@ __all__ = [
     "read_image",
     "read_pyramid",
     "write_labels",
+    "read_labels_provenance",
     "write_overlay",
     "VolumeInfo",
     "Reorientation",

@@ -752,7 +752,8 @@ def read_dicom(path_or_paths, *, series_uid: str | None = None, lazy: bool | str
         listed = "; ".join(f"{d['uid']} ({d['description'] or d['modality'] or 'no description'}, "
                            f"{d['n_slices']} slices)" for d in others)
         warnings.append(f"{len(others)} other series in this folder: {listed}; "
-                        "pass series_uid= to read another")
+                        "pass series_uid= to read another (on the command line: give a folder holding only the "
+                        "files of that series)")
     if broken:
         warnings.append(f"skipped {len(broken)} unreadable DICOM file(s): {', '.join(broken[:3])}")
     if slices[0].photometric == "MONOCHROME1":

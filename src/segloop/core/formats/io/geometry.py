@@ -7,6 +7,10 @@ Convention (the contract between readers, writers, widgets and training folders)
   index increases towards **S**uperior along Z, **P**osterior along Y and **L**eft along X
   (ITK's "LPS" voxel orientation; radiological display: the patient's right is on the screen's
   left, anterior at the top).  Axis 0 is the one people scroll (axial for axial scans).
+  A format that records no orientation (MRC) is returned as stored; its ``affine`` then says
+  which way the stored axes run where that is known otherwise (see
+  :mod:`segloop.core.formats.io.anatomy`), so axis 0 need not be axial.  Code that needs the
+  axial direction (measurements) asks :func:`axial_axis`, never assumes axis 0.
 * ``affine`` maps ``(z, y, x, 1)`` indices of *that* array to RAS+ millimetres (NIfTI / nibabel
   convention).  ``spacing`` is ``(dz, dy, dx)`` in mm, the column norms of ``affine[:3, :3]``.
 * ``to_source`` records how the returned array relates to the voxel order on disk, so a label
@@ -29,6 +33,7 @@ from segloop.errors import VolumeReadError
 __all__ = [
     "Reorientation",
     "VolumeInfo",
+    "axial_axis",
     "lps_affine",
     "lps_reorientation",
     "obliquity_deg",
@@ -152,6 +157,47 @@ def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
     """``(dz, dy, dx)``: the column norms of ``affine[:3, :3]`` (mm)."""
     norms = np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0)
     return tuple(float(v) for v in norms)
+
+
+def axial_axis(geometry=None) -> int:
+    """The array axis that runs head to foot, i.e. the axis whose slices are axial.
+
+    The one rule for "axial" (``segloop measure`` and the napari CT tools both use it): the
+    voxel axis whose direction in the affine is closest to the patient's superior-inferior
+    axis (the largest ``|affine[2, j]|`` relative to the column's length; for an oblique
+    volume the nearest one, the first on a tie).
+
+    Parameters
+    ----------
+    geometry : VolumeInfo, (4, 4) array-like or None
+        A :class:`VolumeInfo` (its ``affine``), or an affine mapping array indices
+        ``(i, j, k, 1)`` to RAS+ mm.  None (geometry unknown): 0, the readers' convention.
+
+    Returns
+    -------
+    int
+        0, 1 or 2.
+
+    Raises
+    ------
+    VolumeReadError
+        The affine is not a 4 x 4 (or 3 x 3) matrix of finite numbers with no zero-length axis.
+    """
+    if geometry is None:
+        return 0
+    affine = getattr(geometry, "affine", geometry)
+    if affine is None:
+        return 0
+    m = np.asarray(affine, dtype=float)
+    if m.shape not in ((4, 4), (3, 3)) or not np.isfinite(m).all():
+        raise VolumeReadError(f"the volume's affine {m.tolist()} is not a 4 x 4 matrix of finite numbers; "
+                              "its orientation is unknown - reopen the volume from its file")
+    cols = m[:3, :3]
+    norms = np.linalg.norm(cols, axis=0)
+    if not (norms > 0).all():
+        raise VolumeReadError("the volume's affine has a voxel axis of zero length; its orientation is unknown - "
+                              "fix the file's header")
+    return int(np.argmax(np.abs(cols[2]) / norms))
 
 
 def obliquity_deg(affine: np.ndarray) -> float:

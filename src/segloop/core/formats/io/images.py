@@ -16,7 +16,8 @@ import numpy as np
 from segloop.core._runtime import atomic_output
 from segloop.errors import ImageReadError
 
-__all__ = ["ImageInfo", "read_image", "read_pyramid", "write_labels", "write_overlay", "create_label_memmap"]
+__all__ = ["ImageInfo", "read_image", "read_pyramid", "write_labels", "read_labels_provenance", "write_overlay",
+           "create_label_memmap"]
 
 _TIFF = {".tif", ".tiff", ".btf", ".tf8", ".ome.tif", ".ome.tiff"}
 _PLAIN = {".png", ".jpg", ".jpeg", ".bmp"}
@@ -103,7 +104,8 @@ def _read_tiff(path: Path, *, lazy: bool | str = "auto", pyramid: bool = False):
     keep_open = False            # lazy arrays read through the open file
     try:
         if not tf.series:
-            raise ImageReadError(f"{path}: TIFF has no image data; the file may be truncated or corrupt")
+            raise ImageReadError(f"{path}: cannot read TIFF: it has no image data; the file may be truncated or "
+                                 "corrupt")
         series = tf.series[0]
         levels = list(getattr(series, "levels", None) or [series])
         axes = levels[0].axes
@@ -116,8 +118,8 @@ def _read_tiff(path: Path, *, lazy: bool | str = "auto", pyramid: bool = False):
             memmapped = True
         except (ValueError, tifffile.TiffFileError, OSError):
             memmapped = False
+            _check_complete(tf, levels[0], path)          # before a lazy array or a 40 GB allocation
             if want_lazy and lazy_levels is not None:
-                _check_complete(tf, levels[0], path)
                 images = [lazy_levels[0]]
             else:
                 images = [levels[0].asarray()]
@@ -126,6 +128,8 @@ def _read_tiff(path: Path, *, lazy: bool | str = "auto", pyramid: bool = False):
         if pyramid and lazy_levels is not None:
             images += lazy_levels[1:]
         keep_open = lazy_levels is not None and (len(images) > 1 or not memmapped and want_lazy)
+    except ImageReadError:       # already names the file and the problem (an OSError, caught below otherwise)
+        raise
     except (tifffile.TiffFileError, ValueError, OSError, IndexError, KeyError, EOFError, RuntimeError) as e:
         # RuntimeError: imagecodecs' decode errors (DeflateError ...) on truncated tiles
         raise ImageReadError(f"{path}: cannot read TIFF ({type(e).__name__}: {e}); the file may be truncated "
@@ -143,7 +147,13 @@ def _read_tiff(path: Path, *, lazy: bool | str = "auto", pyramid: bool = False):
 
 
 def _check_complete(tf, level, path: Path) -> None:
-    """A lazily read file is decoded later: check now that every tile lies inside the file."""
+    """Check, before any pixel is decoded, that the header's promise can be kept.
+
+    Every strip or tile must lie inside the file, there must be as many of them as the declared
+    shape needs, and uncompressed data must hold at least the declared number of bytes.  A header
+    that declares 200000 x 200000 pixels over a few bytes of data is refused here, instead of
+    failing deep inside the lazy (zarr) reader or asking for 40 GB of memory.
+    """
     size = tf.filehandle.size
     for page in level.pages:
         if page is None:
@@ -151,6 +161,17 @@ def _check_complete(tf, level, path: Path) -> None:
         ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts) if c]
         if not ends or max(ends) > size:
             raise ImageReadError(f"{path}: TIFF data is incomplete (truncated file?)")
+        need = int(np.prod(getattr(page, "chunked", None) or (len(page.dataoffsets),)))
+        if len(page.dataoffsets) < need:
+            raise ImageReadError(f"{path}: the TIFF header declares {'x'.join(map(str, page.shape))} pixels in "
+                                 f"{need} strips or tiles but the file holds {len(page.dataoffsets)}; the file is "
+                                 "corrupt or its header is wrong")
+        key = page.keyframe
+        packed = int(key.bitspersample) % 8 != 0          # 1-bit, 12-bit ...: fewer bytes than nbytes
+        if int(key.compression) == 1 and not packed and sum(page.databytecounts) < page.nbytes:
+            raise ImageReadError(f"{path}: the TIFF header declares {'x'.join(map(str, page.shape))} pixels "
+                                 f"({page.nbytes} bytes) but the file holds {sum(page.databytecounts)} bytes of "
+                                 "pixel data; the file is truncated or its header is wrong")
 
 
 LAZY_BYTES = 256 * 2**20
@@ -235,6 +256,25 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray, *, metadata: dict 
                          tile=(256, 256) if labels.ndim >= 2 and min(labels.shape[-2:]) >= 256 else None,
                          description=json.dumps({"segloop": metadata or {}}), metadata=None)
     return path
+
+
+def read_labels_provenance(path: str | os.PathLike) -> dict | None:
+    """The provenance :func:`write_labels` stored in a label TIFF, or None if it has none.
+
+    Never raises for a file without it (labels drawn elsewhere, another program's TIFF, a
+    PNG): the caller then has no model to take classes from.
+    """
+    import json
+
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            desc = tf.pages[0].description if tf.pages else ""
+        meta = json.loads(desc).get("segloop") if desc.lstrip().startswith("{") else None
+    except (OSError, ValueError, AttributeError, tifffile.TiffFileError):
+        return None
+    return meta if isinstance(meta, dict) and meta else None
 
 
 def write_overlay(path: str | os.PathLike, image: np.ndarray, labels: np.ndarray, *, max_side: int = 2048) -> Path:

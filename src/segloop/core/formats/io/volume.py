@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from segloop.core._runtime import atomic_output, is_cancelled
+from segloop.core.formats.io.anatomy import known_orientation
 from segloop.core.formats.io.geometry import (
     OBLIQUE_DEGREES,
     VolumeInfo,
@@ -382,8 +383,15 @@ def read_mrc(path: Path, *, lazy="auto", progress=None, cancel=None):
         source = np.array(source)
     _check_cancel(cancel, path)
 
-    warns.append("MRC has no patient orientation: axes (sections, rows, columns) were taken as (Z, Y, X) "
-                 "= (Superior, Posterior, Left) as stored; directions may be wrong")
+    known = known_orientation(path)
+    if known is None:
+        warns.append("MRC has no patient orientation: axes (sections, rows, columns) were taken as (Z, Y, X) "
+                     "= (Superior, Posterior, Left) as stored; directions may be wrong")
+    else:
+        axial = known.reorientation.axes.index(0)
+        warns.append(f"MRC has no patient orientation, but this is {known.description}, whose stored axes run "
+                     f"{known.stored_axes} (known from its anatomy): the array is kept as stored, so its axial "
+                     f"slices are along axis {axial}")
     if mapcrs != (1, 2, 3):
         warns.append(f"MRC axis mapping (mapc, mapr, maps) = {mapcrs} was not applied: the sections/rows/columns "
                      "are shown as stored")
@@ -393,7 +401,8 @@ def read_mrc(path: Path, *, lazy="auto", progress=None, cancel=None):
     else:
         spacing = tuple(v * _MM_PER_UNIT["å"] for v in voxel)      # MRC voxel size is in Å
     ox, oy, oz = (o * _MM_PER_UNIT["å"] for o in origin)
-    affine = lps_affine(spacing, (-ox, -oy, oz))    # MRC x,y,z taken as L, P, S
+    affine = (lps_affine(spacing, (-ox, -oy, oz)) if known is None     # MRC x,y,z taken as L, P, S
+              else known.stored_affine(spacing, shape, (-ox, -oy, oz)))
     info = VolumeInfo(path=path, format="mrc", shape=shape, spacing=tuple(float(s) for s in spacing),
                       affine=affine, description=label, warnings=warns,
                       extra={"mrc": {"voxel_size_angstrom": voxel[::-1], "mapcrs": list(mapcrs), "ispg": ispg},

@@ -3,20 +3,28 @@
 Layout::
 
     <folder>/segloop-training.json              FolderInfo: format, format_version, classes, task, modality ...
+    <folder>/segloop-samples.json               the sample index: id -> split, sha256 of meta.json, write_id
     <folder>/.segloop.lock                      the writers' lock file; holds no data
     <folder>/samples/<sample_id>/image.tif      the pixels exported, dtype preserved (zlib)
     <folder>/samples/<sample_id>/labels.tif     uint8 class ids, or uint16 / uint32 ids (zlib)
     <folder>/samples/<sample_id>/reviewed.tif   uint8, 1 = a person reviewed this pixel (zlib)
     <folder>/samples/<sample_id>/meta.json      provenance, split, sha256 of the three tifs
 
-Crash safety: every sample is written to a temporary folder and renamed in whole; changes
-to several sample folders go through a journal.  The protocol is described in :mod:`.storage`.
+Crash safety: every sample is written to a temporary folder and renamed in whole under a
+journal, and the index is replaced after the renames.  The protocol is described in :mod:`.storage`.
 
-Modules: :mod:`.schema` (names, constants, records), :mod:`.storage` (lock, journal, listing,
-file I/O), :mod:`.checks` (input checks), :mod:`.regions` (the leak guard between splits),
-:mod:`.folder` (:class:`TrainingFolder`) and :mod:`.validate` (:func:`validate_folder`).
+Modules: :mod:`.schema` (names, constants, records), :mod:`.index` (the sample index file),
+:mod:`.storage` (lock, journal, listing, file I/O), :mod:`.checks` (input checks),
+:mod:`.regions` (the leak guard between splits),
+:mod:`.folder` (:class:`TrainingFolder`), :mod:`.classes` (the classes a folder gets on
+export) and :mod:`.validate` (:func:`validate_folder`).
 """
 
+from segloop.core.formats.trainfolder.classes import (
+    DEFAULT_CLASSES,
+    classes_from_model,
+    open_for_export,
+)
 from segloop.core.formats.trainfolder.folder import TrainingFolder
 from segloop.core.formats.trainfolder.schema import (
     ACTIVE_STATE_FILE,
@@ -26,6 +34,7 @@ from segloop.core.formats.trainfolder.schema import (
     HOLDOUT_GAP,
     HOLDOUT_MIN,
     IMAGE_FILE,
+    INDEX_FILE,
     INFO_FILE,
     LABELS_FILE,
     LOCK_FILE,
@@ -53,6 +62,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "INFO_FILE",
+    "INDEX_FILE",
     "ACTIVE_STATE_FILE",
     "SAMPLES_DIR",
     "LOCK_FILE",
@@ -78,5 +88,8 @@ __all__ = [
     "ValidationReport",
     "TrainingFolder",
     "validate_folder",
+    "DEFAULT_CLASSES",
+    "classes_from_model",
+    "open_for_export",
     "export_error",
 ]

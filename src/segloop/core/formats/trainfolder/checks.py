@@ -89,8 +89,9 @@ def check_labels(labels: Any, spatial: tuple[int, ...], image_shape: tuple[int, 
     if lab.dtype == bool:
         lab = lab.astype(np.uint8)
     if lab.dtype.kind == "f":
-        raise InvalidLabelsError(f"labels have float dtype {lab.dtype}; labels must be integers (convert with "
-                                 ".astype(np.uint16) after checking the values are whole numbers)")
+        raise InvalidLabelsError(f"labels have float dtype {lab.dtype}; labels must be integer ids: save them as "
+                                 "uint8/uint16/uint32 (from an array: .astype(np.uint16), after checking the values "
+                                 "are whole numbers)")
     if lab.dtype.kind not in "ui":
         raise InvalidLabelsError(f"labels dtype {lab.dtype} is not an integer type")
     lo, hi = int(lab.min()), int(lab.max())
@@ -128,7 +129,7 @@ def check_sample_id(sample_id: str) -> str:
             or len(sample_id) > 120 or sample_id.split(".")[0].lower() in _WINDOWS_RESERVED):
         raise TrainingFolderError(
             f"sample id {sample_id!r} is not valid: use ASCII letters, digits, '.', '_' and '-' (not starting "
-            "with '.', at most 120 characters), or leave sample_id=None to get one")
+            "with '.', at most 120 characters), or leave sample_id=None (no --id) to get one")
     return sample_id
 
 

@@ -11,6 +11,7 @@ it: :mod:`.schema` (names and records), :mod:`.storage` (lock, journal, listing,
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -37,6 +38,13 @@ from segloop.core.formats.trainfolder.checks import (
     slug,
     val_draw,
 )
+from segloop.core.formats.trainfolder.index import (
+    IndexEntry,
+    entries_from_disk,
+    parse_index,
+    read_index_bytes,
+    write_index,
+)
 from segloop.core.formats.trainfolder.regions import clear_overlap, reviewed_region, source_region
 from segloop.core.formats.trainfolder.schema import (
     ACTIVE_STATE_FILE,
@@ -45,6 +53,7 @@ from segloop.core.formats.trainfolder.schema import (
     HOLDOUT_GAP,
     HOLDOUT_MIN,
     IMAGE_FILE,
+    INDEX_FILE,
     INFO_FILE,
     LABELS_FILE,
     META_FILE,
@@ -64,6 +73,7 @@ from segloop.core.formats.trainfolder.schema import (
 )
 from segloop.core.formats.trainfolder.storage import (
     TMP_PREFIX,
+    apply_journal,
     export_error,
     folder_lock,
     json_bytes,
@@ -77,7 +87,7 @@ from segloop.core.formats.trainfolder.storage import (
     write_tif,
 )
 from segloop.core.formats.trainfolder.validate import validate_folder
-from segloop.errors import SampleExistsError, TrainingFolderError
+from segloop.errors import FolderVersionError, SampleExistsError, TrainingFolderError
 
 __all__ = ["TrainingFolder"]
 
@@ -152,7 +162,8 @@ class TrainingFolder:
             raise TrainingFolderError(f"{path} is a file, not a folder; choose a new or empty folder for training data")
         if (path / INFO_FILE).exists():
             return cls._existing(path, info, exist_ok)
-        if path.is_dir() and any(not n.startswith(".") and n != ACTIVE_STATE_FILE for n in os.listdir(path)):
+        if path.is_dir() and any(not n.startswith(".") and n not in (ACTIVE_STATE_FILE, INDEX_FILE)
+                                 for n in os.listdir(path)):
             raise TrainingFolderError(f"{path} is not empty and is not a segloop training folder (no {INFO_FILE}); "
                                       "choose a new or empty folder")
         try:
@@ -164,6 +175,7 @@ class TrainingFolder:
                 return cls._existing(path, info, exist_ok)
             try:
                 (path / SAMPLES_DIR).mkdir(exist_ok=True)
+                write_index(path, {})                           # before the info file, which makes it a folder
                 atomic_write_bytes(path / INFO_FILE, json_bytes(info.to_dict()))
             except OSError as e:
                 raise export_error(e, path, "create the training folder") from None
@@ -444,10 +456,97 @@ class TrainingFolder:
                 recover_samples(self.samples_dir)
             except OSError as e:
                 raise export_error(e, self.path, "clean up an interrupted write") from None
+            index, index_notice = self._stored_index()
             planned, asides, notice = self._plan(img, ax, lab, rev, base_meta, split=split,
                                                  sample_id=sample_id, replace=replace)
-            records = self._commit(planned, asides)
-        return AddResult(tuple(records), notice)
+            records, written_notice = self._commit(planned, asides, index)
+        notices = [n for n in (notice, index_notice if written_notice is None else None, written_notice) if n]
+        return AddResult(tuple(records), " ".join(notices) or None)
+
+    def _stored_index(self) -> tuple[dict[str, IndexEntry] | None, str | None]:
+        """The index as stored (call with the lock held, after recovery), or None with a sentence saying
+        why it will be rebuilt from the disk (None, None: a folder from before indexes).
+
+        Raises
+        ------
+        FolderVersionError
+            The index was written by a newer segloop (it is never overwritten).
+        """
+        try:
+            raw = read_index_bytes(self.path)
+            if raw is not None:
+                return parse_index(raw, source=self.path / INDEX_FILE), None
+        except FolderVersionError:
+            raise
+        except TrainingFolderError as e:
+            return None, (f"the sample index {INDEX_FILE} could not be read ({e}), so it was rebuilt from the "
+                          "samples on disk; a sample folder deleted by hand before now is no longer noticed")
+        if self.info.indexed:
+            return None, (f"the sample index {INDEX_FILE} was missing, so it was rebuilt from the samples on "
+                          "disk; a sample folder deleted by hand before now is no longer noticed")
+        return None, None
+
+    def _mark_indexed(self) -> None:
+        """Record in ``segloop-training.json`` that the folder keeps an index (once, for an older folder)."""
+        if not self.info.indexed:
+            info = dataclasses.replace(self.info, indexed=True)
+            atomic_write_bytes(self.path / INFO_FILE, json_bytes(info.to_dict()))
+            self.info = info
+
+    def rebuild_index(self, *, lock_timeout: float | None = 30.0) -> list[str]:
+        """Make the sample index describe the samples on disk now (``segloop validate --fix``).
+
+        Holding the lock, interrupted writes are recovered first (as :meth:`cleanup`); then every
+        sample folder on disk is recorded as it is: folders missing from the index are added,
+        entries whose folder is gone are dropped, and entries whose ``meta.json`` changed are
+        re-recorded.  Nothing in ``samples/`` is changed or deleted, and problems of the samples
+        themselves (hashes, shapes ...) remain for :meth:`validate` to report.  A folder written by
+        a segloop that kept no index gets one (and ``segloop-training.json`` says so).
+
+        Returns
+        -------
+        list of str
+            One sentence per change, naming the sample (empty: the index was right).
+
+        Raises
+        ------
+        FolderVersionError
+            The index was written by a newer segloop.
+        FolderLockedError
+            Another writer held the folder longer than ``lock_timeout``.
+        ExportError
+            The index (or ``segloop-training.json``) could not be written.
+        """
+        try:
+            self.samples_dir.mkdir(exist_ok=True)
+        except OSError as e:
+            raise export_error(e, self.path, f"create {SAMPLES_DIR}/", after="then run it again") from None
+        with folder_lock(self.path, lock_timeout):
+            try:
+                recover_samples(self.samples_dir)
+                old, why = self._stored_index()
+                new = entries_from_disk(scan_samples(self.samples_dir).view)
+                changes: list[str] = []
+                if old is None:
+                    changes.append(why or f"the folder kept no sample index ({INDEX_FILE}; earlier segloop versions "
+                                          f"wrote none): one was made of the {len(new)} samples on disk")
+                for sid in sorted(set(old) | set(new)) if old is not None else ():
+                    was, now = old.get(sid), new.get(sid)
+                    if was is None:
+                        changes.append(f"{sid}: added to the index (its folder was not listed there)")
+                    elif now is None:
+                        changes.append(f"{sid}: dropped from the index (its folder samples/{sid} is missing)")
+                    elif was.split != now.split:
+                        changes.append(f"{sid}: split {was.split!r} -> {now.split!r} recorded (meta.json was edited)")
+                    elif was.meta_sha256 != now.meta_sha256:
+                        changes.append(f"{sid}: its changed meta.json was recorded")
+                if old != new or not self.info.indexed:
+                    write_index(self.path, new)
+                    self._mark_indexed()
+            except OSError as e:
+                raise export_error(e, self.path, "rewrite the sample index",
+                                   after="then run it again. The samples were not changed") from None
+        return changes
 
     def _plan(self, img, ax, lab, rev, base_meta, *, split, sample_id, replace):
         """Decide split, ids and held-out block; returns the samples to write and the ids to move aside."""
@@ -513,8 +612,8 @@ class TrainingFolder:
                 raise SampleExistsError(f"sample {other!r} exists and differs from {sid!r} only in case, which "
                                         "clashes on Windows and macOS; choose another sample id")
             if not replace:
-                raise SampleExistsError(f"sample {sid!r} already exists in {self.path}; pass replace=True to replace "
-                                        "it, or leave sample_id=None to add a new sample")
+                raise SampleExistsError(f"sample {sid!r} already exists in {self.path}; pass replace=True (--replace) "
+                                        "to replace it, or leave sample_id=None (no --id) to add a new sample")
             role = (existing[sid].meta.get("holdout") or {}).get("role")
             if role == "val" and sid == main_id:
                 raise TrainingFolderError(f"sample {sid!r} is a validation block held out from "
@@ -611,26 +710,31 @@ class TrainingFolder:
         fsync_dir(tmp)
         return tmp
 
-    def _commit(self, planned: list[_Planned], to_aside: list[str]) -> list[SampleRecord]:
+    def _commit(self, planned: list[_Planned], to_aside: list[str], index: dict[str, IndexEntry] | None
+                ) -> tuple[list[SampleRecord], str | None]:
+        """Write the planned samples, rename them in under a journal, then record them in the index.
+
+        ``index`` is the stored index (None: rebuild it from the disk).  Returns the records and,
+        if the index could not be written, a sentence saying so (the journal is kept: readers and
+        the next writer record the samples from it).
+        """
         samples = self.samples_dir
         tmps: list[Path] = []
-        journal: Path | None = None
         what = f"write sample {planned[0].sample_id!r}"
+        token = uuid.uuid4().hex
+        asides = {sid: f".old-{token}-{sid}" for sid in to_aside}
+        content = {"puts": [{"id": p.sample_id, "write_id": p.meta["write_id"]} for p in planned],
+                   "asides": asides, "created": now_iso()}
+        journal = samples / f".txn-{token}.json"
         try:
             for p in planned:
                 tmps.append(self._write_tmp(p))
-            if len(planned) > 1 or to_aside:
-                token = uuid.uuid4().hex
-                asides = {sid: f".old-{token}-{sid}" for sid in to_aside}
-                content = {"puts": [{"id": p.sample_id, "write_id": p.meta["write_id"]} for p in planned],
-                           "asides": asides, "created": now_iso()}
-                journal = samples / f".txn-{token}.json"
-                part = samples / f"{TMP_PREFIX}{token}.txn"
-                write_bytes_synced(part, json_bytes(content))
-                os.rename(part, journal)
-                fsync_dir(samples)
-                for sid, aside in asides.items():
-                    os.rename(samples / sid, samples / aside)
+            part = samples / f"{TMP_PREFIX}{token}.txn"
+            write_bytes_synced(part, json_bytes(content))
+            os.rename(part, journal)
+            fsync_dir(samples)
+            for sid, aside in asides.items():
+                os.rename(samples / sid, samples / aside)
             for p, tmp in zip(planned, tmps):
                 os.rename(tmp, samples / p.sample_id)
             fsync_dir(samples)
@@ -642,10 +746,20 @@ class TrainingFolder:
             if isinstance(e, OSError):
                 raise export_error(e, self.path, what) from None
             raise
-        if journal is not None:                   # done: old folders and the journal are garbage now
-            with contextlib.suppress(OSError):
-                for sid in to_aside:
-                    rmtree(samples / asides[sid])
+        # committed: the samples are in; record them in the index (a crash from here on is rolled forward)
+        notice = None
+        try:
+            base = index if index is not None else entries_from_disk(scan_samples(samples).view)
+            write_index(self.path, apply_journal(base, samples, content))
+            self._mark_indexed()
+        except OSError as e:
+            notice = (f"the samples were written, but the sample index {INDEX_FILE} could not be updated "
+                      f"({e.strerror or e}); it is brought up to date by the next export or `segloop validate "
+                      "--fix`")
+        with contextlib.suppress(OSError):          # done: the old folders (and the journal) are garbage now
+            for sid in to_aside:
+                rmtree(samples / asides[sid])
+            if notice is None:
                 journal.unlink()
-                fsync_dir(samples)
-        return [SampleRecord(p.sample_id, samples / p.sample_id, p.meta) for p in planned]
+            fsync_dir(samples)
+        return [SampleRecord(p.sample_id, samples / p.sample_id, p.meta) for p in planned], notice

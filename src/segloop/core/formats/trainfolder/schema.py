@@ -23,6 +23,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "INFO_FILE",
+    "INDEX_FILE",
     "ACTIVE_STATE_FILE",
     "SAMPLES_DIR",
     "LOCK_FILE",
@@ -53,6 +54,8 @@ __all__ = [
 FORMAT = "segloop-training"
 FORMAT_VERSION = 1
 INFO_FILE = "segloop-training.json"
+#: The sample index (:mod:`segloop.core.formats.trainfolder.index`): which samples the folder holds.
+INDEX_FILE = "segloop-samples.json"
 #: The active-learning state (:class:`segloop.core.learning.state.ActiveLearningState`) kept beside the
 #: samples; a folder holding only it may still become a training folder.
 ACTIVE_STATE_FILE = "segloop-active-learning.json"
@@ -96,6 +99,11 @@ class FolderInfo:
     created_by, created : str
         ``"segloop <version>"`` and the UTC ISO time the folder was created.
     format_version : int
+    indexed : bool
+        The folder keeps a sample index (``segloop-samples.json``), recorded as
+        ``"sample_index": "segloop-samples.json"`` in the file.  False for folders written by
+        segloop versions that kept none, until their first write (or ``segloop validate --fix``)
+        builds it; an indexed folder whose index file is gone is reported by validate.
     """
 
     classes: tuple[str, ...]
@@ -104,15 +112,19 @@ class FolderInfo:
     created_by: str = f"segloop {__version__}"
     created: str = field(default_factory=now_iso)
     format_version: int = FORMAT_VERSION
+    indexed: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))
         _check_info(self, source="training folder")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "format_version": self.format_version, "classes": list(self.classes),
-                "task": self.task, "modality": self.modality, "created_by": self.created_by,
-                "created": self.created}
+        d = {"format": FORMAT, "format_version": self.format_version, "classes": list(self.classes),
+             "task": self.task, "modality": self.modality, "created_by": self.created_by,
+             "created": self.created}
+        if self.indexed:
+            d["sample_index"] = INDEX_FILE
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, source: str = INFO_FILE) -> FolderInfo:
@@ -146,7 +158,7 @@ class FolderInfo:
         info = cls.__new__(cls)
         for k, v in (("classes", tuple(classes)), ("task", d["task"]), ("modality", d.get("modality", "other")),
                      ("created_by", d.get("created_by", "")), ("created", d.get("created", "")),
-                     ("format_version", fv)):
+                     ("format_version", fv), ("indexed", d.get("sample_index") == INDEX_FILE)):
             object.__setattr__(info, k, v)
         _check_info(info, source=source)
         return info

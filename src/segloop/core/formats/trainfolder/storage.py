@@ -6,13 +6,18 @@ Every sample is written into ``samples/.tmp-<uuid>/`` (each file fsynced, ``meta
 last, then the directory) and renamed to ``samples/<sample_id>`` in one step, so a sample
 folder is either complete or absent.  Writers hold ``.segloop.lock`` for the whole add.
 
-Adds that change more than one sample folder at once (a replace, or a sample with its
-held-out validation block) first write a journal ``samples/.txn-<uuid>.json`` listing
-what goes in and what is moved aside (``samples/.old-<uuid>-<sample_id>``).  The change
-takes effect when the last new folder is renamed in; until then readers see the old state
-(:func:`scan_samples` applies the journal when listing), and :func:`recover_samples` (run by every writer
-before it writes) rolls an interrupted change back or finishes it.  Nothing starting with
-``.`` in ``samples/`` is ever listed as a sample.
+Every add then writes a journal ``samples/.txn-<uuid>.json`` listing what goes in (id and
+``write_id``) and what is moved aside (``samples/.old-<uuid>-<sample_id>``: a replace, or
+the held-out block of a replaced sample), renames the folders, and last replaces the
+sample index ``segloop-samples.json`` (:mod:`.index`; temporary file, fsync, rename).  The
+change takes effect when the last new folder is renamed in (the journal is *committed*);
+until then readers see the old state (:func:`scan_samples` applies the journal when
+listing).  :func:`recover_samples` (run by every writer before it writes) rolls an
+interrupted change back, or finishes a committed one: it records it in the index
+(:func:`apply_journal`) and drops the folders moved aside.  Readers apply a committed
+journal to the index the same way (:func:`index_view`), so a crash between the renames and
+the index never shows a sample as missing from the index.  Nothing starting with ``.`` in
+``samples/`` is ever listed as a sample.
 
 These are directory protocols (folders renamed as a whole, a journal naming them), so the
 files inside a temporary sample folder are written in place and fsynced, and
@@ -38,14 +43,29 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from segloop.core._runtime import fsync_dir
-from segloop.core.formats.trainfolder.schema import INFO_FILE, LOCK_FILE, META_FILE, FolderInfo
+from segloop.core.formats.trainfolder.index import (
+    IndexEntry,
+    entry_for,
+    parse_index,
+    read_index_bytes,
+    write_index,
+)
+from segloop.core.formats.trainfolder.schema import (
+    INDEX_FILE,
+    INFO_FILE,
+    LOCK_FILE,
+    META_FILE,
+    FolderInfo,
+)
 from segloop.errors import ExportError, FolderLockedError, TrainingFolderError
 
 __all__ = [
     "TMP_PREFIX",
     "SampleScan",
+    "apply_journal",
     "export_error",
     "folder_lock",
+    "index_view",
     "json_bytes",
     "open_info",
     "read_json",
@@ -206,6 +226,51 @@ def _journal_committed(samples: Path, journal: dict) -> bool:
     return all(_write_id(samples / p["id"]) == p["write_id"] for p in journal.get("puts", []))
 
 
+def apply_journal(entries: dict[str, IndexEntry], samples: Path, journal: dict) -> dict[str, IndexEntry]:
+    """``entries`` (a sample index) once the change a *committed* journal describes is recorded: each
+    new folder with its entry read from disk, each folder moved aside and not put back dropped.
+
+    Idempotent (an index that records the change already is returned equal); an uncommitted
+    journal changes nothing (it is rolled back, and the index was never written for it).
+    """
+    out = dict(entries)
+    if not _journal_committed(samples, journal):
+        return out
+    puts = [p["id"] for p in journal.get("puts", [])]
+    for sid in journal.get("asides", {}):
+        if sid not in puts:
+            out.pop(sid, None)
+    for sid in puts:
+        out[sid] = entry_for(samples / sid)
+    return dict(sorted(out.items()))
+
+
+def index_view(entries: dict[str, IndexEntry], samples: Path,
+               journals: list[tuple[Path, dict | None]]) -> dict[str, IndexEntry]:
+    """The index as readers should see it: the stored ``entries`` with every committed journal in
+    ``journals`` (as :func:`scan_samples` found them) applied."""
+    out = dict(entries)
+    for _, j in journals:
+        if j is not None:
+            out = apply_journal(out, samples, j)
+    return out
+
+
+def _roll_index_forward(samples: Path, journal: dict) -> None:
+    """Record a committed journal in the folder's index (if it has a readable one of this version)."""
+    folder = samples.parent
+    try:
+        raw = read_index_bytes(folder)
+        entries = None if raw is None else parse_index(raw, source=folder / INDEX_FILE)
+    except TrainingFolderError:      # unreadable or newer: the writer rebuilds / refuses, validate reports it
+        return
+    if entries is None:              # no index (an old folder): the writer builds it from the disk
+        return
+    new = apply_journal(entries, samples, journal)
+    if new != entries:
+        write_index(folder, new)
+
+
 def scan_samples(samples: Path) -> SampleScan:
     """List ``samples/`` as a reader should see it: an interrupted multi-folder change counts as
     not made (its old folders are shown from their aside names), a finished one as made."""
@@ -259,7 +324,8 @@ def recover_samples(samples: Path) -> int:
     count = 0
     for jp, j in scan.journals:
         if j is not None:
-            if _journal_committed(samples, j):           # finished: drop the old folders
+            if _journal_committed(samples, j):           # finished: record it in the index, drop the old folders
+                _roll_index_forward(samples, j)
                 for aside in j.get("asides", {}).values():
                     if (samples / aside).exists():
                         rmtree(samples / aside)
@@ -288,6 +354,10 @@ def recover_samples(samples: Path) -> int:
             rmtree(samples / name)
             count += 1
     fsync_dir(samples)
+    for name in os.listdir(samples.parent):             # an index write cut short (atomic_output's temp name)
+        if name.startswith(f".{INDEX_FILE}.") and name.endswith(".tmp"):
+            rmtree(samples.parent / name)
+            count += 1
     return count
 
 

@@ -9,8 +9,15 @@ from pathlib import Path
 import numpy as np
 
 from segloop.core._runtime import sha256_bytes
+from segloop.core.formats.trainfolder.index import (
+    IndexEntry,
+    entry_for,
+    parse_index,
+    read_index_bytes,
+)
 from segloop.core.formats.trainfolder.schema import (
     IMAGE_FILE,
+    INDEX_FILE,
     INFO_FILE,
     LABELS_FILE,
     META_FILE,
@@ -26,6 +33,8 @@ from segloop.core.formats.trainfolder.schema import (
     ValidationReport,
 )
 from segloop.core.formats.trainfolder.storage import (
+    SampleScan,
+    index_view,
     open_info,
     read_json,
     read_meta,
@@ -37,6 +46,9 @@ from segloop.errors import FolderVersionError, TrainingFolderError
 __all__ = ["validate_folder"]
 
 _LABEL_DTYPES = ("uint8", "uint16", "uint32")
+_FIX = "`segloop validate --fix`"
+_STABLE_TRIES = 5
+"""Reads of index + samples/ until the index is the same before and after the listing (a writer at work)."""
 _META_REQUIRED = ("schema", "schema_version", "sample_id", "axes", "shape", "dtypes", "split", "files",
                   "created")
 
@@ -150,6 +162,47 @@ def _validate_sample(sid: str, path: Path, info: FolderInfo | None, check_hashes
     return probs, meta, notes
 
 
+def _scan_with_index(folder: Path, samples: Path) -> tuple[SampleScan, bytes | None, bool]:
+    """List ``samples/`` between two reads of the index, until both reads agree (no write committed
+    meanwhile).  Returns the scan, the index bytes (None: no index) and whether they agreed."""
+    before = read_index_bytes(folder)
+    for _ in range(_STABLE_TRIES):
+        scan = scan_samples(samples)
+        after = read_index_bytes(folder)
+        if after == before:
+            return scan, after, True
+        before = after
+    return scan, after, False
+
+
+def _index_problems(scan: SampleScan, samples: Path, entries: dict[str, IndexEntry]) -> list[Problem]:
+    """The index against the disk, both ways: missing folders, unexpected folders, changed meta.json."""
+    out = []
+    for sid, path in scan.view.items():
+        want = entries.get(sid)
+        if want is None:
+            out.append(Problem(sid, f"its folder is not in the sample index ({INDEX_FILE}): it was copied in or "
+                                    "made by hand, or by a segloop older than the index; run "
+                                    f"{_FIX} to add it if it belongs here, else remove the folder"))
+            continue
+        got = entry_for(path)
+        if got.meta_sha256 is None or (got.split is None and got.meta_sha256 != want.meta_sha256):
+            continue                                       # meta.json missing / unreadable: reported already
+        if got.split != want.split:
+            out.append(Problem(sid, f"split is {got.split!r} in {META_FILE} but {want.split!r} in the sample index: "
+                                    f"{META_FILE} was edited after export; re-export the sample, or run {_FIX} to "
+                                    "accept the edit"))
+        elif got.meta_sha256 != want.meta_sha256:
+            out.append(Problem(sid, f"{META_FILE} has sha256 {got.meta_sha256[:12]}..., the sample index records "
+                                    f"{str(want.meta_sha256)[:12]}...: it was changed after export; re-export the "
+                                    f"sample, or run {_FIX} to accept the change"))
+    for sid in sorted(set(entries) - set(scan.view)):
+        out.append(Problem(sid, f"listed in the sample index ({INDEX_FILE}, split {entries[sid].split!r}) but its "
+                                f"folder {SAMPLES_DIR}/{sid} is missing (deleted by hand?); restore it from a "
+                                f"backup, or run {_FIX} to drop it from the index"))
+    return out
+
+
 def validate_folder(path: str | os.PathLike, *, check_hashes: bool = True) -> ValidationReport:
     """Check a training folder; never raises for a broken folder, reports it.
 
@@ -158,6 +211,16 @@ def validate_folder(path: str | os.PathLike, *, check_hashes: bool = True) -> Va
     the image's spatial shape), dtypes (labels uint8/16/32, reviewed uint8 holding 0/1), semantic
     labels below the number of classes, the split, and held-out pairs.  Leftovers of interrupted
     writes are notes, not problems.
+
+    The sample index (``segloop-samples.json``, :mod:`.index`) is compared with ``samples/``
+    both ways, each finding a problem named by its sample: a sample in the index whose folder
+    is missing, a sample folder the index does not list (unexpected), and a sample whose
+    ``meta.json`` (its split, or anything else) differs from what the index recorded.  A write
+    interrupted between its renames and the index is not a problem: its journal is applied
+    as recovery would.  A folder from before indexes (no index, and ``segloop-training.json``
+    does not mention one) gets a note; an index that the folder should have but lacks, or
+    that cannot be read, is a folder-level problem.  ``segloop validate --fix``
+    (:meth:`TrainingFolder.rebuild_index`) makes the index match the disk.
 
     Returns
     -------
@@ -189,21 +252,41 @@ def validate_folder(path: str | os.PathLike, *, check_hashes: bool = True) -> Va
     except OSError as e:
         problems.append(Problem(None, f"{folder / INFO_FILE} cannot be read ({e})"))
     samples = folder / SAMPLES_DIR
-    if not samples.is_dir():
-        if samples.exists():
-            problems.append(Problem(None, f"{samples} is not a folder"))
-        else:
-            notes.append("no samples yet")
+    if samples.exists() and not samples.is_dir():
+        problems.append(Problem(None, f"{samples} is not a folder"))
         return report()
     try:
-        scan = scan_samples(samples)
-        stray = sorted(n for n in os.listdir(samples) if not n.startswith(".") and not (samples / n).is_dir())
+        scan, index_raw, stable = _scan_with_index(folder, samples)     # no samples/: an empty scan
+        stray = sorted(n for n in os.listdir(samples) if not n.startswith(".")
+                       and not (samples / n).is_dir()) if samples.is_dir() else []
+    except TrainingFolderError as e:                    # the index exists but cannot be read
+        problems.append(Problem(None, str(e)))
+        return report()
     except OSError as e:
         problems.append(Problem(None, f"{samples} cannot be listed ({e})"))
         return report()
+    entries: dict[str, IndexEntry] | None = None
+    if index_raw is not None:
+        try:
+            entries = index_view(parse_index(index_raw, source=folder / INDEX_FILE), samples, scan.journals)
+        except TrainingFolderError as e:
+            problems.append(Problem(None, str(e)))
+    elif info is not None and info.indexed:
+        problems.append(Problem(None, f"the sample index {INDEX_FILE} is missing (segloop-training.json says the "
+                                      "folder keeps one), so samples deleted by hand cannot be noticed; run "
+                                      f"{_FIX} to rebuild it from the samples on disk"))
+    elif info is not None:
+        notes.append(f"no sample index ({INDEX_FILE}): the folder was made by {info.created_by or 'a segloop'} "
+                     "before segloop kept one, so a sample folder deleted by hand cannot be noticed; run "
+                     f"{_FIX} (or export a sample) to write it")
+    if index_raw is not None and not stable:
+        notes.append("the folder was being written while it was checked, so the index was not compared with the "
+                     "samples; run validate again")
+    index_problems = [] if entries is None or not stable else _index_problems(scan, samples, entries)
     if scan.debris:
         notes.append(f"{len(scan.debris)} leftover(s) of interrupted writes ({', '.join(p.name for p in scan.debris)}); "
-                     "they are not samples and are removed by the next export or TrainingFolder.cleanup()")
+                     "they are not samples; the next export, `segloop validate --fix` or TrainingFolder.cleanup() "
+                     "removes them (and records a finished write in the index)")
     if stray:
         notes.append(f"files in {SAMPLES_DIR}/ that are not sample folders (ignored): {', '.join(stray)}")
     for sid, p in scan.view.items():
@@ -215,6 +298,9 @@ def validate_folder(path: str | os.PathLike, *, check_hashes: bool = True) -> Va
         notes.extend(sample_notes)
         if meta is not None and meta.get("split") in counts:
             counts[meta["split"]] += 1
+    problems.extend(index_problems)
+    if not scan.view and not problems:
+        notes.append("no samples yet")
     if scan.view and counts["val"] == 0:
         notes.append("no samples in 'val': nothing to measure a fine-tuned model on")
     return report(len(scan.view))
