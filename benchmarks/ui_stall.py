@@ -133,6 +133,11 @@ def main(argv=None) -> int:
     warm = click_to_labels(tile, "tile-warm")
 
     layer = viewer.add_image(big, name="big")
+    # napari's first draw of the image just opened is not the segmentation's: let it happen first
+    t_end = time.perf_counter() + 2.0
+    while time.perf_counter() < t_end:
+        app.processEvents()
+        time.sleep(0.001)
     runs = []
     for _ in range(a.runs):
         widget.image.value = layer

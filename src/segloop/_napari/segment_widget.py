@@ -225,6 +225,11 @@ class SegmentWidget(Container):
         self.run_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1, value=0, visible=False)
+        # Showing or hiding the bar must not re-lay out the dock: a new layout resizes the canvas,
+        # and redrawing a large image there stalls napari for a few hundred ms.
+        policy = self.progress.native.sizePolicy()
+        policy.setRetainSizeWhenHidden(True)
+        self.progress.native.setSizePolicy(policy)
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
         self.extend([self.image, self.model, self.package, self.device, self.engine, self.tile, self.overlap,
