@@ -154,8 +154,8 @@ def _facts_of(name: str, in_channels: int, out_channels: int, dims: int | None, 
             net = constructor(name)(in_channels, out_channels, **kwargs)
     except (TypeError, ValueError) as e:                 # e.g. an unknown keyword, norm "btach"
         return str(e)
-    except Exception:                                     # a constructor that needs real tensors
-        return None
+    except Exception:  # noqa: BLE001 - a constructor that cannot run on "meta": no estimate here; the real
+        return None       # build that follows raises the same error to the user, unswallowed
     count = sum(p.numel() for p in net.parameters()) + sum(b.numel() for b in net.buffers())
     elements = getattr(net, "activation_elements", None)
     train = infer = None
@@ -288,7 +288,7 @@ def _meminfo_available() -> int | None:
         import psutil
 
         return int(psutil.virtual_memory().available)
-    except Exception:
+    except (ImportError, OSError, AttributeError):      # no psutil, or it cannot read this OS
         pass
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
@@ -358,8 +358,8 @@ def available_memory(device: Any = "cpu") -> tuple[int | None, str]:
                 cached = torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index)
                 # free on the device plus what torch's caching allocator holds but does not use
                 return int(torch.cuda.mem_get_info(index)[0] + max(0, cached)), f"cuda:{index} has"
-        except Exception:
-            return None, f"{dev} has"
+        except (RuntimeError, AssertionError, ValueError):  # a broken CUDA setup: no figure here; the
+            return None, f"{dev} has"                      # run itself then reports the CUDA error
         if dev != "auto":
             return None, f"{dev} has"
     found = [(room, who) for room, who in ((_meminfo_available(), "this machine has"),
