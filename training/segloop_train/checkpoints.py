@@ -24,7 +24,7 @@ import torch
 from segloop.core._runtime import atomic_output, atomic_write_bytes, atomic_write_text, fsync_dir
 from segloop.core.formats.package import ModelSpec
 from segloop.errors import ModelPackageError
-from segloop_train.config import RESUME_DEFAULTS, RESUME_KEYS, FinetuneConfig
+from segloop_train.config import RESUME_KEYS, FinetuneConfig, resume_value
 
 __all__ = ["CKPT_FORMAT", "CKPT_VERSION", "arch_of", "check_out", "check_resume", "checkpoint_dir",
            "load_checkpoint", "save_checkpoint", "state_copy"]
@@ -140,8 +140,8 @@ def check_resume(meta: dict, ckpt: Path, spec: ModelSpec, config: FinetuneConfig
             f"--from / --arch as the run that wrote it, or delete {ckpt} to start again")
     cfg = meta.get("config", {})
     new = json.loads(json.dumps(config.to_dict()))
-    diffs = [f"{k} {cfg.get(k, RESUME_DEFAULTS.get(k))!r} (now {new[k]!r})" for k in RESUME_KEYS
-             if cfg.get(k, RESUME_DEFAULTS.get(k)) != new[k]]
+    diffs = [f"{k} {resume_value(k, cfg)!r} (now {new[k]!r})" for k in RESUME_KEYS
+             if resume_value(k, cfg) != new[k]]
     if "world_size" in [d.split()[0] for d in diffs]:
         diffs.append(f"resume with torchrun --nproc_per_node {cfg.get('world_size', 1)} (or without torchrun "
                      "when that is 1)")

@@ -6,7 +6,8 @@
                   --device --precision --seed --resume --eval-every --checkpoint-every --patience
                   --version --name]
     segloop-train FOLDER... --arch unet --out DIR [--arch-kwargs JSON --classes a,b
-                  --task semantic|instance --normalization JSON --dims 2|3 --context-slices K] ...
+                  --task semantic|instance --normalization JSON --dims 2|3 --context-slices K
+                  --pixel-size UM] ...
 
     segloop-train loop --images ... --ground-truth ... (--arch unet | --model M) --out DIR ...
 
@@ -58,7 +59,7 @@ import time
 import warnings
 
 from segloop.errors import SegloopError
-from segloop_train.cli_args import OneLineParser, json_object, positive_int
+from segloop_train.cli_args import OneLineParser, json_object, pixel_size, positive_int
 
 __all__ = ["main", "build_parser", "options_from_args"]
 
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dims", type=int, choices=[2, 3], help="from scratch: 3 for a 3D network (default 2)")
     p.add_argument("--context-slices", type=int, metavar="K",
                    help="from scratch: 2.5D, the K (odd) slices around each slice as input channels (default 1)")
+    p.add_argument("--pixel-size", type=pixel_size, metavar="UM",
+                   help="µm per pixel the new 2D model works at (one number, or Y,X): samples whose spacing is "
+                        "known are resampled to it, and it is recorded (default: the parent's; from scratch: none)")
     p.add_argument("--normalization", metavar="JSON",
                    help='e.g. \'{"kind": "hematoxylin"}\' or just hematoxylin; default: the parent\'s')
     p.add_argument("--no-onnx", action="store_true", help="do not export model.onnx")
@@ -119,7 +123,8 @@ def options_from_args(args: argparse.Namespace, *, command: str | None = None):
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, patience=args.patience,
         version=args.version, name=args.name, arch=args.arch, arch_kwargs=args.arch_kwargs, classes=classes,
         task=args.task, normalization=args.normalization, dims=args.dims, context_slices=args.context_slices,
-        onnx=not args.no_onnx, keep_checkpoint=args.keep_checkpoint, precision=args.precision, command=command)
+        onnx=not args.no_onnx, keep_checkpoint=args.keep_checkpoint, precision=args.precision, command=command,
+        pixel_size=args.pixel_size)
 
 
 def _patch(text: str) -> int | tuple[int, ...]:

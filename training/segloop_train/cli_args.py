@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-__all__ = ["OneLineParser", "json_object", "positive_int"]
+__all__ = ["OneLineParser", "json_object", "pixel_size", "positive_int"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -45,3 +45,14 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def pixel_size(text: str) -> tuple[float, float]:
+    """An argparse type: ``--pixel-size 0.25`` -> ``(0.25, 0.25)``; ``0.25,0.3`` -> (y, x); 0, NaN, junk refused."""
+    from segloop.core.formats.pixel_size import parse_pixel_size
+    from segloop.errors import InvalidPixelSizeError
+
+    try:
+        return parse_pixel_size(text, source="")
+    except InvalidPixelSizeError as e:
+        raise argparse.ArgumentTypeError(str(e).strip()) from None

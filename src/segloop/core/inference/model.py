@@ -15,7 +15,7 @@ import datetime as _dt
 import os
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -35,6 +35,14 @@ from segloop.core.inference.prepare import (
     resolve_normalization,
     tile_shape,
     validate_image,
+)
+from segloop.core.inference.resolution import (
+    BandRegridder,
+    ResampledImage,
+    RescalePlan,
+    map_labels,
+    pixel_size_record,
+    plan_rescale,
 )
 from segloop.core.inference.tiling import BandSink, TiledStats, predict_tiled, predict_tiled_3d
 from segloop.errors import (
@@ -182,7 +190,8 @@ class SegmentationResult:
     tiles_predicted, tiles_skipped : int
         Tiles (3D: patches) the network ran on / skipped as background.
     provenance : dict
-        Model name, version, sha256, parameters, engine, time: JSON-able.
+        Model name, version, sha256, parameters, engine, time, and ``pixel_size`` (the image's
+        and the model's µm/px, whether it was resampled, the scale and the grid run): JSON-able.
     probabilities : (K, H, W) or (K, z1 - z0, H, W) float16 ndarray, or None
         The blended class probabilities of the predicted planes, class axis
         first; only with ``predict(..., probabilities=True)``.
@@ -426,6 +435,7 @@ class Model:
         out: np.ndarray | None = None,
         probabilities: bool = False,
         probability_sink=None,
+        pixel_size: float | tuple[float, float] | None = None,
         progress=None,
         cancel=None,
     ) -> SegmentationResult:
@@ -485,6 +495,15 @@ class Model:
             call (copy what you keep).  This is how
             :mod:`segloop.core.inference.uncertainty` sees probabilities without an
             image-sized array per class.
+        pixel_size : float or (float, float), optional
+            The image's µm per pixel, ``(y, x)``.  When the model records the pixel size it was
+            trained at (``spec.pixel_size``) and this differs from it by more than 5 %, the image
+            is read resampled to the model's pixel size (tile by tile, no copy), and labels
+            (nearest neighbour, ids kept), uncertainty and probabilities (bilinear) come back on
+            the image's grid; tiles and ``tile`` are then in the model's pixels.  None: unknown,
+            the image runs at its own resolution, with one
+            :class:`~segloop.core.inference.resolution.PixelSizeWarning` if the model has a pixel
+            size.  ``provenance["pixel_size"]`` records both, the scale factor and the grid run.
         progress : callable, optional
             ``progress(done, total)`` in tiles (3D: patches).
         cancel : threading.Event or callable, optional
@@ -498,10 +517,22 @@ class Model:
             predicted planes only.  Instance models are labelled plane by
             plane, also 3D ones (ids restart in every plane; recorded in
             ``provenance["instance_labeling"]``).
+
+        Raises
+        ------
+        InvalidPixelSizeError
+            ``pixel_size`` is not one or two positive numbers, or is more than 16 times the
+            model's or less than a 16th of it.
         """
         started = _dt.datetime.now(_dt.timezone.utc)
         prep = self.prepare(image, channel_axis=channel_axis, normalization=normalization, normalizer=normalizer,
                             tile=tile)
+        rescale = plan_rescale(self.spec, pixel_size, prep.spatial_shape[-2:], stacklevel=2)
+        if rescale is not None:
+            return self._predict_rescaled(prep, rescale, started, overlap=overlap, batch_size=batch_size,
+                                          skip_background=skip_background, uncertainty=uncertainty, z_range=z_range,
+                                          out=out, probabilities=probabilities, probability_sink=probability_sink,
+                                          progress=progress, cancel=cancel)
         plan = self._plan(prep, overlap=overlap, batch_size=batch_size, skip_background=skip_background,
                           z_range=z_range)
         instance = self.spec.task == "instance"
@@ -511,8 +542,73 @@ class Model:
                                  probability_sink=probability_sink)
         stats = self._tile(prep, plan, sink=assembly, progress=progress, cancel=cancel)
         labels, n_objects = assembly.finish()
+        prov = self._provenance(prep, plan, started)
+        prov["pixel_size"] = pixel_size_record(self.spec, pixel_size, None)
         return SegmentationResult(labels, assembly.uncertainty, n_objects, stats.predicted_tiles, stats.skipped_tiles,
-                                  self._provenance(prep, plan, started), probabilities=assembly.probabilities)
+                                  prov, probabilities=assembly.probabilities)
+
+    def _predict_rescaled(self, prep: PreparedImage, rescale: RescalePlan, started: _dt.datetime, *, overlap,
+                          batch_size, skip_background, uncertainty, z_range, out, probabilities, probability_sink,
+                          progress, cancel) -> SegmentationResult:
+        """:meth:`predict` on the model's pixel grid; results mapped back (:mod:`~segloop.core.inference.resolution`).
+
+        Labels are assembled on the model's grid (in memory, or in an unlinked temporary file
+        beside ``out`` when that is a file-backed memmap) and written onto the image's grid band
+        by band; probabilities go back through a :class:`BandRegridder` as they are blended.
+        """
+        shape = prep.spatial_shape
+        ok = (np.uint16, np.uint32) if self.spec.task == "instance" else (np.uint8, np.uint16, np.uint32)
+        if out is not None and (tuple(out.shape) != shape or np.dtype(out.dtype) not in ok):
+            raise InvalidImageError(f"out must be a uint16/uint32 array of the full shape {shape}, got "
+                                    f"{np.dtype(out.dtype)} {tuple(out.shape)}")
+        view = ResampledImage(prep.image, rescale.model_shape, stack=prep.stack, channel_axis=prep.channel_axis)
+        mprep = replace(prep, image=view, spatial_shape=shape[:-2] + rescale.model_shape)
+        plan = self._plan(mprep, overlap=overlap, batch_size=batch_size, skip_background=skip_background,
+                          z_range=z_range)
+        instance = self.spec.task == "instance"
+        on_grid = LabelAssembly(plan.shape, z_range=plan.z_range, task=self.spec.task, n_classes=self.spec.n_classes,
+                                params=InstanceParams.from_dict(self.spec.postprocess) if instance else None,
+                                out=_scratch_labels(out, plan.shape))
+        back = None
+        sinks: list = [on_grid]
+        if uncertainty or probabilities or probability_sink is not None:
+            back = LabelAssembly(shape, z_range=plan.z_range, task=self.spec.task, n_classes=self.spec.n_classes,
+                                 uncertainty=uncertainty, probabilities=probabilities,
+                                 probability_sink=probability_sink, labels=False)
+            sinks.append(BandRegridder(back, model_shape=rescale.model_shape, image_shape=rescale.image_shape))
+
+        def sink(z, y0, y1, probs):
+            for s in sinks:
+                s(z, y0, y1, probs)
+
+        stats = self._tile(mprep, plan, sink=sink, progress=progress, cancel=cancel)
+        on_grid.finish()
+        labels, n_objects = self._labels_to_image(on_grid.target, prep, plan, out)
+        prov = self._provenance(prep, plan, started)
+        prov["pixel_size"] = pixel_size_record(self.spec, rescale.image_pixel_size, rescale)
+        return SegmentationResult(labels, back.uncertainty if back else None, n_objects, stats.predicted_tiles,
+                                  stats.skipped_tiles, prov, probabilities=back.probabilities if back else None)
+
+    def _labels_to_image(self, src: np.ndarray, prep: PreparedImage, plan: _TilingPlan, out: np.ndarray | None
+                         ) -> tuple[np.ndarray, int]:
+        """The model-grid labels of the predicted planes, ``src``, on the image's grid; and the objects left.
+
+        Into ``out`` when given (a new uint32 array, with a warning, if its uint16 cannot hold the ids).
+        """
+        z0, z1 = plan.z_range
+        part = ((z1 - z0,) if prep.stack else ()) + tuple(prep.spatial_shape[-2:])
+        labels = out
+        if out is not None and int(src.max(initial=0)) > np.iinfo(out.dtype).max:
+            warnings.warn(f"{int(src.max())} labels: widened to uint32 (a new array, not `out`)", stacklevel=4)
+            labels = np.zeros(out.shape, np.uint32)
+        elif out is None:
+            labels = np.zeros(part, src.dtype)
+        target = labels[z0:z1] if (prep.stack and labels.shape != part) else labels
+        planes = zip(src, target) if prep.stack else [(src, target)]
+        present = [map_labels(s, t) for s, t in planes]
+        if self.spec.task == "instance":
+            return labels, int(sum(int(p[1:].sum()) for p in present))
+        return labels, len({i for p in present for i in np.flatnonzero(p) if i > 0})
 
     def _plan(self, prep: PreparedImage, *, overlap: float | None, batch_size: int, skip_background: bool | None,
               z_range: tuple[int, int] | None) -> _TilingPlan:
@@ -609,6 +705,7 @@ class Model:
         overlap: float | None = None,
         batch_size: int = 4,
         uncertainty: bool = False,
+        pixel_size: float | tuple[float, float] | None = None,
         progress=None,
         cancel=None,
     ) -> SegmentationResult:
@@ -632,6 +729,8 @@ class Model:
             As for :meth:`predict`.
         normalizer : Normalizer, optional
             Use this instead of the cached one.
+        pixel_size : float or (float, float), optional
+            The volume's µm per pixel in Y and X, as for :meth:`predict`.
         progress : callable, optional
             ``progress(done, total)`` in tiles (3D: patches).
         cancel : threading.Event or callable, optional
@@ -651,9 +750,23 @@ class Model:
             raise InvalidImageError(f"z must be a plane index (int), got {z!r}")
         res = self.predict(volume, tile=tile, overlap=overlap, channel_axis=channel_axis, normalizer=normalizer,
                            batch_size=batch_size, uncertainty=uncertainty, z_range=(int(z), int(z) + 1),
-                           progress=progress, cancel=cancel)
+                           pixel_size=pixel_size, progress=progress, cancel=cancel)
         if res.labels.ndim == 3:
             res.labels = res.labels[0]
             if res.uncertainty is not None:
                 res.uncertainty = res.uncertainty[0]
         return res
+
+
+def _scratch_labels(out, shape: tuple[int, ...]) -> np.ndarray | None:
+    """Working labels of ``shape`` in an unlinked temporary file beside ``out`` when ``out`` is a
+    file-backed memmap (an image too big for memory: its resampled labels are too); else None."""
+    filename = getattr(out, "filename", None)
+    if out is None or not filename:
+        return None
+    import tempfile
+
+    dtype = np.dtype(out.dtype)
+    with tempfile.TemporaryFile(dir=os.path.dirname(os.fspath(filename))) as f:
+        f.truncate(int(np.prod(shape)) * dtype.itemsize)           # sparse: untouched pages cost nothing
+        return np.memmap(f, dtype=dtype, mode="r+", shape=tuple(shape))

@@ -1,5 +1,9 @@
 """Fit a normalization spec on an image once, then apply it tile by tile (see
-:mod:`segloop.core.formats.normalization` for the specs and the rules on bad values)."""
+:mod:`segloop.core.formats.normalization` for the specs and the rules on bad values).
+
+A spec with a ``stain_norm`` is fitted in two steps on the same strided sample: the stain
+map first (:mod:`segloop.core.inference.stain_norm`), then the kind's statistics on the
+stain-normalized sample; each tile goes through the same two steps."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from segloop.core.formats.normalization import (
     output_channels,
     spec_from_dict,
 )
+from segloop.core.inference.stain_norm import StainTransform, fit_stain_norm
 from segloop.errors import InvalidImageError, ModelPackageError
 
 __all__ = ["MAX_SAMPLE_PIXELS", "Normalizer", "sample_strides"]
@@ -175,8 +180,11 @@ class Normalizer:
     stats : dict
         JSON-able provenance: kind, sample strides and size, finite min/max of
         the sample, ``sample_nonfinite`` (sampled pixels with a NaN or Inf, only
-        when there are any) and, for percentile kinds, the ``low``/``high`` values used
-        (lists, one per channel, or one for all).  :meth:`from_stats` rebuilds
+        when there are any), for percentile kinds the ``low``/``high`` values used
+        (lists, one per channel, or one for all) and, for a spec with a
+        ``stain_norm``, what was fitted and whether it was applied (``stain_norm``,
+        see :func:`~segloop.core.inference.stain_norm.fit_stain_norm`) and
+        ``input_scale`` (the RGB white value).  :meth:`from_stats` rebuilds
         the same normalizer from it.
     """
 
@@ -190,6 +198,14 @@ class Normalizer:
         self._lo: np.ndarray | None = None
         self._den: np.ndarray | None = None
         self._rgb_scale = 1.0
+        self._stain: StainTransform | None = None
+        if getattr(spec, "stain_norm", None) is not None:
+            sn = stats.get("stain_norm")
+            if not isinstance(sn, dict):
+                raise ModelPackageError(f"{spec.kind} normalization with stain_norm needs 'stain_norm' stats "
+                                        f"(fitted by Normalizer.fit), got {sn!r}")
+            self._stain = StainTransform.from_stats(sn)
+            self._rgb_scale = float(stats.get("input_scale", 1.0))
         if isinstance(spec, (Percentile, Hematoxylin)):
             try:
                 lo = np.asarray(stats["low"], dtype=np.float64).reshape(-1)
@@ -281,6 +297,9 @@ class Normalizer:
         }
         if not all_finite:      # said, so a caller can tell the user (they become 0 in apply)
             stats["sample_nonfinite"] = int((~finite).any(axis=1).sum())
+        if getattr(spec, "stain_norm", None) is not None:
+            flat, finite, all_finite = cls._fit_stain(spec, flat, finite, all_finite, dt, stats)
+            fin_vals = flat if all_finite else flat[finite]
 
         if isinstance(spec, Percentile):
             columns = ([flat[:, c] if all_finite else flat[finite[:, c], c] for c in range(n_ch)]
@@ -301,11 +320,29 @@ class Normalizer:
                 raise InvalidImageError(
                     "image has no finite RGB pixels: every sampled pixel has a NaN or Inf channel")
             rgb = flat[ok]
-            scale = _rgb_scale(dt, float(rgb.max()))
+            scale = stats.get("input_scale") or _rgb_scale(dt, float(rgb.max()))
             h = _hematoxylin(rgb / scale)
             lo, hi, deg = _percentile_range(h, spec.low, spec.high)
             stats.update(low=[lo], high=[hi], degenerate=[deg], input_scale=scale)
         return cls(spec, channel_axis=ca, in_channels=n_ch, stats=stats)
+
+    @staticmethod
+    def _fit_stain(spec: NormalizationSpec, flat: np.ndarray, finite: np.ndarray | None, all_finite: bool,
+                   dt: np.dtype, stats: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None, bool]:
+        """Fit the stain map on the sample (``stats`` updated) and return the sample mapped by it."""
+        ok = np.ones(flat.shape[0], bool) if all_finite else finite.all(axis=1)
+        if not ok.any():
+            raise InvalidImageError(
+                "image has no finite RGB pixels: every sampled pixel has a NaN or Inf channel")
+        scale = _rgb_scale(dt, float(flat[ok].max()))
+        stats.update(stain_norm=fit_stain_norm(spec.stain_norm, flat[ok] / scale), input_scale=scale)
+        transform = StainTransform.from_stats(stats["stain_norm"])
+        if transform is None:
+            return flat, finite, all_finite
+        flat = transform(flat / scale) * scale          # a row with a NaN becomes all NaN
+        if all_finite:
+            return flat, None, True
+        return flat, np.isfinite(flat), False
 
     @classmethod
     def from_stats(cls, spec: NormalizationSpec | dict[str, Any], stats: dict[str, Any], *,
@@ -318,7 +355,7 @@ class Normalizer:
         stats : dict
             As found in :attr:`stats`; needs ``channels`` and, for
             percentile kinds, ``low``/``high`` (and ``input_scale`` for
-            hematoxylin).
+            hematoxylin); with a ``stain_norm``, ``stain_norm`` and ``input_scale``.
         channel_axis : None or -1
         """
         spec = spec_from_dict(spec)
@@ -363,6 +400,10 @@ class Normalizer:
             bad = None
         spec = self.spec
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            if self._stain is not None:
+                x = self._stain(x / self._rgb_scale) * self._rgb_scale
+                if bad is not None:
+                    bad = bad.any(axis=-1, keepdims=True)
             if isinstance(spec, Percentile):
                 out = (x - self._lo) / self._den
             elif isinstance(spec, Hematoxylin):
@@ -383,7 +424,7 @@ class Normalizer:
                 raise ModelPackageError(f"unknown normalization spec {spec!r}")
             np.clip(out, -_F32_MAX, _F32_MAX, out=out)
         if bad is not None:
-            out[bad] = 0.0
+            out[np.broadcast_to(bad, out.shape)] = 0.0
         return np.ascontiguousarray(np.moveaxis(out, -1, -3), dtype=np.float32)
 
     def __repr__(self) -> str:

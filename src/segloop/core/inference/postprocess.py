@@ -360,6 +360,10 @@ class LabelAssembly:
         Keep the float16 probabilities ``(K, *planes)`` of the predicted planes.
     probability_sink : callable, optional
         ``probability_sink(z - z0, y0, y1, probs)`` for every band.
+    labels : bool
+        Assemble labels (default).  False: only the uncertainty, probabilities and
+        ``probability_sink`` (a resampled run assembles its labels on the model's grid, see
+        :mod:`segloop.core.inference.resolution`); ``labels`` is then None.
 
     Attributes
     ----------
@@ -377,7 +381,7 @@ class LabelAssembly:
 
     def __init__(self, shape: tuple[int, ...], *, z_range: tuple[int, int], task: str, n_classes: int,
                  params: InstanceParams | None = None, out: np.ndarray | None = None, uncertainty: bool = False,
-                 probabilities: bool = False, probability_sink=None):
+                 probabilities: bool = False, probability_sink=None, labels: bool = True):
         self.shape = tuple(int(n) for n in shape)
         self.stack = len(self.shape) == 3
         self.z0, z1 = z_range
@@ -390,16 +394,17 @@ class LabelAssembly:
                                     f"{np.dtype(out.dtype)} {tuple(out.shape)}")
         self.out_given = out is not None
         self.part_shape = ((z1 - self.z0,) + self.shape[-2:]) if self.stack else self.shape
-        if out is None:
+        self.assemble_labels = bool(labels)
+        if out is None and self.assemble_labels:
             out = np.zeros(self.part_shape, np.uint16 if self.instance or self.n_classes >= 256 else np.uint8)
         self.labels = out
-        self.target = self._target_of(out)          # the planes written: z0 .. z1 - 1
+        self.target = self._target_of(out) if out is not None else None     # the planes written: z0 .. z1 - 1
         self.uncertainty = np.zeros(self.part_shape, np.float16) if uncertainty else None
         self._entropy = EntropySink(self.uncertainty) if uncertainty else None
         self.keep_probabilities = bool(probabilities)
         self.probabilities: np.ndarray | None = None
         self.probability_sink = probability_sink
-        self._semantic = None if self.instance else SemanticAssembler(self.target)
+        self._semantic = None if self.instance or not self.assemble_labels else SemanticAssembler(self.target)
         self._plane: int | None = None               # the plane the instance assembler works on
         self._asm: InstanceAssembler | None = None
         self.n_objects = 0
@@ -415,7 +420,9 @@ class LabelAssembly:
             if self.probabilities is None:
                 self.probabilities = np.zeros((probs.shape[0],) + self.part_shape, np.float16)
             (self.probabilities[:, local] if self.stack else self.probabilities)[:, y0:y1] = probs
-        if self.instance:
+        if not self.assemble_labels:
+            pass
+        elif self.instance:
             if self._plane != local:
                 self._finish_plane()
                 self._plane = local
@@ -448,8 +455,10 @@ class LabelAssembly:
         """Finish the last plane; return ``(labels, n_objects)``.
 
         ``n_objects`` counts instances (instance task) or the distinct
-        non-background classes present (semantic).
+        non-background classes present (semantic); ``(None, 0)`` without ``labels``.
         """
+        if not self.assemble_labels:
+            return None, 0
         if self.instance:
             self._finish_plane()
             return self.labels, self.n_objects

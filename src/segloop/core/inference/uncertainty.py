@@ -50,8 +50,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from segloop.core._runtime import is_cancelled
+from segloop.core.formats.pixel_size import check_pixel_size
 from segloop.core.inference.grid import check_z_range
 from segloop.core.inference.postprocess import entropy
+from segloop.core.inference.resolution import pixel_size_record, plan_rescale
 from segloop.errors import (
     Cancelled,
     UncertaintyError,
@@ -348,6 +350,7 @@ def estimate_uncertainty(
     batch_size: int = 4,
     skip_background: bool | None = None,
     max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    pixel_size: float | tuple[float, float] | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancel=None,
 ) -> UncertaintyResult:
@@ -380,6 +383,10 @@ def estimate_uncertainty(
         bytes' worth of planes at a time (at least one plane; for 3D models at
         least one patch depth).  Chunk borders of 3D models see the same
         context as ``predict(..., z_range=chunk)``.
+    pixel_size : float or (float, float), optional
+        The image's µm per pixel, as for :meth:`Model.predict`: every pass runs at the model's
+        pixel size and the maps come back on the image's grid.  Unknown (None) with a model
+        that has one: one notice, and every pass runs at the image's own resolution.
     progress : callable, optional
         ``progress(done, total)``; ``total`` is 1000 per network pass over one
         chunk of planes, ``done / total`` the fraction finished.
@@ -410,6 +417,12 @@ def estimate_uncertainty(
 
     prep = model.prepare(image, channel_axis=channel_axis, normalization=normalization, tile=tile, remember=True)
     channel_axis, stack, normalizer, shape = prep.channel_axis, prep.stack, prep.normalizer, prep.spatial_shape
+    asked_pixel_size = pixel_size
+    if pixel_size is None and getattr(model.spec, "pixel_size", None) is not None:
+        plan_rescale(model.spec, None, shape[-2:], stacklevel=2)     # the one notice for all the passes,
+        pixel_size = model.spec.pixel_size                           # which then run at the image's resolution
+    if pixel_size is not None:
+        pixel_size = check_pixel_size(pixel_size, source="pixel_size")     # (y, x): swapped for transposed views
     dims = int(model.spec.dims)
     height, width = shape[-2:]
     z0, z1 = check_z_range(z_range, shape[0] if stack else 1, stack)
@@ -433,7 +446,7 @@ def estimate_uncertainty(
     provenance: dict[str, Any] = {}
     step = 0
 
-    def run(view, sink, c0: int, c1: int):
+    def run(view, sink, c0: int, c1: int, transposed: bool = False):
         nonlocal step
         if is_cancelled(cancel):
             raise Cancelled("uncertainty estimation was cancelled")
@@ -446,6 +459,7 @@ def estimate_uncertainty(
         res = model.predict(view, tile=tile, overlap=overlap, channel_axis=channel_axis, normalizer=normalizer,
                             batch_size=batch_size, skip_background=skip_background,
                             z_range=(c0, c1) if stack else None, probability_sink=sink,
+                            pixel_size=pixel_size[::-1] if transposed and pixel_size is not None else pixel_size,
                             progress=inner, cancel=cancel)
         step += 1
         if progress is not None:
@@ -472,13 +486,15 @@ def estimate_uncertainty(
                         rows, cols, q = flip.to_original(y0, y1, probs, height, width)
                         tta.add(z, rows, cols, q)
 
-                res = run(view, sink, c0, c1)
+                res = run(view, sink, c0, c1, transposed=flip.transpose)
                 if tta is not None:
                     tta.n += 1
                 if flip.identity:                      # the plain prediction
                     n_objects += int(res.n_objects)
                     if not provenance:
                         provenance = dict(res.provenance)
+                        if asked_pixel_size is None:
+                            provenance["pixel_size"] = pixel_size_record(model.spec, None, None)
                     if not stack:
                         labels = res.labels
                     else:

@@ -24,6 +24,11 @@ Two kinds of importer, both writing through :class:`segloop.core.formats.trainfo
                 3D nuclei 60 x 256 x 256 + labels      ``val`` (8-row gap)
   ============  =====================================  ====================================
 
+* **Hand-annotated nuclei datasets** (:data:`NUCLEI_DATASETS`: ``nuinsseg``, ``dsb2018-he``,
+  ``cpm15``, ``consep``; fluorescence: ``bbbc039``, ``s-bsst265``, ``aitslab-bioimaging1``):
+  converted from a local copy of each public dataset (``from_path``), see
+  :mod:`segloop.core.formats.importers.nuclei_sets` and :mod:`~segloop.core.formats.importers.fluo_sets`.
+
 * **Folder layouts**: :func:`import_images_masks` (``images/`` + ``masks/``, cellpose
   ``<name>_masks``, StarDist ``train/images`` ...) and :func:`import_nnunet` (nnU-Net v2 raw:
   ``dataset.json``, ``imagesTr``, ``labelsTr``, ``imagesTs``).  They read what
@@ -53,8 +58,14 @@ from segloop.core.formats.importers.catalogue import (
     SOURCES,
     DataSource,
 )
+from segloop.core.formats.importers.fluo_sets import FLUO_DATASETS  # noqa: F401 - registers the fluorescence sets
 from segloop.core.formats.importers.layouts import import_images_masks, import_nnunet
 from segloop.core.formats.importers.notice import DATA_NOTICE_FILE, write_data_notice
+from segloop.core.formats.importers.nuclei_sets import (
+    NUCLEI_DATASETS,
+    NucleiDataset,
+    import_nuclei_dataset,
+)
 from segloop.core.formats.importers.report import ImportReport, ProgressCallback
 from segloop.core.formats.importers.sources import import_source
 from segloop.errors import ImportLayoutError
@@ -62,6 +73,9 @@ from segloop.errors import ImportLayoutError
 __all__ = [
     "DataSource",
     "ImportReport",
+    "NUCLEI_DATASETS",
+    "NucleiDataset",
+    "import_nuclei_dataset",
     "ProgressCallback",
     "SOURCES",
     "FOLDER_LAYOUTS",
@@ -81,6 +95,8 @@ __all__ = [
 def import_data(source: str, folder, *, path: str | os.PathLike | None = None, **kw) -> ImportReport:
     """Dispatch by name: a key of :data:`SOURCES` (``path`` = ``from_path``, optional) or a folder
     layout of :data:`FOLDER_LAYOUTS` (``path`` required).  Other keywords go to the importer."""
+    if source in NUCLEI_DATASETS:
+        return import_nuclei_dataset(source, path, folder, **kw)
     if source in FOLDER_LAYOUTS:
         if path is None:
             raise ImportLayoutError(f"{source} imports a folder: give its path (segloop import {source} DIR "

@@ -35,7 +35,9 @@ def write_data_notice(tf) -> Path | None:
         imp = g["imp"]
         counts = ", ".join(f"{k} {v}" for k, v in sorted(g["splits"].items()))
         lines += [f"## {dataset}", "",
-                  f"- Read from: `{dist}=={version}` (importer `{imp.get('importer')}`); samples: {counts}",
+                  (f"- Read from: `{dist[7:]}` at commit `{version}` (importer `{imp.get('importer')}`); "
+                   f"samples: {counts}" if str(dist).startswith("github:") else
+                   f"- Read from: `{dist}=={version}` (importer `{imp.get('importer')}`); samples: {counts}"),
                   f"- Licence / terms: {imp.get('licence')}",
                   f"- Labels: {imp.get('labels_origin')}",
                   f"- Cite: {imp.get('citation')}",

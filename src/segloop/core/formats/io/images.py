@@ -217,17 +217,47 @@ def _channels_last(img: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
     return img, axes
 
 
+#: Length units of OME ``PhysicalSize*Unit`` and ImageJ ``unit=``, in µm.
+_UNITS_UM = {"µm": 1.0, "\u03bcm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "nm": 1e-3, "Å": 1e-4,
+             "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
 def _pixel_size(tf) -> tuple[float, float] | None:
-    try:
-        page = tf.pages[0]
-        xr, yr = page.tags["XResolution"].value, page.tags["YResolution"].value
-        unit = page.tags.get("ResolutionUnit")
-        scale = {2: 25400.0, 3: 10000.0}.get(int(unit.value) if unit else 1)
-        if scale is None:
+    """µm per pixel ``(y, x)``: OME-XML ``PhysicalSizeY/X``, else the resolution tags (inch, cm, or
+    ImageJ's ``unit=micron``); None when the file does not say, or says nonsense (0, NaN)."""
+    import math
+
+    px = _ome_pixel_size(tf)
+    if px is None:
+        try:
+            page = tf.pages[0]
+            xr, yr = page.tags["XResolution"].value, page.tags["YResolution"].value
+            unit = page.tags.get("ResolutionUnit")
+            scale = {2: 25400.0, 3: 10000.0}.get(int(unit.value) if unit else 1)
+            if scale is None and tf.is_imagej:           # ImageJ: unit NONE, the unit in its description
+                scale = _UNITS_UM.get(str((tf.imagej_metadata or {}).get("unit", "")).strip())
+            if scale is None:
+                return None
+            px = (scale * yr[1] / yr[0], scale * xr[1] / xr[0])
+        except (KeyError, ZeroDivisionError, TypeError, AttributeError, ValueError):
             return None
-        return (scale * yr[1] / yr[0], scale * xr[1] / xr[0])
-    except (KeyError, ZeroDivisionError, TypeError, AttributeError):
+    return px if all(math.isfinite(v) and v > 0 for v in px) else None
+
+
+def _ome_pixel_size(tf) -> tuple[float, float] | None:
+    """``PhysicalSizeY/X`` of the first OME ``Pixels`` element (µm unless a unit says otherwise)."""
+    if not getattr(tf, "is_ome", False):
         return None
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(tf.ome_metadata)
+        pixels = next(el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels")
+        size = [float(pixels.attrib[f"PhysicalSize{a}"]) * _UNITS_UM[pixels.attrib.get(f"PhysicalSize{a}Unit", "µm")]
+                for a in "YX"]
+    except (ET.ParseError, StopIteration, KeyError, ValueError, TypeError):
+        return None
+    return (size[0], size[1])
 
 
 def create_label_memmap(path: str | os.PathLike, shape: tuple[int, ...], dtype) -> np.memmap:

