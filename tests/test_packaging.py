@@ -37,6 +37,27 @@ def test_wheel_contains_manifest_model_sample_and_training(wheel):
     assert not big, "bundled files must stay under 10 MB"
 
 
+def test_weights_ship_only_when_their_training_data_allow_it(wheel):
+    """A bundled model whose recorded training datasets include one that forbids shipping weights
+    (docs/data.md, ``NucleiDataset.may_ship_weights``) is in the source tree and not in the wheel;
+    the others are in the wheel."""
+    from segloop.core.formats.importers import NUCLEI_DATASETS
+    from segloop.core.formats.package import read_spec
+
+    names = zipfile.ZipFile(wheel).namelist()
+    checked = 0
+    for d in sorted((ROOT / "src/segloop/models").iterdir()):
+        datasets = (read_spec(d).training or {}).get("datasets")
+        if not datasets:
+            continue
+        checked += 1
+        shippable = all(NUCLEI_DATASETS[n].may_ship_weights for n in datasets)
+        in_wheel = f"segloop/models/{d.name}/model.safetensors" in names
+        assert in_wheel == shippable, f"{d.name}: trained on {datasets}, in wheel: {in_wheel}"
+    assert checked == len([d for d in ("he-nuclei-unet", "fluo-nuclei-unet")
+                           if (ROOT / "src/segloop/models" / d / "segloop-model.json").is_file()])
+
+
 def test_npe2_validates_the_manifest_with_imports():
     r = subprocess.run([sys.executable, "-m", "npe2", "validate", "napari-segloop", "--imports"],
                        capture_output=True, text=True, timeout=300)

@@ -44,7 +44,8 @@ def test_segment_adds_a_named_labels_layer_with_provenance_and_geometry(make_nap
     viewer, w = make(make_napari_viewer, nuclei_image, name="nuclei", scale=(0.5, 0.5), translate=(10, 20))
     progress = []
     w._relay.progressed.connect(lambda d, t: progress.append((d, t)))
-    assert w.model.value == "nuclei-unet" and w.image.value is viewer.layers["nuclei"]
+    w.model.value = "nuclei-unet"                          # chosen: the pick for fluorescence may be another
+    assert w.image.value is viewer.layers["nuclei"]
     w.run()
     assert w.running and not w.run_button.enabled and w.cancel_button.enabled
     wait(qtbot, w)
@@ -107,6 +108,7 @@ def test_no_image_layer_and_shapes_layers_are_not_offered(make_napari_viewer, no
 
 def test_rgb_histology_runs_through_hematoxylin_automatically(make_napari_viewer, qtbot, ihc_image):
     viewer, w = make(make_napari_viewer, ihc_image[:256, :256], name="ihc", rgb=True)
+    w.model.value = "nuclei-unet"                          # a 1-channel model (the pick for IHC may take RGB)
     w.run()
     wait(qtbot, w)
     (lab,) = labels_layers(viewer)
@@ -155,6 +157,7 @@ def test_pressing_segment_twice_runs_once(make_napari_viewer, qtbot, nuclei_imag
 
 def test_uncertainty_layer_on_request(make_napari_viewer, qtbot, nuclei_image):
     viewer, w = make(make_napari_viewer, nuclei_image, name="nuclei")
+    w.model.value = "nuclei-unet"
     w.uncertainty.value = True
     w.run()
     wait(qtbot, w)
@@ -167,6 +170,7 @@ def test_the_result_is_inserted_one_piece_per_event_loop_turn_and_the_run_ends_a
     from qtpy.QtCore import QTimer
 
     viewer, w = make(make_napari_viewer, nuclei_image, name="nuclei")
+    w.model.value = "nuclei-unet"
     w.uncertainty.value = True
     turns, inserted = [0], []
     ticker = QTimer()
@@ -333,9 +337,11 @@ def test_a_ct_volume_gets_a_ct_model_and_a_tile_gets_a_non_ct_one(make_napari_vi
     from pathlib import Path
 
     from segloop.core.formats.io.geometry import VolumeInfo, lps_affine
+    from segloop.core.formats.registry import pick_model
 
+    fluorescence = pick_model("fluorescence").name          # nuclei-unet, or the fluorescence model once bundled
     viewer, w = make(make_napari_viewer, nuclei_image, name="nuclei")
-    assert w.model.value == "nuclei-unet"                  # not the first name alphabetically (a CT model)
+    assert w.model.value == fluorescence                    # not the first name alphabetically (a CT model)
     vol = np.zeros((4, 64, 64), np.int16)
     info = VolumeInfo(path=Path("ct"), format="nifti", shape=vol.shape, spacing=(1.0, 1.0, 1.0),
                       affine=lps_affine((1.0, 1.0, 1.0)), units="HU", modality="CT")
@@ -343,4 +349,4 @@ def test_a_ct_volume_gets_a_ct_model_and_a_tile_gets_a_non_ct_one(make_napari_vi
     w.image.value = viewer.layers["ct"]
     assert w.model.value.startswith("ct-liver")
     w.image.value = viewer.layers["nuclei"]
-    assert w.model.value == "nuclei-unet"
+    assert w.model.value == fluorescence

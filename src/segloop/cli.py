@@ -219,10 +219,16 @@ def _cmd_predict(args) -> int:
     if dupes:
         raise SegloopError(f"several inputs would write {dupes[0]}_labels.tif; segment them into different --out "
                            "folders or rename them")
-    model = load_model(args.model, device=args.device, engine=args.engine)
-    # --stain is never "auto" here, so rgb only matters for --stain-norm, which a grey image
-    # refuses later with a message that names it (InvalidImageError from the normalization)
-    normalization = stain_normalization(model, rgb=True, stain=args.stain, stain_norm=args.stain_norm)
+    if args.model == "auto":
+        model, normalization = _AutoModel(args), None        # picked per input, by its modality
+    else:
+        if args.modality != "auto":
+            raise SegloopError(f"--modality {args.modality} picks a model, and --model {args.model} is given; "
+                               "drop one of them")
+        model = load_model(args.model, device=args.device, engine=args.engine)
+        # --stain is never "auto" here, so rgb only matters for --stain-norm, which a grey image
+        # refuses later with a message that names it (InvalidImageError from the normalization)
+        normalization = stain_normalization(model, rgb=True, stain=args.stain or "none", stain_norm=args.stain_norm)
     cancel = threading.Event()
     on_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, lambda *a: cancel.set()) if on_main else None
@@ -241,6 +247,40 @@ def _cmd_predict(args) -> int:
         if on_main:
             signal.signal(signal.SIGINT, previous)
     return 0
+
+
+class _AutoModel:
+    """``--model auto``: the model for each input, picked by its modality (``--modality``, or guessed).
+
+    ``model: NAME (picked ...; give --model to choose)`` is printed before the first input and
+    again whenever the pick changes; each picked model is loaded once.
+    """
+
+    def __init__(self, args):
+        self.args, self.loaded, self.said = args, {}, None
+
+    def resolve(self, path: str, image, info):
+        """The model and its normalization override for one input that has just been read."""
+        from segloop.core.formats.modality import guess_modality
+        from segloop.core.formats.registry import pick_model
+        from segloop.core.inference.model import load_model
+        from segloop.core.inference.stain import stain_normalization
+
+        args = self.args
+        modality = args.modality if args.modality != "auto" else guess_modality(image, info=info)
+        if modality is None:
+            raise SegloopError(f"{path}: cannot tell which model fits this volume (it is not CT in HU); give "
+                               "--modality or --model")
+        pick = pick_model(modality)
+        if pick.name not in self.loaded:
+            self.loaded[pick.name] = load_model(pick.name, device=args.device, engine=args.engine)
+        if pick != self.said:
+            print(f"model: {pick.name} (picked {pick.reason}; give --model to choose)", flush=True)
+            self.said = pick
+        model = self.loaded[pick.name]
+        rgb = str(getattr(info, "axes", "")).endswith("S") and image.shape[-1] in (3, 4)
+        stain = args.stain or (pick.stain if rgb else None) or "none"
+        return model, stain_normalization(model, rgb=True, stain=stain, stain_norm=args.stain_norm)
 
 
 def _naming(path: str, error: SegloopError) -> SegloopError:
@@ -268,6 +308,8 @@ def _predict_image(model, path: str, out_dir: Path, args, index: int, normalizat
     if Path(path).is_dir():
         raise SegloopError(f"{path} is a folder with no DICOM series; give image files")
     image, info = read_image(path)
+    if isinstance(model, _AutoModel):
+        model, normalization = model.resolve(path, image, info)
     stem = _output_stem(path)
     label_path = out_dir / f"{stem}_labels.tif"
     if label_path.exists() and not args.overwrite:
@@ -467,6 +509,8 @@ def _predict_volume(model, path: str, out_dir: Path, args, index: int, normaliza
     volume, info = read_volume(path, cancel=cancel)
     for w in info.warnings:
         print(f"{path}: note: {w}", file=sys.stderr)
+    if isinstance(model, _AutoModel):
+        model, normalization = model.resolve(path, volume, info)
     # Models segment axial slices in display order (Z=S, Y=P, X=L, as in napari): a volume
     # stored in another order (an MRC stored like a NIfTI) is segmented in that order, and its
     # labels are put back in the stored order.
@@ -786,7 +830,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment images into label TIFFs, volumes into NIfTI labels")
     p.add_argument("images", nargs="+",
                    help="TIFF / PNG / JPEG files; DICOM series folders, NIfTI (.nii, .nii.gz), MRC volumes")
-    p.add_argument("--model", "-m", default="nuclei-unet", help="bundled name or package path")
+    p.add_argument("--model", "-m", default="auto",
+                   help="bundled name or package path (default auto: picked for each image by its modality, "
+                        "and said on one line)")
+    p.add_argument("--modality", choices=["auto", "he", "ihc", "fluorescence", "ct"], default="auto",
+                   help="with --model auto: what the images are (default: guessed from each image's pixels)")
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument("--tile", type=int, default=None, help="tile size in pixels (default: the model's)")
     p.add_argument("--overlap", type=float, default=None,
@@ -794,8 +842,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=4, help="tiles per batch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--engine", default="torch", choices=["torch", "onnx", "onnx-int8", "auto"])
-    p.add_argument("--stain", choices=["none", "hematoxylin"], default="none",
-                   help="hematoxylin: run a nuclei model on H&E/IHC RGB via colour deconvolution")
+    p.add_argument("--stain", choices=["none", "hematoxylin"], default=None,
+                   help="hematoxylin: run a nuclei model on H&E/IHC RGB via colour deconvolution (default: none; "
+                        "with --model auto, as the picked model needs)")
     p.add_argument("--stain-norm", choices=["macenko", "reinhard", "none"], default=None,
                    help="stain normalization of RGB tissue, fitted on the whole image (default: as the model "
                         "declares; none: off)")

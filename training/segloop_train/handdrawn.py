@@ -90,7 +90,7 @@ HAND_RECIPES: dict[str, HandRecipe] = {
                     "nuclei-unet on hand-drawn nuclei of BBBC039 and Kromp et al. 2020",
         modality="fluorescence", arch=None, arch_kwargs=None, parent="nuclei-unet", normalization=None,
         train_sources=("bbbc039", "s-bsst265"), heldout_sources=("aitslab-bioimaging1",),
-        steps=300, batch=8, patch=256, lr=1e-3, eval_every=100, pixel_size=None, license=LICENSE_FLUO,
+        steps=150, batch=8, patch=256, lr=1e-3, eval_every=50, pixel_size=None, license=LICENSE_FLUO,
         augment=_FLUO_AUGMENT),
 }
 

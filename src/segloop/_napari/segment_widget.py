@@ -31,14 +31,14 @@ from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, Signal
 
-from segloop._napari import settings
+from segloop._napari import model_pick, settings
 from segloop._napari.correction_tracking import track
 from segloop._napari.pixel_size import layer_pixel_size, pixel_size_notice, pixel_size_status
 from segloop.core.editing.corrections import PredictionSnapshot
 from segloop.core.formats.pixel_size import format_pixel_size, parse_pixel_size
 from segloop.core.inference.engines import thread_budget
 from segloop.core.inference.stain import STAIN_NORMS, STAINS, stain_normalization
-from segloop.errors import Cancelled, InvalidPixelSizeError, SegloopError
+from segloop.errors import Cancelled, InvalidPixelSizeError, ModelNotFoundError, SegloopError
 
 __all__ = ["SegmentWidget", "SegmentRequest", "ScopeCrop", "crop_for_scope", "result_layer_name"]
 
@@ -119,15 +119,16 @@ def is_ct_layer(layer) -> bool:
     return info is not None and (getattr(info, "units", "") == "HU" or getattr(info, "modality", "") == "CT")
 
 
-#: The bundled models to offer first (best held-out figures in docs/models.md), before the others in order.
-PREFERRED_MODELS = ("nuclei-unet", "ct-liver-segunet25d")
-
-
 def default_model(names: list[str], *, ct: bool) -> str | None:
-    """The model to offer for an image: a CT model for CT, any other for the rest; among those the
-    preferred bundled one (:data:`PREFERRED_MODELS`), else the first."""
-    ordered = [n for n in PREFERRED_MODELS if n in names] + [n for n in names if n not in PREFERRED_MODELS]
-    for name in ordered:
+    """The model to offer for an image: the one picked for CT or fluorescence (``pick_model``'s
+    preference table), else any CT model for CT and any other for the rest, else the first."""
+    from segloop.core.formats.registry import pick_model
+
+    try:
+        return pick_model("ct" if ct else "fluorescence", available=names).name
+    except ModelNotFoundError:
+        pass
+    for name in names:
         if (_model_modality(name).upper() == "CT") == ct:
             return name
     return names[0] if names else None
@@ -203,6 +204,7 @@ class SegmentWidget(Container):
         self._started = 0.0
         self._closed = False
         self._inserting = False
+        self._pick = None                                  # what _suggest_model picked last (ModelPick)
         self._relay = _Relay()
         self._relay.progressed.connect(self._on_progress)
 
@@ -213,6 +215,10 @@ class SegmentWidget(Container):
         # a callable, so napari's reset_choices (on every layer change) keeps newly registered models
         self.model = ComboBox(label="model", choices=lambda _w=None: [*list_models(), LOAD_PACKAGE],
                               value=default_model(names, ct=False) or LOAD_PACKAGE)
+        self.modality = ComboBox(label="modality", choices=model_pick.MODALITY_CHOICES, value="auto",
+                                 tooltip="picks the model: auto guesses H&E, IHC, fluorescence or CT from the image")
+        self.picked = Label(value="")                      # which model was picked, and why
+        self.picked.native.setWordWrap(True)
         self.package = FileEdit(label="package", mode="d", visible=not names)
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
         self.engine = ComboBox(label="engine", choices=["torch", "onnx", "onnx-int8", "auto"], value="torch")
@@ -245,14 +251,16 @@ class SegmentWidget(Container):
         self.progress.native.setSizePolicy(policy)
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
-        self.extend([self.image, self.model, self.package, self.device, self.engine, self.tile, self.overlap,
-                     self.scope, self.z_from, self.z_to, self.live, self.stain, self.stain_norm, self.uncertainty,
-                     self.run_button, self.cancel_button,
+        self.extend([self.image, self.modality, self.model, self.picked, self.package, self.device, self.engine,
+                     self.tile, self.overlap, self.scope, self.z_from, self.z_to, self.live, self.stain,
+                     self.stain_norm, self.uncertainty, self.run_button, self.cancel_button,
                      self.progress, self.status])
 
         self.insert(self.index(self.scope), self.pixel_size)        # after tile and overlap
         self.model.changed.connect(self._on_model_changed)
+        self.model.changed.connect(self._show_pick)
         self.image.changed.connect(self._suggest_model)
+        self.modality.changed.connect(self._suggest_model)
         self.image.changed.connect(self._prefill_pixel_size)
         self.package.changed.connect(self._on_model_changed)
         self.run_button.changed.connect(self.run)
@@ -283,7 +291,8 @@ class SegmentWidget(Container):
                 getattr(self, name).value = saved[name]
 
     def _remember_choice(self, req: SegmentRequest):
-        data = {"model": self.model.value, "device": req.device, "engine": req.engine,
+        by_hand = self._pick is None or self.model.value != self._pick.name     # a pick is made again, not restored
+        data = {"model": self.model.value if by_hand else None, "device": req.device, "engine": req.engine,
                 "package": req.model if self.model.value == LOAD_PACKAGE else None}
         settings.save("segment-widget", data)   # a read-only home must not stop segmentation
 
@@ -297,16 +306,32 @@ class SegmentWidget(Container):
             self.image.value = self.image.choices[-1]
 
     def _suggest_model(self, _event=None):
-        """A CT image with a non-CT model selected (or the reverse): switch to a model that fits."""
+        """Select the model picked for the image's modality (``pick_model``) and say so under it.
+
+        Runs when the image or the modality changes: a model chosen by hand (or a package loaded)
+        stays until then.  When no modality fits (an MR volume), a CT image with a non-CT model
+        selected (or the reverse) gets one that fits (:func:`default_model`).
+        """
         layer = self.image.value
-        if layer is None or self.model.value == LOAD_PACKAGE:
-            return
-        ct = is_ct_layer(layer)
-        if (_model_modality(self.model.value).upper() == "CT") != ct:
+        self._pick = None
+        if layer is not None and self.model.value != LOAD_PACKAGE:
             names = [c for c in self.model.choices if c != LOAD_PACKAGE]
-            best = default_model(names, ct=ct)
-            if best and (_model_modality(best).upper() == "CT") == ct:
-                self.model.value = best
+            self._pick = model_pick.pick_for_layer(layer, self.modality.value, names)
+            ct = is_ct_layer(layer)
+            if self._pick is not None:
+                if self._pick.stain and self.stain.value == "none":
+                    self.stain.value = "auto"              # auto takes the picked model's stain route
+                self.model.value = self._pick.name
+            elif (_model_modality(self.model.value).upper() == "CT") != ct:
+                best = default_model(names, ct=ct)
+                if best and (_model_modality(best).upper() == "CT") == ct:
+                    self.model.value = best
+        self._show_pick()
+
+    def _show_pick(self, _event=None):
+        pick, name = self._pick, self.model.value
+        self.picked.value = ("" if pick is None else model_pick.picked_text(pick) if name == pick.name
+                             else model_pick.hand_choice_text("your package" if name == LOAD_PACKAGE else name, pick))
 
     def _model_id(self) -> str | None:
         if self.model.value == LOAD_PACKAGE:

@@ -1,15 +1,18 @@
-"""Where model packages are found: bundled, ``$SEGLOOP_MODEL_PATH`` and registered by name."""
+"""Where model packages are found (bundled, ``$SEGLOOP_MODEL_PATH``, registered by name), and which to pick."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from segloop.core._runtime import atomic_write_text
+from segloop.core.formats.modality import MODALITIES, MODALITY_LABELS
 from segloop.core.formats.package import load_package
 from segloop.errors import ModelNotFoundError
 
-__all__ = ["BUNDLED_DIR", "discover_models", "list_models", "model_dirs", "model_path", "register_model"]
+__all__ = ["BUNDLED_DIR", "MODEL_PREFERENCES", "ModelPick", "discover_models", "list_models", "model_dirs",
+           "model_path", "pick_model", "register_model"]
 
 BUNDLED_DIR = Path(__file__).resolve().parents[2] / "models"
 _registered: dict[str, Path] = {}
@@ -107,3 +110,73 @@ def model_path(name_or_path: str | os.PathLike) -> Path:
     return path
 
 
+#: For each modality, the models to pick, best first, with the stain route each needs on that
+#: modality's images (``"hematoxylin"``: a 1-channel nuclei model runs on the deconvolved
+#: hematoxylin channel of RGB tissue, :mod:`segloop.core.inference.stain`).  IHC goes the H&E
+#: way; whether that or the hematoxylin channel serves IHC better is not measured (there is no
+#: labelled IHC data).
+MODEL_PREFERENCES: dict[str, tuple[tuple[str, str | None], ...]] = {
+    "he": (("he-nuclei-unet", None), ("nuclei-unet", "hematoxylin")),
+    "ihc": (("he-nuclei-unet", None), ("nuclei-unet", "hematoxylin")),
+    "fluorescence": (("fluo-nuclei-unet", None), ("nuclei-unet", None)),
+    "ct": (("ct-liver-segunet25d", None), ("ct-liver-unet3d", None)),
+}
+
+_AN_IMAGE = {"he": "an H&E image", "ihc": "an IHC image", "fluorescence": "a fluorescence image",
+             "ct": "a CT image"}
+
+
+@dataclass(frozen=True)
+class ModelPick:
+    """The model :func:`pick_model` chose, and why.
+
+    ``reason`` completes "picked ..." (``"for an H&E image"``); ``stain`` is the stain
+    route the model needs on this modality (``"hematoxylin"`` or None).
+    """
+
+    name: str
+    modality: str
+    reason: str
+    stain: str | None = None
+
+
+def pick_model(modality: str, available=None) -> ModelPick:
+    """The model to segment an image of ``modality`` with, from :data:`MODEL_PREFERENCES`.
+
+    Parameters
+    ----------
+    modality : {"he", "ihc", "fluorescence", "ct"}
+        What the image is (:func:`segloop.core.formats.modality.guess_modality` guesses it).
+    available : iterable of str, optional
+        Model names to choose from; default :func:`list_models`.
+
+    Returns
+    -------
+    ModelPick
+        The first preferred model that is available; its ``reason`` says which modality it
+        was picked for and, for a fallback, which better model is not installed.  IHC
+        picks say that IHC routing is not measured.
+
+    Raises
+    ------
+    ModelNotFoundError
+        ``modality`` is unknown, or none of its models is available (the message names them).
+    """
+    if modality not in MODEL_PREFERENCES:
+        raise ModelNotFoundError(f"no models are picked for modality {modality!r}; use one of {', '.join(MODALITIES)}")
+    names = set(list_models() if available is None else available)
+    prefs = MODEL_PREFERENCES[modality]
+    for i, (name, stain) in enumerate(prefs):
+        if name not in names:
+            continue
+        reason = f"for {_AN_IMAGE[modality]}"
+        if stain:
+            reason += f", on its {stain} channel"
+        if i:
+            reason += f", as {' and '.join(n for n, _ in prefs[:i])} {'is' if i == 1 else 'are'} not installed"
+        if modality == "ihc":
+            reason += "; IHC routing is not measured: no labelled IHC data"
+        return ModelPick(name, modality, reason, stain)
+    label = MODALITY_LABELS[modality]
+    raise ModelNotFoundError(f"no model for {label} images is installed (looked for "
+                             f"{', '.join(n for n, _ in prefs)}); give a model by name or path")

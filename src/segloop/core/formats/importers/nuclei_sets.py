@@ -280,7 +280,7 @@ def is_colour(rgb: np.ndarray, *, min_spread: float = 2.0) -> bool:
 
 
 @dataclass
-class _Item:
+class SourceItem:
     """One source image and how to read it."""
 
     key: str                        # unique, stable (relative path)
@@ -294,7 +294,7 @@ class _Item:
     image_reader: Callable[[Path], np.ndarray] | None = None    # default: read_image
 
 
-def _find(root: Path, marker: str, what: str, ds: NucleiDataset) -> Path:
+def find_dataset_folder(root: Path, marker: str, what: str, ds: NucleiDataset) -> Path:
     """The folder under ``root`` (itself or below, depth <= 6) that contains ``marker``."""
     if (root / marker).exists():
         return root
@@ -307,8 +307,8 @@ def _find(root: Path, marker: str, what: str, ds: NucleiDataset) -> Path:
                             f"{ds.how_to_get}")
 
 
-def _nuinsseg_items(root: Path, ds: NucleiDataset, notices: list[str]) -> list[_Item]:
-    base = _find(root, "train/images", "datasets/{train,val,test}/images", ds)
+def _nuinsseg_items(root: Path, ds: NucleiDataset, notices: list[str]) -> list[SourceItem]:
+    base = find_dataset_folder(root, "train/images", "datasets/{train,val,test}/images", ds)
     items = []
     for split in ("train", "val", "test"):
         d = base / split / "images"
@@ -318,13 +318,13 @@ def _nuinsseg_items(root: Path, ds: NucleiDataset, notices: list[str]) -> list[_
             lab = base / split / "labels" / (img.stem + ".txt")
             if not lab.is_file():
                 raise ImportLayoutError(f"{img}: no label file {lab}")
-            items.append(_Item(f"{split}/{img.name}", img.stem, img, split,
+            items.append(SourceItem(f"{split}/{img.name}", img.stem, img, split,
                                (lambda shape, lab=lab: read_yolo_polygons(lab, shape)), (lab,), None))
     return items
 
 
-def _dsb_items(root: Path, ds: NucleiDataset, notices: list[str]) -> list[_Item]:
-    base = _find(root, "stage1_train", "stage1_train/<id>/images/<id>.png", ds) / "stage1_train"
+def _dsb_items(root: Path, ds: NucleiDataset, notices: list[str]) -> list[SourceItem]:
+    base = find_dataset_folder(root, "stage1_train", "stage1_train/<id>/images/<id>.png", ds) / "stage1_train"
     items = []
     for d in sorted(p for p in base.iterdir() if p.is_dir()):
         img = d / "images" / f"{d.name}.png"
@@ -349,7 +349,7 @@ def _dsb_items(root: Path, ds: NucleiDataset, notices: list[str]) -> list[_Item]
                 out[(a > 0) & (out == 0)] = n
             return out
 
-        items.append(_Item(d.name, d.name[:16], img, None, labels, masks, None))
+        items.append(SourceItem(d.name, d.name[:16], img, None, labels, masks, None))
     # the colour subset only: grey images are reserved for evaluation
     from PIL import Image
 
@@ -371,8 +371,8 @@ _CPM_MAG = re.compile(r"^(image\d+)\.png\s+(\d+)x", re.M)
 _CPM_VAL = ("image03", "image06", "image10", "image14")
 
 
-def _cpm_items(root: Path, ds: NucleiDataset, notices: list[str]) -> list[_Item]:
-    base = _find(root, "image01_mask.txt", "imageXX.png + imageXX_mask.txt", ds)
+def _cpm_items(root: Path, ds: NucleiDataset, notices: list[str]) -> list[SourceItem]:
+    base = find_dataset_folder(root, "image01_mask.txt", "imageXX.png + imageXX_mask.txt", ds)
     mags: dict[str, int] = {}
     readme = base / "README_training.txt"
     if readme.is_file():
@@ -411,13 +411,13 @@ def _cpm_items(root: Path, ds: NucleiDataset, notices: list[str]) -> list[_Item]
     for img in images:
         mfile = base / f"{pair[img.stem]}_mask.txt"
         mag = mags.get(img.stem)
-        items.append(_Item(img.name, img.stem, img, "val" if img.stem in _CPM_VAL else "train",
+        items.append(SourceItem(img.name, img.stem, img, "val" if img.stem in _CPM_VAL else "train",
                            (lambda shape, m=mfile: read_cpm_mask(m)), (mfile,), NOMINAL_UM.get(mag)))
     return items
 
 
-def _consep_items(root: Path, ds: NucleiDataset, notices: list[str]) -> list[_Item]:
-    base = _find(root, "inst/train", "images/{train,test}/*.jpg + inst/{train,test}/*.npy", ds)
+def _consep_items(root: Path, ds: NucleiDataset, notices: list[str]) -> list[SourceItem]:
+    base = find_dataset_folder(root, "inst/train", "images/{train,test}/*.jpg + inst/{train,test}/*.npy", ds)
     items = []
     for split in ("train", "test"):
         for img in sorted((base / "images" / split).glob("*.jpg")) + sorted((base / "images" / split).glob("*.png")):
@@ -437,29 +437,23 @@ def _consep_items(root: Path, ds: NucleiDataset, notices: list[str]) -> list[_It
                 return a.astype(np.uint32 if a.size and a.max() >= 65535 else np.uint16)
 
             group = img.stem.rsplit("_", 1)[0]
-            items.append(_Item(f"{split}/{img.name}", img.stem, img, "test" if split == "test" else None, labels,
+            items.append(SourceItem(f"{split}/{img.name}", img.stem, img, "test" if split == "test" else None, labels,
                                (npy,), None, group=group))
     return items
 
 
 #: How each dataset's copy is read: ``scanner(root, dataset, notices) -> items`` (a module that
 #: adds a dataset registers its scanner here and its :class:`NucleiDataset` in :data:`NUCLEI_DATASETS`).
-_SCANNERS: dict[str, Callable[[Path, NucleiDataset, list[str]], list[_Item]]] = {
+_SCANNERS: dict[str, Callable[[Path, NucleiDataset, list[str]], list[SourceItem]]] = {
     "nuinsseg": _nuinsseg_items, "dsb2018-he": _dsb_items, "cpm15": _cpm_items, "consep": _consep_items}
 
 
-def register(dataset: NucleiDataset, scanner: Callable[[Path, NucleiDataset, list[str]], list[_Item]]) -> None:
+def register(dataset: NucleiDataset, scanner: Callable[[Path, NucleiDataset, list[str]], list[SourceItem]]) -> None:
     """Add a dataset to ``segloop import`` (other modules of this package call it at import time)."""
     if dataset.name in NUCLEI_DATASETS:
         raise ValueError(f"nuclei dataset {dataset.name!r} is registered twice")
     NUCLEI_DATASETS[dataset.name] = dataset
     _SCANNERS[dataset.name] = scanner
-
-
-#: For modules that add a dataset (:func:`register`): what a scanner returns, and how it finds
-#: the dataset folder in a copy.
-SourceItem = _Item
-find_dataset_folder = _find
 
 
 # --------------------------------------------------------------------------- the import
@@ -478,7 +472,7 @@ def _check_pixel_size(pixel_size) -> float | None:
     return v
 
 
-def _converted(items: list[_Item], modality: str) -> Iterator[tuple[_Item, np.ndarray, np.ndarray]]:
+def _converted(items: list[SourceItem], modality: str) -> Iterator[tuple[SourceItem, np.ndarray, np.ndarray]]:
     for it in items:
         image = it.image_reader(it.image) if it.image_reader else read_image(it.image, modality)
         labels = it.labels(image.shape[:2])
