@@ -238,11 +238,11 @@ def test_a_too_large_step_is_refused_with_both_figures_and_the_batch_that_fits(m
 
 def test_segloop_train_refuses_depth_99_quickly_under_a_memory_limit(folder, tmp_path):
     out = tmp_path / "X"
-    proc, seconds = _run(["-m", "segloop_train", str(folder), "--arch", "unet", "--arch-kwargs", '{"depth": 99}',
+    proc, _ = _run(["-m", "segloop_train", str(folder), "--arch", "unet", "--arch-kwargs", '{"depth": 99}',
                           "--out", str(out), "--device", "cpu", "--no-onnx"])
     err = _one_error_line(proc, "segloop-train")
     assert "--arch-kwargs" in err and "unet depth=99 is out of range: give an integer from 1 to 8" in err
-    assert not out.exists() and seconds < 60
+    assert not out.exists()
 
 
 def test_finetune_refuses_settings_out_of_bounds_before_reading_any_folder(tmp_path):
@@ -273,9 +273,9 @@ def test_the_loop_refuses_bad_and_too_large_networks_before_writing_anything(tmp
     tifffile.imwrite(tmp_path / "a_gt.tif", lab)
     common = ["-m", "segloop_train", "loop", "--images", str(tmp_path / "a.tif"), "--ground-truth",
               str(tmp_path / "a_gt.tif"), "--arch", "unet", "--out", str(tmp_path / "L")]
-    proc, seconds = _run([*common, "--arch-kwargs", '{"depth": 99}'])
+    proc, _ = _run([*common, "--arch-kwargs", '{"depth": 99}'])
     err = _one_error_line(proc, "segloop-train")
-    assert "unet depth=99 is out of range: give an integer from 1 to 8" in err and seconds < 60
+    assert "unet depth=99 is out of range: give an integer from 1 to 8" in err
     proc, _ = _run([*common, "--arch-kwargs", '{"depth": 3, "base_width": 64}', "--batch", "64"],
                    env={"SEGLOOP_AVAILABLE_MEMORY": "1GB"})
     err = _one_error_line(proc, "segloop-train")
@@ -298,9 +298,9 @@ def test_a_package_with_absurd_architecture_kwargs_is_refused_at_load_time(tmp_p
     (pkg / "segloop-model.json").write_text(json.dumps(spec))
     for args in (["info", str(pkg)], ["predict", str(ROOT / "src" / "segloop" / "data" / "bbbc007_A9_p10d.tif"),
                                       "--model", str(pkg), "--out", str(tmp_path / "o.tif")]):
-        proc, seconds = _run(["-c", "from segloop.cli import main; raise SystemExit(main())", *args])
+        proc, _ = _run(["-c", "from segloop.cli import main; raise SystemExit(main())", *args])
         err = _one_error_line(proc, "segloop")
-        assert str(pkg) in err and expected in err and seconds < 60
+        assert str(pkg) in err and expected in err
     assert not (tmp_path / "o.tif").exists()
 
 

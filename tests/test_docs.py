@@ -88,6 +88,10 @@ SKIPPED = {
     ("docs/finetune.md", "python -m segloop_train.recipes ct-liver-segunet25d --out ct-liver-segunet25d --threads 1"),
     ("docs/models.md", ".venv/bin/python benchmarks/evaluate.py --pictures docs/images"),
     ("docs/models.md", "python -m segloop_train.recipes nuclei-convnext-unet --out my-convnext"),
+    ("docs/models.md", "python -m segloop_train.recipes he-nuclei-unet --out he-nuclei-unet"),
+    ("docs/models.md", ".venv/bin/python benchmarks/evaluate.py --folder he/nuinsseg --folder he/dsb2018-he --folder "
+                       "he/consep --folder he/cpm15 --model he-nuclei-unet --model nuclei-unet --out results/he "
+                       "--overlays docs/images/he"),
     ("docs/pathology.md", 'pip install "napari-segloop[napari]"'),
     ("docs/radiology.md", 'pip install "napari-segloop[all]"'),
 }
@@ -771,9 +775,10 @@ def static_problem(text: str) -> str | None:
         return _parse(train_parser(), argv[3:])
     if python and argv[1:3] == ["-m", "segloop_train.recipes"]:
         from segloop_train.ct_recipes import CT_RECIPES
+        from segloop_train.handdrawn import HAND_RECIPES
         from segloop_train.recipes import nuclei_recipes
 
-        if argv[3] not in {*nuclei_recipes(), *CT_RECIPES}:
+        if argv[3] not in {*nuclei_recipes(), *CT_RECIPES, *HAND_RECIPES}:
             return f"no recipe {argv[3]!r}"
         return _options_defined(ROOT / "training" / "segloop_train" / "recipes.py", argv[4:])
     if python and argv[1].endswith(".py"):

@@ -45,8 +45,8 @@ def _headline_metric(spec) -> str:
     """The one held-out figure a listing shows: instance F1@0.5, else per-class Dice, else Dice."""
     t = spec.training or {}
     best = t.get("shipped_metrics") or t.get("metrics") or t.get("best") or {}
-    if "f1@0.5" in best:
-        return f"F1@0.5 {best['f1@0.5']:.3f}"
+    if "f1@0.5" in best:        # where it was measured, when the package says (people's labels, cross-dataset)
+        return f"F1@0.5 {best['f1@0.5']:.3f}" + (f" on {best['source']}" if best.get("source") else "")
     per_class = [f"{k.split(':', 1)[1]} {v:.3f}" for k, v in best.items() if k.startswith("dice:")]
     if per_class:
         return "Dice " + ", ".join(per_class)

@@ -118,7 +118,9 @@ def model_path(name_or_path: str | os.PathLike) -> Path:
 MODEL_PREFERENCES: dict[str, tuple[tuple[str, str | None], ...]] = {
     "he": (("he-nuclei-unet", None), ("nuclei-unet", "hematoxylin")),
     "ihc": (("he-nuclei-unet", None), ("nuclei-unet", "hematoxylin")),
-    "fluorescence": (("fluo-nuclei-unet", None), ("nuclei-unet", None)),
+    # fluo-nuclei-unet is better on the sources it was fine-tuned on but worse on an unseen one
+    # (docs/models.md), so the BBBC007 model stays first for images of unknown origin
+    "fluorescence": (("nuclei-unet", None), ("fluo-nuclei-unet", None)),
     "ct": (("ct-liver-segunet25d", None), ("ct-liver-unet3d", None)),
 }
 
