@@ -186,6 +186,26 @@ def test_without_the_h_and_e_model_rgb_goes_through_hematoxylin(without_new_mode
     assert prov(out, "grey")["parameters"]["normalization"]["kind"] != "hematoxylin"
 
 
+def test_fluorescence_saved_as_colour_reaches_a_one_channel_model(zoo, tmp_path, nuclei_image, capsys):
+    from skimage.io import imsave
+
+    grey = nuclei_image[:128, :128]
+    as_rgb, blue = np.stack([grey] * 3, -1), np.stack([grey * 0, grey * 0, grey], -1)
+    imsave(tmp_path / "rgb.png", as_rgb, check_contrast=False)
+    imsave(tmp_path / "dapi.png", blue, check_contrast=False)
+    tifffile.imwrite(tmp_path / "grey.tif", grey)
+    out = tmp_path / "o"
+    assert main(["predict", str(tmp_path / "rgb.png"), str(tmp_path / "dapi.png"), str(tmp_path / "grey.tif"),
+                 "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert [ln for ln in captured.out.splitlines() if ln.startswith("model:")] == [
+        "model: nuclei-unet (picked for a fluorescence image; give --model to choose)"]
+    assert "dapi.png: note: fluorescence saved as colour" in captured.err and "rgb.png" not in captured.err
+    same = tifffile.imread(out / "grey_labels.tif")                   # the same pixels, one channel
+    assert np.array_equal(tifffile.imread(out / "rgb_labels.tif"), same)
+    assert np.array_equal(tifffile.imread(out / "dapi_labels.tif"), same)
+
+
 def test_an_explicit_model_is_used_as_before(zoo, tmp_path, nuclei_image, tiny_package, capsys):
     he, grey = images(tmp_path, nuclei_image)
     assert main(["predict", str(grey), "--model", str(tiny_package), "--out", str(tmp_path / "a")]) == 0

@@ -38,6 +38,21 @@ def test_a_hand_choice_stays_until_the_image_or_the_modality_changes(make_napari
     assert w.model.value == "nuclei-unet"
 
 
+@pytest.mark.usefixtures("zoo")
+def test_a_model_from_use_this_model_stays_across_images_until_a_modality_is_chosen(make_napari_viewer,
+                                                                                   nuclei_image):
+    viewer, w = make(make_napari_viewer, stained_tile(eosin=0.06), name="he", rgb=True)
+    w.add_model_choice("nuclei-segunet")              # what the Fine-tune widget's "Use this model" calls
+    viewer.add_image(nuclei_image, name="grey")
+    w.image.value = viewer.layers["grey"]
+    assert w.model.value == "nuclei-segunet"
+    assert w.picked.value == "nuclei-segunet: your choice (auto picks nuclei-unet for this image)"
+    w.modality.value = "he"                           # asking for a modality asks for its model
+    assert w.model.value == "he-nuclei-unet"
+    w.image.value = viewer.layers["he"]
+    assert w.model.value == "he-nuclei-unet"
+
+
 @pytest.mark.usefixtures("without_new_models")
 def test_without_the_new_models_rgb_runs_through_hematoxylin(make_napari_viewer, qtbot, ihc_image):
     viewer, w = make(make_napari_viewer)

@@ -260,7 +260,7 @@ class _AutoModel:
         self.args, self.loaded, self.said = args, {}, None
 
     def resolve(self, path: str, image, info):
-        """The model and its normalization override for one input that has just been read."""
+        """The model, its normalization override and the image to give it, for one input just read."""
         from segloop.core.formats.modality import guess_modality
         from segloop.core.formats.registry import pick_model
         from segloop.core.inference.model import load_model
@@ -279,8 +279,26 @@ class _AutoModel:
             self.said = pick
         model = self.loaded[pick.name]
         rgb = str(getattr(info, "axes", "")).endswith("S") and image.shape[-1] in (3, 4)
+        if rgb and modality == "fluorescence" and int(model.spec.in_channels) == 1 and not args.stain:
+            image, rgb = _fluorescence_channel(path, image), False
         stain = args.stain or (pick.stain if rgb else None) or "none"
-        return model, stain_normalization(model, rgb=True, stain=stain, stain_norm=args.stain_norm)
+        return model, stain_normalization(model, rgb=True, stain=stain, stain_norm=args.stain_norm), image
+
+
+def _fluorescence_channel(path: str, image):
+    """One channel of a fluorescence image saved as RGB(A), for a 1-channel model.
+
+    Grey saved as RGB (equal channels) gives its first channel; a coloured one (DAPI shown in
+    blue, a composite) gives the maximum over its colour channels, said on stderr.
+    """
+    import numpy as np
+
+    colour = np.asarray(image[..., :3])
+    if all(np.array_equal(colour[..., 0], colour[..., c]) for c in (1, 2)):
+        return colour[..., 0]
+    print(f"{path}: note: fluorescence saved as colour; segmenting the brightest of its channels at each pixel "
+          "(save the nuclear channel alone, or give --model, to choose)", file=sys.stderr)
+    return colour.max(axis=-1)
 
 
 def _naming(path: str, error: SegloopError) -> SegloopError:
@@ -309,7 +327,7 @@ def _predict_image(model, path: str, out_dir: Path, args, index: int, normalizat
         raise SegloopError(f"{path} is a folder with no DICOM series; give image files")
     image, info = read_image(path)
     if isinstance(model, _AutoModel):
-        model, normalization = model.resolve(path, image, info)
+        model, normalization, image = model.resolve(path, image, info)
     stem = _output_stem(path)
     label_path = out_dir / f"{stem}_labels.tif"
     if label_path.exists() and not args.overwrite:
@@ -510,7 +528,7 @@ def _predict_volume(model, path: str, out_dir: Path, args, index: int, normaliza
     for w in info.warnings:
         print(f"{path}: note: {w}", file=sys.stderr)
     if isinstance(model, _AutoModel):
-        model, normalization = model.resolve(path, volume, info)
+        model, normalization, volume = model.resolve(path, volume, info)
     # Models segment axial slices in display order (Z=S, Y=P, X=L, as in napari): a volume
     # stored in another order (an MRC stored like a NIfTI) is segmented in that order, and its
     # labels are put back in the stored order.

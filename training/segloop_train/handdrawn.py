@@ -18,6 +18,7 @@ and a card with held-out figures per source.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,14 +242,19 @@ def finish_model(recipe: HandRecipe, raw: Path, out: Path, *, sources: Path, wor
     px = None if recipe.pixel_size is None else (recipe.pixel_size, recipe.pixel_size)
     spec = replace(pkg.spec, pixel_size=px, description=recipe.description, license=recipe.license,
                    modality=recipe.modality, training=training)
-    save_package(out, spec, pkg.state_dict, weights_dtype="float16")
+    if out.exists():
+        raise FileExistsError(f"{out} exists; remove it or choose another --out")
     import_sources(recipe.heldout_sources, sources, work)
     folders = {n: work / n for n in (*recipe.train_sources, *recipe.heldout_sources)}
     # each training source's own held-out split (test if it has one, else val, as benchmarks/evaluate.py);
     # every image of a source the model never saw
     splits = {n: ((("test",) if TrainingFolder.open(f).split_counts().get("test") else ("val",))
                   if n in recipe.train_sources else ("train", "val", "test")) for n, f in folders.items()}
-    scores = _sources_scores(out, folders, splits)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.parent) as tmp:
+        scored = Path(tmp) / out.name                  # the float16 weights that ship, scored before writing `out`
+        save_package(scored, spec, pkg.state_dict, weights_dtype="float16")
+        scores = _sources_scores(scored, folders, splits)
     training["heldout"] = scores
     cross = [n for n in recipe.heldout_sources if n in scores]
     if cross:       # the headline figure (segloop list-models): a source the model never saw
@@ -274,10 +280,11 @@ def finish_model(recipe: HandRecipe, raw: Path, out: Path, *, sources: Path, wor
         arch_kwargs=spec.architecture_kwargs, in_channels=spec.in_channels, parent=parent,
         n_weights=sum(v.numel() for v in pkg.state_dict.values() if v.is_floating_point()),
         data_lines=data_lines, heldout=", ".join(recipe.heldout_sources), resolution=resolution,
-        zoom=aug.get("zoom"), normalization=spec.normalization, stain=stain, rows=rows, steps=recipe.steps,
+        zoom=aug.get("zoom"), normalization=spec.normalization, stain=stain, rows=rows,
+        steps=training.get("steps_done") or recipe.steps,
         known_failures="".join(f"\n- {t}" for t in recipe.known_failures),
         license=recipe.license, command=command, seed=recipe.seed, threads=training["threads"],
         minutes=float(training.get("seconds", 0) or 0) / 60)
     spec = replace(spec, training=training)
-    save_package(out, spec, pkg.state_dict, weights_dtype="float16", card=card, overwrite=True)
+    save_package(out, spec, pkg.state_dict, weights_dtype="float16", card=card)
     return scores

@@ -272,7 +272,16 @@ def _hand_main(a) -> int:
     raw = a.out.with_name(a.out.name + ".raw")
     command = (f"python -m segloop_train.recipes {a.recipe} --out {a.out} --sources {a.sources} --work {work}"
                + (f" --steps {a.steps}" if a.steps else ""))
-    if not (raw / "segloop-model.json").is_file():
+    if a.out.exists():
+        raise SystemExit(f"{a.out} exists; remove it or choose another --out")
+    if (raw / "segloop-model.json").is_file():          # trained before: finish it, if it is the same run
+        from segloop.core.formats.package import read_spec
+
+        done = (read_spec(raw).training or {}).get("steps_done")
+        if done != (a.steps or recipe.steps):
+            raise SystemExit(f"{raw} holds a run of {done} steps, not {a.steps or recipe.steps}; remove it to "
+                             "train again, or give --steps " + str(done))
+    else:
         train_recipe(recipe, out=raw, sources=a.sources, work=work, threads=a.threads, resume=a.resume,
                      steps=a.steps, command=command)
     scores = finish_model(recipe, raw, a.out, sources=a.sources, work=work, command=command)

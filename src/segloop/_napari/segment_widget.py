@@ -187,12 +187,17 @@ class SegmentWidget(Container):
         return list(cls._instances)
 
     def add_model_choice(self, name: str, *, select: bool = True) -> None:
-        """Offer a newly registered model (e.g. a fine-tuned version) and optionally select it."""
+        """Offer a newly registered model (e.g. a fine-tuned version) and optionally select it.
+
+        A model selected this way stays selected when the image changes (while it fits: CT or
+        not), until another model or a modality is chosen.
+        """
         self.model.reset_choices()                         # the list comes from list_models()
         for key in [k for k in self._models if k[0] == name]:
             del self._models[key]                          # the name may now point to another package
         if select:
-            self.model.value = name
+            self._pinned = name                            # the person's new model: new images keep it
+            self._set_model(name)
 
     def __init__(self, napari_viewer):
         super().__init__(labels=True)
@@ -205,6 +210,8 @@ class SegmentWidget(Container):
         self._closed = False
         self._inserting = False
         self._pick = None                                  # what _suggest_model picked last (ModelPick)
+        self._pinned: str | None = None                    # a model chosen on purpose; new images keep it
+        self._picking = False                              # the widget itself is setting the model
         self._relay = _Relay()
         self._relay.progressed.connect(self._on_progress)
 
@@ -258,9 +265,10 @@ class SegmentWidget(Container):
 
         self.insert(self.index(self.scope), self.pixel_size)        # after tile and overlap
         self.model.changed.connect(self._on_model_changed)
+        self.model.changed.connect(self._on_model_chosen)
         self.model.changed.connect(self._show_pick)
         self.image.changed.connect(self._suggest_model)
-        self.modality.changed.connect(self._suggest_model)
+        self.modality.changed.connect(self._on_modality_changed)
         self.image.changed.connect(self._prefill_pixel_size)
         self.package.changed.connect(self._on_model_changed)
         self.run_button.changed.connect(self.run)
@@ -285,7 +293,7 @@ class SegmentWidget(Container):
             self.model.value = LOAD_PACKAGE
             self.package.value = saved["package"]
         elif saved.get("model") in self.model.choices:
-            self.model.value = saved["model"]
+            self._set_model(saved["model"])                # last session's choice, until an image picks
         for name in ("device", "engine"):
             if saved.get(name) in getattr(self, name).choices:
                 getattr(self, name).value = saved[name]
@@ -305,12 +313,31 @@ class SegmentWidget(Container):
         if self.image.value is None and self.image.choices:
             self.image.value = self.image.choices[-1]
 
+    def _on_model_chosen(self, _event=None):
+        """Another model chosen in the list ends the pin of "Use this model"."""
+        if not self._picking and self.model.value != self._pinned:
+            self._pinned = None
+
+    def _on_modality_changed(self, _event=None):
+        self._pinned = None                                # asking for a modality asks for its model
+        self._suggest_model()
+
+    def _set_model(self, name: str) -> None:
+        self._picking = True
+        try:
+            self.model.value = name
+        finally:
+            self._picking = False
+
     def _suggest_model(self, _event=None):
         """Select the model picked for the image's modality (``pick_model``) and say so under it.
 
         Runs when the image or the modality changes: a model chosen by hand (or a package loaded)
-        stays until then.  When no modality fits (an MR volume), a CT image with a non-CT model
-        selected (or the reverse) gets one that fits (:func:`default_model`).
+        stays until then.  A model selected by "Use this model" in the Fine-tune widget
+        (:meth:`add_model_choice`) stays across images while it fits (CT model for CT, another
+        for the rest); the line under it says what auto would pick.  When no modality fits (an MR
+        volume), a CT image with a non-CT model selected (or the reverse) gets one that fits
+        (:func:`default_model`).
         """
         layer = self.image.value
         self._pick = None
@@ -318,14 +345,17 @@ class SegmentWidget(Container):
             names = [c for c in self.model.choices if c != LOAD_PACKAGE]
             self._pick = model_pick.pick_for_layer(layer, self.modality.value, names)
             ct = is_ct_layer(layer)
-            if self._pick is not None:
+            pinned = self._pinned if self._pinned in names else None
+            if pinned is not None and (_model_modality(pinned).upper() == "CT") == ct:
+                self._set_model(pinned)
+            elif self._pick is not None:
                 if self._pick.stain and self.stain.value == "none":
                     self.stain.value = "auto"              # auto takes the picked model's stain route
-                self.model.value = self._pick.name
+                self._set_model(self._pick.name)
             elif (_model_modality(self.model.value).upper() == "CT") != ct:
                 best = default_model(names, ct=ct)
                 if best and (_model_modality(best).upper() == "CT") == ct:
-                    self.model.value = best
+                    self._set_model(best)
         self._show_pick()
 
     def _show_pick(self, _event=None):
