@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -75,7 +76,25 @@ def ddp_run(tmp_path_factory, nuclei_image):
     cmd, env = _torchrun(root, "child")
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    if r.returncode != 0 and _native_abort(r.stderr):
+        # Seen once in CI (torch 2.13.0, gloo), never in 25 runs here, loaded or not: a rank died in
+        # C++ ("terminate called without an active exception", SIGABRT) with no Python error. One
+        # new run, from nothing, says whether it is ours; the warning keeps the first one on record.
+        import warnings
+
+        warnings.warn(f"a torchrun rank aborted in native code; running once more. stdout tail: "
+                      f"{r.stdout[-1500:]!r}; stderr head: {r.stderr[:1500]!r}", stacklevel=1)
+        for p in root.iterdir():
+            if p.name not in ("f", "parent", "cache"):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        cmd, env = _torchrun(root, "child")
+        t0 = time.perf_counter()
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     return root, r, time.perf_counter() - t0
+
+
+def _native_abort(stderr: str) -> bool:
+    return "terminate called without an active exception" in stderr and "Signal 6 (SIGABRT)" in stderr
 
 
 def test_precision_is_fp32_on_a_cpu_without_native_bf16_and_says_why():
@@ -133,7 +152,7 @@ def test_bf16_on_a_cpu_that_has_it_is_measured_once_and_cached(monkeypatch, tmp_
 
 def test_two_gloo_ranks_train_on_different_data_and_write_one_package(ddp_run):
     root, r, seconds = ddp_run
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, f"stdout: {r.stdout[-1500:]}\nstderr: {r.stderr[-3000:]}"
     events = [json.loads(line) for line in r.stdout.splitlines()]    # rank 0 alone prints, one JSON per line
     kinds = [e["event"] for e in events]
     assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("step") == STEPS and kinds.count("done") == 1
