@@ -45,8 +45,9 @@ from qtpy.QtCore import QObject, Signal
 from segloop._napari import settings
 from segloop._napari._regions import spatial_shape
 from segloop._napari.correction_tracking import tracker_for
+from segloop._napari.model_pick import default_model, is_ct_layer
 from segloop._napari.region_overlay import draw_regions, legend_html, show_heatmap, zoom_to_region
-from segloop._napari.segment_widget import LOAD_PACKAGE, default_model, is_ct_layer
+from segloop._napari.segment_widget import LOAD_PACKAGE
 from segloop.errors import Cancelled, SegloopError
 
 __all__ = ["ActiveLearningWidget", "FindRequest", "KINDS", "STRATEGY_NAMES", "image_id"]

@@ -30,7 +30,7 @@ from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
 from segloop._napari import settings
-from segloop._napari.segment_widget import default_model
+from segloop._napari.model_pick import default_model
 
 __all__ = ["FinetuneWidget", "LossPlot"]
 

@@ -7,11 +7,14 @@ chose); this module only reads a layer for them and words the result for the wid
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from segloop.core.formats.modality import guess_modality
 from segloop.core.formats.registry import ModelPick, pick_model
-from segloop.errors import ModelNotFoundError
+from segloop.errors import ModelNotFoundError, SegloopError
 
-__all__ = ["MODALITY_CHOICES", "hand_choice_text", "layer_modality", "pick_for_layer", "picked_text"]
+__all__ = ["MODALITY_CHOICES", "default_model", "hand_choice_text", "is_ct_layer", "layer_modality",
+           "model_for_layer", "pick_for_layer", "picked_text"]
 
 #: The widget's "modality" choices: (shown, value).
 MODALITY_CHOICES = [("auto", "auto"), ("H&E", "he"), ("IHC", "ihc"), ("fluorescence", "fluorescence"), ("CT", "ct")]
@@ -48,3 +51,57 @@ def picked_text(pick: ModelPick) -> str:
 def hand_choice_text(name: str, pick: ModelPick) -> str:
     """The line under the model once a person chose another one than the pick."""
     return f"{name}: your choice (auto picks {pick.name} for this image)"
+
+
+def _model_modality(name: str) -> str:
+    """The bundled/registered model's modality from its JSON spec ("" if unknown)."""
+    try:
+        from segloop.core.formats.package import read_spec
+        from segloop.core.formats.registry import discover_models
+
+        return str(read_spec(discover_models().get(name, Path(name))).modality or "")
+    except (SegloopError, OSError):
+        return ""
+
+
+def is_ct_layer(layer) -> bool:
+    """An image read as CT (DICOM/NIfTI/MRC in HU), by the geometry the volume readers attach."""
+    info = getattr(layer, "metadata", {}).get("segloop_volume")
+    return info is not None and (getattr(info, "units", "") == "HU" or getattr(info, "modality", "") == "CT")
+
+
+def default_model(names: list[str], *, ct: bool) -> str | None:
+    """The model to offer for an image: the one picked for CT or fluorescence (``pick_model``'s
+    preference table), else any CT model for CT and any other for the rest, else the first."""
+    from segloop.core.formats.registry import pick_model
+
+    try:
+        return pick_model("ct" if ct else "fluorescence", available=names).name
+    except ModelNotFoundError:
+        pass
+    for name in names:
+        if (_model_modality(name).upper() == "CT") == ct:
+            return name
+    return names[0] if names else None
+
+
+def model_for_layer(layer, choice: str, names: list[str], *, current: str,
+                    pinned: str | None = None) -> tuple[ModelPick | None, str]:
+    """The pick for ``layer`` and the model to select among ``names``.
+
+    ``pinned`` (a model selected on purpose, e.g. by "Use this model") stays while it fits the
+    image (a CT model for CT, another for the rest); else the pick for the modality; when no
+    modality fits (an MR volume), ``current`` unless it is a CT model for a non-CT image or the
+    reverse, then :func:`default_model`.
+    """
+    pick = pick_for_layer(layer, choice, names)
+    ct = is_ct_layer(layer)
+    if pinned in names and (_model_modality(pinned).upper() == "CT") == ct:
+        return pick, pinned
+    if pick is not None:
+        return pick, pick.name
+    if (_model_modality(current).upper() == "CT") != ct:
+        best = default_model(names, ct=ct)
+        if best and (_model_modality(best).upper() == "CT") == ct:
+            return pick, best
+    return pick, current

@@ -33,12 +33,13 @@ from qtpy.QtCore import QObject, Signal
 
 from segloop._napari import model_pick, settings
 from segloop._napari.correction_tracking import track
+from segloop._napari.model_pick import default_model
 from segloop._napari.pixel_size import layer_pixel_size, pixel_size_notice, pixel_size_status
 from segloop.core.editing.corrections import PredictionSnapshot
 from segloop.core.formats.pixel_size import format_pixel_size, parse_pixel_size
 from segloop.core.inference.engines import thread_budget
 from segloop.core.inference.stain import STAIN_NORMS, STAINS, stain_normalization
-from segloop.errors import Cancelled, InvalidPixelSizeError, ModelNotFoundError, SegloopError
+from segloop.errors import Cancelled, InvalidPixelSizeError, SegloopError
 
 __all__ = ["SegmentWidget", "SegmentRequest", "ScopeCrop", "crop_for_scope", "result_layer_name"]
 
@@ -100,38 +101,6 @@ class ScopeCrop:
     data: object
     where: tuple
     z_range: tuple[int, int] | None = None
-
-
-def _model_modality(name: str) -> str:
-    """The bundled/registered model's modality from its JSON spec ("" if unknown)."""
-    try:
-        from segloop.core.formats.package import read_spec
-        from segloop.core.formats.registry import discover_models
-
-        return str(read_spec(discover_models().get(name, Path(name))).modality or "")
-    except (SegloopError, OSError):
-        return ""
-
-
-def is_ct_layer(layer) -> bool:
-    """An image read as CT (DICOM/NIfTI/MRC in HU), by the geometry the volume readers attach."""
-    info = getattr(layer, "metadata", {}).get("segloop_volume")
-    return info is not None and (getattr(info, "units", "") == "HU" or getattr(info, "modality", "") == "CT")
-
-
-def default_model(names: list[str], *, ct: bool) -> str | None:
-    """The model to offer for an image: the one picked for CT or fluorescence (``pick_model``'s
-    preference table), else any CT model for CT and any other for the rest, else the first."""
-    from segloop.core.formats.registry import pick_model
-
-    try:
-        return pick_model("ct" if ct else "fluorescence", available=names).name
-    except ModelNotFoundError:
-        pass
-    for name in names:
-        if (_model_modality(name).upper() == "CT") == ct:
-            return name
-    return names[0] if names else None
 
 
 def crop_for_scope(layer: Image, scope: str, current_step: tuple[int, ...],
@@ -330,32 +299,21 @@ class SegmentWidget(Container):
             self._picking = False
 
     def _suggest_model(self, _event=None):
-        """Select the model picked for the image's modality (``pick_model``) and say so under it.
+        """Select the model :func:`model_pick.model_for_layer` gives for the image and say so under it.
 
         Runs when the image or the modality changes: a model chosen by hand (or a package loaded)
-        stays until then.  A model selected by "Use this model" in the Fine-tune widget
-        (:meth:`add_model_choice`) stays across images while it fits (CT model for CT, another
-        for the rest); the line under it says what auto would pick.  When no modality fits (an MR
-        volume), a CT image with a non-CT model selected (or the reverse) gets one that fits
-        (:func:`default_model`).
+        stays until then; one selected by "Use this model" (:meth:`add_model_choice`) stays
+        across images while it fits them.
         """
         layer = self.image.value
         self._pick = None
         if layer is not None and self.model.value != LOAD_PACKAGE:
             names = [c for c in self.model.choices if c != LOAD_PACKAGE]
-            self._pick = model_pick.pick_for_layer(layer, self.modality.value, names)
-            ct = is_ct_layer(layer)
-            pinned = self._pinned if self._pinned in names else None
-            if pinned is not None and (_model_modality(pinned).upper() == "CT") == ct:
-                self._set_model(pinned)
-            elif self._pick is not None:
-                if self._pick.stain and self.stain.value == "none":
-                    self.stain.value = "auto"              # auto takes the picked model's stain route
-                self._set_model(self._pick.name)
-            elif (_model_modality(self.model.value).upper() == "CT") != ct:
-                best = default_model(names, ct=ct)
-                if best and (_model_modality(best).upper() == "CT") == ct:
-                    self._set_model(best)
+            self._pick, name = model_pick.model_for_layer(layer, self.modality.value, names,
+                                                          current=self.model.value, pinned=self._pinned)
+            if self._pick is not None and name == self._pick.name and self._pick.stain and self.stain.value == "none":
+                self.stain.value = "auto"                  # auto takes the picked model's stain route
+            self._set_model(name)
         self._show_pick()
 
     def _show_pick(self, _event=None):
