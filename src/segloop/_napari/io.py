@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from segloop.core.formats.io.images import read_pyramid, write_labels
+from segloop.core.formats.io.wsi import SLIDE_SUFFIXES, is_slide, open_slide
 
-_SUFFIXES = (".tif", ".tiff", ".btf", ".png", ".jpg", ".jpeg")
+_SUFFIXES = (".tif", ".tiff", ".btf", ".png", ".jpg", ".jpeg") + SLIDE_SUFFIXES
 
 
 def get_reader(path):
-    """Return a reader for one image file segloop can read, else None."""
+    """Return a reader for one image file segloop can read (whole slides included), else None."""
     if isinstance(path, list) or not str(path).lower().endswith(_SUFFIXES):
         return None
     return _read
 
 
 def _read(path):
+    if is_slide(path):                  # vendor slide, or a TIFF with pyramid levels
+        return _read_slide(path)
     levels, info = read_pyramid(path)   # ImageReadError says what is wrong; napari shows it
     image = levels[0]                   # memmap or lazy (dask over zarr) for big/compressed pyramids
     rgb = info.axes.endswith(("S", "C")) and image.shape[-1] in (3, 4)
@@ -28,6 +31,34 @@ def _read(path):
         kwargs["multiscale"] = True
         return [(levels, kwargs, "image")]
     return [(image, kwargs, "image")]
+
+
+def _read_slide(path):
+    """A whole slide as one (multiscale) image layer in µm, its metadata under ``segloop_slide``."""
+    slide = open_slide(path)            # lazy; the file stays open while the layer reads tiles
+    image = slide.levels[0]
+    rgb = slide.axes.endswith(("S", "C")) and image.shape[-1] in (3, 4)
+    meta = {"source": str(slide.path), "axes": slide.axes, "pixel_size": slide.mpp}
+    kwargs = {"name": slide.path.stem, "rgb": rgb,
+              "metadata": {"segloop_slide": slide.metadata, "segloop_source": meta}}
+    if slide.mpp:
+        spatial = image.ndim - (1 if rgb or slide.axes[-1] in "SC" else 0)
+        kwargs["scale"] = (1.0,) * (spatial - 2) + tuple(slide.mpp)
+        if spatial == 2 and _layer_takes_units():
+            kwargs["units"] = ("micrometer", "micrometer")
+    if len(slide.levels) > 1:
+        kwargs["multiscale"] = True
+        return [(slide.levels, kwargs, "image")]
+    return [(image, kwargs, "image")]
+
+
+def _layer_takes_units() -> bool:
+    """napari >= 0.6 layers have physical ``units``."""
+    import inspect
+
+    from napari.layers import Image
+
+    return "units" in inspect.signature(Image.__init__).parameters
 
 
 def write_labels_tiff(path, data, meta):

@@ -334,3 +334,26 @@ def write_overlay(path: str | os.PathLike, image: np.ndarray, labels: np.ndarray
     path = Path(path)
     imsave(path, (rgb * 255).astype(np.uint8), check_contrast=False)
     return path
+
+
+# -- shared with the whole-slide reader (wsi.py) ---------------------------------------------------
+
+def tiff_pixel_size(tf) -> tuple[float, float] | None:
+    """µm per pixel ``(y, x)`` of an open :class:`tifffile.TiffFile`: OME ``PhysicalSizeY/X``, else the
+    resolution tags of its first page; None when the file does not say, or says nonsense."""
+    return _pixel_size(tf)
+
+
+def check_tiff_level(tf, level, path: Path) -> None:
+    """Raise :class:`ImageReadError` when a tifffile series (level) declares more tiles or bytes than
+    the file holds; reads only the tile offsets, never pixel data."""
+    _check_complete(tf, level, path)
+
+
+def channels_last(img, axes: str) -> tuple:
+    """``img`` (numpy or dask) with singleton non-spatial axes dropped and ``C``/``S`` moved last,
+    and its new axes string."""
+    return _channels_last(img, axes)
+
+
+__all__ += ["tiff_pixel_size", "check_tiff_level", "channels_last"]
