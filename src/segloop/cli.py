@@ -194,6 +194,9 @@ def _cmd_predict(args) -> int:
     for p in args.images:
         if not (Path(p).is_file() or Path(p).is_dir()):
             raise SegloopError(f"{p}: no such file or folder")
+    from segloop.cli_slide import check_slide_args, open_client, predict_slide, wants_slide
+
+    check_slide_args(args)
     if _parse_slices(args.slices) is not None:          # checked before anything is read or written
         images = [p for p in args.images if not _is_volume(p)]
         if images:
@@ -232,10 +235,14 @@ def _cmd_predict(args) -> int:
     cancel = threading.Event()
     on_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, lambda *a: cancel.set()) if on_main else None
+    client = None
     try:
         for i, path in enumerate(args.images, 1):
             try:
-                if _is_volume(path):
+                if not _is_volume(path) and wants_slide(path, args):
+                    client = client or open_client(args)
+                    predict_slide(model, normalization, path, out_dir, args, cancel, client=client)
+                elif _is_volume(path):
                     _predict_volume(model, path, out_dir, args, i, normalization, cancel)
                 else:
                     _predict_image(model, path, out_dir, args, i, normalization, cancel)
@@ -246,6 +253,8 @@ def _cmd_predict(args) -> int:
     finally:
         if on_main:
             signal.signal(signal.SIGINT, previous)
+        if client is not None:
+            client.close()
     return 0
 
 
@@ -881,6 +890,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="volumes: segment only these slices (axis 0, stop excluded)")
     p.add_argument("--seg-nrrd", action="store_true",
                    help="volumes: also write a 3D Slicer segmentation (.seg.nrrd)")
+    g = p.add_argument_group("whole slides (.svs, .ndpi, .mrxs, pyramidal TIFF ...)")
+    g.add_argument("--format", dest="formats", action="append", default=None, metavar="FMT",
+                   help="ome-zarr, geojson (QuPath), csv (one row per object), tif (if it fits in memory); "
+                        "repeat or comma-separate (default for slides: ome-zarr,geojson)")
+    g.add_argument("--level", type=int, default=None,
+                   help="pyramid level to run on (default: the one closest to the model's pixel size)")
+    g.add_argument("--region", default=None, metavar="X,Y,W,H", help="only this part, in level-0 pixels")
+    g.add_argument("--block", type=int, default=2048, help="block side in pixels (default 2048)")
+    g.add_argument("--tissue", choices=["on", "off"], default="on",
+                   help="skip blocks with no tissue on a low-resolution level (default on)")
+    g.add_argument("--cluster", default=None, metavar="local:N", help="run blocks on N local dask worker processes")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run blocks on a running dask scheduler's workers, e.g. tcp://HOST:8786")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("measure", help="per-label volume (mL), largest axial diameter (mm), intensity stats")

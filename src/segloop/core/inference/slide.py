@@ -205,7 +205,6 @@ def tissue_mask(image, *, rgb: bool | None = None, min_area: int = 64) -> np.nda
     """
     from scipy import ndimage as ndi
     from skimage.filters import threshold_otsu
-    from skimage.morphology import remove_small_objects
 
     img = np.asarray(image)
     if rgb is None:
@@ -233,7 +232,12 @@ def tissue_mask(image, *, rgb: bool | None = None, min_area: int = 64) -> np.nda
         mask &= ~dark
     mask = ndi.binary_closing(mask, iterations=2)
     mask = ndi.binary_fill_holes(mask)
-    return remove_small_objects(mask, min_size=int(min_area))
+    lab, n = ndi.label(mask)
+    if n == 0:
+        return mask
+    big = np.bincount(lab.ravel()) >= int(min_area)
+    big[0] = False
+    return big[lab]
 
 
 OVERVIEW_PIXELS = 4 * 1024 * 1024
@@ -379,13 +383,22 @@ def run_block(out: str, plan_dict: dict, key: str, *, slide=None, model=None, ca
     run it: they open the slide and load the model once per process.  ``slide`` and ``model`` may
     be given by an in-process caller.  Idempotent: a block already recorded returns its record.
     """
-    import zarr
+    import dask
 
     plan = SlidePlan.from_dict(plan_dict)
     run = _run_dir(Path(out))
     done = run / "done" / f"{key}.json"
     if done.is_file():
         return json.loads(done.read_text())
+    # the slide's lazy arrays are read here, also on a dask worker (whose default would send them back
+    # to the cluster, which cannot ship the open file)
+    with dask.config.set(scheduler="threads"):
+        return _run_block(out, plan, key, run, done, slide=slide, model=model, cancel=cancel)
+
+
+def _run_block(out, plan: SlidePlan, key: str, run: Path, done: Path, *, slide, model, cancel) -> dict:
+    import zarr
+
     blk = next(b for b in block_grid(plan) if b.key == key)
     slide = slide if slide is not None else _slide_for(plan.source)
     model = model if model is not None else _model_for(plan)
