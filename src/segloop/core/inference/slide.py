@@ -408,8 +408,9 @@ def _run_block(out, plan: SlidePlan, key: str, run: Path, done: Path, *, slide, 
     if plan.rgb and window.shape[-1] == 4:
         window = window[..., :3]
     opts = {k: v for k, v in plan.predict.items() if k in ("tile", "overlap", "batch_size")}
+    # the slide-wide normalizer carries the normalization (override) it was fitted with
     res = model.predict(window, normalizer=_normalizer(plan, model, slide), pixel_size=plan.pixel_size,
-                        normalization=plan.predict.get("normalization"), cancel=cancel, **opts)
+                        cancel=cancel, **opts)
     labels = np.asarray(res.labels).astype(np.uint32, copy=False)
     cy0, cy1, cx0, cx1 = blk.core
     ry, rx = plan.region[0], plan.region[1]
