@@ -897,7 +897,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--level", type=int, default=None,
                    help="pyramid level to run on (default: the one closest to the model's pixel size)")
     g.add_argument("--region", default=None, metavar="X,Y,W,H", help="only this part, in level-0 pixels")
-    g.add_argument("--block", type=int, default=2048, help="block side in pixels (default 2048)")
+    g.add_argument("--block", type=int, default=4096, help="block side in pixels of the run level (default 4096)")
     g.add_argument("--tissue", choices=["on", "off"], default="on",
                    help="skip blocks with no tissue on a low-resolution level (default on)")
     g.add_argument("--cluster", default=None, metavar="local:N", help="run blocks on N local dask worker processes")
