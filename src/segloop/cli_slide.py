@@ -88,6 +88,7 @@ def predict_slide(model, normalization, path: str, out_dir: Path, args, cancel, 
         try:
             res = segment_slide(slide, model, zarr_path, level=args.level, region=args.region, block=args.block,
                                 tissue=args.tissue == "on", overwrite=args.overwrite, predict=predict,
+                                pixel_size=args.pixel_size,
                                 client=client, progress=update, cancel=cancel)
         finally:
             bar.close()

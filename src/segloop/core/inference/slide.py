@@ -122,7 +122,8 @@ def block_grid(plan: SlidePlan) -> list[Block]:
 
 def plan_slide(slide, model, *, level: int | None = None, region: tuple[int, int, int, int] | None = None,
                block: int = 4096, halo: int | None = None, chunk: int = 512, tissue: bool = True,
-               include_image: bool = True, predict: dict | None = None) -> SlidePlan:
+               include_image: bool = True, predict: dict | None = None,
+               pixel_size: tuple[float, float] | None = None) -> SlidePlan:
     """The plan for segmenting ``slide`` (a :class:`~segloop.core.formats.io.wsi.Slide`) with ``model``.
 
     Parameters
@@ -135,6 +136,9 @@ def plan_slide(slide, model, *, level: int | None = None, region: tuple[int, int
     block, chunk : int
         Block and zarr chunk sides in run-level pixels; ``block`` is rounded up to a multiple of
         ``chunk`` so no two blocks write one chunk.
+    pixel_size : (float, float), optional
+        Level-0 µm per pixel ``(y, x)`` when the slide does not say (or says wrong); default the
+        slide's MPP.
     halo : int, optional
         Context read around each block (run-level px); default :data:`HALO_MODEL_PX` pixels of
         the model's resolution, at least 64.  Objects larger than the halo may be cut at block
@@ -148,10 +152,12 @@ def plan_slide(slide, model, *, level: int | None = None, region: tuple[int, int
     """
     spec = model.spec
     n_levels = len(slide.levels)
+    mpp = tuple(float(v) for v in pixel_size) if pixel_size is not None else slide.mpp
     if level is None:
         level = 0
-        if spec.pixel_size and slide.mpp:
-            level = slide.level_for(float(min(spec.pixel_size)))[0]
+        if spec.pixel_size and mpp:
+            want = float(min(spec.pixel_size))
+            level = max((i for i, d in enumerate(slide.downsamples) if min(mpp) * d <= want * 1.001), default=0)
     if not 0 <= int(level) < n_levels:
         raise InvalidImageError(f"{slide.path}: level {level} does not exist; the slide has levels 0..{n_levels - 1}")
     level = int(level)
@@ -172,7 +178,7 @@ def plan_slide(slide, model, *, level: int | None = None, region: tuple[int, int
         ry0, rx0 = int(y / down), int(x / down)
         reg = (ry0, rx0, max(1, min(int(math.ceil(h / down)), shape[0] - ry0)),
                max(1, min(int(math.ceil(w / down)), shape[1] - rx0)))
-    px = slide.pixel_size(level)
+    px = None if mpp is None else (mpp[0] * down, mpp[1] * down)
     if halo is None:                            # 96 model pixels: a nucleus and the network's edge effects
         scale = (float(min(spec.pixel_size)) / float(min(px))) if (spec.pixel_size and px) else 1.0
         halo = max(64, int(math.ceil(HALO_MODEL_PX * scale)))
@@ -672,7 +678,7 @@ def _check(cancel) -> None:
 def segment_slide(slide, model, out: str | os.PathLike, *, level: int | None = None,
                   region: tuple[int, int, int, int] | None = None, block: int = 4096, halo: int | None = None,
                   chunk: int = 512, tissue: bool = True, include_image: bool = True, overwrite: bool = False,
-                  predict: dict | None = None, client=None,
+                  predict: dict | None = None, pixel_size: tuple[float, float] | None = None, client=None,
                   progress: Callable[[int, int], None] | None = None, cancel=None) -> SlideResult:
     """Segment a slide block by block into the OME-Zarr ``out``; resume an unfinished run there.
 
@@ -684,7 +690,7 @@ def segment_slide(slide, model, out: str | os.PathLike, *, level: int | None = N
         A loaded instance model (workers load the same package by its path).
     out : path
         ``*.zarr`` folder: created, or an unfinished run with the same plan resumed.
-    level, region, block, halo, chunk, tissue, include_image
+    level, region, block, halo, chunk, tissue, include_image, pixel_size
         See :func:`plan_slide`.  ``tissue``: skip blocks with no tissue on a low-resolution level.
     predict : dict, optional
         ``tile``, ``overlap``, ``batch_size``, ``normalization``, ``device``, ``engine`` for
@@ -716,7 +722,7 @@ def segment_slide(slide, model, out: str | os.PathLike, *, level: int | None = N
     t0 = time.perf_counter()
     out = Path(out)
     plan = plan_slide(slide, model, level=level, region=region, block=block, halo=halo, chunk=chunk,
-                      tissue=tissue, include_image=include_image, predict=predict)
+                      tissue=tissue, include_image=include_image, predict=predict, pixel_size=pixel_size)
     _open_or_create(out, plan, overwrite=overwrite)
     blocks = block_grid(plan)
     done_dir = _run_dir(out) / "done"
