@@ -233,10 +233,11 @@ def _svs(path: Path) -> None:
     desc = (f"Aperio Image Library v12.0.15\n{w}x{h} [0,0 {w}x{h}] (256x256) JPEG/RGB Q=90|AppMag = 20|"
             "MPP = 0.5000|Filename = wsi")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tifffile.TiffWriter(path) as tw:
-        for f in (1, 4):
-            tw.write(img[::f, ::f], tile=(256, 256), description=desc, compression="jpeg", photometric="rgb",
-                     metadata=None)
+    jpeg = dict(compression="jpeg", photometric="rgb", metadata=None)
+    with tifffile.TiffWriter(path) as tw:                # Aperio order: level 0, thumbnail, levels
+        tw.write(img, tile=(256, 256), description=desc, **jpeg)
+        tw.write(img[::8, ::8], description=f"Aperio Image Library v12.0.15\n{w}x{h} -> {w // 8}x{h // 8}", **jpeg)
+        tw.write(img[::4, ::4], tile=(256, 256), description=desc, **jpeg)
 
 
 def _png(path: Path, array) -> None:

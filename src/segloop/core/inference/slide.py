@@ -271,13 +271,17 @@ def overview(slide) -> tuple[np.ndarray, float]:
 
 
 def blocks_on_tissue(plan: SlidePlan, slide, blocks: list[Block]) -> tuple[set[str], np.ndarray, float]:
-    """Keys of the blocks whose window touches tissue; the mask and its downsample from the run level."""
+    """Keys of the blocks whose core touches tissue; the mask and its downsample from the run level.
+
+    The core, not the window: a block whose own pixels are all glass has nothing to write (the
+    tissue mask is closed and filled, so nuclei at the tissue's edge lie inside it).
+    """
     low, down = overview(slide)
     mask = tissue_mask(low, rgb=plan.rgb)
     f = down / plan.downsample                                    # run-level px per mask px
     keep = set()
     for b in blocks:
-        y0, y1, x0, x1 = b.window
+        y0, y1, x0, x1 = b.core
         m = mask[int(y0 / f):int(math.ceil(y1 / f)) + 1, int(x0 / f):int(math.ceil(x1 / f)) + 1]
         if m.any():
             keep.add(b.key)

@@ -284,7 +284,10 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray, *, metadata: dict 
         tifffile.imwrite(tmp, labels, bigtiff=big, photometric="minisblack",
                          compression="zlib" if compress else None,
                          tile=(256, 256) if labels.ndim >= 2 and min(labels.shape[-2:]) >= 256 else None,
-                         description=json.dumps({"segloop": metadata or {}}), metadata=None)
+                         # ' : ' keeps tifffile from taking a nested "shape": key for its own
+                         # shaped-array description (it then fails to read the file)
+                         description=json.dumps({"segloop": metadata or {}}, separators=(", ", " : ")),
+                         metadata=None)
     return path
 
 
