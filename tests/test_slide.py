@@ -21,7 +21,13 @@ from segloop.cli import main
 from segloop.core.editing.metrics import instance_scores
 from segloop.core.formats.io.geojson import read_geojson
 from segloop.core.formats.io.wsi import open_slide
-from segloop.core.inference.slide import block_grid, plan_slide, segment_slide, stitch_pairs, tissue_mask
+from segloop.core.inference.slide import (
+    block_grid,
+    plan_slide,
+    segment_slide,
+    stitch_pairs,
+    tissue_mask,
+)
 from segloop.errors import Cancelled, InvalidImageError, WriteError
 
 from .conftest import DATA
