@@ -241,7 +241,8 @@ def _cmd_predict(args) -> int:
             try:
                 if not _is_volume(path) and wants_slide(path, args):
                     client = client or open_client(args)
-                    predict_slide(model, normalization, path, out_dir, args, cancel, client=client)
+                    predict_slide(model, normalization, path, out_dir, args, cancel, progress_bar=_progress_bar,
+                                  resolve=model.resolve if isinstance(model, _AutoModel) else None, client=client)
                 elif _is_volume(path):
                     _predict_volume(model, path, out_dir, args, i, normalization, cancel)
                 else:

@@ -59,29 +59,34 @@ def wants_slide(path: str, args) -> bool:
         return False
 
 
-def predict_slide(model, normalization, path: str, out_dir: Path, args, cancel, *, client=None) -> None:
-    """Segment one slide into ``out_dir/<stem>.zarr`` and the exports ``--format`` asks for."""
-    from segloop.cli import _AutoModel, _progress_bar
+def predict_slide(model, normalization, path: str, out_dir: Path, args, cancel, *, progress_bar,
+                  resolve=None, client=None) -> None:
+    """Segment one slide into ``out_dir/<stem>.zarr`` and the exports ``--format`` asks for.
+
+    ``progress_bar(n_inputs, index, name) -> (bar, update)`` is the command's progress bar;
+    ``resolve(path, image, info) -> (model, normalization, image)`` picks the model (``--model
+    auto``), given the slide's smallest level.
+    """
     from segloop.core.formats.io.wsi import open_slide
     from segloop.core.inference.slide import segment_slide
 
     formats = args.formats or ["ome-zarr", "geojson"]
     stem = Path(path).name.split(".")[0]
     with open_slide(path) as slide:
-        if isinstance(model, _AutoModel):                # picked on the smallest level
+        if resolve is not None:                          # picked on the smallest level
             from types import SimpleNamespace
 
             low = slide.levels[-1]
             low = np.asarray(low[: min(2048, low.shape[0]), : min(2048, low.shape[1])])
             rgb = low.ndim == 3 and low.shape[-1] in (3, 4)
-            model, normalization, _ = model.resolve(path, low, SimpleNamespace(axes="YXS" if rgb else "YX"))
+            model, normalization, _ = resolve(path, low, SimpleNamespace(axes="YXS" if rgb else "YX"))
         zarr_path = out_dir / f"{stem}.zarr"
         exports = {"geojson": out_dir / f"{stem}.geojson", "csv": out_dir / f"{stem}_objects.csv",
                    "tif": out_dir / f"{stem}_labels.tif"}
         for f, p in exports.items():
             if f in formats and p.exists() and not args.overwrite:
                 raise SegloopError(f"{p} exists; pass --overwrite or choose another --out")
-        bar, update = _progress_bar(1, 1, Path(path).name)
+        bar, update = progress_bar(1, 1, Path(path).name)
         predict = {"tile": args.tile, "overlap": args.overlap, "batch_size": args.batch, "device": args.device,
                    "engine": args.engine, "normalization": normalization}
         predict = {k: v for k, v in predict.items() if v is not None}

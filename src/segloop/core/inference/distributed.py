@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from segloop.errors import Cancelled, SegloopError
 
@@ -60,9 +60,10 @@ def make_client(cluster: str | None = None, scheduler: str | None = None, *, tim
                   set_as_default=False, env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
 
 
-def run_blocks_on(client, out: str, plan: dict, keys: list[str], *, cancel=None,
+def run_blocks_on(client, run_block: Callable[..., dict], out: str, plan: dict, keys: list[str], *, cancel=None,
                   retries: int = 1) -> Iterator[dict]:
-    """Run the blocks ``keys`` of ``plan`` on ``client``'s workers; yield each block's record as it ends.
+    """Run ``run_block(out, plan, key)`` for each of ``keys`` on ``client``'s workers; yield each
+    block's record as it ends (:func:`segloop.core.inference.slide.run_block`).
 
     Raises
     ------
@@ -73,8 +74,6 @@ def run_blocks_on(client, out: str, plan: dict, keys: list[str], *, cancel=None,
         A block failed on a worker (its error, e.g. a read error in the slide), after ``retries``.
     """
     from distributed import as_completed
-
-    from segloop.core.inference.slide import run_block
 
     resources = {"GPU": 1} if str(plan.get("predict", {}).get("device", "")).startswith("cuda") else None
     futures = [client.submit(run_block, out, plan, key, key=f"segloop-block-{key}-{abs(hash(out))}",

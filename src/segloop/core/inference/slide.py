@@ -746,7 +746,7 @@ def segment_slide(slide, model, out: str | os.PathLike, *, level: int | None = N
     if client is not None:
         from segloop.core.inference.distributed import run_blocks_on
 
-        for rec in run_blocks_on(client, str(out), plan.to_dict(), [b.key for b in todo], cancel=cancel):
+        for rec in run_blocks_on(client, run_block, str(out), plan.to_dict(), [b.key for b in todo], cancel=cancel):
             records[rec["key"]] = rec
             finished += 1
             if progress:
