@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from segloop.core.formats.io.images import read_pyramid, write_labels
 from segloop.core.formats.io.wsi import SLIDE_SUFFIXES, is_slide, open_slide
 
@@ -13,6 +15,18 @@ def get_reader(path):
     if isinstance(path, list) or not str(path).lower().endswith(_SUFFIXES):
         return None
     return _read
+
+
+def get_zarr_reader(path):
+    """A reader for an OME-Zarr folder (NGFF ``multiscales``: segloop's slide results), else None."""
+    if isinstance(path, list) or not str(path).rstrip("/").lower().endswith(".zarr"):
+        return None
+    attrs = Path(path) / ".zattrs"
+    if not attrs.is_file() or "multiscales" not in attrs.read_text():
+        return None
+    from segloop._napari.slide_run import read_ome_zarr
+
+    return read_ome_zarr
 
 
 def _read(path):
@@ -44,21 +58,24 @@ def _read_slide(path):
     if slide.mpp:
         spatial = image.ndim - (1 if rgb or slide.axes[-1] in "SC" else 0)
         kwargs["scale"] = (1.0,) * (spatial - 2) + tuple(slide.mpp)
-        if spatial == 2 and _layer_takes_units():
-            kwargs["units"] = ("micrometer", "micrometer")
+        kwargs.update(micrometer_units(spatial))
     if len(slide.levels) > 1:
         kwargs["multiscale"] = True
         return [(slide.levels, kwargs, "image")]
     return [(image, kwargs, "image")]
 
 
-def _layer_takes_units() -> bool:
-    """napari >= 0.6 layers have physical ``units``."""
+def micrometer_units(ndim: int = 2) -> dict:
+    """``{"units": ("micrometer",) * 2}`` for a 2D layer on napari >= 0.6 (layers with physical
+    units), else ``{}``: every layer placed on a slide in µm says so, or napari warns that units
+    differ across layers."""
     import inspect
 
     from napari.layers import Image
 
-    return "units" in inspect.signature(Image.__init__).parameters
+    if ndim != 2 or "units" not in inspect.signature(Image.__init__).parameters:
+        return {}
+    return {"units": ("micrometer", "micrometer")}
 
 
 def write_labels_tiff(path, data, meta):

@@ -31,7 +31,7 @@ from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, Signal
 
-from segloop._napari import model_pick, settings
+from segloop._napari import model_pick, settings, slide_run
 from segloop._napari.correction_tracking import track
 from segloop._napari.model_pick import default_model
 from segloop._napari.pixel_size import layer_pixel_size, pixel_size_notice, pixel_size_status
@@ -44,7 +44,7 @@ from segloop.errors import Cancelled, InvalidPixelSizeError, SegloopError
 __all__ = ["SegmentWidget", "SegmentRequest", "ScopeCrop", "crop_for_scope", "result_layer_name"]
 
 LOAD_PACKAGE = "Load package…"
-SCOPES = ("whole image", "current slice", "slice range", "current view")
+SCOPES = ("whole image", "current slice", "slice range", "current view", "shapes region")
 LIVE_DEBOUNCE_MS = 120
 
 
@@ -389,6 +389,12 @@ class SegmentWidget(Container):
             show_error("segloop: choose a model, or a package folder under 'package'")
             return
         self._remember_choice(req)
+        if slide_run.is_slide_layer(layer):              # never read whole: block by block, in µm
+            slide_run.start(self, layer, req)
+            return
+        if req.scope == "shapes region":
+            show_error("segloop: 'shapes region' segments part of a whole slide; for this image use 'current view'")
+            return
         crop = crop_for_scope(layer, req.scope, tuple(self.viewer.dims.current_step), (req.z_from, req.z_to))
         data, where = crop.data, crop.where
         info = self._layer_info(layer)
