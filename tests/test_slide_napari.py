@@ -4,8 +4,6 @@ viewer under Xvfb.  The slide is an Aperio-like SVS of scikit-image's IHC tissue
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
