@@ -178,7 +178,16 @@ def _run(widget, req, job: SlideJob, cancel: threading.Event):
         snapshot = PredictionSnapshot(labels)        # corrections are tracked against it, as for images
         layer = Labels(labels, name=f"{name} · region", metadata={"segloop": prov}, **_placement(plan))
         shutil.rmtree(job.out.parent, ignore_errors=True)
-    return model, info, res, layer, snapshot
+    tissue = None
+    if res is not None and res.tissue is not None:        # where blocks ran, for a look
+        place = _placement(plan)
+        f = res.tissue_downsample
+        # the mask covers the whole run level (region offset not applied): place it from the origin
+        tissue = Labels(res.tissue.astype(np.uint8), name=f"{Path(job.source).stem} · tissue", opacity=0.3,
+                        visible=False, scale=(place["scale"][0] * f, place["scale"][1] * f),
+                        translate=((f - 1) / 2 * place["scale"][0], (f - 1) / 2 * place["scale"][1]),
+                        **{k: v for k, v in place.items() if k == "units"})
+    return model, info, res, layer, snapshot, tissue
 
 
 def start(widget, layer, req) -> None:
@@ -204,7 +213,7 @@ def start(widget, layer, req) -> None:
     widget.status.value = "loading model…"
 
     def returned(payload):
-        model, info, res, new, snapshot = payload
+        model, info, res, new, snapshot, tissue = payload
         if widget._closed:
             return
         secs = time.perf_counter() - widget._started
@@ -214,6 +223,8 @@ def start(widget, layer, req) -> None:
         else:
             widget.status.value = (f"{res.n_objects} objects in {secs:.1f} s ({res.blocks_run} of {res.blocks} "
                                    f"blocks on tissue, {res.blocks_resumed} resumed){where}")
+        if tissue is not None and job.keep_out:
+            widget.viewer.layers.append(tissue)
         widget.viewer.layers.append(new)
         if snapshot is not None:
             from segloop._napari.correction_tracking import track

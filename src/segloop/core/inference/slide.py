@@ -659,7 +659,8 @@ def _ngff_metadata(out: Path, plan: SlidePlan, n_levels: int, summary: dict) -> 
 
 @dataclass
 class SlideResult:
-    """What :func:`segment_slide` did.  ``labels`` is the level-0 NGFF labels array (lazy zarr)."""
+    """What :func:`segment_slide` did.  ``labels`` is the level-0 NGFF labels array (lazy zarr);
+    ``tissue`` the low-resolution tissue mask blocks were chosen by (None with ``tissue=False``)."""
 
     path: Path
     plan: SlidePlan
@@ -672,6 +673,7 @@ class SlideResult:
     seconds: float
     labels: Any = None
     tissue: np.ndarray | None = None
+    tissue_downsample: float | None = None      # run-level pixels per tissue-mask pixel
 
 
 def _check(cancel) -> None:
@@ -732,9 +734,9 @@ def segment_slide(slide, model, out: str | os.PathLike, *, level: int | None = N
     done_dir = _run_dir(out) / "done"
     records = {p.stem: json.loads(p.read_text()) for p in done_dir.glob("*.json")}
     resumed = len(records)
-    keep, mask = None, None
+    keep, mask, mask_down = None, None, None
     if plan.tissue:
-        keep, mask, _ = blocks_on_tissue(plan, slide, blocks)
+        keep, mask, mask_down = blocks_on_tissue(plan, slide, blocks)
     todo = [b for b in blocks if b.key not in records]
     for b in todo:
         if keep is not None and b.key not in keep:
@@ -777,5 +779,5 @@ def segment_slide(slide, model, out: str | os.PathLike, *, level: int | None = N
     shutil.rmtree(run / "raw", ignore_errors=True)
     labels = zarr.open_group(str(out), mode="r", zarr_format=2)[f"labels/{LABEL_NAME}/0"]
     return SlideResult(out, plan, n, len(blocks), run_, len(blocks) - run_, resumed, merged,
-                       time.perf_counter() - t0, labels, mask)
+                       time.perf_counter() - t0, labels, mask, mask_down)
 
