@@ -108,8 +108,10 @@ def main() -> None:
              if f["geometry"]["type"] == "Polygon"]                       # (x, y) px -> (y, x) µm
     for la in list(viewer.layers)[1:]:
         la.visible = False
+    from segloop._napari.io import micrometer_units
+
     viewer.add_shapes(polys, shape_type="polygon", edge_color="yellow", face_color="transparent", edge_width=0.6,
-                      name="case.geojson")
+                      name="case.geojson", **micrometer_units())
     camera.center = (1100.0, 1200.0)
     camera.zoom = 3.0
     _pump(app, 1.0)
