@@ -535,7 +535,7 @@ EXPECTED: dict[str, dict[str, list]] = {
                                      ("--model models/nuclei-unet-0.5um --pixel-size 0.25",
                                       r"run at the model's 0\.5 µm/px \(image 0\.25 µm/px, scaled x0\.5\)")]},
     "docs/scaling.md": {"files": ["one_process/wsi.zarr/labels/nuclei/0/.zarray", "two_workers/wsi.geojson",
-                                  "cohort/wsi.geojson", "cohort/wsi_copy.geojson"],
+                                  "cohort/wsi.geojson", "cohort/wsi_copy.geojson", "cohort/summary.csv"],
                         "output": [("--cluster local:2", r"wsi\.svs: \d+ objects")]},
     "docs/radiology.md": {"files": ["results/scan_labels.nii.gz", "results/dicom_series_labels.nii.gz",
                                     "results/*.seg.nrrd", "volumes.csv"],

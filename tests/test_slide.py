@@ -348,3 +348,16 @@ def test_unused_helpers_are_not_left_in_a_finished_output(svs, tmp_path):
                  str(tmp_path / "o"), "--format", "geojson"]) == 0
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["case.geojson"]      # no zarr asked for
     shutil.rmtree(tmp_path / "o")
+
+
+def test_a_cohort_gets_one_summary_row_per_slide(svs, tmp_path, capsys):
+    second = tmp_path / "case2.svs"
+    second.write_bytes(svs.read_bytes())
+    assert main(["predict", str(svs), str(second), "--model", "nuclei-unet", "--stain", "hematoxylin",
+                 "--out", str(tmp_path / "o"), "--format", "geojson"]) == 0
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "o" / "summary.csv").open()))
+    assert [Path(r["slide"]).name for r in rows] == ["case.svs", "case2.svs"]
+    assert rows[0]["objects"] == rows[1]["objects"] and int(rows[0]["objects"]) > 100
+    assert "summary of 2 slides" in capsys.readouterr().out

@@ -235,14 +235,15 @@ def _cmd_predict(args) -> int:
     cancel = threading.Event()
     on_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, lambda *a: cancel.set()) if on_main else None
-    client = None
+    client, slides = None, []
     try:
         for i, path in enumerate(args.images, 1):
             try:
                 if not _is_volume(path) and wants_slide(path, args):
                     client = client or open_client(args)
-                    predict_slide(model, normalization, path, out_dir, args, cancel, progress_bar=_progress_bar,
-                                  resolve=model.resolve if isinstance(model, _AutoModel) else None, client=client)
+                    slides.append(predict_slide(model, normalization, path, out_dir, args, cancel,
+                                                progress_bar=_progress_bar, client=client,
+                                                resolve=model.resolve if isinstance(model, _AutoModel) else None))
                 elif _is_volume(path):
                     _predict_volume(model, path, out_dir, args, i, normalization, cancel)
                 else:
@@ -256,6 +257,10 @@ def _cmd_predict(args) -> int:
             signal.signal(signal.SIGINT, previous)
         if client is not None:
             client.close()
+    if len(slides) > 1:                                 # a cohort: one row per slide
+        from segloop.cli_slide import write_summary
+
+        print(f"summary of {len(slides)} slides -> {write_summary(out_dir, slides)}")
     return 0
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from segloop.errors import SegloopError
 
 __all__ = ["FORMATS", "check_slide_args", "open_client", "parse_formats", "parse_region", "predict_slide",
-           "wants_slide"]
+           "wants_slide", "write_summary"]
 
 FORMATS = ("ome-zarr", "geojson", "csv", "tif")
 #: ``tif`` is written only when the labels fit in this many bytes (uint32).
@@ -60,8 +60,9 @@ def wants_slide(path: str, args) -> bool:
 
 
 def predict_slide(model, normalization, path: str, out_dir: Path, args, cancel, *, progress_bar,
-                  resolve=None, client=None) -> None:
-    """Segment one slide into ``out_dir/<stem>.zarr`` and the exports ``--format`` asks for.
+                  resolve=None, client=None) -> dict:
+    """Segment one slide into ``out_dir/<stem>.zarr`` and the exports ``--format`` asks for; return its
+    row of the cohort summary.
 
     ``progress_bar(n_inputs, index, name) -> (bar, update)`` is the command's progress bar;
     ``resolve(path, image, info) -> (model, normalization, image)`` picks the model (``--model
@@ -120,6 +121,26 @@ def predict_slide(model, normalization, path: str, out_dir: Path, args, cancel, 
     print(f"{path}: {res.n_objects} objects (level {plan.level}{px}; {res.blocks_run} of {res.blocks} blocks on "
           f"tissue, {res.blocks_resumed} resumed, {res.merged} joined across blocks) -> {', '.join(written)}",
           flush=True)
+    return {"slide": str(path), "objects": res.n_objects, "level": plan.level,
+            "pixel_size_um": plan.pixel_size[0] if plan.pixel_size else "", "blocks": res.blocks,
+            "blocks_on_tissue": res.blocks_run, "blocks_resumed": res.blocks_resumed,
+            "seconds": round(res.seconds, 1), "model": plan.model["name"], "outputs": ";".join(written)}
+
+
+def write_summary(out_dir: Path, rows: list[dict]) -> Path:
+    """``summary.csv`` of a cohort: one row per slide (written atomically)."""
+    import csv
+    import io
+
+    from segloop.core._runtime import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    path = out_dir / "summary.csv"
+    atomic_write_text(path, buf.getvalue())
+    return path
 
 
 def _provenance(res) -> dict:

@@ -31,7 +31,7 @@ from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, Signal
 
-from segloop._napari import model_pick, settings, slide_run
+from segloop._napari import model_pick, settings, slide_run, slide_scope
 from segloop._napari.correction_tracking import track
 from segloop._napari.model_pick import default_model
 from segloop._napari.pixel_size import layer_pixel_size, pixel_size_notice, pixel_size_status
@@ -233,6 +233,8 @@ class SegmentWidget(Container):
                      self.progress, self.status])
 
         self.insert(self.index(self.scope), self.pixel_size)        # after tile and overlap
+        self.slide_controls = slide_scope.SlideControls(self)        # results folder, block, tissue: slides only
+        self._progress_unit = "tiles"
         self.model.changed.connect(self._on_model_changed)
         self.model.changed.connect(self._on_model_chosen)
         self.model.changed.connect(self._show_pick)
@@ -389,6 +391,7 @@ class SegmentWidget(Container):
             show_error("segloop: choose a model, or a package folder under 'package'")
             return
         self._remember_choice(req)
+        self._progress_unit = "blocks" if slide_run.is_slide_layer(layer) else "tiles"
         if slide_run.is_slide_layer(layer):              # never read whole: block by block, in µm
             slide_run.start(self, layer, req)
             return
@@ -482,7 +485,7 @@ class SegmentWidget(Container):
         self.progress.value = done
         elapsed = time.perf_counter() - self._started
         eta = elapsed / done * (total - done) if done else float("nan")
-        self.status.value = f"{done}/{total} tiles" + (f", about {eta:.0f} s left" if done else "")
+        self.status.value = f"{done}/{total} {self._progress_unit}" + (f", about {eta:.0f} s left" if done else "")
 
     def _on_returned(self, payload, info: dict, req: SegmentRequest):
         model, result, layers, snapshot = payload

@@ -36,8 +36,10 @@ EDITABLE_MAX_PIXELS = 8192 * 8192
 
 
 def is_slide_layer(layer) -> bool:
-    """An image layer opened from a slide file by segloop's reader."""
-    return bool(getattr(layer, "metadata", {}).get("segloop_slide", {}).get("source"))
+    """An image layer segmented block by block: a slide opened by segloop's reader, or any multiscale layer."""
+    from segloop._napari.slide_scope import is_slide_like
+
+    return is_slide_like(layer)
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,9 @@ class SlideJob:
     region: tuple[int, int, int, int] | None
     out: Path
     keep_out: bool                                # the whole-slide OME-Zarr stays; a region's is temporary
+    geometry: dict | None = None                  # the slide layer's scale/translate (slide_scope.layer_geometry)
+    slide: object = None                          # a Slide over a multiscale layer that has no slide file
+    block: int = 4096                             # block side, run-level px
 
 
 def _level0_shape(layer) -> tuple[int, int]:
@@ -98,31 +103,44 @@ def _whole_out(source: str, model_name: str) -> Path:
     return Path(tempfile.gettempdir()) / name
 
 
-def slide_job(layer, scope: str, viewer, model_name: str) -> SlideJob:
-    """The job for ``scope`` ("whole image", "current view", "shapes region") on a slide layer."""
-    source = layer.metadata["segloop_slide"]["source"]
+def slide_job(layer, scope: str, viewer, model_name: str, *, controls=None) -> SlideJob:
+    """The job for ``scope`` ("whole image", "current view", "shapes region") on a slide-like layer.
+
+    ``controls`` (:class:`~segloop._napari.slide_scope.SlideControls`) give the results folder and
+    the block size; a multiscale layer without a slide file is read through its own levels.
+    """
+    from segloop._napari.slide_scope import layer_geometry, layer_slide
+
+    source = (layer.metadata.get("segloop_slide") or {}).get("source")
+    own = None if source else layer_slide(layer)          # InvalidImageError for a layer that is not 2D
+    extra = {"geometry": layer_geometry(layer), "slide": own,
+             "block": int(controls.block.value) if controls is not None else 4096}
     if scope == "current view":
         region = _view_region(layer)
     elif scope == "shapes region":
         region = _shapes_region(layer, viewer)
     elif scope == "whole image":
-        return SlideJob(source, None, _whole_out(source, model_name), True)
+        stem = Path(source).name.split(".")[0] if source else layer.name
+        out = controls.whole_out(source, stem, model_name) if controls is not None else \
+            _whole_out(source or str(Path(tempfile.gettempdir()) / layer.name), model_name)
+        return SlideJob(source or layer.name, None, out, True, **extra)
     else:
         raise InvalidImageError(f"scope {scope!r} is for stacks; a slide takes 'whole image', 'current view' or "
                                 "'shapes region'")
-    return SlideJob(source, region, Path(tempfile.mkdtemp(prefix="segloop-region-")) / "region.zarr", False)
+    return SlideJob(source or layer.name, region, Path(tempfile.mkdtemp(prefix="segloop-region-")) / "region.zarr",
+                    False, **extra)
 
 
-def _placement(plan) -> dict:
-    """Labels ``scale`` and ``translate`` (µm when the slide has a pixel size) of a run's labels."""
+def _placement(plan, geometry: dict | None) -> dict:
+    """Labels ``scale`` and ``translate`` of a run's labels: on the slide layer (``geometry``), else
+    in µm from the plan's pixel size."""
+    from segloop._napari.slide_scope import placement
+
     d = plan.downsample
-    mpp0 = (plan.pixel_size[0] / d, plan.pixel_size[1] / d) if plan.pixel_size else (1.0, 1.0)
-    y0, x0 = plan.region[0] * d, plan.region[1] * d                     # level-0 px
-    from segloop._napari.io import micrometer_units
-
-    return {"scale": (mpp0[0] * d, mpp0[1] * d),
-            "translate": ((y0 + (d - 1) / 2) * mpp0[0], (x0 + (d - 1) / 2) * mpp0[1]),
-            **(micrometer_units() if plan.pixel_size else {})}
+    if geometry is None:
+        mpp0 = (plan.pixel_size[0] / d, plan.pixel_size[1] / d) if plan.pixel_size else (1.0, 1.0)
+        geometry = {"scale0": mpp0, "translate0": (0.0, 0.0), "um": bool(plan.pixel_size)}
+    return placement(geometry, d, (plan.region[0] * d, plan.region[1] * d))
 
 
 def _run(widget, req, job: SlideJob, cancel: threading.Event):
@@ -137,7 +155,7 @@ def _run(widget, req, job: SlideJob, cancel: threading.Event):
 
     model = widget._load_model(req)
     summary = job.out / ".segloop-run" / "summary.json"
-    with open_slide(job.source) as slide:
+    with (job.slide if job.slide is not None else open_slide(job.source)) as slide:
         rgb = slide.levels[0].ndim == 3
         normalization = stain_normalization(model, rgb=rgb, stain=req.stain, stain_norm=req.stain_norm)
         predict = {"tile": req.tile, "overlap": req.overlap, "device": req.device, "engine": req.engine,
@@ -146,6 +164,7 @@ def _run(widget, req, job: SlideJob, cancel: threading.Event):
             res = None                                   # finished before: open it
         else:
             res = segment_slide(slide, model, job.out, region=job.region, predict=predict, include_image=job.keep_out,
+                                block=job.block, tissue=job.keep_out,             # a region: all of it
                                 pixel_size=req.pixel_size if req.pixel_size and not slide.mpp else None,
                                 progress=widget._relay.progressed.emit, cancel=cancel)
     from segloop.core.inference.slide import SlidePlan
@@ -161,14 +180,14 @@ def _run(widget, req, job: SlideJob, cancel: threading.Event):
     if job.keep_out and h * w > EDITABLE_MAX_PIXELS:
         data = [da.from_zarr(group[str(i)]) for i in range(n_levels)]
         layer = Labels(data if n_levels > 1 else data[0], name=name, multiscale=n_levels > 1,
-                       metadata={"segloop": prov}, **_placement(plan))
+                       metadata={"segloop": prov}, **_placement(plan, job.geometry))
         snapshot = None
     elif job.keep_out:                                   # small enough to edit: one level, in memory
         from segloop.core.editing.corrections import PredictionSnapshot
 
         labels = np.asarray(group["0"])
         snapshot = PredictionSnapshot(labels)
-        layer = Labels(labels, name=name, metadata={"segloop": prov}, **_placement(plan))
+        layer = Labels(labels, name=name, metadata={"segloop": prov}, **_placement(plan, job.geometry))
     else:
         import shutil
 
@@ -176,11 +195,11 @@ def _run(widget, req, job: SlideJob, cancel: threading.Event):
 
         labels = np.asarray(group["0"])
         snapshot = PredictionSnapshot(labels)        # corrections are tracked against it, as for images
-        layer = Labels(labels, name=f"{name} · region", metadata={"segloop": prov}, **_placement(plan))
+        layer = Labels(labels, name=f"{name} · region", metadata={"segloop": prov}, **_placement(plan, job.geometry))
         shutil.rmtree(job.out.parent, ignore_errors=True)
     tissue = None
     if res is not None and res.tissue is not None:        # where blocks ran, for a look
-        place = _placement(plan)
+        place = _placement(plan, job.geometry)
         f = res.tissue_downsample
         # the mask covers the whole run level (region offset not applied): place it from the origin
         tissue = Labels(res.tissue.astype(np.uint8), name=f"{Path(job.source).stem} · tissue", opacity=0.3,
@@ -197,7 +216,7 @@ def start(widget, layer, req) -> None:
 
     try:
         model_name = Path(req.model).name if os.sep in req.model else req.model
-        job = slide_job(layer, req.scope, widget.viewer, model_name)
+        job = slide_job(layer, req.scope, widget.viewer, model_name, controls=getattr(widget, "slide_controls", None))
     except SegloopError as e:
         widget.status.value = f"error: {e}"
         show_error(f"segloop: {e}")
