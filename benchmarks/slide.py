@@ -8,7 +8,8 @@ peak memory figure is that run's own:
 
 * ``slide``: :func:`segment_slide` of the whole slide into OME-Zarr (blocks of ``--block``):
   wall time, Mpx/s of the slide, blocks on tissue, and peak RSS growth over the process's RSS
-  after the model is loaded (sampled every 20 ms, and ``ru_maxrss``);
+  after the model is loaded (sampled every 20 ms; not ``ru_maxrss``, which Linux keeps across
+  exec, so a child inherits the benchmark's own peak from building the slides);
 * ``in-memory`` (the named baseline, same pixels): the slide's level 0 read into one numpy array,
   then ``Model.predict`` on it; only for sizes up to ``--baseline-max`` (it needs the whole image
   and its labels in memory).  Its time excludes the read;
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -83,7 +83,7 @@ def make_slide(path: Path, size: int, tissue: float) -> Path:
 
 
 class PeakRSS:
-    """Peak resident memory of this process while inside the ``with`` (sampled, and ru_maxrss)."""
+    """Peak resident memory of this process while inside the ``with`` (sampled every 20 ms)."""
 
     def __enter__(self):
         import psutil
@@ -103,7 +103,7 @@ class PeakRSS:
     def __exit__(self, *exc):
         self._stop.set()
         self._t.join()
-        self.peak = max(self.peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        # not ru_maxrss: Linux keeps it across exec, so a child started by a big parent inherits its peak
 
     @property
     def growth_mb(self) -> float:

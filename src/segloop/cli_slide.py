@@ -181,21 +181,17 @@ def _write_objects(slide, res, formats, exports) -> list[str]:
 
                 yield lab, img, (ry + y0, rx + x0), keep
 
+    def objects(make, to_level0):
+        for lab, img, off, keep in windows():
+            for item in make(lab, offset=off, pixel_size=plan.pixel_size, image=img, keep=keep):
+                yield to_level0(item, d)
+
     written = []
-    if "geojson" in formats:
-        def features():
-            for lab, img, off, keep in windows():
-                for f in label_features(lab, offset=off, pixel_size=plan.pixel_size, image=img, keep=keep):
-                    yield _to_level0(f, d)
-        write_geojson(exports["geojson"], features())
-        written.append(str(exports["geojson"]))
-    if "csv" in formats:
-        def rows():
-            for lab, img, off, keep in windows():
-                for r in object_table(lab, offset=off, pixel_size=plan.pixel_size, image=img, keep=keep):
-                    yield _row_to_level0(r, d)
-        write_object_csv(exports["csv"], rows())
-        written.append(str(exports["csv"]))
+    for fmt, make, to_level0, write in (("geojson", label_features, _to_level0, write_geojson),
+                                        ("csv", object_table, _row_to_level0, write_object_csv)):
+        if fmt in formats:
+            write(exports[fmt], objects(make, to_level0))
+            written.append(str(exports[fmt]))
     return written
 
 

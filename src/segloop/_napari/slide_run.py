@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segloop.errors import InvalidImageError, SegloopError
+from segloop.errors import InvalidImageError, SegloopError, WriteError
 
 __all__ = ["EDITABLE_MAX_PIXELS", "SlideJob", "is_slide_layer", "read_ome_zarr", "slide_job", "start"]
 
@@ -121,8 +121,12 @@ def slide_job(layer, scope: str, viewer, model_name: str, *, controls=None) -> S
         region = _shapes_region(layer, viewer)
     elif scope == "whole image":
         stem = Path(source).name.split(".")[0] if source else layer.name
-        out = controls.whole_out(source, stem, model_name) if controls is not None else \
-            _whole_out(source or str(Path(tempfile.gettempdir()) / layer.name), model_name)
+        if controls is not None:
+            out = controls.whole_out(source, stem, model_name)
+        elif source:
+            out = _whole_out(source, model_name)
+        else:                                            # no file: a new folder (see SlideControls.whole_out)
+            out = Path(tempfile.mkdtemp(prefix="segloop-slide-")) / f"{stem}.{model_name}.segloop.zarr"
         return SlideJob(source or layer.name, None, out, True, **extra)
     else:
         raise InvalidImageError(f"scope {scope!r} is for stacks; a slide takes 'whole image', 'current view' or "
@@ -161,6 +165,11 @@ def _run(widget, req, job: SlideJob, cancel: threading.Event):
         predict = {"tile": req.tile, "overlap": req.overlap, "device": req.device, "engine": req.engine,
                    "normalization": normalization}
         if job.keep_out and summary.is_file():
+            done = json.loads(summary.read_text())
+            same = (done["plan"]["source"] == str(slide.path) and done["model"].get("sha256") == model.spec.sha256)
+            if not same:
+                raise WriteError(f"{job.out} holds the result of another slide or model; delete it or choose "
+                                 "another results folder")
             res = None                                   # finished before: open it
         else:
             res = segment_slide(slide, model, job.out, region=job.region, predict=predict, include_image=job.keep_out,

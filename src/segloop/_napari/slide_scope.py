@@ -31,9 +31,14 @@ DEFAULT_BLOCK = 4096
 
 
 def is_slide_like(layer) -> bool:
-    """An image layer segmented block by block: a slide opened by segloop's reader, or multiscale."""
+    """An image layer segmented block by block: a slide opened by segloop's reader, or a 2D (or RGB)
+    multiscale layer.  Multiscale stacks (Z, Y, X) keep the stack scopes."""
     meta = getattr(layer, "metadata", None) or {}
-    return bool((meta.get("segloop_slide") or {}).get("source")) or bool(getattr(layer, "multiscale", False))
+    if (meta.get("segloop_slide") or {}).get("source"):
+        return True
+    if not getattr(layer, "multiscale", False):
+        return False
+    return layer.data[0].ndim == (3 if layer.rgb else 2)
 
 
 def layer_slide(layer):
@@ -103,7 +108,7 @@ def _open(layer):
     return open_slide(source) if source else layer_slide(layer)
 
 
-def _tissue(layer_slide_or_file, name: str):
+def _tissue(layer_slide_or_file):
     """Worker thread: the tissue mask on the slide's overview and its downsample from level 0."""
     from segloop.core.inference.slide import overview, tissue_mask
 
@@ -166,9 +171,10 @@ class SlideControls:
 
     def whole_out(self, source: str | None, name: str, model_name: str) -> Path:
         """Where a whole-slide run of ``model_name`` writes: ``<folder>/<name>.<model>.segloop.zarr``."""
+        import re
         import tempfile
 
-        fname = f"{name}.{model_name}.segloop.zarr"
+        fname = re.sub(r"[^\w.-]+", "_", f"{name}.{model_name}") + ".segloop.zarr"
         folder = self.folder_value()
         if folder is not None:
             if not folder.is_dir() or not os.access(folder, os.W_OK):
@@ -177,7 +183,10 @@ class SlideControls:
             return folder / fname
         if source and os.access(Path(source).parent, os.W_OK):
             return Path(source).parent / fname
-        return Path(tempfile.gettempdir()) / fname
+        if source:                                      # a read-only slide folder: resumable in the temp folder
+            return Path(tempfile.gettempdir()) / fname
+        # a layer with no file: nothing says a later image of that name is the same one, so a new folder
+        return Path(tempfile.mkdtemp(prefix="segloop-slide-")) / fname
 
     def add_tissue(self, _event=None) -> None:
         """Compute the tissue mask of the widget's slide in a worker; add it as a Labels layer."""
@@ -218,5 +227,5 @@ class SlideControls:
             self._worker = None
             self.tissue_button.enabled = True
 
-        self._worker = create_worker(_tissue, source, layer.name,
+        self._worker = create_worker(_tissue, source,
                                      _connect={"returned": returned, "errored": errored, "finished": finished})

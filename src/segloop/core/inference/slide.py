@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from segloop.core.inference.postprocess import UnionFind
 from segloop.errors import Cancelled, InvalidImageError, WriteError
 
 __all__ = ["Block", "SlidePlan", "SlideResult", "block_grid", "blocks_on_tissue", "plan_slide", "run_block",
@@ -486,25 +487,6 @@ def stitch_pairs(strip: np.ndarray, other: np.ndarray, strip_edge: np.ndarray, o
     return out
 
 
-class _UnionFind:
-    def __init__(self, n: int):
-        self.parent = np.arange(n + 1, dtype=np.int64)
-
-    def find(self, i: int) -> int:
-        p = self.parent
-        root = i
-        while p[root] != root:
-            root = p[root]
-        while p[i] != root:
-            p[i], i = root, p[i]
-        return int(root)
-
-    def union(self, i: int, j: int) -> None:
-        ri, rj = self.find(i), self.find(j)
-        if ri != rj:
-            self.parent[max(ri, rj)] = min(ri, rj)
-
-
 def _lookup_table(out: Path, plan: SlidePlan, blocks: list[Block], records: dict[str, dict]):
     """Offsets per block and the id lookup table raw-compact -> final (stitched, 1..N)."""
     import zarr
@@ -513,7 +495,8 @@ def _lookup_table(out: Path, plan: SlidePlan, blocks: list[Block], records: dict
     for b in blocks:
         offsets[b.key] = total
         total += records[b.key]["max_id"]
-    uf = _UnionFind(total)
+    uf = UnionFind()
+    uf.grow(total)
     raw = zarr.open_group(str(out), mode="r", zarr_format=2)[f"{RUN_DIR}/raw"]
     ry, rx = plan.region[0], plan.region[1]
     by_index = {b.index: b for b in blocks}
@@ -555,12 +538,7 @@ def _lookup_table(out: Path, plan: SlidePlan, blocks: list[Block], records: dict
             for a, c in pairs:
                 uf.union(offsets[b.key] + a, offsets[nb.key] + c)
                 n_merged += 1
-    roots = uf.parent
-    while True:                                                  # pointer jumping to the roots
-        nxt = roots[roots]
-        if np.array_equal(nxt, roots):
-            break
-        roots = nxt
+    roots = uf.roots()
     present = [np.load(_run_dir(out) / "strips" / f"{b.key}.npz", allow_pickle=False)["ids"].astype(np.int64)
                + offsets[b.key] for b in blocks if not records[b.key]["skipped"]]
     present = np.concatenate(present) if present else np.zeros(0, np.int64)
@@ -578,12 +556,16 @@ def _relabel(out: Path, plan: SlidePlan, blocks, offsets, lut, *, cancel=None) -
     root = zarr.open_group(str(out), mode="r+", zarr_format=2)
     raw, dst = root[f"{RUN_DIR}/raw"], root[f"labels/{LABEL_NAME}/0"]
     ry, rx = plan.region[0], plan.region[1]
+    c = plan.chunk
     for b in blocks:
         _check(cancel)
         cy0, cy1, cx0, cx1 = b.core
-        r = np.asarray(raw[cy0 - ry:cy1 - ry, cx0 - rx:cx1 - rx]).astype(np.int64)
-        r = np.where(r > 0, r + offsets[b.key], 0)
-        dst[cy0 - ry:cy1 - ry, cx0 - rx:cx1 - rx] = lut[r]
+        for y in range(cy0, cy1, c):                  # chunk by chunk: a few MB at a time, whatever the block
+            for x in range(cx0, cx1, c):
+                ys, xs = slice(y - ry, min(y + c, cy1) - ry), slice(x - rx, min(x + c, cx1) - rx)
+                r = np.asarray(raw[ys, xs]).astype(np.int64)
+                if r.any():
+                    dst[ys, xs] = lut[np.where(r > 0, r + offsets[b.key], 0)]
 
 
 def _pyramid(out: Path, plan: SlidePlan, *, min_side: int = 256) -> int:
