@@ -25,8 +25,8 @@ QuPath's OME-Zarr reader)::
 
     OUT.zarr/0, 1, ...               the image (c, y, x) at the run level, then halved (optional)
     OUT.zarr/labels/nuclei/0, 1 ...  uint32 instance ids, same grid, nearest-neighbour pyramid
-    OUT.zarr/.segloop-run/           plan.json, done/ markers, strips/, raw (working ids); removed
-                                     when finished, except plan.json and summary.json
+    OUT.zarr/.segloop-run/           plan.json, done/ markers, strips/, raw (working ids); strips
+                                     and raw are removed when finished, summary.json is added
 """
 
 from __future__ import annotations
@@ -453,9 +453,25 @@ def _run_block(out, plan: SlidePlan, key: str, run: Path, done: Path, *, slide, 
     return rec
 
 
-def _skip_block(out: Path, key: str) -> dict:
-    rec = {"key": key, "max_id": 0, "n_objects": 0, "skipped": True, "tiles": 0, "tiles_skipped": 0}
-    _atomic_json(_run_dir(out) / "done" / f"{key}.json", rec)
+def _skip_block(out: Path, plan: SlidePlan, block: Block, slide) -> dict:
+    """Record a block with no tissue as finished: no labels; its image is still copied (glass, not black)."""
+    import dask
+    import zarr
+
+    if plan.include_image:
+        y0, y1, x0, x1 = block.core
+        ry, rx = plan.region[0], plan.region[1]
+        with dask.config.set(scheduler="threads"):
+            img = np.asarray(slide.levels[plan.level][y0:y1, x0:x1])
+        img = img[..., :3] if plan.rgb else img
+        img = np.moveaxis(img, -1, 0) if img.ndim == 3 else img[None]
+        try:
+            zarr.open_group(str(out), mode="r+", zarr_format=2)["0"][:, y0 - ry:y1 - ry, x0 - rx:x1 - rx] = img
+        except OSError as e:
+            raise WriteError(f"cannot write block {block.key} of {out}: {e.strerror or e}; free some space or "
+                             "choose another --out (finished blocks are kept; rerun to resume)") from None
+    rec = {"key": block.key, "max_id": 0, "n_objects": 0, "skipped": True, "tiles": 0, "tiles_skipped": 0}
+    _atomic_json(_run_dir(out) / "done" / f"{block.key}.json", rec)
     return rec
 
 
@@ -611,12 +627,16 @@ def _ngff_metadata(out: Path, plan: SlidePlan, n_levels: int, summary: dict) -> 
     trans = [float(plan.region[0]) * px[0], float(plan.region[1]) * px[1]]
 
     def multiscales(name, with_c):
+        # a 2x2 mean sits between its pixels; labels are sampled [::2, ::2], on the first one
+        def shift(i):
+            return 0.0 if name == LABEL_NAME else (2 ** i - 1) / 2
+
         axes = ([{"name": "c", "type": "channel"}] if with_c else []) + [
             {"name": a, "type": "space", **({"unit": unit} if unit else {})} for a in ("y", "x")]
         datasets = [{"path": str(i), "coordinateTransformations": [
             {"type": "scale", "scale": ([1.0] if with_c else []) + [px[0] * 2 ** i, px[1] * 2 ** i]},
             {"type": "translation", "translation": ([0.0] if with_c else [])
-             + [trans[0] + (2 ** i - 1) * px[0] / 2, trans[1] + (2 ** i - 1) * px[1] / 2]}]}
+             + [trans[0] + shift(i) * px[0], trans[1] + shift(i) * px[1]]}]}
             for i in range(n_levels)]
         return [{"version": "0.4", "name": name, "axes": axes, "datasets": datasets,
                  "type": "nearest" if name == LABEL_NAME else "mean"}]
@@ -722,7 +742,8 @@ def segment_slide(slide, model, out: str | os.PathLike, *, level: int | None = N
     todo = [b for b in blocks if b.key not in records]
     for b in todo:
         if keep is not None and b.key not in keep:
-            records[b.key] = _skip_block(out, b.key)
+            _check(cancel)
+            records[b.key] = _skip_block(out, plan, b, slide)
     todo = [b for b in todo if b.key not in records]
     total, finished = len(blocks), len(records)
     if progress:
