@@ -7,16 +7,21 @@ tissue (an ellipse) and the rest glass.  Each measurement runs in a FRESH subpro
 peak memory figure is that run's own:
 
 * ``slide``: :func:`segment_slide` of the whole slide into OME-Zarr (blocks of ``--block``):
-  wall time, Mpx/s of the slide, blocks on tissue, and peak RSS growth over the process's RSS
+  wall time, Mpx/s and tiles/s of the slide (the model's tiles, at its tile step, over the whole
+  slide, glass included), blocks on tissue, and peak RSS growth over the process's RSS
   after the model is loaded (sampled every 20 ms; not ``ru_maxrss``, which Linux keeps across
   exec, so a child inherits the benchmark's own peak from building the slides);
 * ``in-memory`` (the named baseline, same pixels): the slide's level 0 read into one numpy array,
   then ``Model.predict`` on it; only for sizes up to ``--baseline-max`` (it needs the whole image
-  and its labels in memory).  Its time excludes the read;
+  and its labels in memory; a larger size gets a row that says it was not run).  Its time
+  excludes the read;
 * ``blank``: a slide of the same size that is all glass: what background costs;
 * ``local:2`` (``--cluster``, on the first size): the same slide on two dask worker processes;
-  objects and instance F1@0.5 against the one-process result, and Mpx/s per worker with a
+  objects and instance F1@0.5 against the one-process result, and tiles/s per worker with a
   linear projection for N workers (a projection, not a measurement).
+
+The last line compares the slide runs' peak memory growth at the smallest and largest size with
+the size of the largest slide's labels as one array.
 
 Run::
 
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -145,6 +151,14 @@ def child(args) -> dict:
             "blocks": res.blocks, "blocks_run": res.blocks_run, "peak_growth_mb": mem.growth_mb}
 
 
+def tile_step(model_name: str) -> int:
+    """The model's tile step in pixels (tile size times one minus its overlap)."""
+    import segloop
+
+    tile = segloop.load_model(model_name, device="cpu").spec.tile
+    return max(1, int(round(int(tile["size"]) * (1 - float(tile.get("overlap", 0))))))
+
+
 def run_child(kind: str, slide: Path, out: Path, args, cluster: str | None = None) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--slide", str(slide), "--out", str(out),
            "--model", args.model, "--block", str(args.block)] + (["--cluster", cluster] if cluster else [])
@@ -185,6 +199,7 @@ def main(argv=None) -> int:
     from _machine import cpu_model
 
     sizes = [int(s) for s in args.sizes.split(",")]
+    step = tile_step(args.model)
     rows, work = [], Path(tempfile.mkdtemp(prefix="segloop-slide-bench-"))
     for i, size in enumerate(sizes):
         slide = make_slide(work / f"s{size}.svs", size, args.tissue)
@@ -194,25 +209,49 @@ def main(argv=None) -> int:
         rows.append({"size": size, **run_child("blank", blank, work / f"b{size}.zarr", args)})
         if size <= args.baseline_max:
             rows.append({"size": size, **run_child("in-memory", slide, work / "unused", args)})
+        else:
+            gb = size * size * (3 + 4 + 4) / 2**30            # RGB, the float input, uint32 labels
+            rows.append({"size": size, "run": "in-memory", "skipped":
+                         f"not run: size > --baseline-max {args.baseline_max} (needs > {gb:.0f} GB in memory)"})
         if i == 0 and args.cluster:
             two = run_child("cluster", slide, work / f"c{size}.zarr", args, cluster=args.cluster)
             na, nb, f1 = f1_between(work / f"s{size}.zarr", work / f"c{size}.zarr")
             n = int(args.cluster.split(":")[1])
+            per_worker = two["mpx_s"] * 1e6 / step ** 2 / n
             two.update(objects_one_process=na, object_difference_pct=100 * abs(na - nb) / max(na, 1), f1_vs_one=f1,
-                       mpx_s_per_worker=two["mpx_s"] / n,
-                       projection=f"~{two['mpx_s'] / n:.2f} Mpx/s per worker x N workers (linear; not measured)")
+                       mpx_s_per_worker=two["mpx_s"] / n, tiles_s_per_worker=per_worker,
+                       projection=f"projection, not measured: ~{per_worker:.1f} tiles/s x N workers "
+                                  f"(N = 8: ~{8 * per_worker:.0f} tiles/s) if each worker has its own cores")
             rows.append({"size": size, **two})
-    print(f"machine: {cpu_model()}; model {args.model}; block {args.block}; tissue {args.tissue:.0%}")
-    print(f"{'size':>7} {'run':>10} {'seconds':>8} {'Mpx/s':>7} {'objects':>8} {'peak growth MB':>15}  notes")
     for r in rows:
+        if "mpx_s" in r:
+            r["tiles_s"] = r["mpx_s"] * 1e6 / step ** 2
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; model {args.model} (tile step {step} px); "
+          f"block {args.block}; tissue {args.tissue:.0%}")
+    print(f"{'size':>7} {'run':>10} {'seconds':>8} {'Mpx/s':>7} {'tiles/s':>8} {'objects':>8} {'peak growth MB':>15}"
+          "  notes")
+    for r in rows:
+        if "skipped" in r:
+            print(f"{r['size']:>7} {r['run']:>10} {'-':>8} {'-':>7} {'-':>8} {'-':>8} {'-':>15}  {r['skipped']}")
+            continue
         extra = ""
         if r["run"] == "cluster":
-            extra = (f"objects {r['objects']} vs {r['objects_one_process']} ({r['object_difference_pct']:.2f} %), "
+            extra = (f"peak growth: this process, not the workers; "
+                     f"objects {r['objects']} vs {r['objects_one_process']} ({r['object_difference_pct']:.2f} %), "
                      f"F1 {r['f1_vs_one']:.4f}; {r['projection']}")
         elif "blocks" in r:
             extra = f"{r['blocks_run']} of {r['blocks']} blocks on tissue"
-        print(f"{r['size']:>7} {r['run']:>10} {r['seconds']:>8.1f} {r['mpx_s']:>7.2f} {r['objects']:>8} "
-              f"{r['peak_growth_mb']:>15.0f}  {extra}")
+        else:
+            extra = r.get("note", "")
+        print(f"{r['size']:>7} {r['run']:>10} {r['seconds']:>8.1f} {r['mpx_s']:>7.2f} {r['tiles_s']:>8.1f} "
+              f"{r['objects']:>8} {r['peak_growth_mb']:>15.0f}  {extra}")
+    growth = [(r["size"], r["peak_growth_mb"]) for r in rows if r["run"] == "slide"]
+    if len(growth) > 1:
+        (s0, g0), (s1, g1) = growth[0], growth[-1]
+        labels_mb = s1 * s1 * 4 / 2**20
+        print(f"peak RSS growth of segment_slide: {g0:.0f} MB at {s0} px, {g1:.0f} MB at {s1} px: "
+              f"{g1 - g0:+.0f} MB for {(s1 / s0) ** 2:.0f}x the pixels (its labels as one uint32 array: "
+              f"{labels_mb:.0f} MB)")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": cpu_model(), "rows": rows}, indent=1))
     return 0

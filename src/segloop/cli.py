@@ -1017,8 +1017,10 @@ def main(argv: list[str] | None = None) -> int:
     new_folders = _new_output_folders(args)
     try:
         code = int(args.func(args) or 0)
-    except Cancelled:
-        print("segloop: cancelled; the image being segmented got no output", file=sys.stderr)
+    except Cancelled as e:
+        kept = "resume" in str(e)                         # a slide run keeps its finished blocks
+        print(f"segloop: {e}" if kept else "segloop: cancelled; the image being segmented got no output",
+              file=sys.stderr)
         code = 130
     except SegloopError as e:
         message = _name_the_input(args, " ".join(str(e).splitlines()))           # one line, always

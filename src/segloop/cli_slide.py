@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segloop.errors import SegloopError
+from segloop.errors import Cancelled, SegloopError
 
 __all__ = ["FORMATS", "check_slide_args", "open_client", "parse_formats", "parse_region", "predict_slide",
            "wants_slide", "write_summary"]
@@ -96,6 +96,9 @@ def predict_slide(model, normalization, path: str, out_dir: Path, args, cancel, 
                                 tissue=args.tissue == "on", overwrite=args.overwrite, predict=predict,
                                 pixel_size=args.pixel_size,
                                 client=client, progress=update, cancel=cancel)
+        except Cancelled:
+            raise Cancelled(f"{path}: cancelled; finished blocks are kept in {zarr_path}: run the same command "
+                            "again to resume") from None
         finally:
             bar.close()
         plan = res.plan
@@ -147,8 +150,46 @@ def _provenance(res) -> dict:
     return {"model": res.plan.model, "slide": res.plan.to_dict(), "n_objects": res.n_objects}
 
 
+def _object_owners(labels, n: int, step: int):
+    """Per object id (1..n): the block ``(row, col)`` of ``step`` px holding its centroid, and its bbox.
+
+    One pass over the stitched labels, ``step`` x ``step`` px at a time; the arrays hold a few
+    numbers per object, never the labels.
+    """
+    h, w = labels.shape
+    count, sy, sx = np.zeros(n + 1), np.zeros(n + 1), np.zeros(n + 1)
+    big = np.iinfo(np.int64).max
+    y0s, x0s = np.full(n + 1, big, np.int64), np.full(n + 1, big, np.int64)
+    y1s, x1s = np.zeros(n + 1, np.int64), np.zeros(n + 1, np.int64)
+    for y in range(0, h, step):
+        for x in range(0, w, step):
+            lab = np.asarray(labels[y:y + step, x:x + step])
+            yy, xx = np.nonzero(lab)
+            if not len(yy):
+                continue
+            ids = lab[yy, xx].astype(np.int64)
+            yy, xx = yy + y, xx + x
+            count += np.bincount(ids, minlength=n + 1)
+            sy += np.bincount(ids, weights=yy, minlength=n + 1)
+            sx += np.bincount(ids, weights=xx, minlength=n + 1)
+            np.minimum.at(y0s, ids, yy)
+            np.minimum.at(x0s, ids, xx)
+            np.maximum.at(y1s, ids, yy + 1)
+            np.maximum.at(x1s, ids, xx + 1)
+    present = count > 0
+    owner = np.full((n + 1, 2), -1, np.int64)
+    owner[present, 0] = (sy[present] / count[present] // step).astype(np.int64)
+    owner[present, 1] = (sx[present] / count[present] // step).astype(np.int64)
+    return owner, np.stack([y0s, y1s, x0s, x1s], 1)
+
+
 def _write_objects(slide, res, formats, exports) -> list[str]:
-    """GeoJSON and CSV from the stitched labels, block by block (each object once: its centroid's block)."""
+    """GeoJSON and CSV from the stitched labels, block by block: each object exactly once and whole.
+
+    An object belongs to the block holding its centroid (over the whole labels, not a window's
+    piece of it), and is measured in a window that covers it all, however far it reaches past
+    the block.
+    """
     from segloop.core.formats.io.geojson import (
         label_features,
         object_table,
@@ -158,28 +199,25 @@ def _write_objects(slide, res, formats, exports) -> list[str]:
 
     plan, labels = res.plan, res.labels
     ry, rx, h, w = plan.region
-    margin = plan.halo
     d = plan.downsample
     level = slide.levels[plan.level]
+    owner, bbox = _object_owners(labels, int(res.n_objects), plan.block)
+    by_block: dict[tuple[int, int], np.ndarray] = {}
+    present = np.flatnonzero(owner[:, 0] >= 0)
+    for key in np.unique(owner[present], axis=0):
+        ids = present[(owner[present] == key).all(axis=1)]
+        by_block[(int(key[0]), int(key[1]))] = ids
 
     def windows():
-        for y in range(0, h, plan.block):
-            for x in range(0, w, plan.block):
-                y0, y1 = max(0, y - margin), min(h, y + plan.block + margin)
-                x0, x1 = max(0, x - margin), min(w, x + plan.block + margin)
-                lab = np.asarray(labels[y0:y1, x0:x1])
-                if not lab.any():
-                    continue
-                img = np.asarray(level[ry + y0:ry + y1, rx + x0:rx + x1])
-                if img.ndim == 3 and img.shape[-1] == 4:
-                    img = img[..., :3]
-                core = (y, min(h, y + plan.block), x, min(w, x + plan.block))
-
-                def keep(region, _y0=y0, _x0=x0, _core=core):
-                    cy, cx = region.centroid
-                    return _core[0] <= cy + _y0 < _core[1] and _core[2] <= cx + _x0 < _core[3]
-
-                yield lab, img, (ry + y0, rx + x0), keep
+        for _key, ids in sorted(by_block.items()):
+            y0, x0 = int(bbox[ids, 0].min()), int(bbox[ids, 2].min())
+            y1, x1 = int(bbox[ids, 1].max()), int(bbox[ids, 3].max())
+            lab = np.asarray(labels[y0:y1, x0:x1])
+            img = np.asarray(level[ry + y0:ry + y1, rx + x0:rx + x1])
+            if img.ndim == 3 and img.shape[-1] == 4:
+                img = img[..., :3]
+            mine = set(ids.tolist())
+            yield lab, img, (ry + y0, rx + x0), (lambda region, _mine=mine: region.label in _mine)
 
     def objects(make, to_level0):
         for lab, img, off, keep in windows():
