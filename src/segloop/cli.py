@@ -845,6 +845,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from segloop import __version__
+    from segloop.cli_slide import add_slide_arguments
 
     ap = OneLineParser(prog="segloop", description="Annotation-assisted segmentation.")
     ap.add_argument("--version", action="version", version=f"segloop {__version__}")
@@ -896,19 +897,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="volumes: segment only these slices (axis 0, stop excluded)")
     p.add_argument("--seg-nrrd", action="store_true",
                    help="volumes: also write a 3D Slicer segmentation (.seg.nrrd)")
-    g = p.add_argument_group("whole slides (.svs, .ndpi, .mrxs, pyramidal TIFF ...)")
-    g.add_argument("--format", dest="formats", action="append", default=None, metavar="FMT",
-                   help="ome-zarr, geojson (QuPath), csv (one row per object), tif (if it fits in memory); "
-                        "repeat or comma-separate (default for slides: ome-zarr,geojson)")
-    g.add_argument("--level", type=int, default=None,
-                   help="pyramid level to run on (default: the one closest to the model's pixel size)")
-    g.add_argument("--region", default=None, metavar="X,Y,W,H", help="only this part, in level-0 pixels")
-    g.add_argument("--block", type=int, default=4096, help="block side in pixels of the run level (default 4096)")
-    g.add_argument("--tissue", choices=["on", "off"], default="on",
-                   help="skip blocks with no tissue on a low-resolution level (default on)")
-    g.add_argument("--cluster", default=None, metavar="local:N", help="run blocks on N local dask worker processes")
-    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="run blocks on a running dask scheduler's workers, e.g. tcp://HOST:8786")
+    add_slide_arguments(p)
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("measure", help="per-label volume (mL), largest axial diameter (mm), intensity stats")

@@ -14,12 +14,29 @@ import numpy as np
 
 from segloop.errors import Cancelled, SegloopError
 
-__all__ = ["FORMATS", "check_slide_args", "open_client", "parse_formats", "parse_region", "predict_slide",
+__all__ = ["FORMATS", "add_slide_arguments", "check_slide_args", "open_client", "parse_formats", "parse_region", "predict_slide",
            "wants_slide", "write_summary"]
 
 FORMATS = ("ome-zarr", "geojson", "csv", "tif")
 #: ``tif`` is written only when the labels fit in this many bytes (uint32).
 TIF_MAX_BYTES = 2 * 1024**3
+
+
+def add_slide_arguments(parser) -> None:
+    """The whole-slide options of ``segloop predict`` (checked by :func:`check_slide_args`)."""
+    g = parser.add_argument_group("whole slides (.svs, .ndpi, .mrxs, pyramidal TIFF ...)")
+    g.add_argument("--format", dest="formats", action="append", default=None, metavar="FMT",
+                   help="ome-zarr, geojson (QuPath), csv (one row per object), tif (if it fits in memory); "
+                        "repeat or comma-separate (default for slides: ome-zarr,geojson)")
+    g.add_argument("--level", type=int, default=None,
+                   help="pyramid level to run on (default: the one closest to the model's pixel size)")
+    g.add_argument("--region", default=None, metavar="X,Y,W,H", help="only this part, in level-0 pixels")
+    g.add_argument("--block", type=int, default=4096, help="block side in pixels of the run level (default 4096)")
+    g.add_argument("--tissue", choices=["on", "off"], default="on",
+                   help="skip blocks with no tissue on a low-resolution level (default on)")
+    g.add_argument("--cluster", default=None, metavar="local:N", help="run blocks on N local dask worker processes")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run blocks on a running dask scheduler's workers, e.g. tcp://HOST:8786")
 
 
 def parse_formats(values: list[str] | None) -> list[str] | None:

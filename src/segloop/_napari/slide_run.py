@@ -95,15 +95,7 @@ def _shapes_region(layer, viewer) -> tuple[int, int, int, int]:
     return int(x0), int(y0), int(x1 - x0), int(y1 - y0)
 
 
-def _whole_out(source: str, model_name: str) -> Path:
-    src = Path(source)
-    name = f"{src.name.split('.')[0]}.{model_name}.segloop.zarr"
-    if os.access(src.parent, os.W_OK):
-        return src.parent / name
-    return Path(tempfile.gettempdir()) / name
-
-
-def slide_job(layer, scope: str, viewer, model_name: str, *, controls=None) -> SlideJob:
+def slide_job(layer, scope: str, viewer, model_name: str, *, controls) -> SlideJob:
     """The job for ``scope`` ("whole image", "current view", "shapes region") on a slide-like layer.
 
     ``controls`` (:class:`~segloop._napari.slide_scope.SlideControls`) give the results folder and
@@ -114,19 +106,14 @@ def slide_job(layer, scope: str, viewer, model_name: str, *, controls=None) -> S
     source = (layer.metadata.get("segloop_slide") or {}).get("source")
     own = None if source else layer_slide(layer)          # InvalidImageError for a layer that is not 2D
     extra = {"geometry": layer_geometry(layer), "slide": own,
-             "block": int(controls.block.value) if controls is not None else 4096}
+             "block": int(controls.block.value)}
     if scope == "current view":
         region = _view_region(layer)
     elif scope == "shapes region":
         region = _shapes_region(layer, viewer)
     elif scope == "whole image":
         stem = Path(source).name.split(".")[0] if source else layer.name
-        if controls is not None:
-            out = controls.whole_out(source, stem, model_name)
-        elif source:
-            out = _whole_out(source, model_name)
-        else:                                            # no file: a new folder (see SlideControls.whole_out)
-            out = Path(tempfile.mkdtemp(prefix="segloop-slide-")) / f"{stem}.{model_name}.segloop.zarr"
+        out = controls.whole_out(source, stem, model_name)
         return SlideJob(source or layer.name, None, out, True, **extra)
     else:
         raise InvalidImageError(f"scope {scope!r} is for stacks; a slide takes 'whole image', 'current view' or "
@@ -225,7 +212,7 @@ def start(widget, layer, req) -> None:
 
     try:
         model_name = Path(req.model).name if os.sep in req.model else req.model
-        job = slide_job(layer, req.scope, widget.viewer, model_name, controls=getattr(widget, "slide_controls", None))
+        job = slide_job(layer, req.scope, widget.viewer, model_name, controls=widget.slide_controls)
     except SegloopError as e:
         widget.status.value = f"error: {e}"
         show_error(f"segloop: {e}")
