@@ -307,6 +307,9 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--stain", choices=STAINS, default="auto",
                    help="auto: hematoxylin for RGB images on 1-channel models; none; hematoxylin")
     f.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    f.add_argument("--volumes", action="store_true",
+                   help="the folders hold CT / MR volumes: per patient and class Dice, HD95 (mm), volume error (mL) "
+                        "at each patient's spacing (benchmarks/volume_eval.py)")
     f.add_argument("--cross", action="store_true",
                    help="show only cross-dataset rows: sources a model was not trained on (training itself "
                         "without source X is the recipes' job); every row is in heldout.json anyway")
@@ -321,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     from segloop.errors import SegloopError
 
     a = parser().parse_args(argv)
-    folder_only = [o for o, v in (("--model", a.model), ("--cross", a.cross), ("--overlays", a.overlays),
+    folder_only = [o for o, v in (("--model", a.model), ("--volumes", a.volumes), ("--cross", a.cross), ("--overlays", a.overlays),
                                   ("--split", a.split != "auto"), ("--stain", a.stain != "auto"),
                                   ("--device", a.device != "auto")) if v]
     bundled_only = [o for o, v in (("--models", a.models), ("--repeats", a.repeats is not None),
@@ -333,6 +336,14 @@ def main(argv: list[str] | None = None) -> int:
     if not a.folder and folder_only:
         print(f"error: {', '.join(folder_only)} need --folder F (a training folder to evaluate on)", file=_sys.stderr)
         return 2
+    if a.folder and a.volumes:
+        from volume_eval import run as run_volumes
+
+        try:
+            return run_volumes(a)
+        except (SegloopError, OSError) as e:
+            print(f"error: {e}", file=_sys.stderr)
+            return 2
     if a.folder:
         from heldout import run
 

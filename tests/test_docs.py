@@ -94,6 +94,8 @@ SKIPPED = {
                        "--overlays docs/images/he"),
     ("docs/pathology.md", 'pip install "napari-segloop[napari]"'),
     ("docs/radiology.md", 'pip install "napari-segloop[all]"'),
+    ("docs/radiology.md", "segloop import dicom-contours nsclc/ --folder lung_folder --roi-classes "
+                          "GTV-1=tumour,Lung-Left=lung,Lung-Right=lung"),
     ("docs/scaling.md", "segloop predict /shared/slides/case01.svs --model nuclei-unet --device cuda --out "
                         "/shared/results --scheduler tcp://10.0.0.5:8786"),
     ("docs/scaling.md", "torchrun --nproc_per_node 2 -m segloop_train corrections/ --from nuclei-unet --out "

@@ -240,3 +240,40 @@ def test_a_ct_volume_gets_the_ct_model(without_new_models, tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[0] == ("model: ct-liver-segunet25d (picked for a CT image; "
                                                        "give --model to choose)")
     assert prov(tmp_path / "o", "scan")["model"]["name"] == "ct-liver-segunet25d"
+
+
+# --------------------------------------------------------------------------- MR and the body part
+
+def test_mr_only_when_the_file_says_so():
+    mr = np.random.default_rng(0).integers(0, 900, (4, 64, 64)).astype(np.int16)
+    said = VolumeInfo(path=Path("d"), format="dicom", shape=(4, 64, 64), spacing=(1.0, 1.0, 1.0),
+                      affine=lps_affine((1.0, 1.0, 1.0)), modality="MR")
+    assert guess_modality(mr, info=said) == "mr"
+    silent = VolumeInfo(path=Path("t1.nii.gz"), format="nifti", shape=(4, 64, 64), spacing=(1.0, 1.0, 1.0),
+                        affine=lps_affine((1.0, 1.0, 1.0)))
+    assert guess_modality(mr, info=silent) is None        # a NIfTI never says MR: nothing is guessed
+
+
+def test_the_files_body_part_picks_the_model_of_that_region():
+    names = [*ALL, "ct-lung-tumour-segunet25d", "mri-brain-tumour-segunet25d"]
+    chest = pick_model("ct", available=names, body_part="CHEST")
+    assert chest.name == "ct-lung-tumour-segunet25d" and "of the chest" in chest.reason and "CHEST" in chest.reason
+    assert pick_model("ct", available=names, body_part="Thorax").name == "ct-lung-tumour-segunet25d"
+    assert pick_model("ct", available=names, body_part="ABDOMEN").name == "ct-liver-segunet25d"
+    assert pick_model("ct", available=names, body_part="KNEE").name == "ct-liver-segunet25d"   # unknown: the default
+    assert pick_model("ct", available=names).name == "ct-liver-segunet25d"
+    assert pick_model("ct", available=ALL, body_part="CHEST").name == "ct-liver-segunet25d"   # not installed
+    assert pick_model("mr", available=names, body_part="HEAD").name == "mri-brain-tumour-segunet25d"
+    with pytest.raises(ModelNotFoundError, match="MR"):
+        pick_model("mr", available=ALL)
+
+
+def test_a_model_trained_on_automatic_labels_says_so():
+    from types import SimpleNamespace
+
+    from segloop._napari.model_pick import automatic_labels_note
+
+    assert "AUTOMATIC" in automatic_labels_note(SimpleNamespace(training={"labels": "partly automatic"}))
+    assert "partly" in automatic_labels_note(SimpleNamespace(training={"labels": "partly automatic"}))
+    assert automatic_labels_note(SimpleNamespace(training={"labels": "hand-drawn"})) == ""
+    assert automatic_labels_note(SimpleNamespace(training=None)) == ""

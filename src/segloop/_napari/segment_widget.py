@@ -33,7 +33,7 @@ from qtpy.QtCore import QObject, Signal
 
 from segloop._napari import model_pick, settings, slide_run, slide_scope
 from segloop._napari.correction_tracking import track
-from segloop._napari.model_pick import default_model
+from segloop._napari.model_pick import automatic_labels_note, default_model
 from segloop._napari.pixel_size import layer_pixel_size, pixel_size_notice, pixel_size_status
 from segloop.core.editing.corrections import PredictionSnapshot
 from segloop.core.formats.pixel_size import format_pixel_size, parse_pixel_size
@@ -77,6 +77,7 @@ class SegmentRequest:
     z_to: int = 0
     stain_norm: str = "model"
     pixel_size: tuple[float, float] | None = None
+    spacing: tuple[float, float, float] | None = None      # a volume's voxel spacing (mm), from its file
 
 
 def result_layer_name(image_name: str, model_name: str, version: str) -> str:
@@ -345,7 +346,7 @@ class SegmentWidget(Container):
             return
         self.tile.value = int(spec.tile.get("size", 256))
         self.overlap.value = float(spec.tile.get("overlap", 0.25))
-        self.status.value = f"{spec.name} v{spec.version}: {spec.description or spec.task}"
+        self.status.value = f"{spec.name} v{spec.version}: {spec.description or spec.task}" + automatic_labels_note(spec)
 
     # -- running --------------------------------------------------------------
     def request(self) -> SegmentRequest:
@@ -354,7 +355,17 @@ class SegmentWidget(Container):
                               stain=self.stain.value, stain_norm=self.stain_norm.value,
                               uncertainty=bool(self.uncertainty.value),
                               scope=self.scope.value, z_from=int(self.z_from.value), z_to=int(self.z_to.value),
-                              pixel_size=self._pixel_size_value())
+                              **self._resolution())
+
+    def _resolution(self) -> dict:
+        """A volume read with its geometry (DICOM, NIfTI, NRRD) runs at its voxel spacing, which the
+        model resamples to its own (``spacing``); other images use the 'Pixel size (µm)' field."""
+        layer = self.image.value
+        info = (getattr(layer, "metadata", None) or {}).get("segloop_volume") if layer is not None else None
+        spacing = getattr(info, "spacing", None)
+        if spacing is not None and getattr(layer, "ndim", 0) == 3:
+            return {"pixel_size": None, "spacing": tuple(float(s) for s in spacing)}
+        return {"pixel_size": self._pixel_size_value(), "spacing": None}
 
     def _pixel_size_value(self) -> tuple[float, float] | None:
         """The 'Pixel size (µm)' field: None when empty (unknown); InvalidPixelSizeError for junk."""
@@ -450,7 +461,8 @@ class SegmentWidget(Container):
         with thread_budget(reserve=1):        # napari's event loop keeps a core
             result = model.predict(data, tile=req.tile, overlap=req.overlap, normalization=normalization,
                                    channel_axis=-1 if rgb else "auto", uncertainty=req.uncertainty,
-                                   pixel_size=req.pixel_size, progress=self._relay.progressed.emit, cancel=cancel,
+                                   pixel_size=req.pixel_size, spacing=req.spacing,
+                                   progress=self._relay.progressed.emit, cancel=cancel,
                                    **extra)
         where = info["where"]
         partial = bool(where) and any(s != slice(None) for s in where)
@@ -711,11 +723,12 @@ class _LiveSession:
         predict_slice = getattr(model, "predict_slice", None)
         with thread_budget(reserve=1):        # scrolling stays smooth while the slice is segmented
             if predict_slice is not None and normalization is None:
-                result = predict_slice(data, z, pixel_size=self.req.pixel_size, cancel=cancel)
+                result = predict_slice(data, z, pixel_size=self.req.pixel_size, spacing=self.req.spacing,
+                                       cancel=cancel)
             else:
                 result = model.predict(data, z_range=(z, z + 1), normalization=normalization,
                                        channel_axis=-1 if rgb else "auto", pixel_size=self.req.pixel_size,
-                                       cancel=cancel)
+                                       spacing=self.req.spacing, cancel=cancel)
         labels = np.asarray(result.labels)
         return model, z, labels.reshape(labels.shape[-2:]), result.provenance
 

@@ -42,11 +42,11 @@ import numpy as np
 __all__ = ["DAB_FRACTION", "DAB_MARGIN", "MODALITIES", "MODALITY_LABELS", "Modality", "guess_modality"]
 
 #: The modalities a model is picked for.
-MODALITIES = ("he", "ihc", "fluorescence", "ct")
-Modality = Literal["he", "ihc", "fluorescence", "ct"]
+MODALITIES = ("he", "ihc", "fluorescence", "ct", "mr")
+Modality = Literal["he", "ihc", "fluorescence", "ct", "mr"]
 
 #: How each is written for people.
-MODALITY_LABELS = {"he": "H&E", "ihc": "IHC", "fluorescence": "fluorescence", "ct": "CT"}
+MODALITY_LABELS = {"he": "H&E", "ihc": "IHC", "fluorescence": "fluorescence", "ct": "CT", "mr": "MR"}
 
 #: A tissue pixel is DAB when its blue optical density exceeds its green one by this much.
 DAB_MARGIN = 0.2
@@ -81,9 +81,10 @@ def guess_modality(image=None, *, rgb: bool | None = None, info=None) -> Modalit
 
     Returns
     -------
-    {"he", "ihc", "fluorescence", "ct"} or None
-        None when no rule fits: no image and an ``info`` that says nothing, or a volume
-        read with geometry that is not CT (MR, electron microscopy).
+    {"he", "ihc", "fluorescence", "ct", "mr"} or None
+        ``"mr"`` only when the file says so (DICOM Modality MR).  None when no rule fits: no
+        image and an ``info`` that says nothing, or a volume read with geometry that is not CT
+        (an MR NIfTI says nothing of its modality; electron microscopy).
 
     Notes
     -----
@@ -95,6 +96,8 @@ def guess_modality(image=None, *, rgb: bool | None = None, info=None) -> Modalit
     if info is not None and (str(getattr(info, "units", "")).upper() == "HU"
                              or str(getattr(info, "modality", "")).upper() == "CT"):
         return "ct"
+    if info is not None and str(getattr(info, "modality", "")).upper() == "MR":
+        return "mr"
     volume = isinstance(info, VolumeInfo)
     if image is None:
         return None

@@ -11,7 +11,7 @@ from segloop.core.formats.modality import MODALITIES, MODALITY_LABELS
 from segloop.core.formats.package import load_package
 from segloop.errors import ModelNotFoundError
 
-__all__ = ["BUNDLED_DIR", "MODEL_PREFERENCES", "ModelPick", "discover_models", "list_models", "model_dirs",
+__all__ = ["BODY_PART_PREFERENCES", "BUNDLED_DIR", "MODEL_PREFERENCES", "ModelPick", "body_region", "discover_models", "list_models", "model_dirs",
            "model_path", "pick_model", "register_model"]
 
 BUNDLED_DIR = Path(__file__).resolve().parents[2] / "models"
@@ -122,10 +122,32 @@ MODEL_PREFERENCES: dict[str, tuple[tuple[str, str | None], ...]] = {
     # (docs/models.md), so the BBBC007 model stays first for images of unknown origin
     "fluorescence": (("nuclei-unet", None), ("fluo-nuclei-unet", None)),
     "ct": (("ct-liver-segunet25d", None), ("ct-liver-unet3d", None)),
+    "mr": (("mri-brain-tumour-segunet25d", None),),
 }
 
+#: Models preferred when the file names the body part (DICOM BodyPartExamined, see
+#: :func:`body_region`), tried before :data:`MODEL_PREFERENCES` of the modality.
+BODY_PART_PREFERENCES: dict[tuple[str, str], tuple[tuple[str, str | None], ...]] = {
+    ("ct", "chest"): (("ct-lung-tumour-segunet25d", None),),
+    ("ct", "abdomen"): (("ct-liver-segunet25d", None), ("ct-liver-unet3d", None)),
+    ("mr", "brain"): (("mri-brain-tumour-segunet25d", None),),
+}
+
+_REGIONS = {"chest": ("CHEST", "THORAX", "LUNG", "LUNGS", "THORACIC"),
+            "abdomen": ("ABDOMEN", "LIVER", "ABDOMENPELVIS", "ABD", "PELVIS", "CHESTABDOMEN"),
+            "brain": ("BRAIN", "HEAD", "SKULL", "HEADNECK")}
+
+
+def body_region(body_part: str | None) -> str | None:
+    """``"chest"``, ``"abdomen"``, ``"brain"`` from a DICOM BodyPartExamined (e.g. ``"THORAX"``); else None."""
+    key = "".join(ch for ch in str(body_part or "").upper() if ch.isalpha())
+    for region, names in _REGIONS.items():
+        if key in names:
+            return region
+    return None
+
 _AN_IMAGE = {"he": "an H&E image", "ihc": "an IHC image", "fluorescence": "a fluorescence image",
-             "ct": "a CT image"}
+             "ct": "a CT image", "mr": "an MR image"}
 
 
 @dataclass(frozen=True)
@@ -142,7 +164,7 @@ class ModelPick:
     stain: str | None = None
 
 
-def pick_model(modality: str, available=None) -> ModelPick:
+def pick_model(modality: str, available=None, *, body_part: str | None = None) -> ModelPick:
     """The model to segment an image of ``modality`` with, from :data:`MODEL_PREFERENCES`.
 
     Parameters
@@ -151,6 +173,9 @@ def pick_model(modality: str, available=None) -> ModelPick:
         What the image is (:func:`segloop.core.formats.modality.guess_modality` guesses it).
     available : iterable of str, optional
         Model names to choose from; default :func:`list_models`.
+    body_part : str, optional
+        What the file says was imaged (DICOM BodyPartExamined): a model of that region
+        (:data:`BODY_PART_PREFERENCES`) comes first.
 
     Returns
     -------
@@ -167,6 +192,11 @@ def pick_model(modality: str, available=None) -> ModelPick:
     if modality not in MODEL_PREFERENCES:
         raise ModelNotFoundError(f"no models are picked for modality {modality!r}; use one of {', '.join(MODALITIES)}")
     names = set(list_models() if available is None else available)
+    region = body_region(body_part)
+    for name, stain in BODY_PART_PREFERENCES.get((modality, region or ""), ()):
+        if name in names:
+            return ModelPick(name, modality, f"for {_AN_IMAGE[modality]} of the {region} (the file's body part: "
+                                             f"{body_part})", stain)
     prefs = MODEL_PREFERENCES[modality]
     for i, (name, stain) in enumerate(prefs):
         if name not in names:

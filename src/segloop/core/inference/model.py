@@ -436,6 +436,7 @@ class Model:
         probabilities: bool = False,
         probability_sink=None,
         pixel_size: float | tuple[float, float] | None = None,
+        spacing: tuple[float, float, float] | None = None,
         progress=None,
         cancel=None,
     ) -> SegmentationResult:
@@ -504,6 +505,11 @@ class Model:
             the image runs at its own resolution, with one
             :class:`~segloop.core.inference.resolution.PixelSizeWarning` if the model has a pixel
             size.  ``provenance["pixel_size"]`` records both, the scale factor and the grid run.
+        spacing : (dz, dy, dx), optional
+            A volume's voxel spacing (mm).  If the model's ``spec.spacing`` differs by > 5 % on an
+            axis, the volume (with ``z_range``: a slab around it) is predicted resampled to it and
+            labels / uncertainty come back on the volume's grid (:mod:`~segloop.core.inference.spacing`;
+            ``provenance["spacing"]``).  Not with ``probabilities``, ``probability_sink``, ``pixel_size``.
         progress : callable, optional
             ``progress(done, total)`` in tiles (3D: patches).
         cancel : threading.Event or callable, optional
@@ -524,6 +530,18 @@ class Model:
             ``pixel_size`` is not one or two positive numbers, or is more than 16 times the
             model's or less than a 16th of it.
         """
+        if spacing is not None:
+            from segloop.core.inference.spacing import checked_volume_spacing, predict_at_spacing
+
+            spacing, resample = checked_volume_spacing(self, image, spacing, channel_axis=channel_axis,
+                                                       normalization=normalization, normalizer=normalizer)
+            if resample:
+                return predict_at_spacing(
+                    self, image, spacing, tile=tile, overlap=overlap, channel_axis=channel_axis,
+                    normalization=normalization, normalizer=normalizer, batch_size=batch_size,
+                    skip_background=skip_background, uncertainty=uncertainty, z_range=z_range, out=out,
+                    probabilities=probabilities, probability_sink=probability_sink, pixel_size=pixel_size,
+                    progress=progress, cancel=cancel)
         started = _dt.datetime.now(_dt.timezone.utc)
         prep = self.prepare(image, channel_axis=channel_axis, normalization=normalization, normalizer=normalizer,
                             tile=tile)
@@ -544,6 +562,8 @@ class Model:
         labels, n_objects = assembly.finish()
         prov = self._provenance(prep, plan, started)
         prov["pixel_size"] = pixel_size_record(self.spec, pixel_size, None)
+        if spacing is not None and self.spec.spacing is not None:
+            prov["spacing"] = {"image": list(spacing), "model": list(self.spec.spacing), "resampled": False}
         return SegmentationResult(labels, assembly.uncertainty, n_objects, stats.predicted_tiles, stats.skipped_tiles,
                                   prov, probabilities=assembly.probabilities)
 
@@ -706,6 +726,7 @@ class Model:
         batch_size: int = 4,
         uncertainty: bool = False,
         pixel_size: float | tuple[float, float] | None = None,
+        spacing: tuple[float, float, float] | None = None,
         progress=None,
         cancel=None,
     ) -> SegmentationResult:
@@ -731,6 +752,9 @@ class Model:
             Use this instead of the cached one.
         pixel_size : float or (float, float), optional
             The volume's µm per pixel in Y and X, as for :meth:`predict`.
+        spacing : (dz, dy, dx), optional
+            The volume's voxel spacing in mm, as for :meth:`predict` (only the slab around ``z``
+            is resampled).
         progress : callable, optional
             ``progress(done, total)`` in tiles (3D: patches).
         cancel : threading.Event or callable, optional
@@ -750,7 +774,7 @@ class Model:
             raise InvalidImageError(f"z must be a plane index (int), got {z!r}")
         res = self.predict(volume, tile=tile, overlap=overlap, channel_axis=channel_axis, normalizer=normalizer,
                            batch_size=batch_size, uncertainty=uncertainty, z_range=(int(z), int(z) + 1),
-                           pixel_size=pixel_size, progress=progress, cancel=cancel)
+                           pixel_size=pixel_size, spacing=spacing, progress=progress, cancel=cancel)
         if res.labels.ndim == 3:
             res.labels = res.labels[0]
             if res.uncertainty is not None:

@@ -29,10 +29,16 @@ Two kinds of importer, both writing through :class:`segloop.core.formats.trainfo
   converted from a local copy of each public dataset (``from_path``), see
   :mod:`segloop.core.formats.importers.nuclei_sets` and :mod:`~segloop.core.formats.importers.fluo_sets`.
 
+* **CT and MRI cases** (:data:`RADIOLOGY_DATASETS`: ``brats2013``, ``lung-nsclc``, ``lung-lidc``,
+  ``lung-pyradiomics``): volumes with their spacing, one sample per patient, see
+  :mod:`segloop.core.formats.importers.radiology_sets`.
+
 * **Folder layouts**: :func:`import_images_masks` (``images/`` + ``masks/``, cellpose
   ``<name>_masks``, StarDist ``train/images`` ...) and :func:`import_nnunet` (nnU-Net v2 raw:
   ``dataset.json``, ``imagesTr``, ``labelsTr``, ``imagesTs``).  They read what
-  :func:`segloop.core.formats.convert.convert` writes, so a folder survives the round trip.
+  :func:`segloop.core.formats.convert.convert` writes, so a folder survives the round trip;
+  :func:`import_dicom_contours` (``dicom-contours``): DICOM series with the RTSTRUCT or DICOM-SEG
+  contours radiologists already have, one 3D sample per pair, split by patient.
 
 Splits are always by source image (or, for one movie, by a contiguous block of frames; for one
 volume, by a held-out slab), never by random pixels.  Every sample's ``meta.json`` records where
@@ -58,6 +64,7 @@ from segloop.core.formats.importers.catalogue import (
     SOURCES,
     DataSource,
 )
+from segloop.core.formats.importers.contours import import_dicom_contours
 from segloop.core.formats.importers.fluo_sets import FLUO_DATASETS  # noqa: F401 - registers the fluorescence sets
 from segloop.core.formats.importers.layouts import import_images_masks, import_nnunet
 from segloop.core.formats.importers.notice import DATA_NOTICE_FILE, write_data_notice
@@ -65,6 +72,11 @@ from segloop.core.formats.importers.nuclei_sets import (
     NUCLEI_DATASETS,
     NucleiDataset,
     import_nuclei_dataset,
+)
+from segloop.core.formats.importers.radiology_sets import (
+    RADIOLOGY_DATASETS,
+    RadiologyDataset,
+    import_radiology_dataset,
 )
 from segloop.core.formats.importers.report import ImportReport, ProgressCallback
 from segloop.core.formats.importers.sources import import_source
@@ -76,6 +88,9 @@ __all__ = [
     "NUCLEI_DATASETS",
     "NucleiDataset",
     "import_nuclei_dataset",
+    "RADIOLOGY_DATASETS",
+    "RadiologyDataset",
+    "import_radiology_dataset",
     "ProgressCallback",
     "SOURCES",
     "FOLDER_LAYOUTS",
@@ -87,6 +102,7 @@ __all__ = [
     "import_source",
     "import_images_masks",
     "import_nnunet",
+    "import_dicom_contours",
     "import_data",
     "write_data_notice",
 ]
@@ -97,10 +113,13 @@ def import_data(source: str, folder, *, path: str | os.PathLike | None = None, *
     layout of :data:`FOLDER_LAYOUTS` (``path`` required).  Other keywords go to the importer."""
     if source in NUCLEI_DATASETS:
         return import_nuclei_dataset(source, path, folder, **kw)
+    if source in RADIOLOGY_DATASETS:
+        return import_radiology_dataset(source, path, folder, **kw)
     if source in FOLDER_LAYOUTS:
         if path is None:
             raise ImportLayoutError(f"{source} imports a folder: give its path (segloop import {source} DIR "
                                     "--folder F)")
-        fn = import_images_masks if source == "images-masks" else import_nnunet
+        fn = {"images-masks": import_images_masks, "nnunet": import_nnunet,
+              "dicom-contours": import_dicom_contours}[source]
         return fn(path, folder, **kw)
     return import_source(source, folder, from_path=path, **kw)

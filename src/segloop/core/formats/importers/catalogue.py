@@ -27,7 +27,7 @@ LIVER_CT_HOLDOUT = (96, 128)
 LIVER_CT_TRAIN = (0, 88)
 
 #: Folder layouts (the importer reads a folder you give, not a package).
-FOLDER_LAYOUTS = ("images-masks", "nnunet")
+FOLDER_LAYOUTS = ("images-masks", "nnunet", "dicom-contours")
 
 @dataclass(frozen=True)
 class DataSource:

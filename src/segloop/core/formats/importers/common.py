@@ -133,6 +133,31 @@ def already_there(existing: dict, sid: str, source_sha256: str | None, extra_key
     return True
 
 
+def samples_already_there(folder, ids: list[str], shas: list[str], replace: bool) -> tuple[dict, list[bool]]:
+    """``(existing, there)``: the samples of ``folder`` when it is already a training folder (none
+    when ``replace``), and for each of ``ids`` whether it is there from the same source file
+    (:class:`SampleExistsError` when from another)."""
+    from pathlib import Path
+
+    from segloop.core.formats.trainfolder.schema import INFO_FILE
+
+    existing: dict = {}
+    if not replace and (Path(str(getattr(folder, "path", folder))) / INFO_FILE).is_file():
+        from segloop.core.formats.trainfolder import TrainingFolder
+
+        existing = existing_samples(folder if hasattr(folder, "samples") else TrainingFolder.open(folder))
+    there = [sid in existing and already_there(existing, sid, sha, None, False) for sid, sha in zip(ids, shas)]
+    return existing, there
+
+
+def note_skipped(report: ImportReport, ids: list[str], there: list[bool], existing: dict) -> None:
+    """Record the samples an import left as they were (already there) in ``report``."""
+    for sid, t in zip(ids, there):
+        if t:
+            report.skipped.append(sid)
+            report.splits[sid] = existing[sid].split
+
+
 def note_changed_labels(report: ImportReport, rec, key: str, path: Path, sid: str) -> None:
     """A skipped sample whose label file changed since it was imported: named, never silently kept."""
     before = (((rec.meta or {}).get("extra") or {}).get("import") or {}).get(key)

@@ -47,17 +47,16 @@ import numpy as np
 from segloop.core._runtime import sha256_file
 from segloop.core.formats.importers.common import (
     add_sample,
-    already_there,
     check_cancel,
     check_limit,
-    existing_samples,
     hash_split,
+    note_skipped,
     open_folder,
+    samples_already_there,
     unique_ids,
 )
 from segloop.core.formats.importers.notice import write_data_notice
 from segloop.core.formats.importers.report import ImportReport, ProgressCallback
-from segloop.core.formats.trainfolder.schema import INFO_FILE
 from segloop.errors import ImageReadError, ImportLayoutError, ImportSourceError
 
 __all__ = ["NUCLEI_DATASETS", "NucleiDataset", "SourceItem", "find_dataset_folder", "import_nuclei_dataset",
@@ -550,14 +549,8 @@ def import_nuclei_dataset(name: str, from_path: str | os.PathLike, folder, *, va
             it.pixel_um = px_override
     ids = unique_ids([f"{name}-{it.name}" for it in items], [it.key for it in items])
     # samples already in an existing folder (same id, same source file) are skipped unread
-    existing: dict = {}
-    if not replace and (Path(str(getattr(folder, "path", folder))) / INFO_FILE).is_file():
-        from segloop.core.formats.trainfolder import TrainingFolder
-
-        tf0 = folder if hasattr(folder, "samples") else TrainingFolder.open(folder)
-        existing = existing_samples(tf0)
     shas = [sha256_file(it.image) for it in items]
-    there = [sid in existing and already_there(existing, sid, sha, None, False) for sid, sha in zip(ids, shas)]
+    existing, there = samples_already_there(folder, ids, shas, replace)
     todo = [it for it, t in zip(items, there) if not t]
     # 1. read and check everything before the folder is touched
     for i, _ in enumerate(_converted(todo, ds.modality)):
@@ -568,10 +561,7 @@ def import_nuclei_dataset(name: str, from_path: str | os.PathLike, folder, *, va
     tf = open_folder(folder, ds.classes, ds.task, ds.modality)
     report = ImportReport(name, tf.path, classes=tuple(tf.info.classes), task=tf.info.task, licence=ds.licence,
                           source=f"folder {root.resolve()} ({ds.repository})", notices=notices)
-    for sid, t in zip(ids, there):
-        if t:
-            report.skipped.append(sid)
-            report.splits[sid] = existing[sid].split
+    note_skipped(report, ids, there, existing)
     new = [(sid, sha) for sid, sha, t in zip(ids, shas, there) if not t]
     for i, ((it, image, labels), (sid, sha)) in enumerate(zip(_converted(todo, ds.modality), new)):
         check_cancel(cancel, report)

@@ -9,6 +9,7 @@ from segloop.core.formats.io.images import (
     write_labels,
     write_overlay,
 )
+from segloop.core.formats.io.label_volume import read_label_volume
 from segloop.core.formats.io.samples import liver_ct_paths, load_liver_ct
 from segloop.core.formats.io.volume import (
     read_volume,
@@ -27,6 +28,7 @@ __all__ = [
     "Reorientation",
     "lps_affine",
     "read_volume",
+    "read_label_volume",
     "write_nifti_labels",
     "write_seg_nrrd",
     "liver_ct_paths",

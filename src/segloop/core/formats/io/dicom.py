@@ -111,6 +111,7 @@ class _Slice:
     study_uid: str
     frame_of_reference_uid: str
     series_number: int | None
+    body_part: str = ""               # BodyPartExamined, as written (e.g. "CHEST")
 
 
 def _floats(ds, keyword: str, n: int) -> tuple[float, ...] | None:
@@ -223,6 +224,7 @@ def _slice_from_header(path: Path, ds, forced: bool) -> _Slice | None:
         study_uid=str(ds.get("StudyInstanceUID", "") or ""),
         frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "") or ""),
         series_number=_int(ds, "SeriesNumber", None),
+        body_part=str(ds.get("BodyPartExamined", "") or "").strip(),
     )
 
 
@@ -814,6 +816,7 @@ def read_dicom(path_or_paths, *, series_uid: str | None = None, lazy: bool | str
             "study_instance_uid": first.study_uid,
             "frame_of_reference_uid": first.frame_of_reference_uid,
             "series_number": first.series_number,
+            "body_part": first.body_part,
             "transfer_syntaxes": sorted({s.transfer_syntax for s in slices}),
             "lazy": use_lazy,
         },

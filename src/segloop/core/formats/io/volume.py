@@ -25,6 +25,7 @@ from segloop.core.formats.io.geometry import (
     obliquity_deg,
     spacing_of,
 )
+from segloop.core.formats.io.nrrd_volume import read_nrrd
 from segloop.errors import (
     Cancelled,
     ExportError,
@@ -140,6 +141,8 @@ def _kind(path: Path) -> str:
         return "mrc"
     if name.endswith((".tif", ".tiff")):
         return "tiff"
+    if name.endswith((".nrrd", ".nhdr")):
+        return "nrrd"
     if is_dicom_file(path):
         return "dicom"
     return ""
@@ -158,7 +161,8 @@ def read_volume(
     The format is chosen by content and suffix: a folder, a list of files, a ``.dcm`` file or
     any file with the DICOM preamble -> DICOM (:func:`segloop.core.formats.io.dicom.read_dicom`);
     ``.nii`` / ``.nii.gz`` -> NIfTI (nibabel); ``.mrc`` / ``.map`` / ``.rec`` -> MRC (mrcfile);
-    ``.tif`` / ``.tiff`` -> a TIFF z-stack (tifffile).
+    ``.tif`` / ``.tiff`` -> a TIFF z-stack (tifffile); ``.nrrd`` / ``.nhdr`` -> NRRD
+    (:func:`segloop.core.formats.io.nrrd_volume.read_nrrd`; pynrrd parses the header).
 
     Parameters
     ----------
@@ -169,7 +173,7 @@ def read_volume(
         Ignored for other formats.
     lazy : {"auto", True, False}
         ``"auto"``: memory-map uncompressed files; a ``.nii.gz`` over ``LAZY_BYTES`` comes back as
-        a dask array (slices decoded on access).  ``True``: never load everything now (memory map
+        a dask array (slices decoded on access); gzip NRRD is always decompressed now.  ``True``: never load everything now (memory map
         or dask).  ``False``: an in-memory ndarray.
     progress : callable, optional
         ``progress(done, total)``.
@@ -207,8 +211,10 @@ def read_volume(
         return read_mrc(p, lazy=lazy, progress=progress, cancel=cancel)
     if kind == "tiff":
         return _read_tiff_volume(p, lazy=lazy, progress=progress, cancel=cancel)
+    if kind == "nrrd":
+        return read_nrrd(p, lazy=lazy, progress=progress, cancel=cancel)
     raise VolumeReadError(f"{p}: not a volume format segloop reads ({p.suffix or 'no suffix'}); use a DICOM "
-                          "folder or file, NIfTI (.nii, .nii.gz), MRC (.mrc) or a TIFF z-stack")
+                          "folder or file, NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MRC (.mrc) or a TIFF z-stack")
 
 
 def _read_dicom(path, **kw):
@@ -540,8 +546,8 @@ def _label_dtype(maxval: int, *, limit_uint16: bool = False):
 def file_grid(labels: np.ndarray, info: VolumeInfo) -> tuple[np.ndarray, np.ndarray]:
     """The voxel order and affine a label volume is written in.
 
-    * NIfTI-origin volumes: the source file's own voxel order (``info.to_source``) and its affine
-      (``info.source_affine``), so the labels overlay the original file voxel for voxel.
+    * NIfTI- and NRRD-origin volumes: the source file's own voxel order (``info.to_source``) and
+      its affine (``info.source_affine``), so the labels overlay the original file voxel for voxel.
     * Everything else (DICOM, MRC, TIFF): the display array with file axes ``(i, j, k) = (X, Y, Z)``
       (Left, Posterior, Superior; the usual DICOM / ITK voxel order) and ``info.affine`` with its
       columns reordered to match.
@@ -553,7 +559,7 @@ def file_grid(labels: np.ndarray, info: VolumeInfo) -> tuple[np.ndarray, np.ndar
     affine : (4, 4) ndarray
         ``(i, j, k, 1)`` -> RAS mm.
     """
-    if info.source_affine is not None and info.format == "nifti":
+    if info.source_affine is not None and info.format in ("nifti", "nrrd"):
         return info.to_source.from_display(labels), np.asarray(info.source_affine, float)
     return labels.transpose(2, 1, 0), np.asarray(info.affine, float)[:, [2, 1, 0, 3]]
 
