@@ -78,3 +78,18 @@ def test_predict_segments_the_lits_mrc_along_its_axial_axis_where_it_is_stored(t
     assert pred.shape == truth.shape
     assert dice(truth == 1, np.asarray(pred) == 1) > 0.9
     assert "largest axial diameter" in capsys.readouterr().out
+
+
+def test_a_ct_model_refuses_a_volume_that_is_not_in_hounsfield_units(tmp_path, capsys):
+    mr = np.random.default_rng(0).integers(0, 900, (48, 48, 6)).astype(np.int16)      # MR-like, no air at -1000
+    src = tmp_path / "t1.nii.gz"
+    nib.save(nib.Nifti1Image(mr, np.diag([1.0, 1.0, 3.0, 1.0])), src)
+    out = tmp_path / "out"
+    assert main(["predict", str(src), "--model", "ct-liver-segunet25d", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "reads CT in Hounsfield units" in err[0] and "Traceback" not in err[0]
+    assert not out.exists() or not any(out.iterdir())                  # nothing half-written
+    ct = np.full((48, 48, 6), -1000, np.int16)
+    ct[12:36, 12:36] = 40                                              # the same grid, in HU: runs
+    nib.save(nib.Nifti1Image(ct, np.diag([1.0, 1.0, 3.0, 1.0])), src)
+    assert main(["predict", str(src), "--model", "ct-liver-segunet25d", "--out", str(out)]) == 0

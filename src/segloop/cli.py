@@ -532,6 +532,7 @@ def _predict_volume(model, path: str, out_dir: Path, args, index: int, normaliza
     from segloop.core.editing.measure import measure_volume
     from segloop.core.formats.io.geometry import Reorientation, lps_reorientation
     from segloop.core.formats.io.volume import read_volume, write_nifti_labels, write_seg_nrrd
+    from segloop.core.formats.modality import check_input_modality
 
     stem = _output_stem(path.rstrip("/\\"))
     label_path = out_dir / f"{stem}_labels.nii.gz"
@@ -544,6 +545,7 @@ def _predict_volume(model, path: str, out_dir: Path, args, index: int, normaliza
         print(f"{path}: note: {w}", file=sys.stderr)
     if isinstance(model, _AutoModel):
         model, normalization, volume = model.resolve(path, volume, info)
+    check_input_modality(model.spec, volume, info, what=path)
     # Models segment axial slices in display order (Z=S, Y=P, X=L, as in napari): a volume
     # stored in another order (an MRC stored like a NIfTI) is segmented in that order, and its
     # labels are put back in the stored order.

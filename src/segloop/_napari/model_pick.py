@@ -13,7 +13,7 @@ from segloop.core.formats.modality import guess_modality
 from segloop.core.formats.registry import ModelPick, pick_model
 from segloop.errors import ModelNotFoundError, SegloopError
 
-__all__ = ["MODALITY_CHOICES", "automatic_labels_note", "default_model", "hand_choice_text", "is_ct_layer", "layer_modality",
+__all__ = ["MODALITY_CHOICES", "automatic_labels_note", "check_layer_fits", "default_model", "hand_choice_text", "is_ct_layer", "layer_modality",
            "model_for_layer", "pick_for_layer", "picked_text"]
 
 #: The widget's "modality" choices: (shown, value).
@@ -118,3 +118,14 @@ def automatic_labels_note(spec) -> str:
         return ""
     return (f" - trained {'partly ' if 'partly' in labels else ''}on AUTOMATIC labels (a method's output, not a "
             "person's): read its card before trusting it")
+
+
+def check_layer_fits(spec, data, metadata: dict | None, name: str) -> None:
+    """A volume layer read with its geometry must suit the model: a CT model on MR (or the reverse)
+    would only give noise (:func:`segloop.core.formats.modality.check_input_modality`; raises
+    :class:`~segloop.errors.InvalidImageError`).  Layers without volume geometry are not checked."""
+    from segloop.core.formats.modality import check_input_modality
+
+    info = (metadata or {}).get("segloop_volume")
+    if info is not None:
+        check_input_modality(spec, data, info, what=name)

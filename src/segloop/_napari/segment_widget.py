@@ -456,6 +456,7 @@ class SegmentWidget(Container):
 
         rgb = info["rgb"]
         model = self._load_model(req)
+        model_pick.check_layer_fits(model.spec, data, info["metadata"], info["name"])
         normalization = stain_normalization(model, rgb=rgb, stain=req.stain, stain_norm=req.stain_norm)
         extra = {"z_range": info["z_range"]} if info.get("z_range") else {}
         with thread_budget(reserve=1):        # napari's event loop keeps a core
@@ -642,6 +643,7 @@ class _LiveSession:
         from qtpy.QtCore import QTimer
 
         self.w, self.image, self.req = widget, layer, req
+        self._modality_checked = False
         self.viewer = widget.viewer
         self.done: set[int] = set()
         self.layer = None
@@ -718,6 +720,9 @@ class _LiveSession:
 
     def _predict(self, data, z: int, cancel: threading.Event):
         model = self.w._load_model(self.req)
+        if not self._modality_checked:                   # once per session
+            model_pick.check_layer_fits(model.spec, data, self.image.metadata, self.image.name)
+            self._modality_checked = True
         rgb = bool(self.image.rgb)
         normalization = stain_normalization(model, rgb=rgb, stain=self.req.stain, stain_norm=self.req.stain_norm)
         predict_slice = getattr(model, "predict_slice", None)

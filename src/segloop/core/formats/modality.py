@@ -39,7 +39,8 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["DAB_FRACTION", "DAB_MARGIN", "MODALITIES", "MODALITY_LABELS", "Modality", "guess_modality"]
+__all__ = ["DAB_FRACTION", "DAB_MARGIN", "MODALITIES", "MODALITY_LABELS", "Modality", "check_input_modality",
+           "guess_modality"]
 
 #: The modalities a model is picked for.
 MODALITIES = ("he", "ihc", "fluorescence", "ct", "mr")
@@ -182,3 +183,41 @@ def _colour_modality(pixels: np.ndarray) -> Modality:
     hed = rgb2hed(t[None])[0]
     dab = ((od[tissue, 2] - od[tissue, 1]) > DAB_MARGIN) & (hed[:, 2] > hed[:, 0])
     return "ihc" if float(np.mean(dab)) >= DAB_FRACTION else "he"
+
+
+def check_input_modality(spec, image, info=None, *, what: str = "the image") -> None:
+    """Refuse a volume a CT or MR model cannot read: CT models window Hounsfield units, so an MR
+    volume (or any volume without air at -1000 HU) would come out as noise; an MR model on CT the same.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+    image : array-like
+        The volume (only a bounded sample is read, as :func:`guess_modality`).
+    info : VolumeInfo, optional
+        What the reader said (DICOM Modality, HU units).
+    what : str
+        How the message names the input (a path, a layer name).
+
+    Raises
+    ------
+    segloop.errors.InvalidImageError
+        A CT model (``ct_window`` normalization) given a volume that is not CT in HU, or an MR
+        model given CT.
+    """
+    from segloop.errors import InvalidImageError
+
+    kind = (getattr(spec, "normalization", None) or {}).get("kind")
+    model_mr = str(getattr(spec, "modality", "") or "").upper() == "MR"
+    if kind != "ct_window" and not model_mr:
+        return
+    said = str(getattr(info, "modality", "") or "").upper()
+    found = guess_modality(image, rgb=False, info=info)
+    if kind == "ct_window" and found != "ct":
+        why = ("the file says MR" if said == "MR" else
+               f"the file says {said}" if said else "its values are not Hounsfield units (no air near -1000)")
+        raise InvalidImageError(f"{what}: {spec.name} reads CT in Hounsfield units, but {why}; choose a model for "
+                                "this modality (segloop list-models), or convert the scan to HU")
+    if model_mr and found == "ct":
+        raise InvalidImageError(f"{what}: {spec.name} is an MR model, but this is CT (Hounsfield units); choose a "
+                                "CT model (segloop list-models)")
