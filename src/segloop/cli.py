@@ -44,6 +44,8 @@ MEMMAP_PIXELS = 64 * 1024 * 1024
 def _headline_metric(spec) -> str:
     """The one held-out figure a listing shows: instance F1@0.5, else per-class Dice, else Dice."""
     t = spec.training or {}
+    if t.get("headline"):       # a recipe's own line (CT / MR: Dice on its test patients)
+        return str(t["headline"])
     best = t.get("shipped_metrics") or t.get("metrics") or t.get("best") or {}
     if "f1@0.5" in best:        # where it was measured, when the package says (people's labels, cross-dataset)
         return f"F1@0.5 {best['f1@0.5']:.3f}" + (f" on {best['source']}" if best.get("source") else "")

@@ -61,6 +61,7 @@ class RadRecipe:
     spacing: tuple[float, float, float] | None = None
     test_datasets: tuple[str, ...] = ()        # imported after training: patients of a source never trained on
     groups: dict = field(default_factory=dict)
+    headline: tuple[str, ...] = ()             # the classes / groups `segloop list-models` shows
     body_part: str = ""
     seed: int = 0
     schema_version: int = 1
@@ -81,7 +82,8 @@ RAD_RECIPES: dict[str, RadRecipe] = {
         context_slices=3, patch=128, tile={"size": 256, "overlap": 0.25},
         normalization={"kind": "percentile", "low": 1.0, "high": 99.8, "per_channel": True},
         steps=2400, batch=8, lr=2e-3, eval_every=400, spacing=(1.0, 1.0, 1.0),
-        groups={"whole tumour": [1, 2, 3, 4], "tumour core": [1, 3, 4]}, body_part="brain",
+        groups={"whole tumour": [1, 2, 3, 4], "tumour core": [1, 3, 4]}, headline=("whole tumour", "enhancing"),
+        body_part="brain",
         licence="CC BY-NC-SA 3.0: trained on BraTS 2013 cases shipped under CC BY-NC-SA 3.0 CH (non-commercial, "
                 "share-alike); these weights carry the same terms." + _NOT_A_DEVICE),
     "ct-lung-tumour-segunet25d": RadRecipe(
@@ -91,8 +93,9 @@ RAD_RECIPES: dict[str, RadRecipe] = {
                     "NSCLC-Radiomics patient",
         datasets=("lung-lidc", "lung-pyradiomics"), test_datasets=("lung-nsclc",), arch="segunet",
         arch_kwargs={"depth": 4, "base_width": 16, "norm": "batch"}, context_slices=5, patch=160,
-        tile={"size": 512, "overlap": 0.25}, normalization={"kind": "ct_window", "level": -300.0, "width": 1400.0},
-        steps=2000, batch=8, lr=2e-3, eval_every=2000, spacing=(2.5, 0.8, 0.8), body_part="chest",
+        tile={"size": 640, "overlap": 0.25}, normalization={"kind": "ct_window", "level": -300.0, "width": 1400.0},
+        steps=2000, batch=8, lr=2e-3, eval_every=2000, spacing=(2.5, 0.8, 0.8), headline=("tumour", "lung"),
+        body_part="chest",
         licence="CC BY 3.0 (LIDC-IDRI) and BSD-3-Clause (pyradiomics test data): attribution to the LIDC-IDRI "
                 "collection (Armato et al. 2011) required." + _NOT_A_DEVICE),
 }
@@ -281,7 +284,8 @@ def finish(recipe: RadRecipe, raw: Path, out: Path, data: Path, *, command: str,
 
     pkg = load_package(raw)
     training = dict(pkg.spec.training or {})
-    training.update(recipe=recipe.to_dict(), command=command, threads=threads)
+    training.update(recipe=recipe.to_dict(), command=command, threads=threads, datasets=list(recipe.datasets),
+                    test_datasets=list(recipe.test_datasets))
     spec = replace(pkg.spec, tile=dict(recipe.tile), description=recipe.description, license=recipe.licence,
                    spacing=recipe.spacing, training=training)
     tmp = out.with_name(out.name + ".eval")
@@ -300,6 +304,10 @@ def finish(recipe: RadRecipe, raw: Path, out: Path, data: Path, *, command: str,
                                 "cases": {k: {c: {m: round(v, 4) for m, v in s.items()} for c, s in d.items()}
                                           for k, d in result["cases"].items()}}
     training["labels"] = "partly automatic" if automatic else "hand-drawn"
+    n = len(result["cases"])
+    training["headline"] = ("Dice " + ", ".join(f"{k} {result['mean'][k]['dice']:.3f}" for k in recipe.headline
+                                                if k in result["mean"])
+                            + f" ({n} test patient{'s' if n != 1 else ''})")
     spec = replace(spec, training=training)
     card = CARD.format(
         name=spec.name, version=spec.version, description=recipe.description, arch=recipe.arch,

@@ -136,7 +136,7 @@ RADIOLOGY_DATASETS: dict[str, RadiologyDataset] = {
                       "3 non-enhancing tumour, 4 enhancing tumour)",
         citation="Menze et al., The Multimodal Brain Tumor Image Segmentation Benchmark (BRATS), IEEE TMI "
                  "34(10):1993-2024 (2015); Kamnitsas et al., Medical Image Analysis 36:61-78 (2017)",
-        hand_drawn=True, may_ship_weights=True,
+        hand_drawn=True, may_ship_weights=False,       # non-commercial: not in segloop's BSD-3 wheel
         split="the copy's test cases (pat0001, pat0002) test; its last validation case (pat0004) val; the rest train",
         classes=BRATS_CLASSES, modality="MR", channels=("FLAIR", "T1c")),
     "lung-nsclc": RadiologyDataset(
