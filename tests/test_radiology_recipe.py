@@ -80,9 +80,8 @@ def test_a_package_is_never_overwritten(built):
 
 
 def test_resample_folder_refuses_a_volume_without_spacing(tmp_path):
-    from segloop_train.radiology_recipes import resample_folder
-
     from segloop.errors import TrainingFolderError
+    from segloop_train.radiology_recipes import resample_folder
 
     tf = TrainingFolder.create(tmp_path / "f", classes=("background", "x"), task="semantic", modality="CT")
     vol = np.zeros((4, 8, 8), np.int16)
