@@ -93,3 +93,35 @@ def test_a_ct_model_refuses_a_volume_that_is_not_in_hounsfield_units(tmp_path, c
     ct[12:36, 12:36] = 40                                              # the same grid, in HU: runs
     nib.save(nib.Nifti1Image(ct, np.diag([1.0, 1.0, 3.0, 1.0])), src)
     assert main(["predict", str(src), "--model", "ct-liver-segunet25d", "--out", str(out)]) == 0
+
+
+def test_channels_stack_the_sequences_of_one_scan_for_a_multi_sequence_model(tmp_path, capsys):
+    from segloop.core.formats.package import save_package
+
+    from .conftest import tiny_spec, tiny_state
+
+    spec = tiny_spec(name="mr-two-seq", task="semantic", classes=("background", "lesion"), postprocess={},
+                     in_channels=6, context_slices=3, tile={"size": 32, "overlap": 0.25}, modality="MR")
+    pkg = tmp_path / "mr-two-seq"
+    save_package(pkg, spec, tiny_state(spec, seed=2))
+    rng = np.random.default_rng(0)
+    aff = np.diag([1.0, 1.0, 2.0, 1.0])
+    flair, t1c = tmp_path / "flair.nii.gz", tmp_path / "t1c.nii.gz"
+    nib.save(nib.Nifti1Image(rng.random((40, 36, 5)).astype(np.float32), aff), flair)
+    nib.save(nib.Nifti1Image(rng.random((40, 36, 5)).astype(np.float32), aff), t1c)
+    out = tmp_path / "out"
+    # one sequence for a two-sequence model: a clear error
+    assert main(["predict", str(flair), "--model", str(pkg), "--out", str(out)]) == 2
+    assert "channel" in capsys.readouterr().err
+    assert main(["predict", str(flair), "--channels", str(t1c), "--model", str(pkg), "--out", str(out)]) == 0
+    lab = nib.load(out / "flair_labels.nii.gz")
+    assert lab.shape == (40, 36, 5)
+    np.testing.assert_allclose(lab.affine, aff)
+    other = tmp_path / "other.nii.gz"
+    nib.save(nib.Nifti1Image(rng.random((40, 36, 5)).astype(np.float32), np.diag([1.0, 1.0, 3.0, 1.0])), other)
+    assert main(["predict", str(flair), "--channels", str(other), "--model", str(pkg), "--out", str(tmp_path / "o2"),
+                 ]) == 2
+    assert "differs" in capsys.readouterr().err and not (tmp_path / "o2" / "flair_labels.nii.gz").exists()
+    assert main(["predict", str(flair), str(t1c), "--channels", str(t1c), "--model", str(pkg), "--out",
+                 str(tmp_path / "o3")]) == 2
+    assert "ONE volume" in capsys.readouterr().err

@@ -199,6 +199,8 @@ def _cmd_predict(args) -> int:
     from segloop.cli_slide import check_slide_args, open_client, predict_slide, wants_slide
 
     check_slide_args(args)
+    if args.channels and (len(args.images) != 1 or not _is_volume(args.images[0])):
+        raise SegloopError("--channels adds sequences to ONE volume (NIfTI, DICOM, NRRD): give a single volume")
     if _parse_slices(args.slices) is not None:          # checked before anything is read or written
         images = [p for p in args.images if not _is_volume(p)]
         if images:
@@ -288,7 +290,7 @@ class _AutoModel:
         if modality is None:
             raise SegloopError(f"{path}: cannot tell which model fits this volume (it is not CT in HU); give "
                                "--modality or --model")
-        pick = pick_model(modality)
+        pick = pick_model(modality, body_part=(getattr(info, "extra", None) or {}).get("body_part"))
         if pick.name not in self.loaded:
             self.loaded[pick.name] = load_model(pick.name, device=args.device, engine=args.engine)
         if pick != self.said:
@@ -527,6 +529,23 @@ def _parse_slices(text: str | None) -> tuple[int, int] | None:
     return a, b
 
 
+def _extra_channels(paths: str, info, cancel) -> list:
+    """``--channels a.nii.gz,b.nii.gz``: each volume, checked to lie on the first one's voxel grid."""
+    import numpy as np
+
+    from segloop.core.formats.io.volume import read_volume
+
+    out = []
+    for p in _split_list(paths) or []:
+        vol, other = read_volume(p, cancel=cancel, lazy=False)
+        if tuple(other.shape) != tuple(info.shape) or not np.allclose(other.affine, info.affine, atol=1e-3):
+            raise SegloopError(f"--channels {p}: its voxel grid ({other.shape}, spacing {other.spacing}) differs from "
+                               f"{info.path.name}'s ({info.shape}, spacing {info.spacing}); register the sequences "
+                               "to one grid first")
+        out.append(np.asarray(vol))
+    return out
+
+
 def _predict_volume(model, path: str, out_dir: Path, args, index: int, normalization, cancel) -> None:
     """A CT/MR volume: segment it and write labels in the source's own space (NIfTI; Slicer .seg.nrrd)."""
     import numpy as np
@@ -553,6 +572,9 @@ def _predict_volume(model, path: str, out_dir: Path, args, index: int, normaliza
     # labels are put back in the stored order.
     to_display = lps_reorientation(info.affine) if info.affine is not None else Reorientation()
     axial_volume = to_display.to_display(volume)
+    if getattr(args, "channels", None):        # more sequences of this scan: channels after the first
+        axial_volume = np.stack([np.asarray(axial_volume), *(to_display.to_display(v) for v in
+                                                            _extra_channels(args.channels, info, cancel))], -1)
     z_range = _parse_slices(args.slices)
     if z_range is not None and z_range[1] > axial_volume.shape[0]:
         raise SegloopError(f"--slices {args.slices}: the volume has {axial_volume.shape[0]} slices along its axial axis")
@@ -902,7 +924,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", "-m", default="auto",
                    help="bundled name or package path (default auto: picked for each image by its modality, "
                         "and said on one line)")
-    p.add_argument("--modality", choices=["auto", "he", "ihc", "fluorescence", "ct"], default="auto",
+    p.add_argument("--modality", choices=["auto", "he", "ihc", "fluorescence", "ct", "mr"], default="auto",
                    help="with --model auto: what the images are (default: guessed from each image's pixels)")
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument("--tile", type=int, default=None, help="tile size in pixels (default: the model's)")
@@ -928,6 +950,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write labels straight into an on-disk TIFF (auto: images over 64 Mpx)")
     p.add_argument("--overlay", action="store_true", help="also write a PNG with label outlines (2D)")
     p.add_argument("--overwrite", action="store_true", help="replace existing label files")
+    p.add_argument("--channels", default=None, metavar="FILE[,FILE]",
+                   help="one volume: more sequences of the same scan on its voxel grid, stacked after it as channels "
+                        "(an MR model reading FLAIR then T1c: predict flair.nii.gz --channels t1c.nii.gz)")
     p.add_argument("--slices", default=None, metavar="FIRST:STOP",
                    help="volumes: segment only these slices (axis 0, stop excluded)")
     p.add_argument("--seg-nrrd", action="store_true",
