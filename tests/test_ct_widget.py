@@ -10,7 +10,7 @@ import pytest
 napari = pytest.importorskip("napari")
 
 from segloop._napari.correction_tracking import track  # noqa: E402
-from segloop._napari.ct_widget import DICOM_SEG, NIFTI, NRRD, CTToolsWidget  # noqa: E402
+from segloop._napari.ct_widget import DICOM_SEG, NIFTI, NRRD, RTSTRUCT, CTToolsWidget  # noqa: E402
 from segloop.core.editing.corrections import PredictionSnapshot  # noqa: E402
 
 SCALE = (2.0, 0.5, 0.5)
@@ -350,6 +350,40 @@ def test_dicom_images_offer_dicom_seg_with_names_and_colours(make_napari_viewer,
     assert names == ["liver", "tumour"]
     expected = hd.color.CIELabColor.from_rgb(*(round(255 * c) for c in np.asarray(layer.get_color(2))[:3]))
     assert tuple(seg.SegmentSequence[1].RecommendedDisplayCIELabValue) == expected.value
+
+
+def test_dicom_images_offer_rtstruct_read_back_voxel_for_voxel(make_napari_viewer, tmp_path):
+    from segloop.core.formats.io.dicom import read_dicom
+    from segloop.core.formats.io.rtstruct import read_rtstruct
+    from tests._dicom_series import write_series
+
+    write_series(tmp_path / "ct", 4)
+    volume, info = read_dicom(tmp_path / "ct")
+    viewer = make_napari_viewer()
+    viewer.add_image(volume, name="ct", scale=info.spacing, metadata={"segloop_volume": info})
+    lab = np.zeros(volume.shape, np.uint8)
+    lab[1:3, 10:20, 10:20] = 1
+    lab[0, 30:40, 5:15] = 2
+    viewer.add_labels(lab, name="seg", scale=info.spacing,
+                      metadata={"segloop": {"model": {"classes": ["background", "lung", "tumour"],
+                                                      "task": "semantic"}}})
+    w = CTToolsWidget(viewer)
+    assert RTSTRUCT in w.export_format.choices
+    out = w.export(tmp_path / "structures", fmt=RTSTRUCT)
+    back, names, _ = read_rtstruct(out, tmp_path / "ct")
+    assert names == {1: "lung", 2: "tumour"} and np.array_equal(back, lab)
+
+
+def test_rtstruct_needs_the_dicom_series(make_napari_viewer, tmp_path, notes):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((4, 32, 32), np.int16), name="ct")
+    lab = np.zeros((4, 32, 32), np.uint8)
+    lab[1, 5:9, 5:9] = 1
+    viewer.add_labels(lab, name="seg")
+    w = CTToolsWidget(viewer)
+    assert RTSTRUCT not in w.export_format.choices
+    assert w.export(tmp_path / "s", fmt=RTSTRUCT) is None and not list(tmp_path.iterdir())
+    assert any("needs the DICOM series" in n for n in notes)
 
 
 def test_the_widget_opens_from_the_plugins_menu(make_napari_viewer):

@@ -11,8 +11,8 @@
 * **Measure** - a table of volume (mL), largest axial diameter (mm) and HU
   mean +- std per label, refreshed on demand and shortly after the labels
   change (big volumes are measured in a worker); "Save CSV..." writes it.
-* **Export for other tools** - NIfTI, 3D Slicer ``.seg.nrrd`` and (for DICOM
-  images, with highdicom) DICOM-SEG, with the geometry the image was read with.
+* **Export for other tools** - NIfTI, 3D Slicer ``.seg.nrrd`` and, for DICOM images,
+  DICOM RTSTRUCT and (with highdicom) DICOM-SEG, with the geometry the image was read with.
 
 Spacing comes from the layers' ``scale`` (``(dz, dy, dx)`` mm); geometry for
 export from ``metadata["segloop_volume"]`` (a
@@ -55,10 +55,11 @@ __all__ = ["CTToolsWidget", "PRESETS", "FORMATS"]
 CUSTOM = "custom"
 PRESETS = (*CT_PRESETS, CUSTOM)
 NIFTI, NRRD, DICOM_SEG = "NIfTI (.nii.gz)", "3D Slicer (.seg.nrrd)", "DICOM-SEG (.dcm)"
-FORMATS = (NIFTI, NRRD, DICOM_SEG)
-SUFFIXES = {NIFTI: ".nii.gz", NRRD: ".seg.nrrd", DICOM_SEG: ".dcm"}
+RTSTRUCT = "DICOM RTSTRUCT (.dcm)"
+FORMATS = (NIFTI, NRRD, DICOM_SEG, RTSTRUCT)
+SUFFIXES = {NIFTI: ".nii.gz", NRRD: ".seg.nrrd", DICOM_SEG: ".dcm", RTSTRUCT: ".dcm"}
 FILTERS = {NIFTI: "NIfTI (*.nii.gz *.nii)", NRRD: "3D Slicer segmentation (*.seg.nrrd)",
-           DICOM_SEG: "DICOM-SEG (*.dcm)"}
+           DICOM_SEG: "DICOM-SEG (*.dcm)", RTSTRUCT: "DICOM RT Structure Set (*.dcm)"}
 
 TABLE_COLUMNS = ("label", "name", "voxels", "mL", "max Ø (mm)", "HU mean ± sd")
 """Table headers; the CSV has every column of :data:`segloop.core.editing.measure.COLUMNS`."""
@@ -486,8 +487,8 @@ class CTToolsWidget(Container):
     def _format_choices(self, _w=None):
         formats = [NIFTI, NRRD]
         info = self.volume_info() if hasattr(self, "labels_layer") else None
-        if info is not None and getattr(info, "format", "") == "dicom" and _has_highdicom():
-            formats.append(DICOM_SEG)
+        if info is not None and getattr(info, "format", "") == "dicom":
+            formats += [DICOM_SEG, RTSTRUCT] if _has_highdicom() else [RTSTRUCT]
         return formats
 
     def _refresh_formats(self):
@@ -512,9 +513,9 @@ class CTToolsWidget(Container):
             self._export_failed(f"{layer.name!r} is not a 3D volume; these formats hold (Z, Y, X) labels")
             return None
         info = self.volume_info()
-        if fmt == DICOM_SEG and (info is None or getattr(info, "format", "") != "dicom"):
-            self._export_failed("DICOM-SEG needs the DICOM series the labels were drawn on; open the image "
-                                "from its DICOM folder")
+        if fmt in (DICOM_SEG, RTSTRUCT) and (info is None or getattr(info, "format", "") != "dicom"):
+            self._export_failed(f"{fmt.split(' (')[0]} needs the DICOM series the labels were drawn on; open the "
+                                "image from its DICOM folder")
             return None
         if path is None:
             path = _ask_path(self.native, f"Export {fmt}", f"{layer.name}{SUFFIXES[fmt]}", FILTERS[fmt])
@@ -604,6 +605,10 @@ def _write(fmt: str, path: Path, data, info, names: dict, colors: dict):
         from segloop.core.formats.io.volume import write_seg_nrrd
 
         return write_seg_nrrd(path, data, info, names=names, colors=colors)
+    if fmt == RTSTRUCT:
+        from segloop.core.formats.io.rtstruct import write_rtstruct
+
+        return write_rtstruct(path, data, info, names=names, colors=colors)
     from segloop.core.formats.io.dicom_seg import write_dicom_seg
 
     return write_dicom_seg(path, data, info, segment_names=names, colors=colors)
