@@ -90,7 +90,7 @@ class FindRequest:
     image_id: str
 
 
-def _base_data(layer):
+def base_data(layer):
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
@@ -381,7 +381,7 @@ class ActiveLearningWidget(Container):
 
         reviewed, skipped = self._earlier_keys(lab, req.image_id)
         tr = tracker_for(lab)
-        job = {"image": _base_data(img), "rgb": bool(getattr(img, "rgb", False)), "shape": tuple(shape),
+        job = {"image": base_data(img), "rgb": bool(getattr(img, "rgb", False)), "shape": tuple(shape),
                "reviewed": reviewed, "skipped": skipped, "exclude": set(reviewed) | set(skipped),
                "looked_at": ReviewedRegions(tr.reviewed.shape, tr.reviewed.boxes),   # a copy for the worker
                "image_layer": img, "labels_layer": lab}
