@@ -75,3 +75,59 @@ def test_live_mode_on_an_mr_volume_with_a_ct_model_says_so_once(make_napari_view
     w.live.value = True
     qtbot.waitUntil(lambda: any("Hounsfield" in n for n in notes), timeout=60_000)
     assert not labels_layers(viewer)
+
+
+@pytest.fixture
+def two_sequence_package(tmp_path):
+    """A tiny 2.5D MR model reading two sequences (FLAIR, T1c) x 3 slices."""
+    spec = tiny_spec(name="mr-two-seq", task="semantic", classes=("background", "lesion"), postprocess={},
+                     in_channels=6, context_slices=3, tile={"size": 32, "overlap": 0.25}, modality="MR")
+    dest = tmp_path / "mr-two-seq"
+    save_package(dest, spec, tiny_state(spec, seed=2))
+    return dest
+
+
+def _mr_info(shape):
+    return VolumeInfo(path=Path("flair.nii.gz"), format="nifti", shape=shape, spacing=(1.0, 1.0, 1.0),
+                      affine=lps_affine((1.0, 1.0, 1.0)), modality="MR")
+
+
+def test_a_two_sequence_model_gets_the_second_sequence_from_another_layer(make_napari_viewer, qtbot,
+                                                                          two_sequence_package, notes):
+    rng = np.random.default_rng(0)
+    flair, t1c = rng.random((5, 40, 36)).astype(np.float32), rng.random((5, 40, 36)).astype(np.float32)
+    viewer, w = make(make_napari_viewer, flair, name="flair", metadata={"segloop_volume": _mr_info(flair.shape)})
+    viewer.add_image(t1c, name="t1c")
+    viewer.add_image(rng.random((5, 20, 20)).astype(np.float32), name="other grid")
+    w.image.value = viewer.layers["flair"]
+    use_package(w, two_sequence_package)
+    assert not w.channels.container.native.isHidden() and w.channels.needed == 1
+    assert w.channels.combos[0].value is viewer.layers["t1c"]           # pre-filled: same shape, next layer
+    w.run()
+    wait(qtbot, w)
+    (lab,) = labels_layers(viewer)
+    assert lab.data.shape == flair.shape
+
+    w.channels.combos[0].value = viewer.layers["other grid"]           # another grid: refused, nothing added
+    w.run()
+    wait(qtbot, w)
+    assert len(labels_layers(viewer)) == 1 and any("one voxel grid" in n for n in notes)
+    w.channels.combos[0].value = None                                  # none chosen: says which to choose
+    w.run()
+    wait(qtbot, w)
+    assert len(labels_layers(viewer)) == 1 and any("choose 'channel 2'" in n for n in notes)
+
+    w.channels.combos[0].value = viewer.layers["t1c"]                  # live mode stacks the volume once
+    viewer.dims.set_current_step(0, 2)
+    w.live.value = True
+    live = w._live
+    qtbot.waitUntil(lambda: 2 in live.done, timeout=60_000)
+    assert any(ly.name.endswith("(live)") for ly in labels_layers(viewer))
+    w.live.value = False
+
+
+def test_a_one_sequence_model_shows_no_channel_choice(make_napari_viewer, ct_package):
+    vol, info = _volume("CT")
+    viewer, w = make(make_napari_viewer, vol, name="ct", metadata={"segloop_volume": info})
+    use_package(w, ct_package)
+    assert w.channels.container.native.isHidden() and w.channels.needed == 0

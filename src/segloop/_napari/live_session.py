@@ -24,7 +24,7 @@ from segloop._napari.segment_widget import (
 from segloop.core.editing.corrections import PredictionSnapshot
 from segloop.core.inference.engines import thread_budget
 from segloop.core.inference.stain import stain_normalization
-from segloop.errors import Cancelled
+from segloop.errors import Cancelled, SegloopError
 
 __all__ = ["LiveSession"]
 
@@ -111,7 +111,13 @@ class LiveSession:
         self.inflight, self.pending = z, None
         self.cancel_event = threading.Event()
         self.w.status.value = f"live: segmenting slice {z}…"
-        data = base_data(self.image)
+        try:
+            data = self.w.channels.stack_whole(base_data(self.image), self.image)     # all the model's sequences
+        except SegloopError as e:
+            self.inflight = None
+            self.w.status.value = f"live: {e}"
+            show_error(f"segloop: {e}")
+            return
         t0 = time.perf_counter()
         self.worker = create_worker(self._predict, data, z, self.cancel_event,
                                     _connect={"returned": lambda r, t0=t0: self._on_returned(r, t0),

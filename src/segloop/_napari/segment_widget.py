@@ -32,6 +32,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, Signal
 
 from segloop._napari import model_pick, settings, slide_run, slide_scope
+from segloop._napari.channels import ExtraChannels
 from segloop._napari.correction_tracking import track
 from segloop._napari.model_pick import automatic_labels_note, default_model
 from segloop._napari.pixel_size import layer_pixel_size, pixel_size_notice, pixel_size_status
@@ -182,6 +183,7 @@ class SegmentWidget(Container):
         self._pick = None                                  # what _suggest_model picked last (ModelPick)
         self._pinned: str | None = None                    # a model chosen on purpose; new images keep it
         self._picking = False                              # the widget itself is setting the model
+        self._spec = None                                  # the chosen model's spec (JSON only)
         self._relay = _Relay()
         self._relay.progressed.connect(self._on_progress)
 
@@ -234,6 +236,8 @@ class SegmentWidget(Container):
                      self.progress, self.status])
 
         self.insert(self.index(self.scope), self.pixel_size)        # after tile and overlap
+        self.channels = ExtraChannels(self.viewer)                   # more sequences, for multi-sequence models
+        self.insert(self.index(self.model) + 1, self.channels.container)
         self.slide_controls = slide_scope.SlideControls(self)        # results folder, block, tissue: slides only
         self._progress_unit = "tiles"
         self.model.changed.connect(self._on_model_changed)
@@ -242,6 +246,7 @@ class SegmentWidget(Container):
         self.image.changed.connect(self._suggest_model)
         self.modality.changed.connect(self._on_modality_changed)
         self.image.changed.connect(self._prefill_pixel_size)
+        self.image.changed.connect(lambda _e=None: self._spec and self.channels.update(self._spec, self.image.value))
         self.package.changed.connect(self._on_model_changed)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
@@ -347,6 +352,8 @@ class SegmentWidget(Container):
         self.tile.value = int(spec.tile.get("size", 256))
         self.overlap.value = float(spec.tile.get("overlap", 0.25))
         self.status.value = f"{spec.name} v{spec.version}: {spec.description or spec.task}" + automatic_labels_note(spec)
+        self._spec = spec
+        self.channels.update(spec, self.image.value)
 
     # -- running --------------------------------------------------------------
     def request(self) -> SegmentRequest:
@@ -410,7 +417,12 @@ class SegmentWidget(Container):
             show_error("segloop: 'shapes region' segments part of a whole slide; for this image use 'current view'")
             return
         crop = crop_for_scope(layer, req.scope, tuple(self.viewer.dims.current_step), (req.z_from, req.z_to))
-        data, where = crop.data, crop.where
+        try:
+            data, where = self.channels.stack(crop.data, crop.where, layer), crop.where
+        except SegloopError as e:
+            self.status.value = f"error: {e}"
+            show_error(f"segloop: {e}")
+            return
         info = self._layer_info(layer)
         info.update(where=where, z_range=crop.z_range)
         self._cancel = threading.Event()
