@@ -63,18 +63,19 @@ def main(argv=None) -> None:
     from segloop.core.formats.io import read_volume
 
     case = sorted(a.brats.glob("**/test/brats_2013_pat0001_1"))[0]
-    flair, info = read_volume(next(case.glob("Flair_*.nii.gz")), lazy=False)
-    t1c, _ = read_volume(next(case.glob("T1c_*.nii.gz")), lazy=False)
-    image = np.stack([np.asarray(flair), np.asarray(t1c)], -1)
-    info.modality = "MR"
     viewer = napari.Viewer()
     viewer.window.resize(1500, 1000)
-    layer = viewer.add_image(image, name="BraTS pat0001 FLAIR+T1c", rgb=False, scale=info.spacing,
-                             metadata={"segloop_volume": info}, channel_axis=None)
+    layers = []
+    for seq in ("Flair", "T1c"):                 # each sequence as its own layer, as a person opens them
+        vol, info = read_volume(next(case.glob(f"{seq}_*.nii.gz")), lazy=False)
+        info.modality = "MR"
+        layers.append(viewer.add_image(np.asarray(vol), name=f"pat0001 {seq}", scale=info.spacing,
+                                       metadata={"segloop_volume": info}, colormap="gray"))
+    layers[1].visible = False
     w = SegmentWidget(viewer)
     viewer.window.add_dock_widget(w, name="Segment")
-    w.image.value = layer
-    w.model.value = a.brain_model
+    w.image.value = layers[0]
+    w.model.value = a.brain_model                # 'channel 2' is pre-filled with the T1c layer
     w.scope.value = "whole image"
     w.run()
     _until(app, lambda: not w.running)

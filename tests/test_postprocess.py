@@ -112,3 +112,45 @@ def test_column_chunked_growth_equals_whole_band_growth():
     finally:
         InstanceAssembler.GROW_CHUNK = old
     np.testing.assert_array_equal(whole, chunked)
+
+
+# --------------------------------------------------------------------------- keep the largest component
+
+
+def test_keep_largest_components_drops_islands_of_a_group_only():
+    from segloop.core.inference.postprocess import keep_largest_components
+
+    lab = np.zeros((6, 20, 20), np.uint8)
+    lab[1:4, 2:9, 2:9] = 2                     # the tumour: edema ...
+    lab[2, 4:7, 4:7] = 4                       # ... with an enhancing core, touching it
+    lab[5, 15:17, 15:17] = 2                   # a false-positive island far away
+    lab[0, 18, 0] = 9                          # a class outside the group stays
+    out = keep_largest_components(lab.copy(), [[1, 2, 3, 4]])
+    assert out[5, 15:17, 15:17].max() == 0 and out[2, 5, 5] == 4 and out[1, 2, 2] == 2 and out[0, 18, 0] == 9
+
+
+def test_a_package_that_keeps_the_largest_component_does_so_on_whole_volumes_only(tmp_path):
+    from scipy import ndimage as ndi
+
+    from segloop.core.formats.normalization import Percentile
+    from segloop.core.formats.package import load_package, save_package
+    from segloop.core.inference.model import Model
+
+    from .conftest import tiny_spec, tiny_state
+
+    spec = tiny_spec(name="semantic-lcc", task="semantic", classes=("background", "a", "b"), postprocess={},
+                     normalization=Percentile().to_dict(), tile={"size": 32, "overlap": 0.25})
+    state = tiny_state(spec, seed=3)
+    state["head.weight"] = (state["head.weight"] - state["head.weight"].mean(0, keepdim=True)) * 40
+    save_package(tmp_path / "plain", spec, state)
+    from dataclasses import replace
+
+    save_package(tmp_path / "lcc", replace(spec, postprocess={"keep_largest": [[1, 2]]}), state)
+    vol = np.random.default_rng(0).random((4, 48, 48)).astype(np.float32)
+    plain = Model(load_package(tmp_path / "plain"), device="cpu").predict(vol).labels
+    lcc = Model(load_package(tmp_path / "lcc"), device="cpu")
+    kept = lcc.predict(vol).labels
+    assert ndi.label(plain > 0)[1] > 1 and ndi.label(kept > 0)[1] == 1
+    assert np.array_equal(kept[kept > 0], plain[kept > 0])            # kept voxels keep their class
+    one = lcc.predict(vol, z_range=(1, 2)).labels                     # part of a volume: components are not whole
+    assert np.array_equal(one[0], plain[1])

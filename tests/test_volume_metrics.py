@@ -86,3 +86,4 @@ def test_volume_scores_dice_volumes_groups_and_mask_in_physical_units():
     assert m["two"]["dice"] == 1.0                                  # both empty inside the mask
     with pytest.raises(InvalidLabelsError, match="shape"):
         volume_scores(truth, pred[1:], spacing, ("background", "one"))
+

@@ -27,7 +27,7 @@ from segloop.core.formats.package import ModelPackage, ModelSpec, load_package
 from segloop.core.formats.registry import model_path
 from segloop.core.inference.grid import WindowGrid, check_z_range
 from segloop.core.inference.normalize import Normalizer
-from segloop.core.inference.postprocess import InstanceParams, LabelAssembly
+from segloop.core.inference.postprocess import InstanceParams, LabelAssembly, keep_largest_groups
 from segloop.core.inference.prepare import (
     PreparedImage,
     drop_alpha,
@@ -557,7 +557,7 @@ class Model:
         assembly = LabelAssembly(plan.shape, z_range=plan.z_range, task=self.spec.task, n_classes=self.spec.n_classes,
                                  params=InstanceParams.from_dict(self.spec.postprocess) if instance else None,
                                  out=out, uncertainty=uncertainty, probabilities=probabilities,
-                                 probability_sink=probability_sink)
+                                 probability_sink=probability_sink, keep_largest=keep_largest_groups(self.spec))
         stats = self._tile(prep, plan, sink=assembly, progress=progress, cancel=cancel)
         labels, n_objects = assembly.finish()
         prov = self._provenance(prep, plan, started)

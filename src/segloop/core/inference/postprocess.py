@@ -14,6 +14,7 @@ them up in two more band-wise passes.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +26,8 @@ __all__ = [
     "InstanceParams",
     "InstanceAssembler",
     "SemanticAssembler",
+    "keep_largest_components",
+    "keep_largest_groups",
     "UnionFind",
     "ENTROPY_EPS",
     "EntropySink",
@@ -390,8 +393,10 @@ class LabelAssembly:
 
     def __init__(self, shape: tuple[int, ...], *, z_range: tuple[int, int], task: str, n_classes: int,
                  params: InstanceParams | None = None, out: np.ndarray | None = None, uncertainty: bool = False,
-                 probabilities: bool = False, probability_sink=None, labels: bool = True):
+                 probabilities: bool = False, probability_sink=None, labels: bool = True,
+                 keep_largest: Sequence[Sequence[int]] = ()):
         self.shape = tuple(int(n) for n in shape)
+        self.keep_largest = tuple(tuple(int(c) for c in g) for g in keep_largest)
         self.stack = len(self.shape) == 3
         self.z0, z1 = z_range
         self.instance = task == "instance"
@@ -471,5 +476,36 @@ class LabelAssembly:
         if self.instance:
             self._finish_plane()
             return self.labels, self.n_objects
+        if self.keep_largest and self.part_shape == self.shape:      # the whole image: its components are whole
+            keep_largest_components(self.target, self.keep_largest)
         n = int(sum(1 for c in range(1, self.n_classes) if (self.target == c).any()))
         return self.labels, n
+
+
+def keep_largest_groups(spec) -> tuple[tuple[int, ...], ...]:
+    """A semantic package's ``postprocess["keep_largest"]``: groups of class ids whose union keeps only its
+    largest connected component (e.g. ``[[1, 2, 3, 4]]``: one brain tumour); ``()`` otherwise."""
+    if spec.task != "semantic":
+        return ()
+    groups = (spec.postprocess or {}).get("keep_largest") or ()
+    return tuple(tuple(int(c) for c in g) for g in groups)
+
+
+def keep_largest_components(labels: np.ndarray, groups: Sequence[Sequence[int]]) -> np.ndarray:
+    """In place: for each group of class ids, voxels of those classes outside the largest connected
+    component of their union (face-connected, 2D or 3D as ``labels``) become background.
+
+    The post-processing nnU-Net chooses on validation when a structure is known to be one object
+    (a brain tumour with its edema, necrosis and enhancing rim): it removes the scattered false
+    positives far from it.  Returns ``labels``.
+    """
+    from scipy import ndimage as ndi
+
+    for group in groups:
+        member = np.isin(labels, list(group))
+        comp, n = ndi.label(member)
+        if n <= 1:
+            continue
+        largest = int(np.argmax(np.bincount(comp.ravel())[1:])) + 1
+        labels[member & (comp != largest)] = 0
+    return labels
