@@ -363,3 +363,22 @@ def test_bundled_ct_models_load_verify_and_document_their_held_out_metrics(name)
         assert float(row.group(1)) == pytest.approx(shipped[f"dice:{cls}"], abs=5e-4)
         assert float(row.group(2)) == pytest.approx(shipped[f"jaccard:{cls}"], abs=5e-4)
     assert spec.training["command"].startswith(f"python -m segloop_train.recipes {name}")
+
+
+def test_class_balance_centres_rare_classes_as_often_as_common_ones():
+    lab = np.zeros((4, 64, 64), np.uint8)
+    lab[:, 4:60, 4:60] = 1                                 # a "lung": 12,544 voxels
+    lab[2, 30:32, 30:32] = 2                               # a "nodule": 4 voxels
+    hu = np.zeros(lab.shape, np.float32)
+    identity = Normalizer.fit(Scale(in_min=0, in_max=1), hu)
+    tgt = lab.copy()
+
+    def centres(balance: bool) -> np.ndarray:
+        cfg = replace(AugmentConfig.none(), foreground_fraction=1.0, class_balance=balance)
+        s = VolumePatchSampler([hu], [identity], [tgt], ["CT"], patch=8, dims=2, context_slices=1, config=cfg)
+        rng = np.random.default_rng(0)
+        return np.array([tgt.flat[s._centre_index(0, rng)] for _ in range(400)])
+
+    plain, balanced = centres(False), centres(True)
+    assert (plain == 2).mean() < 0.01                      # in proportion to area: the nodule is never the centre
+    assert 0.4 < (balanced == 2).mean() < 0.6 and (balanced > 0).all()

@@ -84,6 +84,11 @@ class AugmentConfig:
         and the noise); 0 turns it off.
     foreground_fraction : float
         Share of patches centred on a reviewed foreground pixel.
+    class_balance : bool
+        Foreground patches first draw one of the classes present in the sample (uniformly), then
+        a pixel of it, as nnU-Net oversamples foreground: a rare class (a 3 mL lung nodule next
+        to 3 L of lung) is then seen as often as a common one.  Off: a foreground pixel of any
+        class, so classes are seen in proportion to their area.
     color_p : float
         RGB histology: probability of a colour jitter with factors ``1 + U(-b, b)`` for
         ``brightness``, ``contrast`` and ``saturation`` and a hue turn of ``U(-hue, hue)``
@@ -110,6 +115,7 @@ class AugmentConfig:
     ct_noise_hu: float = 15.0
     ct_contrast: float = 0.1
     foreground_fraction: float = 0.7
+    class_balance: bool = False
     color_p: float = 0.8
     brightness: float = 0.1
     contrast: float = 0.2
@@ -360,6 +366,8 @@ class ReviewedPatchSampler:
         rng = np.random.default_rng(0)       # only to subsample coordinates of huge images
         self.reviewed = [_coords(t != IGNORE, rng) for t in targets]
         self.foreground = [_coords((t > 0) & (t != IGNORE), rng) for t in targets]
+        self.by_class = [[_coords(t == c, rng) for c in np.unique(t) if 0 < c != IGNORE] if config.class_balance
+                         else [] for t in targets]
         w = np.array([np.count_nonzero(t != IGNORE) for t in targets], float)
         if w.sum() == 0:
             raise ValueError(f"no reviewed {what}")
@@ -369,6 +377,8 @@ class ReviewedPatchSampler:
         """Flat index of a reviewed pixel of sample ``i``: foreground ``foreground_fraction`` of the time."""
         pool = self.foreground[i] if (len(self.foreground[i]) and rng.random() < self.config.foreground_fraction) \
             else self.reviewed[i]
+        if pool is self.foreground[i] and self.by_class[i]:            # class_balance: a class, then a pixel
+            pool = self.by_class[i][int(rng.integers(len(self.by_class[i])))]
         return int(pool[rng.integers(len(pool))])
 
     def _zoomed_side(self, p: int, rng: np.random.Generator) -> int:

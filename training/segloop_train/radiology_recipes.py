@@ -63,6 +63,7 @@ class RadRecipe:
     groups: dict = field(default_factory=dict)
     headline: tuple[str, ...] = ()             # the classes / groups `segloop list-models` shows
     postprocess: dict = field(default_factory=dict)   # spec.postprocess, e.g. keep_largest (chosen on val)
+    class_balance: bool = False                # foreground patches: a class first (rare tumours next to lungs)
     postprocess_why: str = ""
     body_part: str = ""
     seed: int = 0
@@ -100,7 +101,8 @@ RAD_RECIPES: dict[str, RadRecipe] = {
         datasets=("lung-lidc", "lung-pyradiomics"), test_datasets=("lung-nsclc",), arch="segunet",
         arch_kwargs={"depth": 4, "base_width": 16, "norm": "batch"}, context_slices=5, patch=160,
         tile={"size": 640, "overlap": 0.25}, normalization={"kind": "ct_window", "level": -300.0, "width": 1400.0},
-        steps=2000, batch=8, lr=2e-3, eval_every=2000, spacing=(2.5, 0.8, 0.8), headline=("tumour", "lung"),
+        steps=1600, batch=8, lr=2e-3, eval_every=1600, spacing=(2.5, 0.8, 0.8), headline=("tumour", "lung"),
+        class_balance=True,
         body_part="chest",
         licence="CC BY 3.0 (LIDC-IDRI) and BSD-3-Clause (pyradiomics test data): attribution to the LIDC-IDRI "
                 "collection (Armato et al. 2011) required." + _NOT_A_DEVICE),
@@ -239,7 +241,8 @@ fine-tune on your own corrected scans (Segment -> proofread -> export -> `segloo
 - Network: `{arch}` {arch_kwargs}, 2.5D ({context} neighbouring axial slices x {channels} channel(s)
   as input), classes: {classes}.
 - Works at voxel spacing **{spacing} mm** (dz, dy, dx): `segloop predict`, the Segment widget and
-  `Model.predict(spacing=...)` resample a scan to it and the labels back, so 1 mm and 5 mm scans both work.
+  `Model.predict(spacing=...)` resample a scan to it and the labels back, so every scan meets the network
+  at the scale it learnt (a thick-slice scan is interpolated between its slices: expect less there).
 - Input normalization: {normalization}.
 - Post-processing: {postprocess}.
 - Modality {modality}{body_part}.
@@ -268,8 +271,11 @@ thread(s), {train_seconds:.0f} s of training.  Command: `{command}`.
 
 LIMITS = {
     "mri-brain-tumour-segunet25d": (
-        "- Needs FLAIR and T1c, skull-stripped, co-registered, axial slices, in that channel order; other sequences "
-        "or a brain with skull will fail.\n"
+        "- Needs FLAIR and T1c, skull-stripped and co-registered, in that channel order (napari: the image is the "
+        "FLAIR layer, 'channel 2' the T1c layer; CLI: `segloop predict flair.nii.gz --channels t1c.nii.gz`). Other "
+        "sequences or a brain with its skull will fail. The training volumes were z-scored inside the brain by "
+        "DeepMedic's author; other scans go through the package's percentile normalization, which is close but "
+        "not the same.\n"
         "- Three training patients (BraTS 2013, high- and low-grade gliomas): small or unusual tumours, "
         "post-operative cavities, metastases and other pathologies are not covered.\n"
         "- The non-enhancing class is the least reliable (the rarest and least consistent BraTS label); necrosis "
@@ -344,6 +350,7 @@ def build_radiology_model(name: str, out: str | os.PathLike, *, sources: str | o
     """
     import torch
 
+    from segloop_train.augment import AugmentConfig
     from segloop_train.finetune import checkpoint_dir, finetune
 
     recipe = RAD_RECIPES[name]
@@ -369,7 +376,7 @@ def build_radiology_model(name: str, out: str | os.PathLike, *, sources: str | o
                        name=recipe.name, version=recipe.version, steps=recipe.steps, batch=recipe.batch,
                        patch=recipe.patch, lr=recipe.lr, seed=recipe.seed, eval_every=recipe.eval_every,
                        device="cpu", precision="fp32", onnx=False, command=command, progress=progress,
-                       resume=bool(resume))
+                       resume=bool(resume), augment=AugmentConfig(class_balance=recipe.class_balance))
         seconds = float(res.seconds)
     else:
         seconds = float((load_package(raw).spec.training or {}).get("seconds", 0.0))
