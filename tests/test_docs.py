@@ -96,6 +96,8 @@ SKIPPED = {
     ("docs/radiology.md", 'pip install "napari-segloop[all]"'),
     ("docs/radiology.md", "segloop import dicom-contours nsclc/ --folder lung_folder --roi-classes "
                           "GTV-1=tumour,Lung-Left=lung,Lung-Right=lung"),
+    ("docs/radiology.md", "segloop predict flair.nii.gz --channels t1c.nii.gz --model mri-brain-tumour-segunet25d "
+                          "--out results/"),
     ("docs/scaling.md", "segloop predict /shared/slides/case01.svs --model nuclei-unet --device cuda --out "
                         "/shared/results --scheduler tcp://10.0.0.5:8786"),
     ("docs/scaling.md", "torchrun --nproc_per_node 2 -m segloop_train corrections/ --from nuclei-unet --out "

@@ -8,6 +8,7 @@ import pytest
 
 napari = pytest.importorskip("napari")
 
+from segloop._napari.segment_widget import SegmentWidget  # noqa: E402
 from segloop.core.formats.io.geometry import VolumeInfo, lps_affine  # noqa: E402
 from segloop.core.formats.normalization import CTWindow  # noqa: E402
 from segloop.core.formats.package import save_package  # noqa: E402
@@ -96,13 +97,20 @@ def test_a_two_sequence_model_gets_the_second_sequence_from_another_layer(make_n
                                                                           two_sequence_package, notes):
     rng = np.random.default_rng(0)
     flair, t1c = rng.random((5, 40, 36)).astype(np.float32), rng.random((5, 40, 36)).astype(np.float32)
-    viewer, w = make(make_napari_viewer, flair, name="flair", metadata={"segloop_volume": _mr_info(flair.shape)})
+    viewer = make_napari_viewer()
+    viewer.add_image(flair, name="flair", metadata={"segloop_volume": _mr_info(flair.shape)})
     viewer.add_image(t1c, name="t1c")
     viewer.add_image(rng.random((5, 20, 20)).astype(np.float32), name="other grid")
+    w = SegmentWidget(viewer)                                          # the image first, the model after
+    viewer.window.add_dock_widget(w)
     w.image.value = viewer.layers["flair"]
     use_package(w, two_sequence_package)
     assert not w.channels.container.native.isHidden() and w.channels.needed == 1
     assert w.channels.combos[0].value is viewer.layers["t1c"]           # pre-filled: same shape, next layer
+    w.channels.combos[0].value = viewer.layers["flair"]                # the image itself is not a second sequence:
+    w.image.value = viewer.layers["t1c"]                               # re-picked when the image changes
+    w.image.value = viewer.layers["flair"]
+    assert w.channels.combos[0].value is viewer.layers["t1c"]
     w.run()
     wait(qtbot, w)
     (lab,) = labels_layers(viewer)

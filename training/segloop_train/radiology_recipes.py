@@ -91,8 +91,8 @@ RAD_RECIPES: dict[str, RadRecipe] = {
                         "never on the test patients: whole-tumour Dice there 0.817 -> 0.878, HD95 64 -> 30 mm; "
                         "the network alone leaves small false-positive islands far from the tumour)",
         body_part="brain",
-        licence="CC BY-NC-SA 3.0: trained on BraTS 2013 cases shipped under CC BY-NC-SA 3.0 CH (non-commercial, "
-                "share-alike); these weights carry the same terms." + _NOT_A_DEVICE),
+        licence="CC BY-NC-SA 3.0 (non-commercial, share-alike). Trained on BraTS 2013 cases shipped under CC BY-NC-SA "
+                "3.0 CH; these weights carry the same terms." + _NOT_A_DEVICE),
     "ct-lung-tumour-segunet25d": RadRecipe(
         name="ct-lung-tumour-segunet25d", version="1.0.0",
         description="2.5D lung and lung-tumour segmentation of chest CT (5 neighbouring axial slices resampled to "
@@ -104,8 +104,8 @@ RAD_RECIPES: dict[str, RadRecipe] = {
         steps=1600, batch=8, lr=2e-3, eval_every=1600, spacing=(2.5, 0.8, 0.8), headline=("tumour", "lung"),
         class_balance=True,
         body_part="chest",
-        licence="CC BY 3.0 (LIDC-IDRI) and BSD-3-Clause (pyradiomics test data): attribution to the LIDC-IDRI "
-                "collection (Armato et al. 2011) required." + _NOT_A_DEVICE),
+        licence="CC BY 3.0 (attribution: LIDC-IDRI). Trained on LIDC-IDRI (CC BY 3.0, Armato et al. 2011) and the "
+                "pyradiomics test data (BSD-3-Clause)." + _NOT_A_DEVICE),
 }
 
 

@@ -59,8 +59,9 @@ class ExtraChannels:
         for i, combo in enumerate(self.combos):
             combo.reset_choices()
             combo.visible = i < self.needed
-            if i < self.needed and combo.value is None and i < len(others):
-                combo.value = others[i]
+            fits = combo.value is not None and combo.value is not layer and combo.value in others
+            if i < self.needed and not fits:                    # none yet, the image itself, or another grid
+                combo.value = others[i] if i < len(others) else None
 
     def layers(self) -> list:
         """The chosen further sequences; InvalidImageError when one is missing."""
