@@ -60,7 +60,7 @@ def _figure(path: Path, image: np.ndarray, truth: np.ndarray, pred: np.ndarray, 
             ax.imshow(over, aspect=aspect, origin="lower" if name.startswith("coronal") else "upper")
         ax.set_title(name)
         ax.axis("off")
-    fig.suptitle(title + "  (green: reference, red: model)")
+    fig.suptitle(title + "\ngreen: reference, red: model", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
