@@ -133,6 +133,25 @@ def already_there(existing: dict, sid: str, source_sha256: str | None, extra_key
     return True
 
 
+def dataset_copy(name: str, registry: dict, from_path):
+    """``(dataset, root)`` of a named dataset imported from a local copy; ImportSourceError (saying how
+    to get a copy) when the name is unknown, no copy is given or it is not a folder."""
+    from pathlib import Path
+
+    from segloop.errors import ImportSourceError
+
+    if name not in registry:
+        raise ImportSourceError(f"unknown dataset {name!r}; known: {', '.join(registry)}")
+    ds = registry[name]
+    if from_path is None:
+        raise ImportSourceError(f"segloop import {name} reads a local copy: --from PATH (get it with: "
+                                f"{ds.how_to_get})")
+    root = Path(from_path)
+    if not root.is_dir():
+        raise ImportSourceError(f"{root}: no such folder. Get a copy with: {ds.how_to_get}")
+    return ds, root
+
+
 def samples_already_there(folder, ids: list[str], shas: list[str], replace: bool) -> tuple[dict, list[bool]]:
     """``(existing, there)``: the samples of ``folder`` when it is already a training folder (none
     when ``replace``), and for each of ``ids`` whether it is there from the same source file

@@ -49,6 +49,7 @@ from segloop.core.formats.importers.common import (
     add_sample,
     check_cancel,
     check_limit,
+    dataset_copy,
     hash_split,
     note_skipped,
     open_folder,
@@ -516,15 +517,7 @@ def import_nuclei_dataset(name: str, from_path: str | os.PathLike, folder, *, va
     ImportLayoutError, ImageReadError
         A damaged, missing or inconsistent file (named); nothing was written.
     """
-    if name not in NUCLEI_DATASETS:
-        raise ImportSourceError(f"unknown dataset {name!r}; known: {', '.join(NUCLEI_DATASETS)}")
-    ds = NUCLEI_DATASETS[name]
-    if from_path is None:
-        raise ImportSourceError(f"segloop import {name} reads a local copy: --from PATH (get it with: "
-                                f"{ds.how_to_get})")
-    root = Path(from_path)
-    if not root.is_dir():
-        raise ImportSourceError(f"{root}: no such folder. Get a copy with: {ds.how_to_get}")
+    ds, root = dataset_copy(name, NUCLEI_DATASETS, from_path)
     from segloop.core.formats.importers.common import check_fraction
 
     val_fraction = check_fraction(val_fraction)

@@ -48,6 +48,7 @@ from segloop.core.formats.importers.common import (
     add_sample,
     check_cancel,
     check_limit,
+    dataset_copy,
     note_skipped,
     open_folder,
     samples_already_there,
@@ -526,15 +527,7 @@ def import_radiology_dataset(name: str, from_path: str | os.PathLike | None, fol
     ImportLayoutError, ImageReadError, VolumeReadError
         A damaged or inconsistent file (named); nothing was written.
     """
-    if name not in RADIOLOGY_DATASETS:
-        raise ImportSourceError(f"unknown dataset {name!r}; known: {', '.join(RADIOLOGY_DATASETS)}")
-    ds = RADIOLOGY_DATASETS[name]
-    if from_path is None:
-        raise ImportSourceError(f"segloop import {name} reads a local copy: --from PATH (get it with: "
-                                f"{ds.how_to_get})")
-    root = Path(from_path)
-    if not root.is_dir():
-        raise ImportSourceError(f"{root}: no such folder. Get a copy with: {ds.how_to_get}")
+    ds, root = dataset_copy(name, RADIOLOGY_DATASETS, from_path)
     limit = check_limit(limit)
     cases = sorted(_SCANNERS[name](root, ds), key=lambda c: c.name)
     notices: list[str] = []
