@@ -324,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     from segloop.errors import SegloopError
 
     a = parser().parse_args(argv)
-    folder_only = [o for o, v in (("--model", a.model), ("--volumes", a.volumes), ("--cross", a.cross), ("--overlays", a.overlays),
+    folder_only = [o for o, v in (("--model", a.model), ("--volumes", a.volumes), ("--cross", a.cross),
+                                  ("--overlays", a.overlays),
                                   ("--split", a.split != "auto"), ("--stain", a.stain != "auto"),
                                   ("--device", a.device != "auto")) if v]
     bundled_only = [o for o, v in (("--models", a.models), ("--repeats", a.repeats is not None),

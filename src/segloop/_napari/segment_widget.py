@@ -351,7 +351,8 @@ class SegmentWidget(Container):
             return
         self.tile.value = int(spec.tile.get("size", 256))
         self.overlap.value = float(spec.tile.get("overlap", 0.25))
-        self.status.value = f"{spec.name} v{spec.version}: {spec.description or spec.task}" + automatic_labels_note(spec)
+        self.status.value = (f"{spec.name} v{spec.version}: {spec.description or spec.task}"
+                             + automatic_labels_note(spec))
         self._spec = spec
         self.channels.update(spec, self.image.value)
 
