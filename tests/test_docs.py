@@ -92,6 +92,9 @@ SKIPPED = {
     ("docs/models.md", ".venv/bin/python benchmarks/evaluate.py --folder he/nuinsseg --folder he/dsb2018-he --folder "
                        "he/consep --folder he/cpm15 --model he-nuclei-unet --model nuclei-unet --out results/he "
                        "--overlays docs/images/he"),
+    ("docs/models.md", ".venv/bin/python benchmarks/evaluate.py --volumes --folder "
+                       ".data/work/mri-brain-tumour-segunet25d/data --model mri-brain-tumour-segunet25d --overlays "
+                       "docs/images/radiology --out results/volumes-brain"),
     ("docs/pathology.md", 'pip install "napari-segloop[napari]"'),
     ("docs/radiology.md", 'pip install "napari-segloop[all]"'),
     ("docs/radiology.md", "segloop import dicom-contours nsclc/ --folder lung_folder --roi-classes "
