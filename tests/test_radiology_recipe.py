@@ -57,6 +57,7 @@ def test_the_package_records_spacing_data_licence_and_card(built):
     card = (out / "MODEL_CARD.md").read_text()
     assert "Held-out test patients" in card and "brats2013-brats_2013_pat0001_1" in card
     assert "All labels were drawn by people." in card and "HD95" in card
+    assert "Same source as training" in card and "not** cross-dataset" in card     # how independent the test is
     json.dumps(t)                                                                  # the record stays JSON
 
 

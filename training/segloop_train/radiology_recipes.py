@@ -64,6 +64,7 @@ class RadRecipe:
     headline: tuple[str, ...] = ()             # the classes / groups `segloop list-models` shows
     postprocess: dict = field(default_factory=dict)   # spec.postprocess, e.g. keep_largest (chosen on val)
     class_balance: bool = False                # foreground patches: a class first (rare tumours next to lungs)
+    test_note: str = ""                        # how independent the test patients are (same source / cross-dataset)
     postprocess_why: str = ""
     body_part: str = ""
     seed: int = 0
@@ -87,6 +88,8 @@ RAD_RECIPES: dict[str, RadRecipe] = {
         steps=2400, batch=8, lr=2e-3, eval_every=400, spacing=(1.0, 1.0, 1.0),
         groups={"whole tumour": [1, 2, 3, 4], "tumour core": [1, 3, 4]}, headline=("whole tumour", "enhancing"),
         postprocess={"keep_largest": [[1, 2, 3, 4]]},
+        test_note="Same source as training (BraTS 2013, the copy's own test cases): held-out patients, **not** "
+                  "cross-dataset; no other hand-labelled brain MRI could be had here.",
         postprocess_why="the largest connected tumour component is kept (decided on the val patient pat0004, "
                         "never on the test patients: whole-tumour Dice there 0.817 -> 0.878, HD95 64 -> 30 mm; "
                         "the network alone leaves small false-positive islands far from the tumour)",
@@ -103,6 +106,8 @@ RAD_RECIPES: dict[str, RadRecipe] = {
         tile={"size": 640, "overlap": 0.25}, normalization={"kind": "ct_window", "level": -300.0, "width": 1400.0},
         steps=1600, batch=8, lr=2e-3, eval_every=1600, spacing=(2.5, 0.8, 0.8), headline=("tumour", "lung"),
         class_balance=True,
+        test_note="**Cross-dataset**: NSCLC-Radiomics, a source the model never saw in training, its GTV and lungs "
+                  "drawn by hand (RTSTRUCT).",
         body_part="chest",
         licence="CC BY 3.0 (attribution: LIDC-IDRI). Trained on LIDC-IDRI (CC BY 3.0, Armato et al. 2011) and the "
                 "pyradiomics test data (BSD-3-Clause)." + _NOT_A_DEVICE),
@@ -253,6 +258,8 @@ fine-tune on your own corrected scans (Segment -> proofread -> export -> `segloo
 {automatic_note}
 
 ## Held-out test patients (never seen in training; scored at their own spacing, float16 weights as shipped)
+{test_note}
+
 {table}
 
 Evaluated with `python -m segloop_train.recipes {name} --out ...` (the same `evaluate_test` as
@@ -330,7 +337,7 @@ def finish(recipe: RadRecipe, raw: Path, out: Path, data: Path, *, command: str,
         normalization=json.dumps(recipe.normalization), modality=spec.modality or tf.info.modality,
         postprocess=recipe.postprocess_why or "none (the labels are the network's argmax)",
         body_part=f", {recipe.body_part}" if recipe.body_part else "", sources=_sources_text(data),
-        automatic_note=note, table=_table(result), seconds=result["seconds_per_case"],
+        automatic_note=note, test_note=recipe.test_note, table=_table(result), seconds=result["seconds_per_case"],
         limits=LIMITS.get(recipe.name, ""), licence=recipe.licence, seed=recipe.seed, steps=recipe.steps,
         batch=recipe.batch, patch=recipe.patch, lr=recipe.lr, threads=threads, train_seconds=train_seconds,
         command=command)
