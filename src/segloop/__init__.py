@@ -6,13 +6,15 @@ Library use (no napari needed)::
     segloop.list_models()                     # ['nuclei-unet', ...]
     model = segloop.load_model("nuclei-unet")  # device="auto", engine="torch"
     result = model.predict(image)              # result.labels, result.uncertainty
+    clicker = segloop.load_interactive("nuclei-click-unet")
+    mask = clicker.segment(image, positive=[(120, 80)])   # bool mask of one object
 """
 
 from __future__ import annotations
 
 from segloop._version import __version__
 
-__all__ = ["__version__", "list_models", "load_model", "register_model"]
+__all__ = ["__version__", "list_models", "load_interactive", "load_model", "register_model"]
 
 
 def list_models() -> list[str]:
@@ -27,6 +29,13 @@ def load_model(name_or_path, *, device: str = "auto", engine: str = "torch", pre
     from segloop.core.inference.model import load_model as _load
 
     return _load(name_or_path, device=device, engine=engine, precision=precision)
+
+
+def load_interactive(name_or_path, *, device: str = "auto", precision: str = "auto", stain: str = "auto"):
+    """Load an interactive (click) model; see :func:`segloop.core.inference.interactive.load_interactive`."""
+    from segloop.core.inference.interactive import load_interactive as _load
+
+    return _load(name_or_path, device=device, precision=precision, stain=stain)
 
 
 def register_model(path, *, name: str | None = None, persist: bool = False) -> str:

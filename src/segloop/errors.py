@@ -172,3 +172,11 @@ class InvalidPixelSizeError(SegloopError, ValueError):
 
 
 __all__ += ["InvalidPixelSizeError"]
+
+
+class InvalidPromptError(SegloopError, ValueError):
+    """Clicks or a box that an interactive model cannot use: outside the image, a box of zero area,
+    no positive click and no box, clicks on several planes of a volume; the message says what to do."""
+
+
+__all__ += ["InvalidPromptError"]

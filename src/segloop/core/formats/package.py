@@ -74,7 +74,7 @@ class ModelSpec:
     dims: Literal[2, 3]
     in_channels: int
     classes: tuple[str, ...]
-    task: Literal["semantic", "instance"]
+    task: Literal["semantic", "instance", "interactive"]
     postprocess: dict[str, Any]
     normalization: dict[str, Any]
     tile: dict[str, Any] = field(default_factory=lambda: {"size": 256, "overlap": 0.25})
@@ -89,12 +89,39 @@ class ModelSpec:
     license: str = ""
     modality: str = ""
     context_slices: int = 1
+    prompt: dict[str, Any] | None = None
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
     @property
     def n_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def image_channels(self) -> int:
+        """Channels of the image part of the input: ``in_channels`` less the prompt maps."""
+        return int(self.in_channels) - (len(self.prompt_spec.maps) if self.task == "interactive" else 0)
+
+    @property
+    def prompt_spec(self):
+        """The :class:`~segloop.core.formats.prompt.PromptSpec` of an interactive model."""
+        from segloop.core.formats.prompt import PromptSpec
+
+        if self.task != "interactive":
+            raise ModelPackageError(f"{self.name} is a {self.task} model and has no prompt section")
+        return PromptSpec.from_dict(self.prompt, source=f"{self.name}: prompt")
+
+    def _check_prompt(self, source: str) -> tuple[str, ...]:
+        from segloop.core.formats.prompt import PromptSpec
+
+        maps = PromptSpec.from_dict(self.prompt, source=f"{source}: prompt").maps
+        if len(self.classes) != 2:
+            raise ModelPackageError(f"{source}: an interactive model has two classes (background, object), "
+                                    f"got {list(self.classes)}")
+        if int(self.in_channels) <= len(maps):
+            raise ModelPackageError(f"{source}: in_channels ({self.in_channels}) must be the image channels "
+                                    f"plus the {len(maps)} prompt maps")
+        return maps
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -145,22 +172,28 @@ class ModelSpec:
         if not isinstance(kw, dict) or not all(isinstance(k, str) for k in kw):
             raise ModelPackageError(f"{source}: architecture_kwargs must be a JSON object of keyword arguments "
                                     f"such as {{\"depth\": 4}}, got {kw!r}")
-        if self.task not in ("semantic", "instance"):
-            raise ModelPackageError(f"{source}: task must be 'semantic' or 'instance', got {self.task!r}")
+        if self.task not in ("semantic", "instance", "interactive"):
+            raise ModelPackageError(
+                f"{source}: task must be 'semantic', 'instance' or 'interactive', got {self.task!r}")
         if len(self.classes) < 2:
             raise ModelPackageError(f"{source}: need at least 2 classes (index 0 = background)")
         if self.task == "instance" and len(self.classes) < 3:
             raise ModelPackageError(f"{source}: instance models need background, interior and boundary classes")
         if int(self.in_channels) < 1:
             raise ModelPackageError(f"{source}: in_channels must be >= 1")
+        image_channels = int(self.in_channels)
+        if self.task == "interactive":
+            image_channels -= len(self._check_prompt(source))
+        elif self.prompt is not None:
+            raise ModelPackageError(f"{source}: 'prompt' is only for task 'interactive' (this is {self.task!r})")
         k = self.context_slices
         if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
             raise ModelPackageError(f"{source}: context_slices must be an odd integer >= 1, got {k!r}")
         if k > 1 and self.dims != 2:
             raise ModelPackageError(f"{source}: context_slices > 1 (2.5D) needs a 2D network (dims 2)")
-        if k > 1 and int(self.in_channels) % k:
+        if k > 1 and image_channels % k:
             raise ModelPackageError(
-                f"{source}: in_channels ({self.in_channels}) must be a multiple of context_slices ({k})")
+                f"{source}: image channels ({image_channels}) must be a multiple of context_slices ({k})")
         if self.pixel_size is not None:
             from segloop.core.formats.pixel_size import check_pixel_size
             from segloop.errors import InvalidPixelSizeError

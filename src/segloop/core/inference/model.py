@@ -20,9 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from segloop.core.formats.normalization import (
-    NormalizationSpec,
-)
+from segloop.core.formats.normalization import NormalizationSpec
 from segloop.core.formats.package import ModelPackage, ModelSpec, load_package
 from segloop.core.formats.registry import model_path
 from segloop.core.inference.grid import WindowGrid, check_z_range
@@ -171,7 +169,6 @@ def load_model(name_or_path: str | os.PathLike, *, device: str = "auto", engine:
     return Model(load_package(model_path(name_or_path)), device=device, engine=engine, precision=precision)
 
 
-
 @dataclass
 class SegmentationResult:
     """The output of :meth:`Model.predict`.
@@ -260,6 +257,9 @@ class Model:
 
         self.package = package
         self.spec = package.spec
+        if self.spec.task == "interactive":
+            raise ModelPackageError(f"{self.spec.name} is an interactive (click) model: use segloop.load_interactive"
+                                    f"({self.spec.name!r}) or the Proofread widget's click mode, not Segment")
         self.network = build_network(package)
         self.engine_name = engine
         self._normalizers: OrderedDict[tuple, tuple[Any, Normalizer]] = OrderedDict()
@@ -275,6 +275,9 @@ class Model:
         else:
             raise EngineError(f"unknown engine {engine!r}; use 'torch', 'onnx', 'onnx-int8' or 'auto'")
 
+    def segment(self, *args, **kwargs):     # clicks and boxes need an interactive model
+        raise ModelPackageError(f"{self.spec.name} is an automatic ({self.spec.task}) model and takes no clicks; use "
+                                "predict(image), or segloop.load_interactive(...) with an interactive model")
     def tile_shape(self, tile=None) -> tuple[int, ...]:
         """Tile (2D) or patch (3D) size: ``tile`` or the package's (see :func:`tile_shape`)."""
         return tile_shape(self.spec, tile)

@@ -30,8 +30,10 @@ __all__ = ["PreparedImage", "drop_alpha", "prepare_image", "resolve_normalizatio
 
 
 def _channels_per_plane(spec: ModelSpec) -> int:
-    """Normalized channels of one plane: ``in_channels / context_slices`` (2.5D stacks k planes)."""
-    return int(spec.in_channels) // int(spec.context_slices)
+    """Normalized channels of one plane: image channels / ``context_slices`` (2.5D stacks k planes).
+
+    The image channels are ``in_channels`` less an interactive model's prompt maps."""
+    return spec.image_channels // int(spec.context_slices)
 
 
 def validate_image(image, *, channels: int, channel_axis: int | None | Literal["auto"] = "auto"

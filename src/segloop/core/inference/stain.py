@@ -71,7 +71,8 @@ def stain_normalization(model, *, rgb: bool, stain: Stain = "auto",
     spec = getattr(model, "spec", model)
     own = dict(getattr(spec, "normalization", None) or {})
     if stain == "auto":
-        stain = "hematoxylin" if rgb and int(spec.in_channels) == 1 else "none"
+        # image channels: an interactive model's in_channels also count its prompt maps
+        stain = "hematoxylin" if rgb and int(getattr(spec, "image_channels", spec.in_channels)) == 1 else "none"
     base = {"kind": "hematoxylin"} if stain == "hematoxylin" and own.get("kind") != "hematoxylin" else None
     if stain_norm == "model":
         return base
