@@ -6,6 +6,7 @@ Every arrow of the loop is a command, so it runs without a screen::
     segloop info nuclei-unet
     segloop predict slide.tif --model nuclei-unet --out results/
     segloop predict ct_series/ scan.nii.gz --model ct-liver-segunet25d --out results/ --seg-nrrd
+    segloop click tile.tif --points nuclei.csv --out labels.tif --model nuclei-click-unet
     segloop measure results/scan_labels.nii.gz --image scan.nii.gz --csv volumes.csv
     segloop export-onnx path/to/package
     segloop export --image tile.tif --labels corrected.tif --folder corrections/
@@ -959,6 +960,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="volumes: also write a 3D Slicer segmentation (.seg.nrrd)")
     add_slide_arguments(p)
     p.set_defaults(func=_cmd_predict)
+
+    from segloop.cli_click import add_click_parser
+
+    add_click_parser(sub)
 
     p = sub.add_parser("measure", help="per-label volume (mL), largest axial diameter (mm), intensity stats")
     p.add_argument("labels", help="label volume (NIfTI, MRC, TIFF stack); diameters are taken on its axial "
