@@ -150,8 +150,27 @@ def test_same_start_different_picks_and_deterministic_rerun(unc_run, data, tmp_p
     assert [[r.key for r in rd] for rd in rnd.selected[1:]] != keys[1:]
     assert [[r.key for r in rd] for rd in again.selected] == keys
     for a, b in zip(again.rows, unc_run.rows):
-        for k in ("corrected_area", "changed_pixels", "dice", "f1@0.5", "mean_uncertainty"):
+        for k in ("corrected_area", "changed_pixels", "object_fixes", "dice", "f1@0.5", "mean_uncertainty"):
             assert a[k] == b[k] or (np.isnan(a[k]) and np.isnan(b[k])), k
+    fixes = [r["object_fixes"] for r in unc_run.rows]
+    assert fixes == sorted(fixes) and fixes[-1] > 0                  # cumulative effort in objects
+
+
+def test_object_fixes_count_redrawn_and_deleted_objects():
+    from segloop_train.loop_oracle import object_fixes
+
+    truth = np.zeros((40, 40), np.uint16)
+    truth[1:10, 1:10] = 1
+    truth[20:30, 20:30] = 2
+    pred = truth.copy()
+    assert object_fixes(pred, truth, "instance") == 0
+    pred[20:30, 20:30] = 0                   # missed: re-drawn
+    pred[32:36, 32:36] = 5                   # false positive: deleted
+    assert object_fixes(pred, truth, "instance") == 2
+    pred[1:10, 1:5] = 0                      # IoU 5/9 < 0.85: re-drawn too
+    assert object_fixes(pred, truth, "instance") == 3
+    assert object_fixes(None, truth, "instance") == 2
+    assert object_fixes(None, (truth > 0).astype(np.uint8), "semantic") == 2
 
 
 def test_start_with_other_settings_is_refused(unc_run, data, tmp_path):

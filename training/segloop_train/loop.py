@@ -99,7 +99,7 @@ from segloop.errors import (
     InvalidLabelsError,
     ModelPackageError,
 )
-from segloop_train.loop_oracle import changed_pixels, check_pool, paste_truth
+from segloop_train.loop_oracle import changed_pixels, check_pool, object_fixes, paste_truth
 from segloop_train.loop_report import area_to_reach, plot_curves, quality_key, write_csv
 from segloop_train.loop_setup import (
     check_loop_options,
@@ -411,7 +411,10 @@ def run_loop(
         ``regions_total``, ``corrected_area`` (pixels / voxels, cumulative),
         ``corrected_fraction`` (of the pool), ``changed_pixels`` (cumulative pixels the oracle
         had to change: class differs from the prediction; instance models: object vs
-        background), ``mean_uncertainty`` (mean of this round's picks; NaN without a model),
+        background), ``object_fixes`` (cumulative objects a person re-draws or deletes: those
+        not matched at IoU 0.85 plus the false positives, at least one click each with a click
+        model; :func:`segloop_train.loop_oracle.object_fixes`), ``mean_uncertainty`` (mean of
+        this round's picks; NaN without a model),
         the held-out metrics, ``model_version``, ``model``, ``select_seconds``,
         ``train_seconds``, ``eval_seconds``, ``seconds``.
 
@@ -553,6 +556,7 @@ class _Run:
     rows: list[dict] = field(default_factory=list)
     models: list[Path] = field(default_factory=list)
     changed_total: int = 0
+    fixes_total: int = 0
     model: Any = None                       # the current Model (None before a scratch round 0)
     model_path: Path | None = None
     m0_path: Path | None = None
@@ -655,6 +659,7 @@ def _correct_regions(run: _Run, picked: list[Region], predictions: Mapping[str, 
         sl = reg.slices
         pred = predictions.get(n)
         changed += changed_pixels(None if pred is None else pred[sl], run.truth[n][sl], run.task)
+        run.fixes_total += object_fixes(None if pred is None else pred[sl], run.truth[n][sl], run.task)
         run.corrected[n][sl] = True
         touched.setdefault(n, []).append(reg)
     run.changed_total += changed
@@ -771,7 +776,7 @@ def _evaluate_round(run: _Run, r: int, picked: list[Region], scored: bool, *, se
     model = run.model
     row = {"round": r, "strategy": run.strategy.name, "regions_selected": len(picked),
            "regions_total": len(run.all_selected), "corrected_area": area, "corrected_fraction": area / pool_px,
-           "changed_pixels": run.changed_total, "mean_uncertainty": float(np.mean(unc)) if unc else float("nan"),
+           "changed_pixels": run.changed_total, "object_fixes": run.fixes_total, "mean_uncertainty": float(np.mean(unc)) if unc else float("nan"),
            **metrics, "model_version": model.spec.version if model is not None else "",
            "model": str(run.model_path) if run.model_path is not None else str(
                run.parent_desc if not run.scratch else ""),

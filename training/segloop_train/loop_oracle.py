@@ -2,7 +2,8 @@
 
 :func:`check_pool` pairs the pool and held-out images with their ground truth (typed errors
 for every mismatch), :func:`changed_pixels` counts what a correction changes and
-:func:`paste_truth` is the labels a person has after correcting some regions.  Used by
+:func:`paste_truth` is the labels a person has after correcting some regions;
+:func:`object_fixes` counts the objects it re-draws or deletes there (effort in clicks, not area).  Used by
 :func:`segloop_train.loop.run_loop`.
 """
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from segloop.errors import InvalidImageError, InvalidLabelsError
 
-__all__ = ["changed_pixels", "check_pool", "named_arrays", "pair_with_truth", "paste_truth"]
+__all__ = ["changed_pixels", "check_pool", "named_arrays", "object_fixes", "pair_with_truth", "paste_truth"]
 
 
 def named_arrays(arrays, what: str) -> dict[str, np.ndarray]:
@@ -89,6 +90,22 @@ def changed_pixels(prediction: np.ndarray | None, truth: np.ndarray, task: str) 
     truth = np.asarray(truth)
     pred = np.zeros(truth.shape, truth.dtype) if prediction is None else np.asarray(prediction)
     return int(np.count_nonzero(_fg(pred, task) != _fg(truth, task)))
+
+
+def object_fixes(prediction: np.ndarray | None, truth: np.ndarray, task: str) -> int:
+    """Objects the oracle re-draws or deletes when it corrects one region: the effort in objects.
+
+    Reference objects not matched by a predicted one at IoU >= 0.85 (each re-segmented: one
+    click or more with a click model, a brush outline without) plus predicted objects matched
+    to none (each deleted with one click); :func:`segloop.core.editing.fix_effort.match_automatic`
+    (per plane; per class part for semantic labels). ``prediction`` None: every object is drawn.
+    """
+    from segloop.core.editing.fix_effort import match_automatic
+
+    truth = np.asarray(truth)
+    pred = np.zeros(truth.shape, truth.dtype) if prediction is None else np.asarray(prediction)
+    m = match_automatic(truth, pred, task="instance" if task == "instance" else "semantic", min_area=1)
+    return int(sum(not ok for ok in m.matched) + m.false_positives)
 
 
 def paste_truth(prediction: np.ndarray | None, truth: np.ndarray, mask: np.ndarray, task: str) -> np.ndarray:

@@ -20,7 +20,7 @@ __all__ = ["HEAD_COLUMNS", "TAIL_COLUMNS", "area_to_reach", "plot_curves", "qual
 
 #: Columns every row has, in CSV order; the held-out metrics follow, then :data:`TAIL_COLUMNS`.
 HEAD_COLUMNS = ("round", "strategy", "regions_selected", "regions_total", "corrected_area", "corrected_fraction",
-                "changed_pixels", "mean_uncertainty")
+                "changed_pixels", "object_fixes", "mean_uncertainty")
 TAIL_COLUMNS = ("model_version", "model", "select_seconds", "train_seconds", "eval_seconds", "seconds")
 
 
