@@ -2,7 +2,8 @@
 
 The crop (current view, reviewed bounding box, whole image, current slice,
 slice range, 3D crop) is copied on the main thread, so later edits of the
-layer cannot tear the sample; hashing, the correction summary and the atomic
+layer cannot tear the sample (objects made by click to segment inside it are listed
+in meta.json's extra.prompted); hashing, the correction summary and the atomic
 write run in a worker.  Any failure (read-only, missing or full target) is a
 notification and leaves the layers untouched: the export only reads them.
 """
@@ -30,6 +31,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from segloop._napari import settings
 from segloop._napari._regions import OffView, plane_index, spatial_shape, view_box
+from segloop._napari.click_mode import prompted_in_crop
 from segloop._napari.correction_tracking import tracker_for
 from segloop.core._runtime import sha256_file
 from segloop.core.editing.corrections import box_from_slices, summarize_corrections
@@ -224,6 +226,7 @@ class ExportWidget(Container):
             raise _UserError("nothing is reviewed in this region yet: edit labels or mark the view reviewed "
                              "(Proofread) first — unreviewed pixels teach the model nothing")
         predicted = tr.snapshot.read(crop) if tr.snapshot is not None and tr.snapshot.shape == lab_shape else None
+        prompted = prompted_in_crop(lab_layer.metadata, crop, labels)     # objects confirmed by clicks
         if squeeze:
             image, labels, reviewed = (np.squeeze(a, axis=squeeze) for a in (image, labels, reviewed))
             predicted = None if predicted is None else np.squeeze(predicted, axis=squeeze)
@@ -260,7 +263,7 @@ class ExportWidget(Container):
             "folder": Path(ref["folder"]) if ref else Path(self.folder.value),
             "sample_id": ref["sample_id"] if ref else None, "replace": bool(ref),
             "labels_layer": lab_layer.name, "image_layer": img_layer.name,
-            "geometry": _geometry(img_layer, crop, kept),
+            "geometry": _geometry(img_layer, crop, kept), "prompted": prompted,
         }
 
     # -- running -------------------------------------------------------------------
@@ -387,7 +390,8 @@ def _write_sample(job: dict):
         corrections=corrections, split=job["split"], sample_id=job["sample_id"], replace=job["replace"],
         extra={"napari": {"image_layer": job["image_layer"], "labels_layer": job["labels_layer"]},
                "export_seconds": round(time.perf_counter() - t0, 3),
-               **({"geometry": job["geometry"]} if job.get("geometry") else {})})
+               **({"geometry": job["geometry"]} if job.get("geometry") else {}),
+               **({"prompted": job["prompted"]} if job.get("prompted") else {})})
     return result, folder
 
 

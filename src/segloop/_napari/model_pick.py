@@ -13,8 +13,9 @@ from segloop.core.formats.modality import guess_modality
 from segloop.core.formats.registry import ModelPick, pick_model
 from segloop.errors import ModelNotFoundError, SegloopError
 
-__all__ = ["MODALITY_CHOICES", "automatic_labels_note", "check_layer_fits", "default_model", "hand_choice_text",
-           "is_ct_layer", "layer_modality", "model_for_layer", "pick_for_layer", "picked_text"]
+__all__ = ["MODALITY_CHOICES", "automatic_labels_note", "automatic_models", "check_layer_fits", "default_model",
+           "hand_choice_text", "interactive_models", "is_ct_layer", "layer_modality", "model_for_layer",
+           "pick_for_layer", "picked_text"]
 
 #: The widget's "modality" choices: (shown, value).
 MODALITY_CHOICES = [("auto", "auto"), ("H&E", "he"), ("IHC", "ihc"), ("fluorescence", "fluorescence"), ("CT", "ct"),
@@ -65,6 +66,39 @@ def _model_modality(name: str) -> str:
         return str(read_spec(discover_models().get(name, Path(name))).modality or "")
     except (SegloopError, OSError):
         return ""
+
+
+_TASKS: dict[tuple[str, int], str] = {}
+
+
+def _model_task(path: Path) -> str:
+    """The ``task`` of a package's JSON spec ("" if unreadable), remembered per path and modification time."""
+    try:
+        key = (str(path), path.stat().st_mtime_ns)
+    except OSError:
+        return ""
+    if key not in _TASKS:
+        from segloop.core.formats.package import read_spec
+
+        try:
+            _TASKS[key] = str(read_spec(path).task)
+        except (SegloopError, OSError):
+            _TASKS[key] = ""
+    return _TASKS[key]
+
+
+def interactive_models() -> list[str]:
+    """Names of the bundled and registered click models (spec ``task == "interactive"``), sorted."""
+    from segloop.core.formats.registry import discover_models
+
+    return sorted(name for name, path in discover_models().items() if _model_task(Path(path)) == "interactive")
+
+
+def automatic_models() -> list[str]:
+    """Names of the bundled and registered models the Segment widget runs: all but the click models."""
+    from segloop.core.formats.registry import discover_models
+
+    return sorted(name for name, path in discover_models().items() if _model_task(Path(path)) != "interactive")
 
 
 def is_ct_layer(layer) -> bool:

@@ -9,6 +9,10 @@ Selecting: with the layer in pan/zoom mode, click labels to select them (each
 click is kept, so two clicks inside one object are two split seeds); a click
 on background clears the selection.  Keys on the layer: M merge (instead of
 napari's "new label", which N now does), S split, Delete delete, N new label.
+
+Click to segment (:mod:`segloop._napari.click_mode`, the last section): with an interactive
+model and click mode on, a click (Shift: not the object) or a box makes a candidate object;
+Enter accepts it as a new label in one undo step, Escape clears.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from napari.layers import Labels, Shapes
 from napari.utils.notifications import show_error, show_info
 
 from segloop._napari._regions import OffView, plane_index, region, view_box
+from segloop._napari.click_mode import ClickSection
 from segloop._napari.correction_tracking import tracker_for
 from segloop.core.editing import proofread as pr
 from segloop.errors import SegloopError
@@ -65,8 +70,9 @@ class ProofreadWidget(Container):
         small = Container(layout="horizontal", labels=True, widgets=[self.min_size, self.small_button])
         review = Container(layout="horizontal", labels=False,
                            widgets=[self.mark_view_button, self.mark_slice_button])
+        self.click_mode = ClickSection(self)       # click to segment with an interactive model
         self.extend([self.layer, self.scope, self.selection, edit, clean, small, self.clear_button,
-                     review, self.mark_rect_button, self.overlay, self.status, self.review])
+                     review, self.mark_rect_button, self.overlay, self.status, self.review, self.click_mode])
 
         self.merge_button.changed.connect(lambda *_: self.merge())
         self.split_button.changed.connect(lambda *_: self.split())
@@ -98,6 +104,7 @@ class ProofreadWidget(Container):
         if self.layer.value is None and self.layer.choices:
             self.layer.value = self.layer.choices[-1]
         self._bind()
+        self.click_mode.refresh()
 
     def _follow_active(self, *_):
         active = self.viewer.layers.selection.active
@@ -112,6 +119,7 @@ class ProofreadWidget(Container):
         self._unbind()
         self.clicks.clear()
         self._show_selection()
+        self.click_mode.bind(layer)
         if layer is None:
             return
         layer.mouse_drag_callbacks.append(self._on_mouse)
@@ -138,6 +146,7 @@ class ProofreadWidget(Container):
 
     def _on_destroyed(self, *_):
         self._unbind()
+        self.click_mode.detach()
         layers = self.viewer.layers
         for event, cb in ((layers.events.inserted, self._refresh_layers), (layers.events.removed, self._refresh_layers),
                           (layers.selection.events.active, self._follow_active)):
@@ -148,7 +157,7 @@ class ProofreadWidget(Container):
 
     # -- selecting by clicks -------------------------------------------------------
     def _on_mouse(self, layer, event):
-        if layer.mode != "pan_zoom":
+        if layer.mode != "pan_zoom" or self.click_mode.active:     # in click mode a click segments
             return
         start = np.asarray(event.position)
         yield

@@ -187,12 +187,10 @@ class SegmentWidget(Container):
         self._relay = _Relay()
         self._relay.progressed.connect(self._on_progress)
 
-        from segloop import list_models
-
         self.image = ComboBox(label="image", choices=self._image_choices, nullable=True)
-        names = list_models()
+        names = model_pick.automatic_models()            # click (interactive) models are Proofread's
         # a callable, so napari's reset_choices (on every layer change) keeps newly registered models
-        self.model = ComboBox(label="model", choices=lambda _w=None: [*list_models(), LOAD_PACKAGE],
+        self.model = ComboBox(label="model", choices=lambda _w=None: [*model_pick.automatic_models(), LOAD_PACKAGE],
                               value=default_model(names, ct=False) or LOAD_PACKAGE)
         self.modality = ComboBox(label="modality", choices=model_pick.MODALITY_CHOICES, value="auto",
                                  tooltip="picks the model: auto guesses H&E, IHC, fluorescence or CT from the image")
