@@ -10,10 +10,13 @@
                   --pixel-size UM] ...
 
     segloop-train loop --images ... --ground-truth ... (--arch unet | --model M) --out DIR ...
+    segloop-train interactive FOLDER... --out DIR --name NAME [--steps --batch ...]
 
-The last form simulates active learning with ground truth as the oracle
+The ``loop`` form simulates active learning with ground truth as the oracle
 (:mod:`segloop_train.loop_cli`, :func:`segloop_train.loop.run_loop`; ``segloop loop`` runs it).
-To fine-tune on a training folder that is literally called ``loop``, write ``./loop``.
+``segloop-train interactive`` trains a click model (:mod:`segloop_train.interactive_cli`).
+To fine-tune on a training folder that is literally called ``loop`` or ``interactive``, write
+``./loop``.
 
 2.5D and 3D (CT stacks): ``--arch segunet --context-slices 5`` trains a 2D network on the 5
 slices around each slice; ``--arch unet --dims 3 --patch 32,96,96`` a 3D network on 3D
@@ -233,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         from segloop_train.loop_cli import main as loop_main
 
         return loop_main(argv[1:])
+    if argv[:1] == ["interactive"]:               # segloop-train interactive ...: a click model
+        from segloop_train.interactive_cli import main as interactive_main
+
+        return interactive_main(argv[1:])
     args = build_parser().parse_args(argv)
     rank = _rank()
     under_torchrun = _distributed()
