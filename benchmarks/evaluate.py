@@ -369,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    bundled = sorted(n for n, p in discover_models().items() if Path(p).parent == BUNDLED_DIR)
+    bundled = sorted(n for n, p in discover_models().items()           # click models: benchmarks/clicks.py
+                     if Path(p).parent == BUNDLED_DIR and read_spec(p).task != "interactive")
     names = a.models.split(",") if a.models else bundled
     specs = {n: read_spec(discover_models()[n]) for n in names}
     heldout = nuclei_heldout(a.wheels)

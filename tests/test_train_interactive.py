@@ -264,6 +264,10 @@ def test_the_command_trains_and_refuses_bad_input_in_one_line(folders, tmp_path,
         rc, err = _cli(argv, capsys)
         assert rc == 2 and err.startswith("segloop-train: error:") and "\n" not in err and words in err, err
     assert not any((tmp_path / n).exists() for n in "abde")
+    # a click model is no parent for the automatic trainer, which says which command trains it
+    rc = train_main([str(folders["grey"]), "--from", str(out), "--out", str(tmp_path / "f"), "--steps", "1"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "segloop-train interactive" in err and "\n" not in err and not (tmp_path / "f").exists()
 
 
 # --------------------------------------------------------------------------- recipes

@@ -124,7 +124,14 @@ class FolderInfoView:
 
 
 def resolve_parent(parent: str | os.PathLike) -> ModelPackage:
-    """The package of a bundled / registered model name or a package path."""
+    """The package of a bundled / registered model name or a package path (an automatic model)."""
+    from segloop.core.formats.package import read_spec
+    from segloop.core.formats.registry import model_path
+
+    spec = read_spec(model_path(parent))
+    if spec.task == "interactive":
+        raise ModelPackageError(f"{spec.name} is a click (interactive) model: train click models with "
+                                "`segloop-train interactive FOLDER... --out DIR --name NAME`")
     return load_model(parent, device="cpu", precision="fp32").package
 
 

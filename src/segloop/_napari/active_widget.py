@@ -45,7 +45,7 @@ from qtpy.QtCore import QObject, Signal
 from segloop._napari import settings
 from segloop._napari._regions import spatial_shape
 from segloop._napari.correction_tracking import tracker_for
-from segloop._napari.model_pick import default_model, is_ct_layer
+from segloop._napari.model_pick import automatic_models, default_model, is_ct_layer
 from segloop._napari.region_overlay import draw_regions, legend_html, show_heatmap, zoom_to_region
 from segloop._napari.segment_widget import LOAD_PACKAGE
 from segloop.errors import Cancelled, SegloopError
@@ -124,13 +124,11 @@ class ActiveLearningWidget(Container):
         self._relay = _Relay()
         self._relay.progressed.connect(self._on_progress)
 
-        from segloop import list_models
-
         self.image = ComboBox(label="image", choices=self._choices(Image), nullable=True)
         self.labels = ComboBox(label="labels", choices=self._choices(Labels), nullable=True,
                                tooltip="the Labels layer you correct; reviewed regions are marked on it")
-        names = list_models()
-        self.model = ComboBox(label="model", choices=lambda _w=None: [*list_models(), LOAD_PACKAGE],
+        names = automatic_models()       # uncertainty needs an automatic model, not a click model
+        self.model = ComboBox(label="model", choices=lambda _w=None: [*automatic_models(), LOAD_PACKAGE],
                               value=default_model(names, ct=False) or LOAD_PACKAGE)
         self.package = FileEdit(label="package", mode="d", visible=not names)
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")

@@ -30,7 +30,7 @@ from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
 from segloop._napari import settings
-from segloop._napari.model_pick import default_model
+from segloop._napari.model_pick import automatic_models, default_model
 
 __all__ = ["FinetuneWidget", "LossPlot"]
 
@@ -92,11 +92,9 @@ class FinetuneWidget(Container):
     def __init__(self, napari_viewer):
         super().__init__(labels=True)
         self.viewer = napari_viewer
-        from segloop import list_models
-
-        names = list_models()
+        names = automatic_models()       # click models are trained by `segloop-train interactive`
         self.folder = FileEdit(label="training folder", mode="d")
-        self.parent_model = ComboBox(label="start from", choices=lambda _w=None: list_models(),
+        self.parent_model = ComboBox(label="start from", choices=lambda _w=None: automatic_models(),
                                      value=default_model(names, ct=False))
         self.steps = SpinBox(label="steps", min=10, max=10**6, step=50, value=400)
         self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-5, value=5e-4)
