@@ -21,6 +21,7 @@ from segloop.core.formats.prompt import PromptSpec
 from segloop.core.formats.trainfolder import TrainingFolder
 from segloop.core.networks import build
 from tests.conftest import tiny_spec, tiny_state
+from tests.test_evaluate_heldout import discs, fluorescence
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -33,25 +34,6 @@ def clicks():
     sys.modules[spec.name] = mod                # dataclasses look their module up while it loads
     spec.loader.exec_module(mod)
     return mod
-
-
-def discs(seed: int, n: int = 5, size: int = 96, r: int = 7) -> np.ndarray:
-    """Instance labels of ``n`` non-touching discs."""
-    rng = np.random.default_rng(seed)
-    lab = np.zeros((size, size), np.uint16)
-    yy, xx = np.mgrid[:size, :size]
-    placed = []
-    while len(placed) < n:
-        c = rng.integers(r + 2, size - r - 2, 2)
-        if all(np.hypot(*(c - p)) > 2 * r + 4 for p in placed):
-            placed.append(c)
-            lab[(yy - c[0]) ** 2 + (xx - c[1]) ** 2 <= r * r] = len(placed)
-    return lab
-
-
-def fluorescence(lab: np.ndarray, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return (np.where(lab > 0, 180, 20) + rng.normal(0, 5, lab.shape)).clip(0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
