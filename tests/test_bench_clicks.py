@@ -226,3 +226,21 @@ def test_bad_input_is_one_line_and_exit_2(clicks, nuclei, toy_click, toy_auto, t
             "interactive as --auto-model": "interactive", "no samples in split": "no val samples",
             "max clicks 0": "--max-clicks must be at least 1", "no folder": "nothing"}[case]
     assert want in err
+
+
+def test_click_latency_runs_against_its_smallest_image(tmp_path, capsys):
+    from tests.test_interactive import _package
+
+    spec = importlib.util.spec_from_file_location("benchmarks_click_latency", BENCH / "click_latency.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    model = _package(tmp_path / "toy")
+    out = tmp_path / "lat.json"
+    assert mod.main(["--model", str(model), "--sizes", "256,128", "--clicks", "2", "--threads", "1",
+                     "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["side"] for r in rows] == [128, 256] and rows[0]["x_baseline"] == 1.0
+    assert all(r["median_ms"] > 0 and r["clicks"] == 2 for r in rows)
+    assert mod.main(["--model", str(model), "--sizes", "10"]) == 2
+    assert mod.main(["--model", "nuclei-unet", "--sizes", "128"]) == 2
+    assert "not an interactive one" in capsys.readouterr().err
