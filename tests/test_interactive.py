@@ -287,3 +287,19 @@ def test_label_objects_instances_and_semantic_parts():
     assert [(o.z, o.value, o.area) for o in objs] == [(1, 1, 30), (1, 1, 12), (1, 2, 25)]
     assert [int(o.mask(sem).sum()) for o in objs] == [30, 12, 25]
     assert label_objects(sem, task="semantic", classes=[2], min_area=1)[0].value == 2
+
+
+def test_a_previous_crop_is_the_same_prompt_as_the_whole_plane(everything):
+    img = np.random.default_rng(0).random((300, 400)).astype(np.float32)
+    first = everything.segment_crop(img, positive=[(150, 200)])
+    spec = everything.prompt
+    whole, _ = check_prompt(img.shape, positive=[(150, 200)], negative=[(140, 190)], previous=first.paste(img.shape))
+    small, _ = check_prompt(img.shape, positive=[(150, 200)], negative=[(140, 190)], previous=first)
+    assert small.previous.shape == first.mask.shape and small.previous_offset == first.offset
+    assert prompt_window(small, spec) == prompt_window(whole, spec)
+    window = prompt_window(small, spec)
+    assert np.array_equal(encode_prompt(small, window, spec), encode_prompt(whole, window, spec))
+    again = everything.segment_crop(img, positive=[(150, 200)], negative=[(140, 190)], previous=first)
+    assert again.window.side == pytest.approx(32 * 1.8)      # the previous mask is part of the extent
+    with pytest.raises(InvalidPromptError, match="another plane"):
+        check_prompt((3, 300, 400), positive=[(1, 150, 200)], previous=first)

@@ -43,8 +43,6 @@ __all__ = ["CANDIDATE_LAYER", "CLICKS_LAYER", "ClickSection", "LOAD_PACKAGE", "p
 LOAD_PACKAGE = "Load package…"
 CLICKS_LAYER = "clicks"
 CANDIDATE_LAYER = "click candidate"
-PREVIOUS_MAX_PIXELS = 2**24
-"""The last candidate is given back to the model as its "previous" mask on planes up to this size."""
 POSITIVE = (0.15, 0.95, 0.2, 1.0)
 NEGATIVE = (1.0, 0.15, 0.15, 1.0)
 HINT = "click: object · Shift-click: not object · Enter: accept · Esc: clear"
@@ -61,7 +59,7 @@ class _Request:
     negative: tuple
     box: tuple | None
     z: int | None
-    previous: np.ndarray | None
+    previous: Any                               # the last CropMask, or None
     channel_axis: int | None
     pixel_size: float | None
 
@@ -359,12 +357,7 @@ class ClickSection(Container):
         neg = tuple(tuple(p[cut:]) for p in negative)
         spatial = tuple(image.shape[:-1] if img_layer.rgb else image.shape)
         check_prompt(spatial, pos, neg, box, z=z)        # InvalidPromptError: nothing is changed
-        previous = None
-        plane_shape = lab_shape[-2:]
-        if self.candidate is not None and int(np.prod(plane_shape)) <= PREVIOUS_MAX_PIXELS:
-            previous = np.zeros(plane_shape, bool)
-            (r0, c0), (h, w) = self.candidate.offset[-2:], self.candidate.mask.shape
-            previous[r0:r0 + h, c0:c0 + w] = self.candidate.mask
+        previous = self.candidate          # the last answer (a window-sized CropMask, also on whole slides)
         px = None
         if nd == 2:
             from segloop._napari.pixel_size import layer_pixel_size

@@ -42,14 +42,17 @@ class Prompt:
     positive, negative : tuple of (float, float)
     box : (y0, x0, y1, x1) or None
         Corners, ``y0 < y1`` and ``x0 < x1``.
-    previous : (H, W) bool ndarray or None
-        The object's mask from the previous round, the plane's shape.
+    previous : bool ndarray or None
+        The object's mask from the previous round: the plane's shape, or a crop of it whose
+        first pixel is at ``previous_offset``.
+    previous_offset : (int, int)
     """
 
     positive: tuple[tuple[float, float], ...] = ()
     negative: tuple[tuple[float, float], ...] = ()
     box: tuple[float, float, float, float] | None = None
     previous: np.ndarray | None = None
+    previous_offset: tuple[int, int] = (0, 0)
 
     @property
     def n_clicks(self) -> int:
@@ -86,7 +89,9 @@ def check_prompt(shape: Sequence[int], positive=(), negative=(), box=None, previ
         ``(y, x)``, or ``(z, y, x)`` on a volume (all on one plane, the one segmented).
     box : (y0, x0, y1, x1) or None
         On a volume, the plane comes from the clicks or ``z``.
-    previous : bool array of ``shape`` (or of the plane's shape) or None
+    previous : bool array of ``shape`` (or of the plane's shape), a :class:`CropMask`, or None
+        A CropMask (the last answer of :meth:`InteractiveModel.segment_crop`) keeps a whole
+        slide's previous mask as small as the window.
     z : int, optional
         The plane of a volume; needed when no click gives it.
 
@@ -143,17 +148,24 @@ def check_prompt(shape: Sequence[int], positive=(), negative=(), box=None, previ
         bx = (float(y0), float(x0), float(y1), float(x1))
     if not pos and bx is None:
         raise InvalidPromptError("give at least one positive click or a box around the object")
-    prev = None
-    if previous is not None:
+    prev, offset = None, (0, 0)
+    if isinstance(previous, CropMask):
+        if volume and (len(previous.offset) != 3 or previous.offset[0] != z):
+            raise InvalidPromptError(f"the previous mask is on another plane than the clicks (z={z})")
+        prev, offset = np.asarray(previous.mask, bool), tuple(int(v) for v in previous.offset[-2:])
+        if offset[0] < 0 or offset[1] < 0 or offset[0] + prev.shape[0] > plane[0] or offset[1] + prev.shape[1] > plane[1]:
+            raise InvalidPromptError(f"the previous mask at {offset} of shape {prev.shape} is outside the image plane "
+                                     f"{plane}")
+    elif previous is not None:
         prev = np.asarray(previous)
         if volume and prev.shape == shape:
             prev = prev[z]
         if prev.shape != plane:
             raise InvalidPromptError(f"previous mask has shape {prev.shape}, the image plane is {plane}")
         prev = prev.astype(bool, copy=False)
-        if not prev.any():
-            prev = None
-    return Prompt(tuple(pos), tuple(neg), bx, prev), z
+    if prev is not None and not prev.any():
+        prev, offset = None, (0, 0)
+    return Prompt(tuple(pos), tuple(neg), bx, prev, offset), z
 
 
 @dataclass(frozen=True)
@@ -197,8 +209,8 @@ def prompt_window(prompt: Prompt, spec: PromptSpec, *, min_side: float | None = 
         ys += [prompt.box[0], prompt.box[2]]
         xs += [prompt.box[1], prompt.box[3]]
     if prompt.previous is not None:
-        rows = np.flatnonzero(prompt.previous.any(axis=1))
-        cols = np.flatnonzero(prompt.previous.any(axis=0))
+        rows = np.flatnonzero(prompt.previous.any(axis=1)) + prompt.previous_offset[0]
+        cols = np.flatnonzero(prompt.previous.any(axis=0)) + prompt.previous_offset[1]
         ys += [float(rows[0]), float(rows[-1])]
         xs += [float(cols[0]), float(cols[-1])]
     y0, y1, x0, x1 = min(ys), max(ys), min(xs), max(xs)
@@ -260,16 +272,20 @@ def encode_prompt(prompt: Prompt, window: Window, spec: PromptSpec) -> np.ndarra
         elif prompt.previous is None:   # previous
             maps.append(np.zeros((window.out, window.out), np.float32))
         else:
-            maps.append((mask_to_window(prompt.previous, window) >= 0.5).astype(np.float32))
+            maps.append((mask_to_window(prompt.previous, window, offset=prompt.previous_offset) >= 0.5
+                         ).astype(np.float32))
     return np.stack(maps)
 
 
-def mask_to_window(mask: np.ndarray, window: Window) -> np.ndarray:
-    """A plane-shaped mask (bool or 0..1) resampled onto the window's ``(out, out)`` grid (linear;
-    0 outside the image): the previous-mask map, and the trainer's target and loss weights."""
-    r0, c0, r1, c1 = window.bounds(mask.shape)
+def mask_to_window(mask: np.ndarray, window: Window, *, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """A mask (bool or 0..1) resampled onto the window's ``(out, out)`` grid (linear; 0 outside
+    the mask): the previous-mask map, and the trainer's target and loss weights. ``mask`` is
+    plane-shaped, or a crop of the plane whose first pixel is at ``offset``."""
+    oy, ox = offset
+    shifted = Window(window.y0 - oy, window.x0 - ox, window.side, window.out)
+    r0, c0, r1, c1 = shifted.bounds(mask.shape)
     crop = np.asarray(mask[r0:r1, c0:c1], dtype=np.float32)
-    ry, rx = _sample_grid(window, r0, c0, 1)
+    ry, rx = _sample_grid(shifted, r0, c0, 1)
     return _resample(crop, ry, rx, 1).astype(np.float32)
 
 
