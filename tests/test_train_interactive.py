@@ -264,6 +264,17 @@ def test_the_command_trains_and_refuses_bad_input_in_one_line(folders, tmp_path,
         rc, err = _cli(argv, capsys)
         assert rc == 2 and err.startswith("segloop-train: error:") and "\n" not in err and words in err, err
     assert not any((tmp_path / n).exists() for n in "abde")
+    # fine-tuning a click model on corrections: scored first, recorded as the parent
+    tuned = tmp_path / "tuned"
+    rc, err = _cli([folders["grey"], "--from", out, "--out", tuned, "--name", "tuned", "--steps", 2, "--batch", 2,
+                    "--eval-every", 2, "--val-objects", 2, "--max-clicks", 1, "--device", "cpu"], capsys)
+    assert rc == 0, err
+    t = read_spec(tuned)
+    assert t.parent == {"name": "cli-click", "version": spec.version, "sha256": spec.sha256}
+    assert t.architecture_kwargs == spec.architecture_kwargs and t.prompt == spec.prompt
+    assert t.training["history"][0]["step"] == 0 and t.training["parent_metrics"] is not None
+    rc, err = _cli([folders["grey"], "--from", "nuclei-unet", "--out", tmp_path / "g", "--name", "g"], capsys)
+    assert rc == 2 and "not a click model" in err and not (tmp_path / "g").exists()
     # a click model is no parent for the automatic trainer, which says which command trains it
     rc = train_main([str(folders["grey"]), "--from", str(out), "--out", str(tmp_path / "f"), "--steps", "1"])
     err = capsys.readouterr().err.strip()

@@ -318,6 +318,7 @@ def train_interactive(folders: str | os.PathLike | Sequence[str | os.PathLike], 
                       seed: int = 0, device: str = "auto", resume: bool = False, license: str = "",
                       description: str = "", label_source: str = "hand", min_area: int = 16,
                       command: str | None = None, config: InteractiveConfig | None = None,
+                      parent: str | os.PathLike | None = None,
                       cancel: threading.Event | Callable[[], bool] | None = None,
                       progress: Progress | None = None) -> Path | None:
     """Train an interactive (click) model on training folders and write its package.
@@ -368,6 +369,12 @@ def train_interactive(folders: str | os.PathLike | Sequence[str | os.PathLike], 
         Objects smaller than this (pixels on their plane) are left out.
     command : str, optional
         The command line recorded.
+    parent : str or path, optional
+        A click model (name or package) to fine-tune: its network, weights, normalization,
+        prompt, context slices and pixel size are used (``arch``, ``arch_kwargs``,
+        ``normalization``, ``prompt``, ``context_slices``, ``image_channels`` and ``pixel_size``
+        are then ignored), it is scored on the val objects before the first step (the package
+        keeps its weights unless training beats them), and the package records it as ``parent``.
     config : InteractiveConfig, optional
         All run settings at once (``steps``, ``batch``, ``lr``, ``context_slices``, ``classes``,
         ``val_objects``, ``max_clicks``, ``eval_every``, ``checkpoint_every``, ``seed`` and
@@ -393,6 +400,17 @@ def train_interactive(folders: str | os.PathLike | Sequence[str | os.PathLike], 
     ModelPackageError
         ``out`` exists, a bad setting, a checkpoint of other settings or data.
     """
+    parent_pkg = parent_package(parent) if parent is not None else None
+    if parent_pkg is not None:
+        ps = parent_pkg.spec
+        arch, arch_kwargs, normalization, prompt = ps.architecture, dict(ps.architecture_kwargs), dict(
+            ps.normalization), ps.prompt_spec
+        context_slices = int(ps.context_slices)
+        image_channels = ps.image_channels // context_slices
+        pixel_size = float(ps.pixel_size[0]) if ps.pixel_size else None
+        modality = modality or ps.modality
+        if config is not None and config.context_slices != context_slices:
+            config = replace(config, context_slices=context_slices)
     if config is None:
         eval_every = eval_every if eval_every is not None else max(1, min(500, steps // 5))
         config = InteractiveConfig(
@@ -403,7 +421,8 @@ def train_interactive(folders: str | os.PathLike | Sequence[str | os.PathLike], 
     run = _ClickRun(folders, out=Path(out), config=config, resume=resume, progress=progress)
     run.setup(name=name, version=version, arch=arch, arch_kwargs=arch_kwargs, normalization=normalization,
               modality=modality, prompt=prompt, image_channels=image_channels, pixel_size=pixel_size,
-              license=license, description=description, label_source=label_source, device=device)
+              license=license, description=description, label_source=label_source, device=device,
+              parent=parent_pkg)
     run.train(cancel)
     return run.write(command)
 
@@ -439,7 +458,7 @@ class _ClickRun:
     # ------------------------------------------------------------------ setup
 
     def setup(self, *, name, version, arch, arch_kwargs, normalization, modality, prompt, image_channels,
-              pixel_size, license, description, label_source, device) -> None:
+              pixel_size, license, description, label_source, device, parent: ModelPackage | None = None) -> None:
         import torch
 
         from segloop.core.inference.engines import resolve_device
@@ -486,7 +505,13 @@ class _ClickRun:
         self.fingerprints = [f.fingerprint for f in self.data.folders]
         self.dev = resolve_device(device)
         torch.manual_seed(int(config.seed))            # the initial weights come from the seed too
-        net = build(arch, spec.in_channels, 2, dims=2, **kwargs).to(self.dev)
+        net = build(arch, spec.in_channels, 2, dims=2, **kwargs)
+        if parent is not None:
+            ps = parent.spec
+            net.load_state_dict({k: v.float() for k, v in parent.state_dict.items()}, strict=True)
+            self.spec = spec = replace(spec, parent={"name": ps.name, "version": ps.version, "sha256": ps.sha256})
+        self.parent = parent
+        net = net.to(self.dev)
         self.channels_last = self.dev != "mps"      # oneDNN's / tensor cores' fast layout
         self.net = net.to(memory_format=torch.channels_last) if self.channels_last else net
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -569,6 +594,8 @@ class _ClickRun:
                    "train_objects": sum(len(t) for t in self.data.train), "val_objects": len(self.val_items),
                    "samples": len(self.data.sources), "resumed_from": self.resumed_from, "out": str(self.out),
                    "checkpoint": str(self.ckpt), "in_channels": self.spec.in_channels})
+        if self.parent is not None and self.step == 0 and not self.history:
+            self.evaluate()                 # step 0: the parent's score; its weights stay unless beaten
         while self.step < config.steps:
             if is_cancelled(cancel):
                 self.stopped = "cancelled"
@@ -684,6 +711,8 @@ class _ClickRun:
                            "flips, rot90, gain/offset"),
             "history": self.history,
             "best": self.best or {},
+            "parent_metrics": ({k: v for k, v in self.history[0].items() if k not in ("step", "seconds")}
+                               if self.parent is not None and self.history and self.history[0]["step"] == 0 else None),
             "metrics": {k: v for k, v in (self.best or {}).items() if k != "step"},
             "val_objects": len(self.val_items),
             "steps_done": self.step,
@@ -735,6 +764,25 @@ class _ClickRun:
             self.emit({"event": "done", "package": str(out), "metrics": metrics, "message": msg,
                        "seconds": spec.training["seconds"]})
         return out
+
+
+def parent_package(parent: str | os.PathLike) -> ModelPackage:
+    """The package of a click model to fine-tune (name or path).
+
+    Raises
+    ------
+    ModelNotFoundError
+    ModelPackageError
+        It is an automatic model (fine-tune those with ``segloop-train FOLDER --from``).
+    """
+    from segloop.core.formats.package import load_package
+    from segloop.core.formats.registry import model_path
+
+    pkg = load_package(model_path(parent))
+    if pkg.spec.task != "interactive":
+        raise ModelPackageError(f"{pkg.spec.name} is an automatic ({pkg.spec.task}) model, not a click model: "
+                                f"fine-tune it with `segloop-train FOLDER... --from {parent}`")
+    return pkg
 
 
 def json_safe(obj: Any) -> Any:

@@ -2,7 +2,7 @@
 
 ::
 
-    segloop-train interactive FOLDER... --out DIR --name NAME [--version V --steps N --batch B --lr LR
+    segloop-train interactive FOLDER... --out DIR --name NAME [--from CLICK_MODEL --version V --steps N --batch B --lr LR
                   --arch unet --arch-kwargs JSON --normalization JSON|KIND --modality M --context-slices K
                   --classes 1,2 --image-channels C --pixel-size UM --crop 128 --eval-every N
                   --checkpoint-every N --val-objects N --max-clicks N --seed S --resume --device D
@@ -55,6 +55,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("folders", nargs="+", metavar="FOLDER", help="training folder(s) v1 (instance or semantic)")
     p.add_argument("--out", required=True, metavar="DIR", help="the new package folder (must not exist)")
     p.add_argument("--name", required=True, help="name of the new package")
+    p.add_argument("--from", dest="parent", metavar="MODEL",
+                   help="a click model (name or package) to fine-tune on the folders: its network, normalization "
+                        "and prompt settings are kept; scored first, kept unless beaten")
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--steps", type=positive_int, default=2000, help="optimizer steps (default 2000)")
     p.add_argument("--batch", type=positive_int, default=16, help="objects per step (default 16)")
@@ -148,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             pixel_size=args.pixel_size, val_objects=args.val_objects, max_clicks=args.max_clicks,
             eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device,
             resume=args.resume, license=args.license, description=args.description, label_source=args.labels,
-            command=" ".join([PROG, "interactive", *map(shlex.quote, argv)]), cancel=cancel,
+            command=" ".join([PROG, "interactive", *map(shlex.quote, argv)]), parent=args.parent, cancel=cancel,
             progress=_printer(args.progress_json))
     except (SegloopError, ValueError, OSError) as e:
         msg = str(e).replace("\n", " ")
