@@ -97,3 +97,9 @@ def test_cli_bad_input_is_one_line_and_nothing_written(tmp_path, model_path, ima
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_info_describes_a_click_model(model_path, capsys):
+    assert main(["info", str(model_path)]) == 0
+    out = capsys.readouterr().out
+    assert "interactive" in out and "prompt:" in out and "window around the clicks" in out

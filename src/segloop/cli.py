@@ -103,7 +103,12 @@ def _cmd_info(args) -> int:
             return 1
         print(pkg.card)
         return 0
-    model = load_model(args.model, device="cpu")
+    from segloop.core.formats.package import read_spec
+    from segloop.core.formats.registry import model_path
+    from segloop.core.inference.interactive import load_interactive
+
+    loader = load_interactive if read_spec(model_path(args.model)).task == "interactive" else load_model
+    model = loader(args.model, device="cpu")
     s = model.spec
     n_params = sum(p.numel() for p in model.network.parameters())
     if args.json:
@@ -113,7 +118,12 @@ def _cmd_info(args) -> int:
     print(f"  package:       {model.package.path}")
     print(f"  classes:       {', '.join(s.classes)}")
     print(f"  input:         {s.in_channels} channel(s); normalization {describe(spec_from_dict(s.normalization))}")
-    print(f"  tile:          {s.tile.get('size')} px, overlap {s.tile.get('overlap')}")
+    if s.task == "interactive":
+        ps = s.prompt_spec
+        print(f"  prompt:        {', '.join(ps.maps)} maps; a {ps.crop} px window around the clicks (`segloop click`, "
+              "Proofread's click mode)")
+    else:
+        print(f"  tile:          {s.tile.get('size')} px, overlap {s.tile.get('overlap')}")
     print("  pixel size:    " + (f"{format_pixel_size(s.pixel_size)} µm/px (images of another known pixel size are "
                                  "rescaled to it)" if s.pixel_size else "not recorded (images run at their own "
                                                                         "resolution)"))
