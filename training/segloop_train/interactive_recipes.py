@@ -149,8 +149,8 @@ CARD = """# {name} v{version}
 {description}.
 
 Interactive: `segloop.load_interactive("{name}").segment(image, positive=[(y, x)], negative=[...],
-box=None, previous=None)` returns one object's mask; in napari, the click tool of the Segment
-widget. Each call reads only a window around the prompt ({crop} network px, grown by {context} of
+box=None, previous=None)` returns one object's mask; in napari, the click mode of the
+Proofread widget. Each call reads only a window around the prompt ({crop} network px, grown by {context} of
 the prompt's extent on each side), so a click costs the same on a tile and on a whole slide.
 
 - Network: `{arch}` {arch_kwargs}, {image_channels} image channel(s){slices} + prompt maps
@@ -264,6 +264,9 @@ def finish(recipe: ClickRecipe, raw: Path, out: Path, folders: dict[str, Path], 
         a = scores[cross[0]]["all"]
         training["shipped_metrics"] = {"weights": "float16", "source": f"{cross[0]} (never trained on)",
                                        **{k: a[k] for k in ("noc@85", "noc@90", "miou@1", "miou@3") if k in a}}
+        if "noc@85" in a:            # the one figure `segloop list-models` shows
+            training["headline"] = (f"NoC@85 {a['noc@85']:.2f}, mIoU@1 {a['miou@1']:.3f} on {cross[0]} "
+                                    "(cross-dataset)")
     origins = {n: recipe.label_notes.get(n) or _short_origin(n) for n in plan}
     data_lines = []
     for n, f in zip(recipe.train_sources, training.get("objects", []), strict=False):
