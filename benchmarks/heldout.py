@@ -23,7 +23,7 @@ pixels count: on a partly reviewed sample, objects (reference and predicted) wit
 their pixels reviewed are scored, and Dice is taken over reviewed pixels.
 
 Images are read at their **native resolution**; a model runs through the public API
-(``segloop.load_model``, then ``Model.segment`` when it exists, else ``Model.predict``), given
+(``segloop.load_model``, then ``Model.predict``), given
 the sample's ``spacing`` as ``pixel_size=`` when that method accepts it, so the model's own
 pixel-size handling rescales.  ``--stain`` (``auto``: hematoxylin for RGB on a 1-channel model)
 goes to the method's ``stain=`` when it has one, else becomes its ``normalization=``.
@@ -282,7 +282,7 @@ def load_methods(models: list[str], samples: list[FolderSample], *, device: str)
         if model.spec.task != "instance":
             raise InvalidImageError(f"model {arg!r} is a {model.spec.task} model; evaluate.py --folder scores "
                                     "instance (nuclei) models")
-        call = getattr(model, "segment", None) or model.predict
+        call = model.predict            # (Model.segment is the click models' call, refused here)
         facts = {"argument": arg, "path": str(model_path(arg)), "name": model.spec.name,
                  "version": model.spec.version, "sha256": model.spec.sha256,
                  "architecture": model.spec.architecture, "modality": model.spec.modality,
