@@ -97,6 +97,18 @@ def test_a_model_that_fails_to_load_is_a_notification(make_napari_viewer, qtbot,
     assert any("not valid JSON" in n for n in notes) and w.run_button.enabled
 
 
+def test_a_click_model_chosen_as_a_package_is_a_notification(make_napari_viewer, qtbot, tmp_path, nuclei_image,
+                                                              notes):
+    from tests.test_interactive import _package
+
+    viewer, w = make(make_napari_viewer, nuclei_image)
+    use_package(w, _package(tmp_path / "click"))
+    w.run()
+    wait(qtbot, w)
+    assert not labels_layers(viewer)
+    assert any("interactive (click) model" in n and "Proofread" in n for n in notes) and w.run_button.enabled
+
+
 def test_no_image_layer_and_shapes_layers_are_not_offered(make_napari_viewer, notes):
     viewer, w = make(make_napari_viewer)
     viewer.add_shapes([[0, 0], [10, 10], [0, 10]], shape_type="polygon")

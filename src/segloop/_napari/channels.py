@@ -25,7 +25,8 @@ MAX_EXTRA = 3
 
 def model_channels(spec) -> int:
     """Raw image channels a package reads (its input channels over its 2.5D context slices)."""
-    return max(1, int(spec.in_channels) // max(1, int(spec.context_slices or 1)))
+    # image channels: an interactive model's in_channels also count its prompt maps
+    return max(1, int(getattr(spec, "image_channels", spec.in_channels)) // max(1, int(spec.context_slices or 1)))
 
 
 def _layer_channels(layer) -> int:
