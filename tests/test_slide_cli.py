@@ -197,6 +197,76 @@ def test_two_local_workers_match_one_process(svs, full, tmp_path, capsys):
     assert (int(m["run"]), int(m["blocks"])) == (9, 12)
 
 
+def _kill_a_worker_after_first_block(out: Path, stop: threading.Event, killed: list) -> threading.Thread:
+    """SIGKILL one dask worker process (a child of this process) once the run under ``out`` has
+    recorded its first finished block; ``killed`` gets (pid, blocks finished by then)."""
+    import psutil
+
+    done = out / ".segloop-run" / "done"
+
+    def watch():
+        while not stop.is_set():
+            if done.is_dir() and any(done.glob("*.json")):
+                workers = [c for c in psutil.Process().children(recursive=True)
+                           if "spawn_main" in " ".join(c.cmdline())]
+                if workers:
+                    n_done = len(list(done.glob("*.json")))
+                    workers[0].send_signal(signal.SIGKILL)
+                    killed.append((workers[0].pid, n_done))
+                    return
+            stop.wait(0.02)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
+
+
+def test_a_worker_killed_mid_run_is_replaced_and_the_slide_finishes_the_same(svs, full, tmp_path, capsys):
+    killed: list = []
+    stop = threading.Event()
+    try:
+        watcher = _kill_a_worker_after_first_block(tmp_path / "case.zarr", stop, killed)
+        code = _predict(svs, tmp_path, "--cluster", "local:2", "--format", "ome-zarr")
+    finally:
+        stop.set()
+        watcher.join()
+    assert killed, "no worker process was found to kill"
+    pid, n_done = killed[0]
+    assert n_done < 12, "the run had finished before the worker was killed"
+    m = _summary(capsys.readouterr().out)
+    assert code == 0 and (int(m["run"]), int(m["blocks"])) == (9, 12)
+    one, two = _zarr_labels(full[0] / "case.zarr"), _zarr_labels(tmp_path / "case.zarr")
+    assert abs(int(full[1]["n"]) - int(m["n"])) <= 0.005 * int(full[1]["n"])
+    assert instance_scores(one, two)["f1@0.5"] >= 0.99
+
+
+def test_a_png_tile_exports_geojson_and_csv_like_its_label_tif(tmp_path, capsys):
+    """A pathologist's exported field of view (PNG, no pixel size in it) gets the same exports as a slide."""
+    from skimage import data
+    from skimage.io import imsave
+
+    png = tmp_path / "field.png"
+    imsave(png, data.immunohistochemistry(), check_contrast=False)
+    out = tmp_path / "res"
+    assert main(["predict", str(png), *MODEL[:4], "--pixel-size", "0.5", "--format", "geojson,csv,tif",
+                 "--out", str(out)]) == 0
+    m = _summary(capsys.readouterr().out)
+    n = int(m["n"])
+    assert n > 20 and float(m["mpp"]) == 0.5
+    assert len(read_geojson(out / "field.geojson")) == n
+    with open(out / "field_objects.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == n and float(rows[0]["area_um2"]) == pytest.approx(0.25 * float(rows[0]["area_px"]))
+    labels = tifffile.imread(out / "field_labels.tif")
+    assert labels.shape == (512, 512) and len(np.unique(labels)) - 1 == n
+    assert not (out / "field.zarr").exists()                # not asked for
+    # the same tile through the image path (one TIFF of labels): the same nuclei
+    plain = tmp_path / "plain"
+    assert main(["predict", str(png), *MODEL[:4], "--pixel-size", "0.5", "--out", str(plain)]) == 0
+    ref = tifffile.imread(plain / "field_labels.tif")
+    assert instance_scores(ref, labels)["f1@0.5"] >= 0.97
+
+
 # --------------------------------------------------------------------------- reruns and Ctrl-C
 
 REGION = ["--region", "0,0,1536,1024", "--format", "ome-zarr,geojson"]      # 2 x 3 blocks, all tissue
@@ -275,6 +345,53 @@ def test_ctrl_c_on_a_slide_says_the_run_resumes(svs, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 130 and len(err) == 1, err
     assert "got no output" not in err[0] and "resume" in err[0], err[0]
+
+
+FULL_DISK = r"""
+set -u
+mount -t tmpfs -o size=$SIZE none "$MNT"
+head -c "$FILL" /dev/zero > "$MNT/filler"                 # what is left free: less than the result needs
+"$SEGLOOP" predict "$SLIDE" --model nuclei-unet --stain hematoxylin --block 512 \
+    --region 0,0,1536,1024 --format ome-zarr --out "$MNT/res" 2> "$LOGS/first.err"
+echo "$?" > "$LOGS/first.rc"
+find "$MNT/res" -path '*done*' -name '*.json' | wc -l > "$LOGS/done.count"
+rm "$MNT/filler"                                          # space again: the same command resumes
+"$SEGLOOP" predict "$SLIDE" --model nuclei-unet --stain hematoxylin --block 512 \
+    --region 0,0,1536,1024 --format ome-zarr --out "$MNT/res" > "$LOGS/second.out" 2> "$LOGS/second.err"
+echo "$?" > "$LOGS/second.rc"
+cp -r "$MNT/res/case.zarr" "$LOGS/case.zarr"
+"""
+
+
+def test_a_full_disk_mid_run_is_one_line_keeps_finished_blocks_and_a_rerun_resumes(svs, tmp_path, capsys):
+    """A real full disk: a 16 MB tmpfs in a private mount namespace (``unshare``, no root needed), with
+    all but 1.5 MB of it taken, so the run stops partway through its 6 blocks."""
+    import shutil
+    import subprocess
+    import sys
+
+    unshare = shutil.which("unshare")
+    assert unshare, "needs util-linux's unshare"
+    ref = tmp_path / "ref"
+    assert _predict(svs, ref, *REGION) == 0
+    capsys.readouterr()
+    mnt, logs = tmp_path / "mnt", tmp_path / "logs"
+    mnt.mkdir()
+    logs.mkdir()
+    env = {**os.environ, "SIZE": "16m", "FILL": str(16 * 2**20 - 1536 * 1024), "MNT": str(mnt), "LOGS": str(logs),
+           "SEGLOOP": str(Path(sys.executable).with_name("segloop")), "SLIDE": str(svs)}
+    r = subprocess.run([unshare, "--user", "--map-root-user", "--mount", "bash", "-c", FULL_DISK], env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0 and (logs / "second.rc").is_file(), r.stderr[-2000:]
+    first = (logs / "first.err").read_text().strip().splitlines()
+    assert (logs / "first.rc").read_text().strip() == "2", first
+    assert len(first) == 1 and "No space left on device" in first[0] and "Traceback" not in first[0], first
+    assert "free some space" in first[0]
+    n_done = int((logs / "done.count").read_text())
+    assert (logs / "second.rc").read_text().strip() == "0", (logs / "second.err").read_text()[-2000:]
+    m = _summary((logs / "second.out").read_text())
+    assert int(m["resumed"]) == n_done < 6 and int(m["blocks"]) == 6
+    assert np.array_equal(_zarr_labels(logs / "case.zarr"), _zarr_labels(ref / "case.zarr"))
 
 
 # --------------------------------------------------------------------------- errors

@@ -27,7 +27,7 @@ from segloop.core.inference.slide import (
     stitch_pairs,
     tissue_mask,
 )
-from segloop.errors import Cancelled, InvalidImageError, WriteError
+from segloop.errors import Cancelled, InvalidImageError, InvalidLabelsError, WriteError
 
 from .conftest import DATA
 from .test_wsi_reader import _write_subifd_pyramid
@@ -460,3 +460,28 @@ def test_stitch_pairs_ignores_a_piece_away_from_the_border_edge():
     assert stitch_pairs(a3[:, border:], b3[:, border:], a3[:, border - 1], b3[:, border]) == []
     b3[19:30, 20:24] = 2                                               # 4 x 4 px shared: joined
     assert stitch_pairs(a3[:, border:], b3[:, border:], a3[:, border - 1], b3[:, border]) == [(1, 2)]
+
+
+# --------------------------------------------------------------------------- objects inside a drawn region
+
+
+def test_keep_objects_inside_keeps_whole_objects_with_half_their_area_inside():
+    from segloop.core.editing.objects import keep_objects_inside
+
+    lab = np.zeros((20, 20), np.uint32)
+    lab[2:5, 10:13] = 1                 # inside
+    lab[10:14, 10:14] = 7               # 10 of 16 pixels on or above the diagonal
+    lab[16:19, 0:3] = 3                 # below the diagonal: out
+    triangle = [(0, 0), (0, 19), (19, 19)]  # col >= row
+    out, dropped = keep_objects_inside(lab, triangle)
+    assert set(np.unique(out).tolist()) == {0, 1, 7} and dropped == 1 and out.dtype == lab.dtype
+    assert np.array_equal(out == 7, lab == 7)            # kept whole, not cut at the outline
+    out, dropped = keep_objects_inside(lab, triangle, min_fraction=0.7)
+    assert set(np.unique(out).tolist()) == {0, 1} and dropped == 2
+    out, dropped = keep_objects_inside(lab, [(-1, -1), (-1, 20), (20, 20), (20, -1)])
+    assert np.array_equal(out, lab) and dropped == 0
+    for bad in ([(0, 0), (5, 5)], [(0, 0), (0, np.nan), (5, 5)]):
+        with pytest.raises(InvalidLabelsError, match="3 finite"):
+            keep_objects_inside(lab, bad)
+    with pytest.raises(InvalidLabelsError, match="2D integer"):
+        keep_objects_inside(lab.astype(float), triangle)

@@ -154,6 +154,56 @@ def test_shapes_region_segments_the_box_of_the_last_shape_and_errors_are_shown(m
     assert not w.running and "results folder" in w.status.value and len(labels_layers(viewer)) == 1
 
 
+def test_a_polygon_or_ellipse_region_keeps_the_objects_inside_it_whole(make_napari_viewer, qtbot, slide_path):
+    from skimage.draw import polygon2mask
+
+    viewer, w, layer = open_slide(make_napari_viewer, slide_path, show=False)
+    w.scope.value = "shapes region"
+    box = [[100.0, 200.0], [100.0, 350.0], [220.0, 350.0], [220.0, 200.0]]      # µm
+    viewer.add_shapes([box], shape_type="rectangle", name="box")
+    w.image.value = layer
+    w.run()
+    wait(qtbot, w)
+    (whole,) = labels_layers(viewer)
+    n_box = len(np.unique(whole.data)) - 1
+    triangle = box[:3]                                     # the box's upper-right half
+    viewer.add_shapes([triangle], shape_type="polygon", name="triangle")
+    w.image.value = layer
+    w.run()
+    wait(qtbot, w)
+    (half,) = [la for la in labels_layers(viewer) if la is not whole]
+    assert half.data.shape == whole.data.shape and np.allclose(half.translate, whole.translate)
+    kept = set(np.unique(half.data).tolist()) - {0}
+    assert 0.25 * n_box < len(kept) < 0.8 * n_box, (len(kept), n_box)
+    assert f"{len(kept)} objects inside the shape" in w.status.value
+    assert half.metadata["segloop"]["n_objects"] == len(kept) and len(half.metadata["segloop"]["outline"]) == 3
+    # the same objects as the box run (same blocks, same ids), whole: none cut at the outline
+    assert np.array_equal(half.data[half.data > 0], whole.data[half.data > 0])
+    for i in kept:
+        assert np.array_equal(half.data == i, whole.data == i)
+    # kept: at least half inside the triangle; dropped: less than half
+    tri_px = (np.asarray(triangle) - np.asarray(half.translate)) / MPP        # (row, col) of the region
+    inside = polygon2mask(half.data.shape, tri_px)
+    for i in set(np.unique(whole.data).tolist()) - {0}:
+        obj = whole.data == i
+        assert (inside[obj].mean() >= 0.5) == (i in kept), i
+    # an ellipse over the same box: the objects of the inscribed ellipse
+    viewer.add_shapes([box], shape_type="ellipse", name="ellipse")
+    w.image.value = layer
+    w.run()
+    wait(qtbot, w)
+    (oval,) = [la for la in labels_layers(viewer) if la not in (whole, half)]
+    n_oval = len(np.unique(oval.data)) - 1
+    assert 0.6 * n_box < n_oval < n_box                   # pi/4 of the box, give or take the edge
+    corners = [la for la in np.unique(whole.data[[0, 0, -1, -1], [0, -1, 0, -1]]) if la]
+    assert not np.isin(corners, oval.data).any()          # objects in the box's corners are out
+    # a line encloses nothing: refused on the status line
+    viewer.add_shapes([[[100.0, 200.0], [220.0, 350.0]]], shape_type="line", name="line")
+    w.image.value = layer
+    w.run()
+    assert not w.running and "encloses no area" in w.status.value
+
+
 # --------------------------------------------------------------------------- whole slide
 
 

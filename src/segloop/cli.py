@@ -167,9 +167,11 @@ VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mrc", ".map", ".rec", ".dcm")
 
 
 def _is_volume(path: str) -> bool:
-    """A DICOM folder or a NIfTI / MRC / DICOM file: read with geometry (``read_volume``)."""
+    """A DICOM folder or a NIfTI / MRC / DICOM file (not a DICOM-WSI slide): read with geometry (``read_volume``)."""
+    from segloop.core.formats.io.wsi import is_dicom_wsi
+
     p = Path(path)
-    return p.is_dir() or p.name.lower().endswith(VOLUME_SUFFIXES)
+    return p.is_dir() or (p.name.lower().endswith(VOLUME_SUFFIXES) and not is_dicom_wsi(p))
 
 
 def _output_stem(path: str) -> str:

@@ -5,16 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from segloop.core.formats.io.images import read_pyramid, write_labels
-from segloop.core.formats.io.wsi import SLIDE_SUFFIXES, is_slide, open_slide
+from segloop.core.formats.io.wsi import SLIDE_SUFFIXES, is_dicom_wsi, is_slide, open_slide
 
 _SUFFIXES = (".tif", ".tiff", ".btf", ".png", ".jpg", ".jpeg") + SLIDE_SUFFIXES
 
 
 def get_reader(path):
-    """Return a reader for one image file segloop can read (whole slides included), else None."""
-    if isinstance(path, list) or not str(path).lower().endswith(_SUFFIXES):
+    """Return a reader for one image file segloop can read (whole slides included, DICOM-WSI too), else None."""
+    if isinstance(path, list):
         return None
-    return _read
+    if str(path).lower().endswith(_SUFFIXES) or is_dicom_wsi(path):
+        return _read
+    return None
 
 
 def get_zarr_reader(path):
@@ -111,6 +113,8 @@ def get_volume_reader(path):
         from segloop.core.formats.io.structures import structure_kind
 
         if structure_kind(p):           # an RTSTRUCT / DICOM-SEG: get_structure_reader shows it on its series
+            return None
+        if is_dicom_wsi(p):             # a whole slide: get_reader opens it as one
             return None
         return _read_volume_layers
     return None

@@ -4,9 +4,11 @@ A slide layer (opened by segloop's reader: ``metadata["segloop_slide"]``) is nev
 The Segment widget hands it here; the work is
 :func:`segloop.core.inference.slide.segment_slide` in a worker thread:
 
-* *current view* / *shapes region*: the region (level-0 pixels) on screen, or the bounding box
-  of the last shape of the selected Shapes layer, into a temporary OME-Zarr; the labels come back
-  as an editable Labels layer placed on the slide (µm scale and translate).
+* *current view* / *shapes region*: the region (level-0 pixels) on screen, or the last shape of
+  the selected Shapes layer (rectangle, ellipse or polygon: its bounding box is segmented into a
+  temporary OME-Zarr, then the objects with at least half their area inside the shape are kept,
+  whole); the labels come back as an editable Labels layer placed on the slide (µm scale and
+  translate).
 * *whole image*: the whole slide into ``<slide>.<model>.segloop.zarr`` next to the slide (or in
   the temp folder when that is not writable), with block progress, Cancel and resume; the
   labels come back as a lazy multiscale Labels layer (an editable one when the result is at most
@@ -53,6 +55,7 @@ class SlideJob:
     geometry: dict | None = None                  # the slide layer's scale/translate (slide_scope.layer_geometry)
     slide: object = None                          # a Slide over a multiscale layer that has no slide file
     block: int = 4096                             # block side, run-level px
+    outline: tuple | None = None                  # a drawn region's vertices, level-0 px (row, col)
 
 
 def _level0_shape(layer) -> tuple[int, int]:
@@ -75,8 +78,23 @@ def _view_region(layer) -> tuple[int, int, int, int]:
     return int(x0), int(y0), int(x1 - x0), int(y1 - y0)
 
 
-def _shapes_region(layer, viewer) -> tuple[int, int, int, int]:
-    """The bounding box (level-0 px) of the last shape in the selected (else the last) Shapes layer."""
+def _outline_points(data: np.ndarray, shape_type: str) -> np.ndarray:
+    """A shape's outline as polygon vertices (same coordinates as ``data``); an ellipse as 64 of
+    them, from the four corners of its (possibly rotated) box, as napari stores it."""
+    if shape_type in ("line", "path"):
+        raise InvalidImageError(f"a {shape_type} encloses no area: draw a rectangle, ellipse or polygon over the "
+                                "slide for 'shapes region'")
+    if shape_type != "ellipse":
+        return data
+    centre = data.mean(axis=0)
+    u, v = (data[1] - data[0]) / 2, (data[3] - data[0]) / 2
+    t = np.linspace(0, 2 * np.pi, 64, endpoint=False)[:, None]
+    return centre + np.cos(t) * u + np.sin(t) * v
+
+
+def _shapes_outline(layer, viewer) -> np.ndarray:
+    """The outline (level-0 px, (row, col) vertices) of the last shape in the selected (else the last)
+    Shapes layer."""
     from napari.layers import Shapes
 
     shapes = [la for la in viewer.layers.selection if isinstance(la, Shapes)] or \
@@ -84,15 +102,30 @@ def _shapes_region(layer, viewer) -> tuple[int, int, int, int]:
     if not shapes or not len(shapes[-1].data):
         raise InvalidImageError("draw a rectangle or polygon in a Shapes layer over the slide first "
                                 "(Layers > New Shapes layer), then Segment")
-    pts = np.asarray(shapes[-1].data[-1], dtype=float)[:, -2:]
-    world = np.asarray([shapes[-1].data_to_world(p) for p in pts])[:, -2:]
-    px = np.asarray([layer.world_to_data(p) for p in world])[:, -2:]
+    drawn = shapes[-1]
+    pts = _outline_points(np.asarray(drawn.data[-1], dtype=float), drawn.shape_type[-1])
+    world = np.asarray([drawn.data_to_world(p) for p in pts])[:, -2:]
+    return np.asarray([layer.world_to_data(p) for p in world], dtype=float)[:, -2:]
+
+
+def _shapes_region(layer, outline: np.ndarray) -> tuple[int, int, int, int]:
+    """The bounding box (x, y, w, h; level-0 px) of ``outline`` on the slide."""
     h, w = _level0_shape(layer)
-    y0, x0 = np.clip(np.floor(px.min(axis=0)), 0, (h - 1, w - 1)).astype(int)
-    y1, x1 = np.clip(np.ceil(px.max(axis=0)) + 1, 1, (h, w)).astype(int)
+    y0, x0 = np.clip(np.floor(outline.min(axis=0)), 0, (h - 1, w - 1)).astype(int)
+    y1, x1 = np.clip(np.ceil(outline.max(axis=0)) + 1, 1, (h, w)).astype(int)
     if y1 - y0 < 8 or x1 - x0 < 8:
         raise InvalidImageError("the shape does not cover the slide (or is smaller than 8 px): draw it over tissue")
     return int(x0), int(y0), int(x1 - x0), int(y1 - y0)
+
+
+def keep_inside_outline(labels: np.ndarray, outline, plan) -> tuple[np.ndarray, int]:
+    """The objects of a region's ``labels`` (run level, ``plan.region``) inside ``outline`` (level-0 px):
+    whole objects with at least half of their area inside; the number dropped."""
+    from segloop.core.editing.objects import keep_objects_inside
+
+    d = plan.downsample
+    origin = np.asarray(plan.region[:2], dtype=float)             # (y0, x0), run-level px
+    return keep_objects_inside(labels, np.asarray(outline, dtype=float) / d - 0.5 - origin)
 
 
 def slide_job(layer, scope: str, viewer, model_name: str, *, controls) -> SlideJob:
@@ -110,7 +143,9 @@ def slide_job(layer, scope: str, viewer, model_name: str, *, controls) -> SlideJ
     if scope == "current view":
         region = _view_region(layer)
     elif scope == "shapes region":
-        region = _shapes_region(layer, viewer)
+        outline = _shapes_outline(layer, viewer)
+        extra["outline"] = tuple(map(tuple, outline.round(3).tolist()))
+        region = _shapes_region(layer, outline)
     elif scope == "whole image":
         stem = Path(source).name.split(".")[0] if source else layer.name
         out = controls.whole_out(source, stem, model_name)
@@ -190,6 +225,11 @@ def _run(widget, req, job: SlideJob, cancel: threading.Event):
         from segloop.core.editing.corrections import PredictionSnapshot
 
         labels = np.asarray(group["0"])
+        if job.outline is not None:                  # a polygon or ellipse: its objects, not its box's
+            labels, _ = keep_inside_outline(labels, job.outline, plan)
+            kept = int(np.unique(labels).size - (labels.min() == 0))
+            prov.update(outline=[list(p) for p in job.outline], n_objects=kept)
+            info = {**info, "n_objects": kept}
         snapshot = PredictionSnapshot(labels)        # corrections are tracked against it, as for images
         layer = Labels(labels, name=f"{name} · region", metadata={"segloop": prov}, **_placement(plan, job.geometry))
         shutil.rmtree(job.out.parent, ignore_errors=True)
@@ -236,7 +276,8 @@ def start(widget, layer, req) -> None:
         if res is None:
             widget.status.value = f"{info['n_objects']} objects: opened the finished result {job.out}"
         else:
-            widget.status.value = (f"{res.n_objects} objects in {secs:.1f} s ({res.blocks_run} of {res.blocks} "
+            count = f"{info['n_objects']} objects inside the shape" if job.outline else f"{res.n_objects} objects"
+            widget.status.value = (f"{count} in {secs:.1f} s ({res.blocks_run} of {res.blocks} "
                                    f"blocks on tissue, {res.blocks_resumed} resumed){where}")
         if tissue is not None and job.keep_out:
             widget.viewer.layers.append(tissue)

@@ -4,6 +4,9 @@ Instance labels: each id on a plane is one object. Semantic labels (class ids): 
 part of a class on a plane is one object (a liver, a tumour). Volumes are walked plane by plane,
 because interactive models segment one plane. Used by the click trainer and the click
 benchmark, so both see the same objects.
+
+:func:`keep_objects_inside` keeps the objects of a drawn region (a polygon), whole: what a
+pathologist's annotation of a slide region contains.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 
 from segloop.errors import InvalidLabelsError
 
-__all__ = ["LabelObject", "label_objects"]
+__all__ = ["LabelObject", "keep_objects_inside", "label_objects"]
 
 
 @dataclass(frozen=True)
@@ -121,3 +124,51 @@ def label_objects(labels: np.ndarray, *, task: Literal["instance", "semantic"], 
     if labels.ndim == 2:
         return list(_plane_objects(labels, None, task, classes, min_area))
     return [o for z in range(labels.shape[0]) for o in _plane_objects(labels[z], z, task, classes, min_area)]
+
+
+def keep_objects_inside(labels: np.ndarray, polygon, *, min_fraction: float = 0.5) -> tuple[np.ndarray, int]:
+    """The objects of a 2D instance label image that lie inside ``polygon``, whole; the rest set to 0.
+
+    An object is kept when at least ``min_fraction`` of its pixels (pixel centres) lie inside, so
+    nuclei on the outline are neither cut nor counted twice by neighbouring regions (as QuPath
+    keeps the detections whose centre is in an annotation).
+
+    Parameters
+    ----------
+    labels : (H, W) integer ndarray
+    polygon : (N, 2) array-like
+        Vertices (row, column) in pixel-index coordinates of ``labels`` (pixel centres at integers);
+        N >= 3.
+    min_fraction : float
+        In (0, 1].
+
+    Returns
+    -------
+    (labels, dropped)
+        A new label image and the number of objects removed.
+
+    Raises
+    ------
+    InvalidLabelsError
+        ``labels`` is not a 2D integer array, or ``polygon`` has fewer than 3 finite vertices.
+    """
+    from skimage.draw import polygon2mask
+
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.dtype.kind not in "iu":
+        raise InvalidLabelsError(f"labels must be a 2D integer array, got {labels.dtype} {labels.shape}")
+    poly = np.asarray(polygon, dtype=float)
+    if poly.ndim != 2 or poly.shape[1] != 2 or len(poly) < 3 or not np.isfinite(poly).all():
+        raise InvalidLabelsError(f"a region outline needs at least 3 finite (row, column) vertices, got {poly.shape}")
+    if not 0 < min_fraction <= 1:
+        raise InvalidLabelsError(f"min_fraction must be in (0, 1], got {min_fraction}")
+    if labels.size == 0 or not labels.any():
+        return labels.copy(), 0
+    ids = labels.ravel().astype(np.int64, copy=False)
+    n = int(ids.max()) + 1
+    total = np.bincount(ids, minlength=n)
+    inside = np.bincount(ids[polygon2mask(labels.shape, poly).ravel()], minlength=n)
+    keep = inside >= min_fraction * total
+    keep[0] = True
+    dropped = int(np.count_nonzero(~keep & (total > 0)))
+    return np.where(keep[labels], labels, 0).astype(labels.dtype, copy=False), dropped

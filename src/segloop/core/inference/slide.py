@@ -731,53 +731,62 @@ def segment_slide(slide, model, out: str | os.PathLike, *, level: int | None = N
     out = Path(out)
     plan = plan_slide(slide, model, level=level, region=region, block=block, halo=halo, chunk=chunk,
                       tissue=tissue, include_image=include_image, predict=predict, pixel_size=pixel_size)
+    created, records = not out.exists(), {}
     _open_or_create(out, plan, overwrite=overwrite)
-    blocks = block_grid(plan)
-    done_dir = _run_dir(out) / "done"
-    records = {p.stem: json.loads(p.read_text()) for p in done_dir.glob("*.json")}
-    resumed = len(records)
-    keep, mask, mask_down = None, None, None
-    if plan.tissue:
-        keep, mask, mask_down = blocks_on_tissue(plan, slide, blocks)
-    todo = [b for b in blocks if b.key not in records]
-    for b in todo:
-        if keep is not None and b.key not in keep:
-            _check(cancel)
-            records[b.key] = _skip_block(out, plan, b, slide)
-    todo = [b for b in todo if b.key not in records]
-    total, finished = len(blocks), len(records)
-    if progress:
-        progress(finished, total)
-    if client is not None:
-        from segloop.core.inference.distributed import run_blocks_on
-
-        for rec in run_blocks_on(client, run_block, str(out), plan.to_dict(), [b.key for b in todo], cancel=cancel):
-            records[rec["key"]] = rec
-            finished += 1
-            if progress:
-                progress(finished, total)
-    else:
-        for b in todo:
-            _check(cancel)
-            records[b.key] = run_block(str(out), plan.to_dict(), b.key, slide=slide, model=model, cancel=cancel)
-            finished += 1
-            if progress:
-                progress(finished, total)
-    _check(cancel)
-    offsets, lut, n, merged = _lookup_table(out, plan, blocks, records)
-    _relabel(out, plan, blocks, offsets, lut, cancel=cancel)
-    n_levels = _pyramid(out, plan)
-    run_ = sum(1 for r in records.values() if not r["skipped"])
-    summary = {"n_objects": n, "blocks": len(blocks), "blocks_run": run_, "blocks_skipped": len(blocks) - run_,
-               "merged_across_blocks": merged, "plan": plan.to_dict(),
-               "model": plan.model, "level": plan.level, "downsample": plan.downsample,
-               "pixel_size": plan.pixel_size}
-    _ngff_metadata(out, plan, n_levels, summary)
-    run = _run_dir(out)
     try:
+        blocks = block_grid(plan)
+        done_dir = _run_dir(out) / "done"
+        records = {p.stem: json.loads(p.read_text()) for p in done_dir.glob("*.json")}
+        resumed = len(records)
+        keep, mask, mask_down = None, None, None
+        if plan.tissue:
+            keep, mask, mask_down = blocks_on_tissue(plan, slide, blocks)
+        todo = [b for b in blocks if b.key not in records]
+        for b in todo:
+            if keep is not None and b.key not in keep:
+                _check(cancel)
+                records[b.key] = _skip_block(out, plan, b, slide)
+        todo = [b for b in todo if b.key not in records]
+        total, finished = len(blocks), len(records)
+        if progress:
+            progress(finished, total)
+        if client is not None:
+            from segloop.core.inference.distributed import run_blocks_on
+
+            keys = [b.key for b in todo]
+            for rec in run_blocks_on(client, run_block, str(out), plan.to_dict(), keys, cancel=cancel):
+                records[rec["key"]] = rec
+                finished += 1
+                if progress:
+                    progress(finished, total)
+        else:
+            for b in todo:
+                _check(cancel)
+                records[b.key] = run_block(str(out), plan.to_dict(), b.key, slide=slide, model=model, cancel=cancel)
+                finished += 1
+                if progress:
+                    progress(finished, total)
+    except Cancelled:
+        raise                                           # finished blocks are kept to resume
+    except BaseException:
+        if created and not any(not r["skipped"] for r in records.values()):
+            shutil.rmtree(out, ignore_errors=True)      # nothing done: no half-made result left behind
+        raise
+    _check(cancel)
+    run, run_ = _run_dir(out), sum(1 for r in records.values() if not r["skipped"])
+    try:                                # the blocks' raw labels stay until the summary: a rerun redoes this
+        offsets, lut, n, merged = _lookup_table(out, plan, blocks, records)
+        _relabel(out, plan, blocks, offsets, lut, cancel=cancel)
+        n_levels = _pyramid(out, plan)
+        summary = {"n_objects": n, "blocks": len(blocks), "blocks_run": run_, "blocks_skipped": len(blocks) - run_,
+                   "merged_across_blocks": merged, "plan": plan.to_dict(),
+                   "model": plan.model, "level": plan.level, "downsample": plan.downsample,
+                   "pixel_size": plan.pixel_size}
+        _ngff_metadata(out, plan, n_levels, summary)
         _atomic_json(run / "summary.json", summary)          # finished; what follows is tidying up
     except OSError as e:
-        raise WriteError(f"cannot finish {out}: {e.strerror or e}") from None
+        raise WriteError(f"cannot finish {out}: {e.strerror or e}; free some space and run again: the finished "
+                         "blocks are kept") from None
     shutil.rmtree(run / "strips", ignore_errors=True)
     shutil.rmtree(run / "raw", ignore_errors=True)
     labels = zarr.open_group(str(out), mode="r", zarr_format=2)[f"labels/{LABEL_NAME}/0"]

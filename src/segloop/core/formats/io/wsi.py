@@ -25,7 +25,7 @@ import numpy as np
 from segloop.core.formats.io.images import channels_last, check_tiff_level, tiff_pixel_size
 from segloop.errors import ImageReadError, InvalidImageError, InvalidPixelSizeError
 
-__all__ = ["Slide", "open_slide", "is_slide", "SLIDE_SUFFIXES", "TIFF_SLIDE_SUFFIXES", "OPENSLIDE_SUFFIXES",
+__all__ = ["Slide", "open_slide", "is_slide", "is_dicom_wsi", "PLAIN_SUFFIXES", "SLIDE_SUFFIXES", "TIFF_SLIDE_SUFFIXES", "OPENSLIDE_SUFFIXES",
            "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
@@ -36,6 +36,9 @@ TIFF_SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".btf", ".tf8", ".ome.tif", ".om
 
 OPENSLIDE_SUFFIXES = (".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".dcm")
 """Read with OpenSlide (``backend="auto"``)."""
+
+PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg")
+"""Tiles that are read whole, as a one-level slide (a pathologist's exported field of view)."""
 
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide")
 """Suffixes that are whole slides whatever their content (napari's reader opens them as slides)."""
@@ -179,21 +182,62 @@ def open_slide(path: str | os.PathLike, *, backend: Literal["auto", "tifffile", 
     suffix = _suffix(path)
     if backend == "openslide" or (backend == "auto" and suffix in OPENSLIDE_SUFFIXES):
         return _open_openslide(path)
+    if backend == "auto" and not suffix and is_dicom_wsi(path):
+        return _open_openslide(path)
     if backend == "tifffile" or suffix in TIFF_SLIDE_SUFFIXES:
         return _open_tifffile(path)
+    if suffix in PLAIN_SUFFIXES:
+        return _open_plain(path)
     raise ImageReadError(f"{path}: {suffix or 'no suffix'!r} is not a whole-slide format segloop reads; use "
-                         f"{', '.join(TIFF_SLIDE_SUFFIXES + OPENSLIDE_SUFFIXES)}")
+                         f"{', '.join(TIFF_SLIDE_SUFFIXES + OPENSLIDE_SUFFIXES + PLAIN_SUFFIXES)}")
+
+
+#: SOP Class UID of "VL Whole Slide Microscopy Image Storage" (DICOM-WSI, PS3.4 B.5).
+DICOM_WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
+
+
+def is_dicom_wsi(path: str | os.PathLike) -> bool:
+    """True for a DICOM file whose SOP class is VL Whole Slide Microscopy Image (DICOM-WSI).
+
+    Reads only the file's header (never its pixels); a CT/MR slice, an RTSTRUCT or a file that
+    cannot be read gives False.
+    """
+    path = Path(path)
+    if _suffix(path) != ".dcm" and not _has_dicom_preamble(path):
+        return False
+    try:
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+    except ImportError:                      # no pydicom: OpenSlide still reads it when asked
+        return False
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    except (InvalidDicomError, OSError, ValueError, TypeError, AttributeError, KeyError, EOFError):
+        return False
+    return str(getattr(ds, "SOPClassUID", "")) == DICOM_WSI_SOP_CLASS
+
+
+def _has_dicom_preamble(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
 def is_slide(path: str | os.PathLike) -> bool:
-    """True for a vendor slide suffix (``.svs``, ``.ndpi`` ...) and for a TIFF with pyramid levels.
+    """True for a vendor slide suffix (``.svs``, ``.ndpi`` ...), a DICOM-WSI file and a TIFF with
+    pyramid levels.
 
-    Reads only the TIFF's header; a file that cannot be read gives False (reading it then says why).
+    Reads only the file's header; a file that cannot be read gives False (reading it then says why).
     """
     path = Path(path)
     suffix = _suffix(path)
     if suffix in SLIDE_SUFFIXES:
         return True
+    if suffix == ".dcm" or (not suffix and path.is_file()):      # DICOM files often have no suffix
+        return is_dicom_wsi(path)
     if suffix not in TIFF_SLIDE_SUFFIXES or not path.is_file():
         return False
     import tifffile
@@ -203,6 +247,30 @@ def is_slide(path: str | os.PathLike) -> bool:
             return bool(tf.series) and len(tf.series[0].levels) > 1
     except (tifffile.TiffFileError, ValueError, OSError, IndexError, KeyError, EOFError):
         return False
+
+
+# -- PNG / JPEG tiles ----------------------------------------------------------------------------
+
+def _open_plain(path: Path) -> Slide:
+    """A PNG / JPEG tile as a one-level slide (read whole: such files fit in memory); no pixel size."""
+    import dask.array as da
+
+    from segloop.core.formats.io.images import read_image
+
+    image, info = read_image(path)                  # ImageReadError names the file
+    if image.ndim == 3 and image.shape[-1] == 4:
+        image = image[..., :3]                      # RGBA tiles: the alpha is not stain
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] != 3) or image.dtype != np.uint8:
+        raise ImageReadError(f"{path}: a tile read as a slide must be 8-bit grey or RGB, got {image.dtype} "
+                             f"{image.shape}")
+    axes = "YXS" if image.ndim == 3 else "YX"
+    h, w = image.shape[:2]
+    meta = {"schema_version": 1, "source": str(path), "backend": "tifffile", "vendor": "image", "mpp": None,
+            "objective_power": None, "level_shapes": [[h, w]], "downsamples": [1.0], "tile_shape": None,
+            "axes": axes, "associated": [], "properties": {}}
+    return Slide(path=path, backend="tifffile", levels=[da.from_array(image, chunks=(512, 512) + image.shape[2:])],
+                 downsamples=[1.0], mpp=None, vendor="image", objective_power=None, axes=axes, associated={},
+                 metadata=meta)
 
 
 # -- tifffile ----------------------------------------------------------------------------------------
