@@ -3,8 +3,8 @@
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/docs_screenshots_wsi.py
 
 Builds an Aperio-like slide (4096 x 6144 px, 0.5 µm/px, 3 levels) from scikit-image's IHC tissue
-with a strip of glass, opens it with segloop's reader, segments the current view and the whole
-slide in the Segment widget, and draws the GeoJSON export over the slide.
+with a strip of glass, opens it with segloop's reader, segments the current view, a drawn polygon
+and the whole slide in the Segment widget, and draws the GeoJSON export over the slide.
 """
 
 from __future__ import annotations
@@ -89,6 +89,25 @@ def main() -> None:
     viewer.screenshot(str(OUT / "slide-region.png"), canvas_only=False)
     viewer.layers.remove(viewer.layers[-1])
 
+    # a drawn polygon: the nuclei inside it, whole
+    from segloop._napari.io import micrometer_units
+
+    outline = [[880.0, 1150.0], [860.0, 1390.0], [980.0, 1460.0], [1130.0, 1380.0], [1120.0, 1200.0],
+               [1010.0, 1230.0]]                                          # µm (y, x)
+    roi = viewer.add_shapes([outline], shape_type="polygon", edge_color="cyan", face_color="transparent",
+                            edge_width=2.0, name="region", **micrometer_units())
+    seg.image.value = layer
+    seg.scope.value = "shapes region"
+    seg.run()
+    _until(app, lambda: not seg.running)
+    viewer.layers.move(viewer.layers.index(roi), len(viewer.layers))      # the outline above the labels
+    camera.center = (995.0, 1305.0)                                       # the whole outline in view
+    camera.zoom = 2.2
+    _pump(app, 1.0)
+    viewer.screenshot(str(OUT / "slide-polygon.png"), canvas_only=False)
+    viewer.layers.remove(viewer.layers[-2])                                # the labels
+    viewer.layers.remove(roi)
+
     # the whole slide, into an OME-Zarr next to it
     seg.scope.value = "whole image"
     seg.run()
@@ -108,8 +127,6 @@ def main() -> None:
              if f["geometry"]["type"] == "Polygon"]                       # (x, y) px -> (y, x) µm
     for la in list(viewer.layers)[1:]:
         la.visible = False
-    from segloop._napari.io import micrometer_units
-
     viewer.add_shapes(polys, shape_type="polygon", edge_color="yellow", face_color="transparent", edge_width=0.6,
                       name="case.geojson", **micrometer_units())
     camera.center = (1100.0, 1200.0)

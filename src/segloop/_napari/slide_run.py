@@ -100,7 +100,7 @@ def _shapes_outline(layer, viewer) -> np.ndarray:
     shapes = [la for la in viewer.layers.selection if isinstance(la, Shapes)] or \
         [la for la in viewer.layers if isinstance(la, Shapes)]
     if not shapes or not len(shapes[-1].data):
-        raise InvalidImageError("draw a rectangle or polygon in a Shapes layer over the slide first "
+        raise InvalidImageError("draw a rectangle, ellipse or polygon in a Shapes layer over the slide first "
                                 "(Layers > New Shapes layer), then Segment")
     drawn = shapes[-1]
     pts = _outline_points(np.asarray(drawn.data[-1], dtype=float), drawn.shape_type[-1])
@@ -125,7 +125,8 @@ def keep_inside_outline(labels: np.ndarray, outline, plan) -> tuple[np.ndarray, 
 
     d = plan.downsample
     origin = np.asarray(plan.region[:2], dtype=float)             # (y0, x0), run-level px
-    return keep_objects_inside(labels, np.asarray(outline, dtype=float) / d - 0.5 - origin)
+    # pixel centres at integers on both grids: run-level pixel j covers level-0 centres j*d .. j*d + d - 1
+    return keep_objects_inside(labels, (np.asarray(outline, dtype=float) - (d - 1) / 2) / d - origin)
 
 
 def slide_job(layer, scope: str, viewer, model_name: str, *, controls) -> SlideJob:

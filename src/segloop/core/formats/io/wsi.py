@@ -202,8 +202,10 @@ def is_dicom_wsi(path: str | os.PathLike) -> bool:
     Reads only the file's header (never its pixels); a CT/MR slice, an RTSTRUCT or a file that
     cannot be read gives False.
     """
+    from segloop.core.formats.io.volume import is_dicom_file
+
     path = Path(path)
-    if _suffix(path) != ".dcm" and not _has_dicom_preamble(path):
+    if not is_dicom_file(path):                  # a .dcm file, or the DICOM preamble
         return False
     try:
         import pydicom
@@ -215,15 +217,6 @@ def is_dicom_wsi(path: str | os.PathLike) -> bool:
     except (InvalidDicomError, OSError, ValueError, TypeError, AttributeError, KeyError, EOFError):
         return False
     return str(getattr(ds, "SOPClassUID", "")) == DICOM_WSI_SOP_CLASS
-
-
-def _has_dicom_preamble(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
 
 
 def is_slide(path: str | os.PathLike) -> bool:
