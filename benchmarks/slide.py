@@ -26,7 +26,7 @@ the size of the largest slide's labels as one array.
 Run::
 
     python benchmarks/slide.py                           # 4096 and 8192, 50 % tissue
-    python benchmarks/slide.py --sizes 20480,40960 --baseline-max 8192   # the issue's sizes (long)
+    python benchmarks/slide.py --sizes 20480,40960 --baseline-max 20480 --cluster ''   # the issue's sizes (~50 min)
 """
 
 from __future__ import annotations

@@ -368,3 +368,37 @@ def test_napari_opens_the_svs_as_a_multiscale_rgb_layer_in_micrometres(make_napa
     assert tuple(layer.scale) == pytest.approx((SVS_MPP, SVS_MPP))
     assert [str(u) for u in layer.units] == ["micrometer", "micrometer"]
     assert layer.metadata["segloop_slide"]["vendor"] == "aperio"
+
+
+# -- PNG / JPEG fields of view -----------------------------------------------------------------------
+
+def test_png_and_jpeg_tiles_open_as_one_level_slides_without_a_pixel_size(tmp_path):
+    from skimage import data
+    from skimage.io import imsave
+
+    ihc = data.immunohistochemistry()
+    rgba = np.dstack([ihc, np.full(ihc.shape[:2], 255, np.uint8)])
+    grey16 = (ihc[..., 2].astype(np.uint16) * 257)
+    grey_alpha = np.dstack([ihc[..., 0], np.full(ihc.shape[:2], 255, np.uint8)])
+    cases = {"rgb.png": (ihc, ihc), "rgba.png": (rgba, ihc), "grey16.png": (grey16, grey16),
+             "grey_alpha.png": (grey_alpha, ihc[..., 0]), "rgb.jpg": (ihc, None)}
+    for name, (written, expected) in cases.items():
+        p = tmp_path / name
+        if name.endswith(".jpg"):
+            from PIL import Image
+
+            Image.fromarray(written).save(p, quality=95)
+        else:
+            imsave(p, written, check_contrast=False)
+        with open_slide(p) as slide:
+            (level,) = slide.levels
+            assert slide.mpp is None and slide.vendor == "image" and slide.downsamples == [1.0], name
+            got = np.asarray(level)
+            assert got.shape == (ihc.shape[:2] + ((3,) if expected is None or expected.ndim == 3 else ())), name
+            if expected is not None:
+                np.testing.assert_array_equal(got, expected)
+            else:
+                assert np.abs(got.astype(int) - ihc).mean() < 4                      # JPEG
+    (tmp_path / "cut.png").write_bytes((tmp_path / "rgb.png").read_bytes()[:500])
+    with pytest.raises(ImageReadError, match="cut.png"):
+        open_slide(tmp_path / "cut.png")

@@ -25,8 +25,8 @@ import numpy as np
 from segloop.core.formats.io.images import channels_last, check_tiff_level, tiff_pixel_size
 from segloop.errors import ImageReadError, InvalidImageError, InvalidPixelSizeError
 
-__all__ = ["Slide", "open_slide", "is_slide", "is_dicom_wsi", "PLAIN_SUFFIXES", "SLIDE_SUFFIXES", "TIFF_SLIDE_SUFFIXES", "OPENSLIDE_SUFFIXES",
-           "SCHEMA_VERSION"]
+__all__ = ["Slide", "open_slide", "is_slide", "is_dicom_wsi", "PLAIN_SUFFIXES", "SLIDE_SUFFIXES",
+           "TIFF_SLIDE_SUFFIXES", "OPENSLIDE_SUFFIXES", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
 """Version of :attr:`Slide.metadata`'s layout."""
@@ -245,16 +245,17 @@ def is_slide(path: str | os.PathLike) -> bool:
 # -- PNG / JPEG tiles ----------------------------------------------------------------------------
 
 def _open_plain(path: Path) -> Slide:
-    """A PNG / JPEG tile as a one-level slide (read whole: such files fit in memory); no pixel size."""
+    """A PNG / JPEG tile (grey, 16-bit grey or RGB) as a one-level slide, read whole (such files fit in
+    memory); it records no pixel size."""
     import dask.array as da
 
     from segloop.core.formats.io.images import read_image
 
     image, info = read_image(path)                  # ImageReadError names the file
-    if image.ndim == 3 and image.shape[-1] == 4:
-        image = image[..., :3]                      # RGBA tiles: the alpha is not stain
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] != 3) or image.dtype != np.uint8:
-        raise ImageReadError(f"{path}: a tile read as a slide must be 8-bit grey or RGB, got {image.dtype} "
+    if image.ndim == 3 and image.shape[-1] in (2, 4):
+        image = image[..., :3] if image.shape[-1] == 4 else image[..., 0]    # RGBA / grey + alpha: not stain
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] != 3):
+        raise ImageReadError(f"{path}: a tile read as a slide must be grey (Y, X) or RGB (Y, X, 3), got "
                              f"{image.shape}")
     axes = "YXS" if image.ndim == 3 else "YX"
     h, w = image.shape[:2]
