@@ -44,13 +44,21 @@ from typing import Any
 import numpy as np
 
 from segloop.core.inference.postprocess import UnionFind
+from segloop.core.inference.slide_output import (
+    LABEL_NAME,
+    RUN_DIR,
+    in_threads,
+    ngff_metadata,
+    pyramid,
+    relabel,
+)
+from segloop.core.inference.slide_output import check_cancel as _check
+from segloop.core.inference.slide_output import compressor as _compressor
 from segloop.errors import Cancelled, InvalidImageError, WriteError
 
-__all__ = ["Block", "SlidePlan", "SlideResult", "block_grid", "blocks_on_tissue", "plan_slide", "run_block",
-           "segment_slide", "stitch_pairs", "tissue_mask"]
+__all__ = ["Block", "SlidePlan", "SlideResult", "block_grid", "blocks_on_tissue", "plan_slide", "read_window",
+           "run_block", "segment_slide", "stitch_pairs", "tissue_mask"]
 
-RUN_DIR = ".segloop-run"
-LABEL_NAME = "nuclei"
 #: Two pieces are one object when they overlap by this fraction of the smaller one in the strip.
 MERGE_OVERLAP = 0.5
 #: Default halo in the model's pixels: larger than a nucleus, and past the network's border effects.
@@ -342,12 +350,6 @@ def _open_or_create(out: Path, plan: SlidePlan, *, overwrite: bool):
     return root
 
 
-def _compressor():
-    import numcodecs
-
-    return numcodecs.Zstd(level=3)
-
-
 # --------------------------------------------------------------------------- blocks
 
 _MODELS: dict[tuple, Any] = {}
@@ -389,12 +391,28 @@ def _normalizer(plan: SlidePlan, model, slide):
     return norm
 
 
-def run_block(out: str, plan_dict: dict, key: str, *, slide=None, model=None, cancel=None) -> dict:
+def read_window(slide, plan: SlidePlan, blk: Block) -> np.ndarray:
+    """A block's window (core and halo) of the run level, RGB without alpha."""
+    y0, y1, x0, x1 = blk.window
+    window = _read(slide.levels[plan.level][y0:y1, x0:x1])
+    return window[..., :3] if plan.rgb and window.shape[-1] == 4 else window
+
+
+def _read(region) -> np.ndarray:
+    """A region of a slide level, decoded here with threads: also on a dask worker, whose default
+    scheduler would send the slide's lazy arrays back to the cluster, which cannot ship the open
+    file (per call, not through dask's global config, so threads reading at once do not race)."""
+    return region.compute(scheduler="threads") if hasattr(region, "compute") else np.asarray(region)
+
+
+def run_block(out: str, plan_dict: dict, key: str, *, slide=None, model=None, cancel=None,
+              window: np.ndarray | None = None) -> dict:
     """Segment one block of a planned run and record it finished; return its record.
 
     Picklable arguments only (``out`` and ``plan_dict`` are a path and a dict), so dask workers can
     run it: they open the slide and load the model once per process.  ``slide`` and ``model`` may
-    be given by an in-process caller.  Idempotent: a block already recorded returns its record.
+    be given by an in-process caller, and ``window`` (:func:`read_window`) when it was read ahead.
+    Idempotent: a block already recorded returns its record.
     """
     import dask
 
@@ -403,13 +421,11 @@ def run_block(out: str, plan_dict: dict, key: str, *, slide=None, model=None, ca
     done = run / "done" / f"{key}.json"
     if done.is_file():
         return json.loads(done.read_text())
-    # the slide's lazy arrays are read here, also on a dask worker (whose default would send them back
-    # to the cluster, which cannot ship the open file)
-    with dask.config.set(scheduler="threads"):
-        return _run_block(out, plan, key, run, done, slide=slide, model=model, cancel=cancel)
+    with dask.config.set(scheduler="threads"):          # the normalizer's overview, read as the window
+        return _run_block(out, plan, key, run, done, slide=slide, model=model, cancel=cancel, window=window)
 
 
-def _run_block(out, plan: SlidePlan, key: str, run: Path, done: Path, *, slide, model, cancel) -> dict:
+def _run_block(out, plan: SlidePlan, key: str, run: Path, done: Path, *, slide, model, cancel, window) -> dict:
     import zarr
 
     blk = next(b for b in block_grid(plan) if b.key == key)
@@ -417,9 +433,7 @@ def _run_block(out, plan: SlidePlan, key: str, run: Path, done: Path, *, slide, 
     model = model if model is not None else _model_for(plan)
     root = zarr.open_group(str(out), mode="r+", zarr_format=2)
     y0, y1, x0, x1 = blk.window
-    window = np.asarray(slide.levels[plan.level][y0:y1, x0:x1])
-    if plan.rgb and window.shape[-1] == 4:
-        window = window[..., :3]
+    window = read_window(slide, plan, blk) if window is None else window
     opts = {k: v for k, v in plan.predict.items() if k in ("tile", "overlap", "batch_size")}
     # the slide-wide normalizer carries the normalization (override) it was fitted with
     res = model.predict(window, normalizer=_normalizer(plan, model, slide), pixel_size=plan.pixel_size,
@@ -455,14 +469,12 @@ def _run_block(out, plan: SlidePlan, key: str, run: Path, done: Path, *, slide, 
 
 def _skip_block(out: Path, plan: SlidePlan, block: Block, slide) -> dict:
     """Record a block with no tissue as finished: no labels; its image is still copied (glass, not black)."""
-    import dask
     import zarr
 
     if plan.include_image:
         y0, y1, x0, x1 = block.core
         ry, rx = plan.region[0], plan.region[1]
-        with dask.config.set(scheduler="threads"):
-            img = np.asarray(slide.levels[plan.level][y0:y1, x0:x1])
+        img = _read(slide.levels[plan.level][y0:y1, x0:x1])
         img = img[..., :3] if plan.rgb else img
         img = np.moveaxis(img, -1, 0) if img.ndim == 3 else img[None]
         try:
@@ -566,97 +578,6 @@ def _lookup_table(out: Path, plan: SlidePlan, blocks: list[Block], records: dict
     return offsets, lut, int(len(kept)), n_merged
 
 
-def _relabel(out: Path, plan: SlidePlan, blocks, offsets, lut, *, cancel=None) -> None:
-    import zarr
-
-    root = zarr.open_group(str(out), mode="r+", zarr_format=2)
-    raw, dst = root[f"{RUN_DIR}/raw"], root[f"labels/{LABEL_NAME}/0"]
-    ry, rx = plan.region[0], plan.region[1]
-    c = plan.chunk
-    for b in blocks:
-        _check(cancel)
-        cy0, cy1, cx0, cx1 = b.core
-        for y in range(cy0, cy1, c):                  # chunk by chunk: a few MB at a time, whatever the block
-            for x in range(cx0, cx1, c):
-                ys, xs = slice(y - ry, min(y + c, cy1) - ry), slice(x - rx, min(x + c, cx1) - rx)
-                r = np.asarray(raw[ys, xs]).astype(np.int64)
-                if r.any():
-                    dst[ys, xs] = lut[np.where(r > 0, r + offsets[b.key], 0)]
-
-
-def _pyramid(out: Path, plan: SlidePlan, *, min_side: int = 256) -> int:
-    """Halve labels (nearest) and image (mean of 2x2) until the shorter side is under ``min_side``."""
-    import zarr
-
-    root = zarr.open_group(str(out), mode="r+", zarr_format=2)
-    n = 1
-    h, w = plan.region[2], plan.region[3]
-    c = plan.chunk
-    while min(h, w) // 2 >= min_side:
-        h2, w2 = (h + 1) // 2, (w + 1) // 2
-        src = root[f"labels/{LABEL_NAME}/{n - 1}"]
-        dst = root.create_array(f"labels/{LABEL_NAME}/{n}", shape=(h2, w2), chunks=(c, c), dtype="uint32",
-                                fill_value=0, compressors=_compressor(), overwrite=True)
-        img_src = root[str(n - 1)] if plan.include_image else None
-        img_dst = (root.create_array(str(n), shape=(img_src.shape[0], h2, w2), chunks=(img_src.shape[0], c, c),
-                                     dtype=img_src.dtype, fill_value=0, compressors=_compressor(), overwrite=True)
-                   if img_src is not None else None)
-        step = 2 * c
-        for y in range(0, h, step):
-            for x in range(0, w, step):
-                lab = np.asarray(src[y:y + step, x:x + step])
-                dst[y // 2:y // 2 + (lab.shape[0] + 1) // 2, x // 2:x // 2 + (lab.shape[1] + 1) // 2] = lab[::2, ::2]
-                if img_dst is not None:
-                    im = np.asarray(img_src[:, y:y + step, x:x + step]).astype(np.float32)
-                    ph, pw = im.shape[1] % 2, im.shape[2] % 2
-                    if ph or pw:
-                        im = np.pad(im, ((0, 0), (0, ph), (0, pw)), mode="edge")
-                    small = im.reshape(im.shape[0], im.shape[1] // 2, 2, im.shape[2] // 2, 2).mean(axis=(2, 4))
-                    img_dst[:, y // 2:y // 2 + small.shape[1], x // 2:x // 2 + small.shape[2]] = \
-                        np.round(small).astype(img_dst.dtype)
-        h, w, n = h2, w2, n + 1
-    return n
-
-
-def _ngff_metadata(out: Path, plan: SlidePlan, n_levels: int, summary: dict) -> None:
-    """OME-NGFF 0.4 ``multiscales`` for the image and the labels, and ``image-label``."""
-    import zarr
-
-    px = plan.pixel_size or (1.0, 1.0)
-    unit = "micrometer" if plan.pixel_size else None
-    trans = [float(plan.region[0]) * px[0], float(plan.region[1]) * px[1]]
-
-    def multiscales(name, with_c):
-        # a 2x2 mean sits between its pixels; labels are sampled [::2, ::2], on the first one
-        def shift(i):
-            return 0.0 if name == LABEL_NAME else (2 ** i - 1) / 2
-
-        axes = ([{"name": "c", "type": "channel"}] if with_c else []) + [
-            {"name": a, "type": "space", **({"unit": unit} if unit else {})} for a in ("y", "x")]
-        datasets = [{"path": str(i), "coordinateTransformations": [
-            {"type": "scale", "scale": ([1.0] if with_c else []) + [px[0] * 2 ** i, px[1] * 2 ** i]},
-            {"type": "translation", "translation": ([0.0] if with_c else [])
-             + [trans[0] + shift(i) * px[0], trans[1] + shift(i) * px[1]]}]}
-            for i in range(n_levels)]
-        return [{"version": "0.4", "name": name, "axes": axes, "datasets": datasets,
-                 "type": "nearest" if name == LABEL_NAME else "mean"}]
-
-    root = zarr.open_group(str(out), mode="r+", zarr_format=2)
-    stem = Path(plan.source).stem
-    if plan.include_image:
-        root.attrs.update({"multiscales": multiscales(stem, True),
-                           "omero": {"channels": [{"label": c, "color": col, "window": {"start": 0, "end": 255,
-                                                                                        "min": 0, "max": 255}}
-                                                  for c, col in (zip("RGB", ("FF0000", "00FF00", "0000FF"))
-                                                                 if plan.rgb else [("grey", "FFFFFF")])],
-                                     "rdefs": {"model": "color" if plan.rgb else "greyscale"}}})
-    root["labels"].attrs.update({"labels": [LABEL_NAME]})
-    root[f"labels/{LABEL_NAME}"].attrs.update({
-        "multiscales": multiscales(LABEL_NAME, False),
-        "image-label": {"version": "0.4", "source": {"image": "../../"}},
-        "segloop": summary})
-
-
 # --------------------------------------------------------------------------- the run
 
 @dataclass
@@ -676,11 +597,6 @@ class SlideResult:
     labels: Any = None
     tissue: np.ndarray | None = None
     tissue_downsample: float | None = None      # run-level pixels per tissue-mask pixel
-
-
-def _check(cancel) -> None:
-    if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
-        raise Cancelled("cancelled: finished blocks are kept; run again with the same settings to resume")
 
 
 def segment_slide(slide, model, out: str | os.PathLike, *, level: int | None = None,
@@ -742,10 +658,12 @@ def segment_slide(slide, model, out: str | os.PathLike, *, level: int | None = N
         if plan.tissue:
             keep, mask, mask_down = blocks_on_tissue(plan, slide, blocks)
         todo = [b for b in blocks if b.key not in records]
-        for b in todo:
-            if keep is not None and b.key not in keep:
-                _check(cancel)
-                records[b.key] = _skip_block(out, plan, b, slide)
+        glass = [b for b in todo if keep is not None and b.key not in keep]       # copied, not segmented
+
+        def skip(b):
+            records[b.key] = _skip_block(out, plan, b, slide)
+
+        in_threads(skip, glass, cancel=cancel)
         todo = [b for b in todo if b.key not in records]
         total, finished = len(blocks), len(records)
         if progress:
@@ -760,12 +678,20 @@ def segment_slide(slide, model, out: str | os.PathLike, *, level: int | None = N
                 if progress:
                     progress(finished, total)
         else:
-            for b in todo:
-                _check(cancel)
-                records[b.key] = run_block(str(out), plan.to_dict(), b.key, slide=slide, model=model, cancel=cancel)
-                finished += 1
-                if progress:
-                    progress(finished, total)
+            from concurrent.futures import ThreadPoolExecutor
+
+            # the next block's window is read (decoded) while this one is segmented
+            with ThreadPoolExecutor(1, thread_name_prefix="segloop-slide-read") as reader:
+                ahead = [reader.submit(read_window, slide, plan, b) for b in todo[:1]]
+                for i, b in enumerate(todo):
+                    _check(cancel)
+                    window = ahead.pop(0).result()
+                    ahead += [reader.submit(read_window, slide, plan, nb) for nb in todo[i + 1:i + 2]]
+                    records[b.key] = run_block(str(out), plan.to_dict(), b.key, slide=slide, model=model,
+                                               cancel=cancel, window=window)
+                    finished += 1
+                    if progress:
+                        progress(finished, total)
     except Cancelled:
         raise                                           # finished blocks are kept to resume
     except BaseException:
@@ -776,13 +702,13 @@ def segment_slide(slide, model, out: str | os.PathLike, *, level: int | None = N
     run, run_ = _run_dir(out), sum(1 for r in records.values() if not r["skipped"])
     try:                                # the blocks' raw labels stay until the summary: a rerun redoes this
         offsets, lut, n, merged = _lookup_table(out, plan, blocks, records)
-        _relabel(out, plan, blocks, offsets, lut, cancel=cancel)
-        n_levels = _pyramid(out, plan)
+        relabel(out, plan, blocks, offsets, lut, cancel=cancel)
+        n_levels = pyramid(out, plan, cancel=cancel)
         summary = {"n_objects": n, "blocks": len(blocks), "blocks_run": run_, "blocks_skipped": len(blocks) - run_,
                    "merged_across_blocks": merged, "plan": plan.to_dict(),
                    "model": plan.model, "level": plan.level, "downsample": plan.downsample,
                    "pixel_size": plan.pixel_size}
-        _ngff_metadata(out, plan, n_levels, summary)
+        ngff_metadata(out, plan, n_levels, summary)
         _atomic_json(run / "summary.json", summary)          # finished; what follows is tidying up
     except OSError as e:
         raise WriteError(f"cannot finish {out}: {e.strerror or e}; free some space and run again: the finished "
