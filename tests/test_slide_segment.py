@@ -485,3 +485,41 @@ def test_keep_objects_inside_keeps_whole_objects_with_half_their_area_inside():
             keep_objects_inside(lab, bad)
     with pytest.raises(InvalidLabelsError, match="2D integer"):
         keep_objects_inside(lab.astype(float), triangle)
+
+
+# --------------------------------------------------------------------------- the end passes' thread pool
+
+
+def test_in_threads_runs_every_item_raises_the_first_error_and_stops_on_cancel():
+    import threading
+    import time
+
+    from segloop.core.inference.slide_output import in_threads
+
+    seen, lock = [], threading.Lock()
+
+    def record(i):
+        with lock:
+            seen.append(i)
+
+    in_threads(record, range(50), threads=4)
+    assert sorted(seen) == list(range(50))
+
+    started = []
+
+    def fail_at_3(i):
+        started.append(i)
+        if i == 3:
+            raise OSError(28, "No space left on device")
+        time.sleep(0.01)
+
+    with pytest.raises(OSError, match="No space left"):
+        in_threads(fail_at_3, range(200), threads=2)
+    assert len(started) < 200                                # the items not yet started were dropped
+
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Cancelled):
+        in_threads(record, range(10), cancel=stop, threads=2)
+    with pytest.raises(Cancelled):                           # one thread: the same contract
+        in_threads(record, range(10), cancel=stop, threads=1)
