@@ -151,7 +151,7 @@ def main(argv=None) -> int:
         make_slide(path, a.size)
     print(f"slide {a.size} x {a.size} px ({path.stat().st_size / 2**30:.1f} GB on disk), built in "
           f"{time.perf_counter() - t:.0f} s; machine: {cpu_model()}, {os.cpu_count()} cores")
-    os.sync() if hasattr(os, "sync") else None
+    os.sync()                                           # the slide on disk before it is opened
 
     viewer = napari.Viewer(show=True)
     app = QApplication.instance()

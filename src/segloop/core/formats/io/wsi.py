@@ -251,7 +251,7 @@ def _open_plain(path: Path) -> Slide:
 
     from segloop.core.formats.io.images import read_image
 
-    image, info = read_image(path)                  # ImageReadError names the file
+    image, _ = read_image(path)                     # ImageReadError names the file
     if image.ndim == 3 and image.shape[-1] in (2, 4):
         image = image[..., :3] if image.shape[-1] == 4 else image[..., 0]    # RGBA / grey + alpha: not stain
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] != 3):
