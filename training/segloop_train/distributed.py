@@ -42,12 +42,25 @@ writes a checkpoint and the package from the best weights, and all exit.  torchr
 workers that take longer than its ``--shutdown-timeout`` (30 s by default): raise it for
 large models.
 BatchNorm statistics are per rank (``broadcast_buffers=False``); only rank 0's are saved.
+
+**Ending cleanly** - gloo runs each collective on a worker thread, which lets go of the
+collective's tensors a moment *after* the caller has been woken.  With torch's PyObject
+preservation that release needs the GIL; a worker thread that asks for it once the interpreter
+is finalizing is ended by ``pthread_exit`` inside a C++ destructor, and the process aborts
+("terminate called without an active exception", SIGABRT) after a run that had finished - on a
+busy machine, about one run in twenty.  DDP keeps the group's threads alive after
+``destroy_process_group``, so :meth:`DistContext.close` first waits, with the GIL free, until
+the threads have let go of every tensor this module handed to a collective
+(:meth:`DistContext.settle`).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
 
 import torch
 
@@ -95,6 +108,8 @@ class DistContext:
     backend: str | None = None
     owns_group: bool = False
     device: str = "cpu"             # where collective tensors live (cuda:N with NCCL)
+    #: The tensors of the last collectives, until the backend's threads have let go of them.
+    handed: deque = field(default_factory=lambda: deque(maxlen=32), repr=False, compare=False)
 
     @property
     def enabled(self) -> bool:
@@ -117,6 +132,7 @@ class DistContext:
 
         t = torch.tensor([int(code)], dtype=torch.int64, device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        self.handed.append(t)
         return int(t.item())
 
     def sum(self, values: list[float]) -> list[float]:
@@ -127,6 +143,7 @@ class DistContext:
 
         t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        self.handed.append(t)
         return [float(v) for v in t.tolist()]
 
     def broadcast(self, obj):
@@ -153,6 +170,7 @@ class DistContext:
         if not self.is_main:
             data = torch.empty(int(size.item()), dtype=torch.uint8, device=self.device)
         dist.broadcast(data, src=0)
+        self.handed.extend((size, data))
         if self.is_main:
             return obj
         return torch.load(io.BytesIO(data.cpu().numpy().tobytes()), map_location="cpu", weights_only=True)
@@ -178,7 +196,28 @@ class DistContext:
         raise PeerFailedError(f"stopped because rank(s) {failed} of this distributed run failed {what}",
                               ranks=failed, quiet=0 in failed and not self.is_main)
 
+    def settle(self, timeout: float = 10.0) -> bool:
+        """Wait until the backend's threads have let go of the tensors of the last collectives.
+
+        True when they all have; False after ``timeout`` seconds.  A tensor that only this
+        context still holds has a reference count of two (the local name and the argument of
+        ``sys.getrefcount``); while a gloo work still holds it, torch keeps one more.  Sleeping
+        between looks leaves the GIL free for the thread that drops it (see the module's
+        "Ending cleanly").
+        """
+        deadline = time.monotonic() + timeout
+        while self.handed:
+            t = self.handed.popleft()
+            while sys.getrefcount(t) > 2:
+                if time.monotonic() > deadline:
+                    self.handed.clear()
+                    return False
+                time.sleep(0.001)
+            del t
+        return True
+
     def close(self) -> None:
+        self.settle()
         if self.owns_group:
             import torch.distributed as dist
 
