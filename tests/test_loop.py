@@ -173,6 +173,65 @@ def test_object_fixes_count_redrawn_and_deleted_objects():
     assert object_fixes(None, (truth > 0).astype(np.uint8), "semantic") == 2
 
 
+@pytest.fixture(scope="module")
+def clicker():
+    import segloop
+
+    return segloop.load_interactive("nuclei-click-unet", device="cpu")
+
+
+def test_object_clicks_price_each_fix_with_the_click_model(data, clicker):
+    from segloop.core.inference.click_eval import click_trace, noc
+    from segloop_train.loop_oracle import MAX_CLICKS, object_clicks, object_fixes
+
+    images, truth, _ = data
+    img, gt = images["a"], truth["a"]
+    whole = (slice(0, gt.shape[0]), slice(0, gt.shape[1]))
+    norm = clicker.normalizer_for(img, channel_axis=None)
+
+    def clicks(pred, region=whole):
+        return object_clicks(pred, gt, region, image=img, clicker=clicker, task="instance", normalizer=norm)
+
+    n_obj = len(np.unique(gt)) - 1
+    assert clicks(gt.copy()) == 0                                   # nothing to fix
+    none = clicks(None)                                             # every object clicked from nothing
+    assert n_obj <= none <= MAX_CLICKS * n_obj and none >= object_fixes(None, gt, "instance")
+    pred = gt.copy()
+    first = int(gt[gt > 0][0])
+    pred[pred == first] = 0                                         # one missed object ...
+    want = noc(click_trace(clicker, img, gt == first, max_clicks=MAX_CLICKS, stop_at=0.85, normalizer=norm).ious,
+               0.85, MAX_CLICKS)
+    assert clicks(pred) == want >= 1
+    pred[0:3, 0:3] = gt.max() + 1                                   # ... and a false positive: one delete click
+    assert clicks(pred) == want + 1
+    # a region holds only its own objects: the false positive's corner alone costs its delete
+    assert clicks(pred, (slice(0, 4), slice(0, 4))) == 1
+
+
+def test_loop_counts_the_clicks_of_its_corrections(data, tmp_path):
+    import json
+
+    images, truth, heldout = data
+    res = run_loop(images, truth, heldout=heldout, out=tmp_path / "al", strategy="random", parent=TINY,
+                   click_model="nuclei-click-unet", **{**FAST, "rounds": 1})
+    clicks = [r["clicks"] for r in res.rows]
+    assert clicks == sorted(clicks) and clicks[-1] > 0              # cumulative effort in clicks
+    assert all(r["clicks"] >= r["object_fixes"] for r in res.rows)  # each fix costs at least one click
+    with open(res.csv, newline="") as f:
+        assert [int(r["clicks"]) for r in csv.DictReader(f)] == clicks
+    assert json.loads((res.out / "loop.json").read_text())["click_model"] == "nuclei-click-unet"
+
+
+def test_an_automatic_model_as_click_model_is_refused_before_anything_is_written(data, tmp_path, capsys):
+    images, truth, _ = data
+    a, a_gt = _write_pair(tmp_path, "a", images["a"], truth["a"])
+    code = cli_main(["loop", "--images", a, "--ground-truth", a_gt, "--arch", "unet", "--click-model", "nuclei-unet",
+                     "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("segloop: error:") and err.count("\n") == 1 and "is an automatic" in err and "click model" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_start_with_other_settings_is_refused(unc_run, data, tmp_path):
     images, truth, heldout = data
     with pytest.raises(ActiveLearningError, match="initial_steps"):

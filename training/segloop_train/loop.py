@@ -99,7 +99,13 @@ from segloop.errors import (
     InvalidLabelsError,
     ModelPackageError,
 )
-from segloop_train.loop_oracle import changed_pixels, check_pool, object_fixes, paste_truth
+from segloop_train.loop_oracle import (
+    changed_pixels,
+    check_pool,
+    object_clicks,
+    object_fixes,
+    paste_truth,
+)
 from segloop_train.loop_report import area_to_reach, plot_curves, quality_key, write_csv
 from segloop_train.loop_setup import (
     check_loop_options,
@@ -199,6 +205,7 @@ class LoopConfig:
     heldout: tuple[str, ...]
     start: str | None = None
     folder: str = ""
+    click_model: str | None = None
     schema_version: int = 1
 
     def to_dict(self) -> dict:
@@ -336,6 +343,7 @@ def run_loop(
     finetune_kwargs: Mapping[str, Any] | None = None,
     sources: Mapping[str, str] | None = None,
     start: str | os.PathLike | None = None,
+    click_model: str | os.PathLike | None = None,
     progress: Progress | None = None,
     cancel: threading.Event | Callable[[], bool] | None = None,
 ) -> LoopResult:
@@ -396,6 +404,10 @@ def run_loop(
         ``seed``, ``initial``, ``initial_steps``, regions, batch, patch and lr (typically with
         another strategy): its round-0 model is copied and reused as M0 instead of being
         trained again.  Refused when those settings or the round-0 regions differ.
+    click_model : str or path-like, optional
+        A click model (``task: "interactive"``, e.g. ``nuclei-click-unet``): the rows gain
+        ``clicks``, the effort in clicks of correcting the picked regions with it
+        (:func:`segloop_train.loop_oracle.object_clicks`).
     progress : callable, optional
         Called with dicts: ``{"event": "round_start" | "selected" | "exported" | "finetune" |
         "round" | "warning" | "done" | "cancelled", "round": r, ...}``; ``"round"`` carries the
@@ -413,7 +425,9 @@ def run_loop(
         had to change: class differs from the prediction; instance models: object vs
         background), ``object_fixes`` (cumulative objects a person re-draws or deletes: those
         not matched at IoU 0.85 plus the false positives, at least one click each with a click
-        model; :func:`segloop_train.loop_oracle.object_fixes`), ``mean_uncertainty`` (mean of
+        model; :func:`segloop_train.loop_oracle.object_fixes`), ``clicks`` (with ``click_model``:
+        cumulative clicks of those fixes, NoC@85 per object plus one per false positive),
+        ``mean_uncertainty`` (mean of
         this round's picks; NaN without a model),
         the held-out metrics, ``model_version``, ``model``, ``select_seconds``,
         ``train_seconds``, ``eval_seconds``, ``seconds``.
@@ -456,6 +470,7 @@ def run_loop(
                                 "there and never overwrites them: choose a new --out")
     folder = Path(folder) if folder is not None else out / "training-folder"
     parent_model, task, fclasses, modality, base_name, parent_desc = _open_parent(parent, device)
+    clicker = _open_clicker(click_model, device) if click_model is not None else None
     _check_classes(task, fclasses, truth, ho_truth)
     check_loop_memory(parent, parent_model, fclasses, task, pool, truth, patch=patch, batch=batch, device=device)
     config = LoopConfig(
@@ -465,7 +480,8 @@ def run_loop(
         patch=tuple(int(p) for p in patch) if not np.isscalar(patch) else int(patch), lr=float(lr), seed=int(seed),
         methods=tuple(methods), score=str(score), device=str(device), precision=str(precision),
         finetune_kwargs=dict(finetune_kwargs or {}), images=tuple(pool), heldout=tuple(ho_imgs),
-        start=None if start is None else str(Path(start)), folder=str(folder))
+        start=None if start is None else str(Path(start)), folder=str(folder),
+        click_model=None if click_model is None else str(click_model))
     start_keys = _check_start(Path(start), config) if start is not None else None
 
     # A run that fails or is cancelled before its first round finished keeps nothing: what it
@@ -477,6 +493,7 @@ def run_loop(
                         classes=fclasses, modality=modality, base_name=base_name, parent_desc=parent_desc,
                         strategy=strat, out=out, folder=folder, sources=sources or {}, start_keys=start_keys,
                         emit=emit, cancel=cancel, t_start=t_start)
+        run.clicker = clicker
         for r in range(int(rounds) + 1):
             status = "cancelled" if is_cancelled(cancel) else _run_round(run, r)
             if status is not None:
@@ -509,6 +526,20 @@ def _open_parent(parent, device: str):
     task, modality = ps.task, (ps.modality or "other")
     fclasses = (ps.classes[0], *object_classes(ps)) if task == "instance" else tuple(ps.classes)
     return model, task, fclasses, modality, ps.name, str(parent)
+
+
+def _open_clicker(click_model, device: str):
+    """The InteractiveModel of ``click_model``; a wrong name or an automatic model is refused (before
+    anything is written)."""
+    from segloop.core.formats.package import load_package
+    from segloop.core.formats.registry import model_path
+    from segloop.core.inference.interactive import InteractiveModel
+
+    package = load_package(model_path(click_model))
+    if package.spec.task != "interactive":
+        raise ModelPackageError(f"click_model (--click-model) {click_model} is an automatic ({package.spec.task}) "
+                                "model; give a click model (task 'interactive', e.g. nuclei-click-unet)")
+    return InteractiveModel(package, device=device)
 
 
 def _check_classes(task: str, fclasses: tuple[str, ...], truth: Mapping, ho_truth: Mapping) -> None:
@@ -557,6 +588,9 @@ class _Run:
     models: list[Path] = field(default_factory=list)
     changed_total: int = 0
     fixes_total: int = 0
+    clicker: Any = None                     # the InteractiveModel of click_model
+    clicks_total: int = 0
+    click_norms: dict[str, Any] = field(default_factory=dict)
     model: Any = None                       # the current Model (None before a scratch round 0)
     model_path: Path | None = None
     m0_path: Path | None = None
@@ -660,6 +694,13 @@ def _correct_regions(run: _Run, picked: list[Region], predictions: Mapping[str, 
         pred = predictions.get(n)
         changed += changed_pixels(None if pred is None else pred[sl], run.truth[n][sl], run.task)
         run.fixes_total += object_fixes(None if pred is None else pred[sl], run.truth[n][sl], run.task)
+        if run.clicker is not None:
+            image = run.pool[n]
+            if n not in run.click_norms:        # fitted once per image, as the Proofread click mode does
+                ca = -1 if image.ndim == run.truth[n].ndim + 1 else None
+                run.click_norms[n] = run.clicker.normalizer_for(image, channel_axis=ca)
+            run.clicks_total += object_clicks(pred, run.truth[n], sl, image=image, clicker=run.clicker,
+                                              task=run.task, normalizer=run.click_norms[n])
         run.corrected[n][sl] = True
         touched.setdefault(n, []).append(reg)
     run.changed_total += changed
@@ -776,7 +817,9 @@ def _evaluate_round(run: _Run, r: int, picked: list[Region], scored: bool, *, se
     model = run.model
     row = {"round": r, "strategy": run.strategy.name, "regions_selected": len(picked),
            "regions_total": len(run.all_selected), "corrected_area": area, "corrected_fraction": area / pool_px,
-           "changed_pixels": run.changed_total, "object_fixes": run.fixes_total, "mean_uncertainty": float(np.mean(unc)) if unc else float("nan"),
+           "changed_pixels": run.changed_total, "object_fixes": run.fixes_total,
+           **({"clicks": run.clicks_total} if run.clicker is not None else {}),
+           "mean_uncertainty": float(np.mean(unc)) if unc else float("nan"),
            **metrics, "model_version": model.spec.version if model is not None else "",
            "model": str(run.model_path) if run.model_path is not None else str(
                run.parent_desc if not run.scratch else ""),

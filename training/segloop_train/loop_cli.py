@@ -68,6 +68,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu (reproducible), auto, cuda, cuda:N or mps")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--click-model", default=None,
+                   help="a click model (e.g. nuclei-click-unet): the CSV gains 'clicks', the effort of the "
+                        "corrections in simulated clicks")
     p.add_argument("--folder", default=None, help="new or empty training folder (default: OUT/training-folder)")
     p.add_argument("--out", "-o", required=True, help="new or empty folder: loop.csv, loop.png, models/")
     return p
@@ -170,6 +173,7 @@ def _cmd_loop(args, prog: str) -> int:
             print(f"round {row['round']} {row['strategy']}: {row['regions_total']} regions, "
                   f"{row['corrected_area']:,} px corrected ({100 * row['corrected_fraction']:.2f}% of the pool)"
                   + (f", mean uncertainty {mu:.3f}" if math.isfinite(mu) else "") + (f"; held-out {q}" if q else "")
+                  + (f", {row['clicks']:,} clicks" if "clicks" in row else "")
                   + f" ({row['seconds']:.0f} s)", flush=True)
         elif ev["event"] == "warning":
             print(f"{prog}: {ev['message']}", file=sys.stderr)
@@ -183,7 +187,8 @@ def _cmd_loop(args, prog: str) -> int:
                        initial_steps=args.initial_steps,
                        batch=args.batch, patch=args.patch, lr=args.lr, seed=args.seed,
                        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), score=args.score,
-                       device=args.device, sources=sources, progress=show, cancel=cancel)
+                       device=args.device, sources=sources, click_model=args.click_model, progress=show,
+                       cancel=cancel)
     finally:
         if on_main:
             signal.signal(signal.SIGINT, previous)

@@ -3,8 +3,9 @@
 :func:`check_pool` pairs the pool and held-out images with their ground truth (typed errors
 for every mismatch), :func:`changed_pixels` counts what a correction changes and
 :func:`paste_truth` is the labels a person has after correcting some regions;
-:func:`object_fixes` counts the objects it re-draws or deletes there (effort in clicks, not area).  Used by
-:func:`segloop_train.loop.run_loop`.
+:func:`object_fixes` counts the objects it re-draws or deletes there (effort in objects, not area), and
+:func:`object_clicks` the clicks that costs with a click model (the simulated corrector of
+:mod:`segloop.core.inference.click_eval`).  Used by :func:`segloop_train.loop.run_loop`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,11 @@ import numpy as np
 
 from segloop.errors import InvalidImageError, InvalidLabelsError
 
-__all__ = ["changed_pixels", "check_pool", "named_arrays", "object_fixes", "pair_with_truth", "paste_truth"]
+__all__ = ["MAX_CLICKS", "changed_pixels", "check_pool", "named_arrays", "object_clicks", "object_fixes",
+           "pair_with_truth", "paste_truth"]
+
+#: Clicks an object may take before the simulated person gives up (it then counts this many).
+MAX_CLICKS = 10
 
 
 def named_arrays(arrays, what: str) -> dict[str, np.ndarray]:
@@ -106,6 +111,48 @@ def object_fixes(prediction: np.ndarray | None, truth: np.ndarray, task: str) ->
     pred = np.zeros(truth.shape, truth.dtype) if prediction is None else np.asarray(prediction)
     m = match_automatic(truth, pred, task="instance" if task == "instance" else "semantic", min_area=1)
     return int(sum(not ok for ok in m.matched) + m.false_positives)
+
+
+def object_clicks(prediction: np.ndarray | None, truth: np.ndarray, region: tuple[slice, ...], *, image,
+                  clicker, task: str, normalizer=None, max_clicks: int = MAX_CLICKS) -> int:
+    """Clicks a person spends correcting one region with the click model ``clicker``.
+
+    The objects :func:`object_fixes` counts, priced: each reference object not matched at IoU
+    0.85 costs its NoC@85 (the corrector of :func:`~segloop.core.inference.click_eval.click_trace`:
+    innermost-point clicks on the larger error, the previous mask given back; ``max_clicks`` when
+    it never gets there), and each false positive one click to delete it.
+
+    Parameters
+    ----------
+    prediction, truth : integer ndarray, the whole image's (or volume's) labels
+        ``prediction`` None: nothing was predicted, every object is clicked.
+    region : tuple of slice
+        The corrected region (its objects are cut at its border, as the person corrects them).
+    image : ndarray
+        The whole image: the click model reads its window around each object from it.
+    clicker : InteractiveModel
+    normalizer : optional
+        ``clicker.normalizer_for(image)``, fitted once per image.
+    """
+    from segloop.core.editing.fix_effort import FIX_IOU, match_automatic
+    from segloop.core.inference.click_eval import click_trace, noc
+
+    truth = np.asarray(truth)
+    t = truth[region]
+    p = np.zeros(t.shape, t.dtype) if prediction is None else np.asarray(prediction)[region]
+    m = match_automatic(t, p, task="instance" if task == "instance" else "semantic", min_area=1)
+    clicks = int(m.false_positives)
+    channel_axis = -1 if np.ndim(image) == truth.ndim + 1 else None
+    for o, ok in zip(m.objects, m.matched, strict=True):
+        if ok:
+            continue
+        gt = np.zeros(truth.shape[-2:], bool)
+        gt[region[-2], region[-1]] = o.mask(t)
+        z = None if o.z is None else int(region[0].start or 0) + int(o.z)
+        trace = click_trace(clicker, image, gt, max_clicks=max_clicks, stop_at=FIX_IOU, z=z, normalizer=normalizer,
+                            channel_axis=channel_axis)
+        clicks += noc(trace.ious, FIX_IOU, max_clicks)
+    return clicks
 
 
 def paste_truth(prediction: np.ndarray | None, truth: np.ndarray, mask: np.ndarray, task: str) -> np.ndarray:
