@@ -330,14 +330,17 @@ def _package_weights(path):
 def test_resume_after_sigkill_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, nuclei):
     make_folder(tmp_path / "f", nuclei)
     make_parent(tmp_path / "parent")
+    # one precision for both runs: "auto" measures, and the in-process run and the one-thread
+    # subprocess could measure differently (bf16 ahead on one thread, not on two)
     args = dict(steps=30, eval_every=10, checkpoint_every=2, seed=3, batch=2, patch=32, device="cpu", onnx=False,
-                keep_checkpoint=True)
+                keep_checkpoint=True, precision="fp32")
     whole = finetune(tmp_path / "f", parent=tmp_path / "parent", out=tmp_path / "whole", **args)
 
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "segloop_train", str(tmp_path / "f"), "--from", str(tmp_path / "parent"),
            "--out", str(killed), "--steps", "30", "--eval-every", "10", "--checkpoint-every", "2", "--seed", "3",
-           "--batch", "2", "--patch", "32", "--device", "cpu", "--threads", "1", "--no-onnx", "--progress-json"]
+           "--batch", "2", "--patch", "32", "--device", "cpu", "--threads", "1", "--no-onnx", "--progress-json",
+           "--precision", "fp32"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         for line in proc.stdout:

@@ -95,6 +95,22 @@ def test_precision_is_fp32_on_a_cpu_without_native_bf16_and_says_why():
         P.choose_precision("half", "cpu")
 
 
+def test_a_resumed_auto_run_goes_on_in_its_checkpoints_precision_where_it_runs_well():
+    from segloop.core.inference.engines import cpu_has_native_bf16
+
+    measured_bf16 = P.PrecisionChoice("bf16", "a measured step is 1.3x faster in bf16", "auto", 6.0, 4.6)
+    kept = P.on_resume("fp32", measured_bf16, "cpu")           # began in fp32: goes on in fp32
+    assert kept.precision == "fp32" and kept.reason.startswith("resumed: the checkpoint was trained in fp32")
+    assert kept.requested == "auto" and kept.fp32_ms == 6.0
+    measured_fp32 = P.PrecisionChoice("fp32", "not faster in bf16", "auto", 6.0, 7.0)
+    again = P.on_resume("bf16", measured_fp32, "cpu")
+    assert again.precision == ("bf16" if cpu_has_native_bf16() else "fp32")   # emulated bf16 is not kept
+    assert P.on_resume("fp16", measured_fp32, "cpu") is measured_fp32          # fp16 needs CUDA
+    asked = P.choose_precision("fp32", "cpu")
+    assert P.on_resume("bf16", asked, "cpu") is asked                          # --precision is obeyed
+    assert P.on_resume(None, measured_fp32, "cpu") is measured_fp32            # an old checkpoint says nothing
+
+
 def test_bf16_on_a_cpu_that_has_it_is_measured_once_and_cached(monkeypatch, tmp_path):
     from segloop.core.inference import engines
     from segloop.core.networks import build

@@ -126,6 +126,7 @@ from segloop_train.precision import (
     choose_precision,
     grad_scaler,
     is_out_of_memory,
+    on_resume,
 )
 from segloop_train.preparation import (
     bump_version,
@@ -507,6 +508,9 @@ class _Run:
             self.best_state = best_w
             self.seconds_before = float(meta.get("seconds", 0.0))
             have = json.loads(json.dumps(meta.get("config", {}))).get("precision")
+            if self.choice is not None:
+                self.choice = on_resume(have, self.choice, self.dev)
+                self.config = replace(self.config, precision=self.choice.precision)
             if have and have != self.config.precision:
                 self.note(f"the checkpoint was trained in {have}; this run goes on in {self.config.precision} "
                           f"({self.choice.reason})")

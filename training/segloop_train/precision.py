@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["PrecisionChoice", "autocast", "choose_precision", "grad_scaler", "is_out_of_memory"]
+__all__ = ["PrecisionChoice", "autocast", "choose_precision", "grad_scaler", "is_out_of_memory", "on_resume"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: bf16 must make a training step at least this much faster (t_bf16 < SPEEDUP * t_fp32).
@@ -84,8 +84,9 @@ def _cache_key(net: torch.nn.Module, in_channels: int, batch: int, patch: int | 
     for k, v in net.state_dict().items():
         h.update(f"{k}{tuple(v.shape)}{v.dtype}".encode())
     shape = _shape(patch)
+    # the thread count changes which is faster (one thread measured bf16 ahead where two did not)
     h.update(f"{in_channels}|{batch}|{shape[0] if len(set(shape)) == 1 and len(shape) == 2 else shape}|"
-             f"{torch.__version__}|{_cpu_id()}".encode())
+             f"{torch.__version__}|{_cpu_id()}|threads={torch.get_num_threads()}".encode())
     return "train-" + h.hexdigest()[:24]
 
 
@@ -128,6 +129,34 @@ def measure_step_ms(net: torch.nn.Module, *, in_channels: int, batch: int, patch
         if bf16:
             finite = bool(torch.isfinite(torch.tensor(lv)))
     return times[False], times[True], finite
+
+
+def on_resume(have: str | None, choice: PrecisionChoice, device: str) -> PrecisionChoice:
+    """The precision a resumed run goes on in: the checkpoint's (``have``) when ``auto`` chose another.
+
+    A resumed run should continue as it began, and ``auto`` is about speed, which a new
+    measurement may judge differently from the first (another load, another thread count).  So
+    with ``auto`` the checkpoint's precision is kept where it runs well here: fp32 always, bf16 on
+    a CPU with native bf16 or a GPU that has it, fp16 on CUDA.  An explicit ``--precision`` is
+    obeyed.
+    """
+    if not have or have == choice.precision or choice.requested != "auto":
+        return choice
+    dev = _dev_type(device)
+    if have == "bf16":
+        if dev == "cuda":
+            usable = torch.cuda.is_bf16_supported()
+        else:
+            from segloop.core.inference.engines import cpu_has_native_bf16
+
+            usable = dev == "cpu" and cpu_has_native_bf16()
+    else:
+        usable = have == "fp32" or (have == "fp16" and dev == "cuda")
+    if not usable:
+        return choice
+    return PrecisionChoice(have, f"resumed: the checkpoint was trained in {have}, which auto keeps so the run goes "
+                                 f"on as it began (a new choice would be {choice.precision}: {choice.reason})",
+                           "auto", choice.fp32_ms, choice.bf16_ms)
 
 
 def choose_precision(requested: str, device: str, net: torch.nn.Module | None = None, *, in_channels: int = 1,
