@@ -148,7 +148,8 @@ def child(args) -> dict:
         if client is not None:
             client.close()
     return {"run": args.child, "seconds": secs, "mpx_s": n_px / 1e6 / secs, "objects": res.n_objects,
-            "blocks": res.blocks, "blocks_run": res.blocks_run, "peak_growth_mb": mem.growth_mb}
+            "blocks": res.blocks, "blocks_run": res.blocks_run, "peak_growth_mb": mem.growth_mb,
+            "timings": res.timings}
 
 
 def tile_step(model_name: str) -> int:
@@ -245,6 +246,10 @@ def main(argv=None) -> int:
             extra = r.get("note", "")
         print(f"{r['size']:>7} {r['run']:>10} {r['seconds']:>8.1f} {r['mpx_s']:>7.2f} {r['tiles_s']:>8.1f} "
               f"{r['objects']:>8} {r['peak_growth_mb']:>15.0f}  {extra}")
+    for r in rows:
+        if r.get("timings"):
+            print(f"{r['size']:>7} {r['run']:>10} phases (s): "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in r["timings"].items()))
     growth = [(r["size"], r["peak_growth_mb"]) for r in rows if r["run"] == "slide"]
     if len(growth) > 1:
         (s0, g0), (s1, g1) = growth[0], growth[-1]

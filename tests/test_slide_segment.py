@@ -216,6 +216,11 @@ def test_grey_output_is_ngff_without_a_pixel_size(grey, grey_runs):
     root = _check_ngff(res.path, pixels, None)
     summary = json.loads((res.path / ".segloop-run" / "summary.json").read_text())
     assert summary["n_objects"] == res.n_objects == root["labels/nuclei"].attrs["segloop"]["n_objects"]
+    # where the time went, phase by phase (also on the result)
+    phases = ["tissue", "glass", "blocks", "stitch", "relabel", "pyramid", "metadata"]
+    assert list(summary["seconds"]) == phases and summary["seconds"] == res.timings
+    assert all(v >= 0 for v in res.timings.values()) and sum(res.timings.values()) <= res.seconds + 1e-3
+    assert res.timings["blocks"] > 0
     np.testing.assert_array_equal(np.asarray(root["labels/nuclei/0"]), lab)
 
 

@@ -597,6 +597,9 @@ class SlideResult:
     labels: Any = None
     tissue: np.ndarray | None = None
     tissue_downsample: float | None = None      # run-level pixels per tissue-mask pixel
+    #: Seconds per phase: ``tissue``, ``glass`` (copies of blocks off tissue), ``blocks`` (segmented
+    #: here or on the cluster), ``stitch`` (ids joined across blocks), ``relabel``, ``pyramid``, ``metadata``.
+    timings: dict = field(default_factory=dict)
 
 
 def segment_slide(slide, model, out: str | os.PathLike, *, level: int | None = None,
@@ -644,6 +647,14 @@ def segment_slide(slide, model, out: str | os.PathLike, *, level: int | None = N
     import zarr
 
     t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    lap = [t0]
+
+    def done(phase: str) -> None:
+        now = time.perf_counter()
+        timings[phase] = round(timings.get(phase, 0.0) + now - lap[0], 3)
+        lap[0] = now
+
     out = Path(out)
     plan = plan_slide(slide, model, level=level, region=region, block=block, halo=halo, chunk=chunk,
                       tissue=tissue, include_image=include_image, predict=predict, pixel_size=pixel_size)
@@ -657,6 +668,7 @@ def segment_slide(slide, model, out: str | os.PathLike, *, level: int | None = N
         keep, mask, mask_down = None, None, None
         if plan.tissue:
             keep, mask, mask_down = blocks_on_tissue(plan, slide, blocks)
+        done("tissue")
         todo = [b for b in blocks if b.key not in records]
         glass = [b for b in todo if keep is not None and b.key not in keep]       # copied, not segmented
 
@@ -664,6 +676,7 @@ def segment_slide(slide, model, out: str | os.PathLike, *, level: int | None = N
             records[b.key] = _skip_block(out, plan, b, slide)
 
         in_threads(skip, glass, cancel=cancel)
+        done("glass")
         todo = [b for b in todo if b.key not in records]
         total, finished = len(blocks), len(records)
         if progress:
@@ -699,16 +712,22 @@ def segment_slide(slide, model, out: str | os.PathLike, *, level: int | None = N
             shutil.rmtree(out, ignore_errors=True)      # nothing done: no half-made result left behind
         raise
     _check(cancel)
+    done("blocks")
     run, run_ = _run_dir(out), sum(1 for r in records.values() if not r["skipped"])
     try:                                # the blocks' raw labels stay until the summary: a rerun redoes this
         offsets, lut, n, merged = _lookup_table(out, plan, blocks, records)
+        done("stitch")
         relabel(out, plan, blocks, offsets, lut, cancel=cancel)
+        done("relabel")
         n_levels = pyramid(out, plan, cancel=cancel)
+        done("pyramid")
         summary = {"n_objects": n, "blocks": len(blocks), "blocks_run": run_, "blocks_skipped": len(blocks) - run_,
                    "merged_across_blocks": merged, "plan": plan.to_dict(),
                    "model": plan.model, "level": plan.level, "downsample": plan.downsample,
                    "pixel_size": plan.pixel_size}
         ngff_metadata(out, plan, n_levels, summary)
+        done("metadata")
+        summary["seconds"] = dict(timings)
         _atomic_json(run / "summary.json", summary)          # finished; what follows is tidying up
     except OSError as e:
         raise WriteError(f"cannot finish {out}: {e.strerror or e}; free some space and run again: the finished "
@@ -717,5 +736,5 @@ def segment_slide(slide, model, out: str | os.PathLike, *, level: int | None = N
     shutil.rmtree(run / "raw", ignore_errors=True)
     labels = zarr.open_group(str(out), mode="r", zarr_format=2)[f"labels/{LABEL_NAME}/0"]
     return SlideResult(out, plan, n, len(blocks), run_, len(blocks) - run_, resumed, merged,
-                       time.perf_counter() - t0, labels, mask, mask_down)
+                       time.perf_counter() - t0, labels, mask, mask_down, timings)
 
