@@ -528,3 +528,18 @@ def test_in_threads_runs_every_item_raises_the_first_error_and_stops_on_cancel()
         in_threads(record, range(10), cancel=stop, threads=2)
     with pytest.raises(Cancelled):                           # one thread: the same contract
         in_threads(record, range(10), cancel=stop, threads=1)
+
+
+def test_half_mean_is_the_2x2_mean_rounded_half_up_in_the_images_dtype():
+    from segloop.core.inference.slide_output import half_mean
+
+    rng = np.random.default_rng(0)
+    for dtype in (np.uint8, np.uint16, np.int16):
+        info = np.iinfo(dtype)
+        im = rng.integers(info.min, info.max, (3, 8, 10), endpoint=True).astype(dtype)
+        want = np.floor(im.astype(np.float64).reshape(3, 4, 2, 5, 2).mean(axis=(2, 4)) + 0.5)
+        got = half_mean(im)
+        assert got.dtype == dtype and got.shape == (3, 4, 5)
+        np.testing.assert_array_equal(got, want.astype(dtype))      # no overflow at the dtype's ends
+    f = rng.random((1, 4, 4)).astype(np.float32)
+    np.testing.assert_allclose(half_mean(f), f.reshape(1, 2, 2, 2, 2).mean(axis=(2, 4)), rtol=1e-6)
