@@ -83,9 +83,12 @@ def relabel(out: Path, plan, blocks, offsets: dict, lut: np.ndarray, *, cancel=N
         b, y, x = item
         cy1, cx1 = b.core[1], b.core[3]
         ys, xs = slice(y - ry, min(y + c, cy1) - ry), slice(x - rx, min(x + c, cx1) - rx)
-        r = np.asarray(raw[ys, xs]).astype(np.int64)
-        if r.any():
-            dst[ys, xs] = lut[np.where(r > 0, r + offsets[b.key], 0)]
+        r = np.asarray(raw[ys, xs])
+        top = int(r.max()) if r.size else 0
+        if top:                                        # this block's slice of the table, 0 kept as 0
+            table = lut[offsets[b.key]:offsets[b.key] + top + 1].copy()
+            table[0] = 0
+            dst[ys, xs] = table[r]
 
     in_threads(window, [(b, y, x) for b in blocks for y in range(b.core[0], b.core[1], c)
                         for x in range(b.core[2], b.core[3], c)], cancel=cancel)
