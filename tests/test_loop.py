@@ -222,6 +222,20 @@ def test_loop_counts_the_clicks_of_its_corrections(data, tmp_path):
     assert json.loads((res.out / "loop.json").read_text())["click_model"] == "nuclei-click-unet"
 
 
+def test_a_pool_used_up_stops_the_loop_and_says_so_once(data, tmp_path, capsys):
+    images, truth, _ = data
+    a, a_gt = _write_pair(tmp_path, "a", images["a"], truth["a"])
+    code = cli_main(["loop", "--images", a, "--ground-truth", a_gt, "--arch", "unet", "--arch-kwargs",
+                     '{"depth": 2, "base_width": 4}', "--classes", "background,nucleus", "--region-size", "48",
+                     "--initial", "4", "--budget", "4", "--rounds", "2", "--initial-steps", "2", "--steps", "2",
+                     "--batch", "2", "--patch", "32", "--out", str(tmp_path / "o")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.err.count("every region was corrected before round 1: stopped") == 1
+    with open(tmp_path / "o" / "loop.csv", newline="") as f:
+        assert [int(r["round"]) for r in csv.DictReader(f)] == [0]    # the 96 px image holds 4 regions of 48
+
+
 def test_an_automatic_model_as_click_model_is_refused_before_anything_is_written(data, tmp_path, capsys):
     images, truth, _ = data
     a, a_gt = _write_pair(tmp_path, "a", images["a"], truth["a"])

@@ -165,6 +165,8 @@ def _cmd_loop(args, prog: str) -> int:
     on_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, lambda *a: cancel.set()) if on_main else None
 
+    shown: set[str] = set()
+
     def show(ev: dict) -> None:
         if ev["event"] == "round":
             row = ev["row"]
@@ -177,6 +179,7 @@ def _cmd_loop(args, prog: str) -> int:
                   + f" ({row['seconds']:.0f} s)", flush=True)
         elif ev["event"] == "warning":
             print(f"{prog}: {ev['message']}", file=sys.stderr)
+            shown.add(ev["message"])
         elif ev["event"] == "round_start" and ev["round"] == 0:
             print("round 0: random start regions, first model ...", flush=True)
 
@@ -193,7 +196,8 @@ def _cmd_loop(args, prog: str) -> int:
         if on_main:
             signal.signal(signal.SIGINT, previous)
     for msg in res.messages:
-        print(f"{prog}: {msg}", file=sys.stderr)
+        if msg not in shown:                            # the loop's own warnings were shown as they came
+            print(f"{prog}: {msg}", file=sys.stderr)
     if res.rows:
         print(f"wrote {res.csv}" + (f" and {res.plot}" if res.plot else "") + f"; training folder {res.folder}")
     if res.stopped == "cancelled" and not res.rows:
