@@ -57,7 +57,7 @@ from segloop.core.inference.slide_output import compressor as _compressor
 from segloop.errors import Cancelled, InvalidImageError, WriteError
 
 __all__ = ["Block", "SlidePlan", "SlideResult", "block_grid", "blocks_on_tissue", "plan_slide", "read_window",
-           "run_block", "segment_slide", "stitch_pairs", "tissue_mask"]
+           "run_block", "segment_block", "segment_slide", "stitch_pairs", "tissue_mask"]
 
 #: Two pieces are one object when they overlap by this fraction of the smaller one in the strip.
 MERGE_OVERLAP = 0.5
@@ -414,31 +414,42 @@ def run_block(out: str, plan_dict: dict, key: str, *, slide=None, model=None, ca
     be given by an in-process caller, and ``window`` (:func:`read_window`) when it was read ahead.
     Idempotent: a block already recorded returns its record.
     """
-    import dask
-
     plan = SlidePlan.from_dict(plan_dict)
-    run = _run_dir(Path(out))
-    done = run / "done" / f"{key}.json"
+    done = _run_dir(Path(out)) / "done" / f"{key}.json"
     if done.is_file():
         return json.loads(done.read_text())
-    with dask.config.set(scheduler="threads"):          # the normalizer's overview, read as the window
-        return _run_block(out, plan, key, run, done, slide=slide, model=model, cancel=cancel, window=window)
+    return segment_block(out, plan, key, slide=slide, model=model, cancel=cancel, window=window)()
 
 
-def _run_block(out, plan: SlidePlan, key: str, run: Path, done: Path, *, slide, model, cancel, window) -> dict:
-    import zarr
+def segment_block(out, plan: SlidePlan, key: str, *, slide, model, cancel, window) -> Callable[[], dict]:
+    """Run the model on one block; return the call that writes it and records it finished.
+
+    Split in two so that an in-process run writes a block (compression, strips, the done
+    marker: about a second of a 4096 px block) while the next one is segmented.
+    """
+    import dask
 
     blk = next(b for b in block_grid(plan) if b.key == key)
     slide = slide if slide is not None else _slide_for(plan.source)
     model = model if model is not None else _model_for(plan)
-    root = zarr.open_group(str(out), mode="r+", zarr_format=2)
-    y0, y1, x0, x1 = blk.window
     window = read_window(slide, plan, blk) if window is None else window
     opts = {k: v for k, v in plan.predict.items() if k in ("tile", "overlap", "batch_size")}
-    # the slide-wide normalizer carries the normalization (override) it was fitted with
-    res = model.predict(window, normalizer=_normalizer(plan, model, slide), pixel_size=plan.pixel_size,
-                        cancel=cancel, **opts)
+    with dask.config.set(scheduler="threads"):          # the normalizer's overview, read as the window
+        # the slide-wide normalizer carries the normalization (override) it was fitted with
+        res = model.predict(window, normalizer=_normalizer(plan, model, slide), pixel_size=plan.pixel_size,
+                            cancel=cancel, **opts)
     labels = np.asarray(res.labels).astype(np.uint32, copy=False)
+    rec = {"key": key, "max_id": 0, "n_objects": int(res.n_objects), "skipped": False,
+           "tiles": int(res.tiles_predicted), "tiles_skipped": int(res.tiles_skipped)}
+    return lambda: _write_block(Path(out), plan, blk, labels, window, rec)
+
+
+def _write_block(out: Path, plan: SlidePlan, blk: Block, labels: np.ndarray, window: np.ndarray, rec: dict) -> dict:
+    """Write a segmented block's core (labels, image), its halo strips and ids, then its done marker."""
+    import zarr
+
+    run, key = _run_dir(out), blk.key
+    y0, x0 = blk.window[0], blk.window[2]
     cy0, cy1, cx0, cx1 = blk.core
     ry, rx = plan.region[0], plan.region[1]
     core = labels[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
@@ -449,6 +460,7 @@ def _run_block(out, plan: SlidePlan, key: str, run: Path, done: Path, *, slide, 
         "top": labels[:cy0 - y0, cx0 - x0:cx1 - x0],
     }
     try:
+        root = zarr.open_group(str(out), mode="r+", zarr_format=2)
         root[f"{RUN_DIR}/raw"][cy0 - ry:cy1 - ry, cx0 - rx:cx1 - rx] = core
         if plan.include_image:
             img = window[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
@@ -462,13 +474,23 @@ def _run_block(out, plan: SlidePlan, key: str, run: Path, done: Path, *, slide, 
         np.savez_compressed(tmp, ids=np.flatnonzero(present).astype(np.uint32),
                             **{k: v for k, v in strips.items() if v.size})
         os.replace(tmp, run / "strips" / f"{key}.npz")
-        rec = {"key": key, "max_id": top, "n_objects": int(res.n_objects),
-               "skipped": False, "tiles": int(res.tiles_predicted), "tiles_skipped": int(res.tiles_skipped)}
-        _atomic_json(done, rec)
+        rec = {**rec, "max_id": top}
+        _atomic_json(run / "done" / f"{key}.json", rec)             # last: a half-written block is redone
     except OSError as e:
         raise WriteError(f"cannot write block {key} of {out}: {e.strerror or e}; free some space or choose "
                          "another --out (finished blocks are kept; rerun to resume)") from None
     return rec
+
+
+def _any_block_segmented(out: Path) -> bool:
+    """True when some block of the run in ``out`` was segmented and recorded (not only skipped)."""
+    for p in (_run_dir(out) / "done").glob("*.json"):
+        try:
+            if not json.loads(p.read_text()).get("skipped"):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 def _skip_block(out: Path, plan: SlidePlan, block: Block, slide) -> dict:
@@ -697,22 +719,35 @@ def segment_slide(slide, model, out: str | os.PathLike, *, level: int | None = N
         else:
             from concurrent.futures import ThreadPoolExecutor
 
-            # the next block's window is read (decoded) while this one is segmented
-            with ThreadPoolExecutor(1, thread_name_prefix="segloop-slide-read") as reader:
+            # the next block's window is read (decoded), and the last one written, while this one
+            # is segmented; at most one write waits, so its errors stop the run a block later
+            with ThreadPoolExecutor(1, thread_name_prefix="segloop-slide-read") as reader, \
+                    ThreadPoolExecutor(1, thread_name_prefix="segloop-slide-write") as writer:
                 ahead = [reader.submit(read_window, slide, plan, b) for b in todo[:1]]
+                writing = None
+
+                def written() -> None:
+                    nonlocal finished
+                    rec = writing.result()
+                    records[rec["key"]] = rec
+                    finished += 1
+                    if progress:
+                        progress(finished, total)
+
                 for i, b in enumerate(todo):
                     _check(cancel)
                     window = ahead.pop(0).result()
                     ahead += [reader.submit(read_window, slide, plan, nb) for nb in todo[i + 1:i + 2]]
-                    records[b.key] = run_block(str(out), plan.to_dict(), b.key, slide=slide, model=model,
-                                               cancel=cancel, window=window)
-                    finished += 1
-                    if progress:
-                        progress(finished, total)
+                    write = segment_block(out, plan, b.key, slide=slide, model=model, cancel=cancel, window=window)
+                    if writing is not None:
+                        written()
+                    writing = writer.submit(write)
+                if writing is not None:
+                    written()
     except Cancelled:
         raise                                           # finished blocks are kept to resume
     except BaseException:
-        if created and not any(not r["skipped"] for r in records.values()):
+        if created and not _any_block_segmented(out):
             shutil.rmtree(out, ignore_errors=True)      # nothing done: no half-made result left behind
         raise
     _check(cancel)
