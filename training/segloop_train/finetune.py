@@ -504,13 +504,11 @@ class _Run:
                 raise ModelPackageError(f"checkpoint {self.ckpt} does not fit {spec.architecture!r}: "
                                         f"{str(e).splitlines()[0]}; delete {self.ckpt} to start again") from None
             self.history, self.parent_metrics = meta["history"], meta["parent_metrics"]
-            self.best, self.bad_evals = meta["best"], int(meta["bad_evals"])
-            self.best_state = best_w
+            self.best, self.bad_evals, self.best_state = meta["best"], int(meta["bad_evals"]), best_w
             self.seconds_before = float(meta.get("seconds", 0.0))
             have = json.loads(json.dumps(meta.get("config", {}))).get("precision")
-            if self.choice is not None:
-                self.choice = on_resume(have, self.choice, self.dev)
-                self.config = replace(self.config, precision=self.choice.precision)
+            self.choice = on_resume(have, self.choice, self.dev)            # rank 0 chose it in _prepare
+            self.config = replace(self.config, precision=self.choice.precision)
             if have and have != self.config.precision:
                 self.note(f"the checkpoint was trained in {have}; this run goes on in {self.config.precision} "
                           f"({self.choice.reason})")
