@@ -135,6 +135,7 @@ def child(args) -> dict:
                 res = model.predict(img, normalization=norm, pixel_size=slide.mpp)
                 secs = time.perf_counter() - t0
             return {"run": "in-memory", "seconds": secs, "mpx_s": n_px / 1e6 / secs, "objects": res.n_objects,
+                    "tiles_predicted": res.tiles_predicted, "tiles_skipped": res.tiles_skipped,
                     "peak_growth_mb": mem.growth_mb, "note": "input and labels held in memory (not in growth)"}
         client = None
         if args.cluster:
@@ -149,7 +150,7 @@ def child(args) -> dict:
             client.close()
     return {"run": args.child, "seconds": secs, "mpx_s": n_px / 1e6 / secs, "objects": res.n_objects,
             "blocks": res.blocks, "blocks_run": res.blocks_run, "peak_growth_mb": mem.growth_mb,
-            "timings": res.timings}
+            "timings": res.timings, "tiles_predicted": res.tiles_predicted, "tiles_skipped": res.tiles_skipped}
 
 
 def tile_step(model_name: str) -> int:
@@ -246,6 +247,10 @@ def main(argv=None) -> int:
             extra = r.get("note", "")
         print(f"{r['size']:>7} {r['run']:>10} {r['seconds']:>8.1f} {r['mpx_s']:>7.2f} {r['tiles_s']:>8.1f} "
               f"{r['objects']:>8} {r['peak_growth_mb']:>15.0f}  {extra}")
+    for r in rows:
+        if "tiles_predicted" in r:
+            print(f"{r['size']:>7} {r['run']:>10} model tiles run {r['tiles_predicted']}, skipped as background "
+                  f"{r['tiles_skipped']}")
     for r in rows:
         if r.get("timings"):
             print(f"{r['size']:>7} {r['run']:>10} phases (s): "

@@ -221,6 +221,7 @@ def test_grey_output_is_ngff_without_a_pixel_size(grey, grey_runs):
     assert list(summary["seconds"]) == phases and summary["seconds"] == res.timings
     assert all(v >= 0 for v in res.timings.values()) and sum(res.timings.values()) <= res.seconds + 1e-3
     assert res.timings["blocks"] > 0
+    assert summary["tiles_predicted"] == res.tiles_predicted > 0 and summary["tiles_skipped"] == res.tiles_skipped
     np.testing.assert_array_equal(np.asarray(root["labels/nuclei/0"]), lab)
 
 

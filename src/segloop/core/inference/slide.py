@@ -626,6 +626,9 @@ class SlideResult:
     #: Seconds per phase: ``tissue``, ``glass`` (copies of blocks off tissue), ``blocks`` (segmented
     #: here or on the cluster), ``stitch`` (ids joined across blocks), ``relabel``, ``pyramid``, ``metadata``.
     timings: dict = field(default_factory=dict)
+    #: Model tiles run and skipped as background inside the blocks on tissue.
+    tiles_predicted: int = 0
+    tiles_skipped: int = 0
 
 
 def segment_slide(slide, model, out: str | os.PathLike, *, level: int | None = None,
@@ -760,7 +763,10 @@ def segment_slide(slide, model, out: str | os.PathLike, *, level: int | None = N
         done("relabel")
         n_levels = pyramid(out, plan, cancel=cancel)
         done("pyramid")
+        tiles = (sum(int(r.get("tiles", 0)) for r in records.values()),
+                 sum(int(r.get("tiles_skipped", 0)) for r in records.values()))
         summary = {"n_objects": n, "blocks": len(blocks), "blocks_run": run_, "blocks_skipped": len(blocks) - run_,
+                   "tiles_predicted": tiles[0], "tiles_skipped": tiles[1],
                    "merged_across_blocks": merged, "plan": plan.to_dict(),
                    "model": plan.model, "level": plan.level, "downsample": plan.downsample,
                    "pixel_size": plan.pixel_size}
@@ -775,5 +781,5 @@ def segment_slide(slide, model, out: str | os.PathLike, *, level: int | None = N
     shutil.rmtree(run / "raw", ignore_errors=True)
     labels = zarr.open_group(str(out), mode="r", zarr_format=2)[f"labels/{LABEL_NAME}/0"]
     return SlideResult(out, plan, n, len(blocks), run_, len(blocks) - run_, resumed, merged,
-                       time.perf_counter() - t0, labels, mask, mask_down, timings)
+                       time.perf_counter() - t0, labels, mask, mask_down, timings, *tiles)
 
