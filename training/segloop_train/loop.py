@@ -102,6 +102,7 @@ from segloop.errors import (
 from segloop_train.loop_oracle import (
     changed_pixels,
     check_pool,
+    fix_match,
     object_clicks,
     object_fixes,
     paste_truth,
@@ -692,15 +693,17 @@ def _correct_regions(run: _Run, picked: list[Region], predictions: Mapping[str, 
         n = reg.image
         sl = reg.slices
         pred = predictions.get(n)
-        changed += changed_pixels(None if pred is None else pred[sl], run.truth[n][sl], run.task)
-        run.fixes_total += object_fixes(None if pred is None else pred[sl], run.truth[n][sl], run.task)
+        pred_r, truth_r = None if pred is None else pred[sl], run.truth[n][sl]
+        changed += changed_pixels(pred_r, truth_r, run.task)
+        match = fix_match(pred_r, truth_r, run.task)        # once, for both effort counts
+        run.fixes_total += object_fixes(pred_r, truth_r, run.task, match=match)
         if run.clicker is not None:
             image = run.pool[n]
             if n not in run.click_norms:        # fitted once per image, as the Proofread click mode does
                 ca = -1 if image.ndim == run.truth[n].ndim + 1 else None
                 run.click_norms[n] = run.clicker.normalizer_for(image, channel_axis=ca)
             run.clicks_total += object_clicks(pred, run.truth[n], sl, image=image, clicker=run.clicker,
-                                              task=run.task, normalizer=run.click_norms[n])
+                                              task=run.task, normalizer=run.click_norms[n], match=match)
         run.corrected[n][sl] = True
         touched.setdefault(n, []).append(reg)
     run.changed_total += changed

@@ -16,7 +16,7 @@ import numpy as np
 
 from segloop.errors import InvalidImageError, InvalidLabelsError
 
-__all__ = ["MAX_CLICKS", "changed_pixels", "check_pool", "named_arrays", "object_clicks", "object_fixes",
+__all__ = ["MAX_CLICKS", "changed_pixels", "check_pool", "fix_match", "named_arrays", "object_clicks", "object_fixes",
            "pair_with_truth", "paste_truth"]
 
 #: Clicks an object may take before the simulated person gives up (it then counts this many).
@@ -97,24 +97,31 @@ def changed_pixels(prediction: np.ndarray | None, truth: np.ndarray, task: str) 
     return int(np.count_nonzero(_fg(pred, task) != _fg(truth, task)))
 
 
-def object_fixes(prediction: np.ndarray | None, truth: np.ndarray, task: str) -> int:
+def fix_match(prediction: np.ndarray | None, truth: np.ndarray, task: str):
+    """:func:`segloop.core.editing.fix_effort.match_automatic` of one corrected region (every
+    object, ``min_area=1``), shared by :func:`object_fixes` and :func:`object_clicks`."""
+    from segloop.core.editing.fix_effort import match_automatic
+
+    truth = np.asarray(truth)
+    pred = np.zeros(truth.shape, truth.dtype) if prediction is None else np.asarray(prediction)
+    return match_automatic(truth, pred, task="instance" if task == "instance" else "semantic", min_area=1)
+
+
+def object_fixes(prediction: np.ndarray | None, truth: np.ndarray, task: str, *, match=None) -> int:
     """Objects the oracle re-draws or deletes when it corrects one region: the effort in objects.
 
     Reference objects not matched by a predicted one at IoU >= 0.85 (each re-segmented: one
     click or more with a click model, a brush outline without) plus predicted objects matched
     to none (each deleted with one click); :func:`segloop.core.editing.fix_effort.match_automatic`
     (per plane; per class part for semantic labels). ``prediction`` None: every object is drawn.
+    ``match``: :func:`fix_match` of the same arguments, when the caller has it already.
     """
-    from segloop.core.editing.fix_effort import match_automatic
-
-    truth = np.asarray(truth)
-    pred = np.zeros(truth.shape, truth.dtype) if prediction is None else np.asarray(prediction)
-    m = match_automatic(truth, pred, task="instance" if task == "instance" else "semantic", min_area=1)
+    m = match if match is not None else fix_match(prediction, truth, task)
     return int(sum(not ok for ok in m.matched) + m.false_positives)
 
 
 def object_clicks(prediction: np.ndarray | None, truth: np.ndarray, region: tuple[slice, ...], *, image,
-                  clicker, task: str, normalizer=None, max_clicks: int = MAX_CLICKS) -> int:
+                  clicker, task: str, normalizer=None, max_clicks: int = MAX_CLICKS, match=None) -> int:
     """Clicks a person spends correcting one region with the click model ``clicker``.
 
     The objects :func:`object_fixes` counts, priced: each reference object not matched at IoU
@@ -133,14 +140,16 @@ def object_clicks(prediction: np.ndarray | None, truth: np.ndarray, region: tupl
     clicker : InteractiveModel
     normalizer : optional
         ``clicker.normalizer_for(image)``, fitted once per image.
+    match : AutoMatch, optional
+        :func:`fix_match` of the region, when the caller has it already.
     """
-    from segloop.core.editing.fix_effort import FIX_IOU, match_automatic
+    from segloop.core.editing.fix_effort import FIX_IOU
     from segloop.core.inference.click_eval import click_trace, noc
 
     truth = np.asarray(truth)
     t = truth[region]
-    p = np.zeros(t.shape, t.dtype) if prediction is None else np.asarray(prediction)[region]
-    m = match_automatic(t, p, task="instance" if task == "instance" else "semantic", min_area=1)
+    m = match if match is not None else fix_match(None if prediction is None else np.asarray(prediction)[region],
+                                                  t, task)
     clicks = int(m.false_positives)
     channel_axis = -1 if np.ndim(image) == truth.ndim + 1 else None
     for o, ok in zip(m.objects, m.matched, strict=True):
