@@ -187,3 +187,25 @@ def test_aji_pq_match_the_definitions_on_random_labels(seed):
     assert M.aggregated_jaccard_index(t, p) == pytest.approx(aji)
     assert M.panoptic_quality(t, p)["pq"] == pytest.approx(pq)
     assert M.aggregated_jaccard_index(t, t) == 1.0 and M.panoptic_quality(t, t)["pq"] == 1.0
+
+
+@pytest.mark.parametrize("id_scale", [1, 1_000_003])
+def test_matching_at_many_thresholds_counts_what_the_definition_counts(id_scale):
+    """No disc here has two partners at IoU >= 0.3, so TP at a threshold is the
+    number of pairs at or above it; small ids (counted with bincount) and huge ids (sorted) agree."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:64, :64]
+    t, p = np.zeros((64, 64), np.int64), np.zeros((64, 64), np.int64)
+    for k, (y, x) in enumerate(rng.integers(4, 60, (14, 2)), 1):     # discs, and the same discs moved
+        t[(yy - y) ** 2 + (xx - x) ** 2 <= 16] = k
+        dy, dx = rng.integers(-2, 3, 2)
+        p[(yy - y - dy) ** 2 + (xx - x - dx) ** 2 <= rng.integers(12, 21)] = k * id_scale
+    tids, pids = np.unique(t)[1:], np.unique(p)[1:]
+    ious = np.array([[((t == i) & (p == j)).sum() / ((t == i) | (p == j)).sum() for j in pids] for i in tids])
+    ths = (0.3, 0.5, 0.6, 0.7)
+    got = M.match_instances_at(t, p, ths)
+    for th, r in zip(ths, got):
+        tp = int((ious >= th).sum())
+        assert (r["tp"], r["fp"], r["fn"]) == (tp, len(pids) - tp, len(tids) - tp)
+        assert r == M.match_instances(t, p, iou=th)
+    assert got[0]["tp"] > got[-1]["tp"] > 0

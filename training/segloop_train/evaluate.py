@@ -113,8 +113,7 @@ class _Counts:
             self.correct += int((t == p).sum())
             self.total += int(mask.sum())
             tr, pr = restrict_objects(truth, mask), restrict_objects(pred, mask)
-            for th in AP_THRESHOLDS:
-                r = M.match_instances(tr, pr, iou=th)
+            for th, r in zip(AP_THRESHOLDS, M.match_instances_at(tr, pr, AP_THRESHOLDS)):
                 c = self.matches[th]
                 c[0] += r["tp"]
                 c[1] += r["fp"]

@@ -17,9 +17,8 @@ from typing import NamedTuple
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
-from scipy.sparse import coo_matrix
 
-__all__ = ["dice", "jaccard", "pixel_accuracy", "per_class_dice", "match_instances", "instance_f1",
+__all__ = ["dice", "jaccard", "pixel_accuracy", "per_class_dice", "match_instances", "match_instances_at", "instance_f1",
            "average_precision", "aggregated_jaccard_index", "panoptic_quality", "instance_scores",
            "pool_instance_scores"]
 
@@ -67,18 +66,37 @@ def per_class_dice(truth: np.ndarray, pred: np.ndarray, classes: int, *,
     return out
 
 
-def _iou_matrix(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """IoU between every true and predicted instance (dense over present ids)."""
-    t = truth.ravel().astype(np.int64)
-    p = pred.ravel().astype(np.int64)
-    t_ids, t_inv = np.unique(t, return_inverse=True)
-    p_ids, p_inv = np.unique(p, return_inverse=True)
-    inter = coo_matrix((np.ones_like(t_inv), (t_inv, p_inv)), shape=(len(t_ids), len(p_ids))).toarray()
-    t_area = inter.sum(1, keepdims=True)
-    p_area = inter.sum(0, keepdims=True)
-    iou = inter / np.maximum(t_area + p_area - inter, 1)
-    tk, pk = t_ids != 0, p_ids != 0
-    return iou[np.ix_(tk, pk)], t_ids[tk], p_ids[pk]
+def _iou_matrix(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """IoU between every true and predicted object (dense; rows and columns in id order,
+    background excluded) and the numbers of true and predicted objects."""
+    ov = _overlaps(truth, pred)
+    m = np.zeros((len(ov.t_area), len(ov.p_area)))
+    m[ov.pair_t, ov.pair_p] = ov.iou
+    return m, len(ov.t_area), len(ov.p_area)
+
+
+def match_instances_at(truth: np.ndarray, pred: np.ndarray, thresholds: Sequence[float]) -> list[dict[str, float]]:
+    """:func:`match_instances` at each IoU threshold, from one IoU matrix and one assignment
+    (the Hungarian pairing does not depend on the threshold; each threshold keeps the pairs at
+    or above it)."""
+    m, n_true, n_pred = _iou_matrix(truth, pred)
+    if m.size:
+        rows, cols = linear_sum_assignment(-m)
+        paired = m[rows, cols]
+    else:
+        paired = np.zeros(0)
+    out = []
+    for iou in thresholds:
+        good = paired >= iou
+        tp = int(good.sum())
+        miou = float(paired[good].mean()) if tp else 0.0
+        fp, fn = n_pred - tp, n_true - tp
+        prec = tp / max(tp + fp, 1) if (tp + fp) else (1.0 if fn == 0 else 0.0)
+        rec = tp / max(tp + fn, 1) if (tp + fn) else 1.0
+        f1 = 2 * tp / max(2 * tp + fp + fn, 1) if (tp + fp + fn) else 1.0
+        out.append({"tp": tp, "fp": fp, "fn": fn, "precision": prec, "recall": rec, "f1": f1,
+                    "mean_matched_iou": miou})
+    return out
 
 
 def match_instances(truth: np.ndarray, pred: np.ndarray, *, iou: float = 0.5) -> dict[str, float]:
@@ -88,20 +106,7 @@ def match_instances(truth: np.ndarray, pred: np.ndarray, *, iou: float = 0.5) ->
     -------
     dict with ``tp, fp, fn, precision, recall, f1, mean_matched_iou``.
     """
-    m, t_ids, p_ids = _iou_matrix(truth, pred)
-    if m.size:
-        rows, cols = linear_sum_assignment(-m)
-        good = m[rows, cols] >= iou
-        tp = int(good.sum())
-        miou = float(m[rows, cols][good].mean()) if tp else 0.0
-    else:
-        tp, miou = 0, 0.0
-    fp, fn = len(p_ids) - tp, len(t_ids) - tp
-    prec = tp / max(tp + fp, 1) if (tp + fp) else (1.0 if fn == 0 else 0.0)
-    rec = tp / max(tp + fn, 1) if (tp + fn) else 1.0
-    f1 = 2 * tp / max(2 * tp + fp + fn, 1) if (tp + fp + fn) else 1.0
-    return {"tp": tp, "fp": fp, "fn": fn, "precision": prec, "recall": rec, "f1": f1,
-            "mean_matched_iou": miou}
+    return match_instances_at(truth, pred, (iou,))[0]
 
 
 def instance_f1(truth: np.ndarray, pred: np.ndarray, *, iou: float = 0.5) -> float:
@@ -113,8 +118,7 @@ def average_precision(truth: np.ndarray, pred: np.ndarray,
                       thresholds=(0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)) -> float:
     """AP as used for nuclei (StarDist/DSB): mean over thresholds of TP / (TP + FP + FN)."""
     vals = []
-    for th in thresholds:
-        r = match_instances(truth, pred, iou=th)
+    for r in match_instances_at(truth, pred, thresholds):
         d = r["tp"] + r["fp"] + r["fn"]
         vals.append(1.0 if d == 0 else r["tp"] / d)
     return float(np.mean(vals))
@@ -166,8 +170,15 @@ def _overlaps(truth: np.ndarray, pred: np.ndarray) -> _Overlaps:
     t_area, ti = _object_index(truth)
     p_area, pi = _object_index(pred)
     both = (ti >= 0) & (pi >= 0)
-    keys, inter = np.unique(ti[both] * max(len(p_area), 1) + pi[both], return_counts=True)
-    pair_t, pair_p = np.divmod(keys, max(len(p_area), 1))
+    n_p = max(len(p_area), 1)
+    pairs = ti[both] * n_p + pi[both]
+    if len(t_area) * n_p <= 4 * pairs.size + (1 << 16):      # few objects: count in O(n), no sort
+        counts = np.bincount(pairs, minlength=len(t_area) * n_p)
+        keys = np.flatnonzero(counts)
+        inter = counts[keys]
+    else:
+        keys, inter = np.unique(pairs, return_counts=True)
+    pair_t, pair_p = np.divmod(keys, n_p)
     return _Overlaps(t_area, p_area, pair_t, pair_p, inter.astype(np.int64))
 
 
