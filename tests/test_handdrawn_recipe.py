@@ -45,6 +45,7 @@ def test_the_finished_package_is_scored_then_written_once(trained):
     assert scores["cpm15"]["images"] == 2 and scores["cpm15"]["splits"] == ["test"]
     meta = json.loads((out / "segloop-model.json").read_text())
     assert meta["training"]["heldout"] == scores and meta["license"] == recipe.license
+    assert meta["training"]["postprocess_tuning"].startswith("not tuned")     # the source has no val images
     card = (out / "MODEL_CARD.md").read_text()
     assert "- 7 training steps" in card                     # what was trained, not the recipe's default 200
     assert [p.name for p in root.iterdir() if p.name.startswith(".m-")] == []   # the scoring copy is gone
@@ -52,6 +53,20 @@ def test_the_finished_package_is_scored_then_written_once(trained):
     with pytest.raises(FileExistsError, match="exists"):
         finish_model(recipe, root / "m.raw", out, sources=root / "src", work=work, command="cmd")
     assert (out / "segloop-model.json").read_bytes() == before
+
+
+def test_the_post_processing_is_tuned_on_the_training_sources_val_images_before_scoring(trained, nuclei_image):
+    root, work, recipe = trained
+    img = np.ascontiguousarray(nuclei_image[-128:, -128:])
+    TrainingFolder.open(work / "cpm15").add_sample(img, label(img > np.percentile(img, 80)).astype(np.uint16),
+                                                   axes="YX", source="crop-val.tif", split="val")
+    scores = finish_model(recipe, root / "m.raw", root / "m", sources=root / "src", work=work, command="cmd")
+    meta = json.loads((root / "m" / "segloop-model.json").read_text())
+    rec = meta["training"]["postprocess_tuning"]
+    assert meta["postprocess"] == rec["params"] and set(rec["after"]["sources"]) == {"cpm15"}
+    assert rec["after"]["objective"] >= rec["before"]["objective"]
+    assert scores["cpm15"]["splits"] == ["test"]                           # tuned on val, scored on test
+    assert "## Post-processing (tuned on validation images)" in (root / "m" / "MODEL_CARD.md").read_text()
 
 
 def test_a_failed_scoring_leaves_no_package(trained):
@@ -68,6 +83,7 @@ def test_the_recipe_command_refuses_an_existing_out_and_a_raw_run_of_other_steps
     (root / "done").mkdir()
     with pytest.raises(SystemExit, match="done exists"):
         recipes.main(["he-nuclei-unet", "--out", str(root / "done"), "--work", str(work)])
-    with pytest.raises(SystemExit, match=r"m.raw holds a run of 7 steps, not 200; .*--steps 7"):
+    default = HAND_RECIPES["he-nuclei-unet"].steps
+    with pytest.raises(SystemExit, match=rf"m.raw holds a run of 7 steps, not {default}; .*--steps 7"):
         recipes.main(["he-nuclei-unet", "--out", str(root / "m"), "--work", str(work)])
     assert not (root / "m").exists()

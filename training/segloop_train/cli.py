@@ -11,10 +11,13 @@
 
     segloop-train loop --images ... --ground-truth ... (--arch unet | --model M) --out DIR ...
     segloop-train interactive FOLDER... --out DIR --name NAME [--steps --batch ...]
+    segloop-train tune-postprocess MODEL --folder F [--folder F2 ...] --out DIR
 
 The ``loop`` form simulates active learning with ground truth as the oracle
 (:mod:`segloop_train.loop_cli`, :func:`segloop_train.loop.run_loop`; ``segloop loop`` runs it).
-``segloop-train interactive`` trains a click model (:mod:`segloop_train.interactive_cli`).
+``segloop-train interactive`` trains a click model (:mod:`segloop_train.interactive_cli`);
+``segloop-train tune-postprocess`` chooses an instance model's thresholds on validation images
+(:mod:`segloop_train.tune_postprocess`).
 To fine-tune on a training folder that is literally called ``loop`` or ``interactive``, write
 ``./loop``.
 
@@ -240,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         from segloop_train.interactive_cli import main as interactive_main
 
         return interactive_main(argv[1:])
+    if argv[:1] == ["tune-postprocess"]:          # an instance model's thresholds, on validation images
+        from segloop_train.tune_postprocess import main as tune_main
+
+        return tune_main(argv[1:])
     args = build_parser().parse_args(argv)
     rank = _rank()
     under_torchrun = _distributed()

@@ -144,7 +144,7 @@ def train_recipe(recipe: HandRecipe, *, out: Path, sources: Path, work: Path, th
         name=recipe.name, version=recipe.version, resume=resume, keep_checkpoint=True, onnx=False,
         device="cpu", command=command,
         progress=lambda e: print({k: v for k, v in e.items() if k in ("event", "step", "loss", "metrics",
-                                                                      "seconds")}, flush=True)
+                                                                      "seconds", "message", "precision")}, flush=True)
         if e.get("event") != "step" or e.get("step", 0) % 10 == 0 else None)
 
 _INTRO = {
@@ -177,7 +177,7 @@ Held out entirely (cross-dataset test, never trained on): {heldout}.
 
 Measured with these float16 weights by the recipe. `benchmarks/evaluate.py --folder ...` gives
 the same per source with the classical baseline in the same run (docs/models.md).
-
+{tuning}
 ## Known failures
 - {steps} training steps on 2 CPU cores: under-trained next to published models trained for days
   on GPUs.
@@ -221,6 +221,16 @@ def _sources_scores(package: Path, folders: dict[str, Path], splits: dict[str, t
     return out
 
 
+def _tune(package: Path, folders: list[Path]):
+    """:func:`~segloop_train.tune_postprocess.tune_package` on the folders that have val images
+    (None when none has)."""
+    from segloop.core.formats.trainfolder import TrainingFolder
+    from segloop_train.tune_postprocess import tune_package
+
+    with_val = [f for f in folders if TrainingFolder.open(f).split_counts().get("val")]
+    return tune_package(package, with_val) if with_val else None
+
+
 def finish_model(recipe: HandRecipe, raw: Path, out: Path, *, sources: Path, work: Path, command: str) -> dict:
     """The package to ship from a trained one: float16 weights, pixel size, licence, card with
     held-out figures per source (``test``, else ``val``, of the training sources; every image of
@@ -232,6 +242,7 @@ def finish_model(recipe: HandRecipe, raw: Path, out: Path, *, sources: Path, wor
     from segloop.core.formats.importers import NUCLEI_DATASETS
     from segloop.core.formats.package import load_package, save_package
     from segloop.core.formats.trainfolder import TrainingFolder
+    from segloop_train.tune_postprocess import card_section
 
     pkg = load_package(raw)
     training = dict(pkg.spec.training or {})
@@ -254,6 +265,14 @@ def finish_model(recipe: HandRecipe, raw: Path, out: Path, *, sources: Path, wor
     with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.parent) as tmp:
         scored = Path(tmp) / out.name                  # the float16 weights that ship, scored before writing `out`
         save_package(scored, spec, pkg.state_dict, weights_dtype="float16")
+        tuning = _tune(scored, [folders[n] for n in recipe.train_sources])
+        if tuning is not None:                         # thresholds chosen on the training sources' val images
+            training["postprocess_tuning"] = tuning.to_dict()
+            spec = replace(spec, postprocess=tuning.params.to_dict(), training=training)
+            scored = Path(tmp) / f"{out.name}.tuned"
+            save_package(scored, spec, pkg.state_dict, weights_dtype="float16")
+        else:
+            training["postprocess_tuning"] = "not tuned: the training sources have no val images"
         scores = _sources_scores(scored, folders, splits)
     training["heldout"] = scores
     cross = [n for n in recipe.heldout_sources if n in scores]
@@ -282,6 +301,7 @@ def finish_model(recipe: HandRecipe, raw: Path, out: Path, *, sources: Path, wor
         data_lines=data_lines, heldout=", ".join(recipe.heldout_sources), resolution=resolution,
         zoom=aug.get("zoom"), normalization=spec.normalization, stain=stain, rows=rows,
         steps=training.get("steps_done") or recipe.steps,
+        tuning="" if tuning is None else "\n" + card_section(tuning),
         known_failures="".join(f"\n- {t}" for t in recipe.known_failures),
         license=recipe.license, command=command, seed=recipe.seed, threads=training["threads"],
         minutes=float(training.get("seconds", 0) or 0) / 60)
