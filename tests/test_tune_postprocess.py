@@ -69,7 +69,8 @@ def folder_and_model(tmp_path, nuclei_image):
 def test_the_command_writes_a_tuned_copy_and_keeps_the_model(folder_and_model, capsys):
     root = folder_and_model
     before = (root / "m" / "segloop-model.json").read_bytes()
-    rc = cli.main(["tune-postprocess", str(root / "m"), "--folder", str(root / "f"), "--out", str(root / "t")])
+    rc = cli.main(["tune-postprocess", str(root / "m"), "--folder", str(root / "f"), "--out", str(root / "t"),
+                   "--version", "0.0.2"])
     assert rc == 0
     assert (root / "m" / "segloop-model.json").read_bytes() == before
     tuned = load_package(root / "t")
@@ -77,6 +78,7 @@ def test_the_command_writes_a_tuned_copy_and_keeps_the_model(folder_and_model, c
     assert tuned.spec.postprocess == {**rec["params"]}
     assert rec["after"]["objective"] >= rec["before"]["objective"] and set(rec["after"]["sources"]) == {"f"}
     assert "## Post-processing (tuned on validation images)" in tuned.card
+    assert tuned.spec.version == "0.0.2" and tuned.card.startswith("# tiny v0.0.2")
     original = load_package(root / "m")
     assert all(np.array_equal(tuned.state_dict[k], original.state_dict[k]) for k in original.state_dict)
     assert "written:" in capsys.readouterr().out

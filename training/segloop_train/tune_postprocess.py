@@ -10,7 +10,7 @@ StarDist and Cellpose tune their thresholds the same way, on validation images.
 
 ::
 
-    segloop-train tune-postprocess MODEL --folder F [--folder F2 ...] [--split val] --out NEW
+    segloop-train tune-postprocess MODEL --folder F [--folder F2 ...] [--split val] --out NEW [--version V]
 
 :func:`tune_instance_params` predicts each image's probabilities once, then searches the
 thresholds, then ``min_size`` and ``grow_px``, one after the other (coordinate search over a
@@ -169,17 +169,20 @@ def tune_package(package: Path, folders: Sequence[Path], *, splits: Sequence[str
                                 progress=progress)
 
 
-def write_tuned(package: Path, out: Path, tuning: Tuning) -> None:
+def write_tuned(package: Path, out: Path, tuning: Tuning, *, version: str | None = None) -> None:
     """Copy ``package`` to ``out`` (weights, ONNX, card kept) with the tuned post-processing,
-    recorded in ``training["postprocess_tuning"]`` and at the end of the card."""
+    recorded in ``training["postprocess_tuning"]`` and at the end of the card; ``version``: the
+    copy's version (default: the package's)."""
     from segloop.core.formats.package import load_package, save_package
     from segloop.core.formats.registry import model_path
 
     pkg = load_package(model_path(package))
     training = dict(pkg.spec.training or {})
     training["postprocess_tuning"] = tuning.to_dict()
-    spec = replace(pkg.spec, postprocess=tuning.params.to_dict(), training=training)
-    card = (pkg.card or f"# {spec.name} v{spec.version}\n") + "\n" + card_section(tuning)
+    spec = replace(pkg.spec, postprocess=tuning.params.to_dict(), training=training,
+                   version=version or pkg.spec.version)
+    card = (pkg.card or f"# {spec.name} v{spec.version}\n").replace(f"# {spec.name} v{pkg.spec.version}",
+                                                                    f"# {spec.name} v{spec.version}", 1) + "\n" + card_section(tuning)
     save_package(out, spec, pkg.state_dict, weights_dtype=pkg.spec.weights_dtype or "float32",
                  onnx_bytes=pkg.onnx_bytes, card=card)
 
@@ -213,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", action="append", choices=("train", "val"),
                     help="split(s) to tune on (default: val); never test")
     ap.add_argument("--out", required=True, type=Path, help="new package folder (must not exist)")
+    ap.add_argument("--version", help="the tuned copy's version (default: the model's)")
     args = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         if args.out.exists():
@@ -223,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         tuning = tune_package(args.model, args.folder, splits=tuple(args.split or ("val",)),
                              progress=lambda i, n: print(f"\r{i}/{n} combinations", end="", file=sys.stderr, flush=True))
         print(file=sys.stderr)
-        write_tuned(args.model, args.out, tuning)
+        write_tuned(args.model, args.out, tuning, version=args.version)
     except (SegloopError, ValueError, OSError) as e:
         print(f"segloop-train: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
