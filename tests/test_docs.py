@@ -86,6 +86,8 @@ SKIPPED = {
     ("docs/finetune.md", "torchrun --nproc_per_node 4 -m segloop_train corrections/ --from nuclei-unet --out "
                          "models/v2 --steps 2000"),
     ("docs/finetune.md", "python -m segloop_train.recipes ct-liver-segunet25d --out ct-liver-segunet25d --threads 1"),
+    ("docs/finetune.md", "segloop-train tune-postprocess he-nuclei-unet --folder folders/nuinsseg --folder folders/consep "
+                         "--out he-nuclei-unet-tuned"),
     ("docs/finetune.md", "python -m segloop_train.interactive_recipes nuclei-click-unet --sources nuclei-folders --out "
                          "nuclei-click-unet"),
     ("docs/models.md", ".venv/bin/python benchmarks/evaluate.py --pictures docs/images"),
@@ -808,6 +810,10 @@ def static_problem(text: str) -> str | None:
         return None
     if argv[0] == "segloop":
         return _parse(segloop_parser(), argv[1:])
+    if argv[0] == "segloop-train" and argv[1:2] == ["tune-postprocess"]:
+        from segloop_train.tune_postprocess import build_parser as tune_parser
+
+        return _parse(tune_parser(), argv[2:])
     if argv[0] == "segloop-train" and argv[1:2] == ["interactive"]:
         from segloop_train.interactive_cli import build_parser as click_parser
 

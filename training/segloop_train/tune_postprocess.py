@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["GRID", "Tuning", "card_section", "collect_probabilities", "score_params", "tune_instance_params",
-           "tune_package", "validation_samples", "write_tuned"]
+           "tune_package", "validation_samples", "write_tuned", "build_parser", "main"]
 
 #: The values searched, stage by stage (thresholds jointly, then min_size, then grow_px).
 GRID: dict[str, tuple] = {
@@ -199,12 +199,8 @@ def card_section(tuning: Tuning) -> str:
             f"| source (validation) | before: F1@0.5 / AJI | after |\n|---|---|---|\n{rows}\n")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``segloop-train tune-postprocess MODEL --folder F ... --out NEW`` (``argv`` without the
-    sub-command)."""
-    import sys
-
-    from segloop.errors import SegloopError
+def build_parser():
+    """The parser of ``segloop-train tune-postprocess`` (without the sub-command)."""
     from segloop_train.cli_args import OneLineParser
 
     ap = OneLineParser(prog="segloop-train tune-postprocess",
@@ -217,6 +213,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="split(s) to tune on (default: val); never test")
     ap.add_argument("--out", required=True, type=Path, help="new package folder (must not exist)")
     ap.add_argument("--version", help="the tuned copy's version (default: the model's)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``segloop-train tune-postprocess MODEL --folder F ... --out NEW`` (``argv`` without the
+    sub-command)."""
+    import sys
+
+    from segloop.errors import SegloopError
+
+    ap = build_parser()
     args = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         if args.out.exists():
