@@ -38,7 +38,10 @@ def _discs(n: int = 12, side: int = 96, seed: int = 0):
 def test_tuning_finds_thresholds_the_defaults_miss_and_never_does_worse():
     data = {"a": [_discs(seed=0)], "b": [_discs(seed=1), _discs(seed=2)]}
     base = InstanceParams()
-    t = tune_instance_params(data, base)
+    calls = []
+    t = tune_instance_params(data, base, progress=lambda i, n: calls.append((i, n)))
+    n = calls[-1][1]
+    assert calls == [(i, n) for i in range(2, n + 1)]        # every combination reported, skipped ones too
     assert t.before["objective"] == 0.0 and t.before["sources"]["a"]["f1@0.5"] == 0.0
     assert t.params.seed_threshold < 0.45 and t.after["objective"] > 0.9
     assert t.after == score_params(data, t.params)

@@ -121,12 +121,11 @@ def tune_instance_params(data: Mapping[str, Sequence[tuple[np.ndarray, np.ndarra
         for change in stage:
             cand = replace(anchor, **change)
             done += 1
-            if cand == anchor:
-                continue
-            sc = score_params(data, cand)
-            tried.append({"params": cand.to_dict(), **sc})
-            if sc["objective"] > best_score["objective"]:
-                best, best_score = cand, sc
+            if cand != anchor:                   # the anchor is scored already
+                sc = score_params(data, cand)
+                tried.append({"params": cand.to_dict(), **sc})
+                if sc["objective"] > best_score["objective"]:
+                    best, best_score = cand, sc
             if progress:
                 progress(done, total)
     return Tuning(params=best, before=before, after=best_score, tried=tried)
