@@ -51,6 +51,31 @@ def test_tuning_finds_thresholds_the_defaults_miss_and_never_does_worse():
     assert again.params == t.params and again.after["objective"] == t.after["objective"]
 
 
+def _pairs(seed: int, side: int = 128):
+    """Pairs of overlapping discs, each pair's interiors joined (no boundary between the two)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:side, :side]
+    truth = np.zeros((side, side), np.uint16)
+    k = 0
+    for y, x in ((32, 24), (32, 84), (92, 24), (92, 84)):
+        y, x = y + int(rng.integers(-3, 4)), x + int(rng.integers(-3, 4))
+        for dx, r in ((0, 12), (19, 10)):
+            k += 1
+            truth[((yy - y) ** 2 + (xx - x - dx) ** 2 <= r * r) & (truth == 0)] = k
+    probs = np.zeros((3, side, side), np.float16)
+    probs[1][truth > 0] = 0.9
+    probs[0] = 1 - probs[1]
+    return probs, truth
+
+
+def test_tuning_splits_seeds_where_touching_nuclei_merged():
+    data = {"a": [_pairs(0), _pairs(1)]}
+    t = tune_instance_params(data, InstanceParams(min_size=10))
+    assert t.before["sources"]["a"]["f1@0.5"] < 0.7       # each pair comes out as one object
+    assert t.params.split_h > 0 and t.after["sources"]["a"]["f1@0.5"] == 1.0
+    assert t.params.to_dict()["split_h"] == t.params.split_h
+
+
 def test_tuning_needs_images():
     with pytest.raises(ValueError, match="no validation images"):
         tune_instance_params({"a": []}, InstanceParams())

@@ -3,7 +3,8 @@
 An instance model predicts background / interior / boundary probabilities; the labels come
 from :class:`~segloop.core.inference.postprocess.InstanceParams`: interiors above
 ``seed_threshold`` seed objects, which grow (at most ``grow_px``) into pixels whose foreground
-probability is above ``foreground_threshold``, and objects under ``min_size`` pixels go.  The
+probability is above ``foreground_threshold``, and objects under ``min_size`` pixels go; with
+``split_h`` > 0 a seed region with a neck becomes two objects (touching nuclei).  The
 defaults (0.5 / 0.5 / 4 / 12) suit the model they were set for; a model fine-tuned on other
 data (larger nuclei, thicker boundaries) can be several F1 points better with others.
 StarDist and Cellpose tune their thresholds the same way, on validation images.
@@ -13,8 +14,8 @@ StarDist and Cellpose tune their thresholds the same way, on validation images.
     segloop-train tune-postprocess MODEL --folder F [--folder F2 ...] [--split val] --out NEW [--version V]
 
 :func:`tune_instance_params` predicts each image's probabilities once, then searches the
-thresholds, then ``min_size`` and ``grow_px``, one after the other (coordinate search over a
-fixed grid, :data:`GRID`).  The objective is the mean over folders (sources) of
+thresholds, then the seed splitting (``split_h``, with the seed threshold), then ``min_size`` and
+``grow_px``, one after the other (coordinate search over a fixed grid, :data:`GRID`).  The objective is the mean over folders (sources) of
 ``(F1@0.5 + AJI) / 2`` pooled over each folder's images, so a source with many images does
 not outvote the others, and splits and merges both count.  Only the given split is read (never
 ``test``).
@@ -37,12 +38,13 @@ import numpy as np
 __all__ = ["GRID", "Tuning", "card_section", "collect_probabilities", "score_params", "tune_instance_params",
            "tune_package", "validation_samples", "write_tuned", "build_parser", "main"]
 
-#: The values searched, stage by stage (thresholds jointly, then min_size, then grow_px).
+#: The values searched, stage by stage (thresholds jointly, split_h with the seed threshold, min_size, grow_px).
 GRID: dict[str, tuple] = {
     "seed_threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
     "foreground_threshold": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
     "min_size": (0, 6, 12, 24, 48, 96, 192),
     "grow_px": (2, 4, 8, 16),
+    "split_h": (0.0, 0.5, 1.0, 2.0),
 }
 
 
@@ -100,15 +102,17 @@ def tune_instance_params(data: Mapping[str, Sequence[tuple[np.ndarray, np.ndarra
                          progress: Callable[[int, int], None] | None = None) -> Tuning:
     """Search :data:`GRID` (or ``grid``) from ``base`` (InstanceParams) on ``{source: [(probs, truth)]}``.
 
-    Stage 1 tries every (seed, foreground) pair, stage 2 ``min_size``, stage 3 ``grow_px``, each
-    keeping the best so far; ``base`` itself is scored first and wins ties, so the result is never
-    worse than ``base`` on these images.
+    Stage 1 tries every (seed, foreground) pair, stage 2 every (``split_h`` > 0, seed) pair (a
+    split seed region tolerates a lower seed threshold), stage 3 ``min_size``, stage 4
+    ``grow_px``, each keeping the best so far; ``base`` itself is scored first and wins ties, so
+    the result is never worse than ``base`` on these images.
     """
     if not data or not any(len(v) for v in data.values()):
         raise ValueError("no validation images to tune the post-processing on")
     g = {**GRID, **(grid or {})}
     stages = [[{"seed_threshold": s, "foreground_threshold": f} for s in g["seed_threshold"]
                for f in g["foreground_threshold"]],
+              [{"split_h": float(h), "seed_threshold": s} for h in g["split_h"] if h for s in g["seed_threshold"]],
               [{"min_size": m} for m in g["min_size"]],
               [{"grow_px": k} for k in g["grow_px"]]]
     total = 1 + sum(len(s) for s in stages)
@@ -193,7 +197,8 @@ def card_section(tuning: Tuning) -> str:
                      f"{tuning.after['sources'][n]['aji']:.3f} |" for n, b in tuning.before["sources"].items())
     return (f"## Post-processing (tuned on validation images)\n"
             f"seed threshold {p.seed_threshold}, foreground threshold {p.foreground_threshold}, min size "
-            f"{p.min_size} px, growth {p.grow_px} px; chosen from {len(tuning.tried)} combinations by the mean "
+            f"{p.min_size} px, growth {p.grow_px} px, seed splitting "
+            f"{'off' if not p.split_h else f'h {p.split_h:g} px'}; chosen from {len(tuning.tried)} combinations by the mean "
             f"over sources of (F1@0.5 + AJI) / 2 (`segloop_train.tune_postprocess`).\n\n"
             f"| source (validation) | before: F1@0.5 / AJI | after |\n|---|---|---|\n{rows}\n")
 
@@ -203,7 +208,7 @@ def build_parser():
     from segloop_train.cli_args import OneLineParser
 
     ap = OneLineParser(prog="segloop-train tune-postprocess",
-                       description="Choose an instance model's seed / foreground thresholds, minimum size and growth "
+                       description="Choose an instance model's seed / foreground thresholds, seed splitting, minimum size and growth "
                                    "on the validation images of training folders; writes a copy of the package.")
     ap.add_argument("model", help="instance model: a name (segloop list-models) or a package path")
     ap.add_argument("--folder", action="append", required=True, type=Path,
