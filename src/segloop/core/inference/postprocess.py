@@ -102,19 +102,75 @@ def split_seeds(seeds: np.ndarray, h: float) -> tuple[np.ndarray, int]:
     """Label ``seeds`` (bool, 2D), splitting regions at necks (see :attr:`InstanceParams.split_h`).
 
     Returns ``(labels int32, n)`` like ``scipy.ndimage.label``; ``h`` 0 is exactly that.
+
+    The smoothed distance transform of a region is flooded from its maxima (watershed) and two
+    neighbouring basins merge, highest saddle first, unless the lower of their peaks stands at
+    least ``h`` above the saddle between them: the markers of ``skimage.morphology.h_maxima``,
+    found without its morphological reconstruction (several times slower).  Only regions much
+    larger than the disc their deepest pixel spans (two lobes, or elongated) are examined: a
+    round nucleus has nothing to split.
     """
-    if h <= 0 or not seeds.any():
-        return ndi.label(seeds)
-    from skimage.morphology import h_maxima
+    lab, n = ndi.label(seeds)
+    if h <= 0 or n == 0:
+        return lab, n
     from skimage.segmentation import watershed
 
-    dist = ndi.gaussian_filter(ndi.distance_transform_edt(seeds).astype(np.float32), 1.0)
-    markers, n = ndi.label(h_maxima(dist, h).astype(bool) & seeds)
-    lab = watershed(-dist, markers, mask=seeds).astype(np.int32)
-    rest, n_rest = ndi.label(seeds & (lab == 0))        # regions lower than h: one instance each
-    if n_rest:
-        lab[rest > 0] = rest[rest > 0] + n
-    return lab, n + n_rest
+    dist = ndi.distance_transform_edt(seeds).astype(np.float32)
+    area = np.bincount(lab.ravel(), minlength=n + 1)
+    deepest = np.zeros(n + 1, np.float64)
+    np.maximum.at(deepest, lab.ravel(), dist.ravel())
+    lobed = area > 1.25 * np.pi * deepest ** 2         # a disc whose deepest pixel is r deep has ~ pi r^2
+    lobed[0] = False
+    if not lobed.any():
+        return lab, n
+    region = lobed[lab]
+    d = ndi.gaussian_filter(dist, 1.0)
+    d[~region] = 0
+    markers, m = ndi.label(region & (d >= ndi.maximum_filter(d, size=3)))
+    basins = watershed(-d, markers, mask=region)
+    top = np.zeros(m + 1, np.float64)
+    np.maximum.at(top, basins.ravel(), d.ravel())
+    keys, saddles = _basin_saddles(basins, d, m)
+    parent = np.arange(m + 1)
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = int(parent[x])
+        return x
+
+    for k in np.argsort(-saddles, kind="stable"):         # flood from the top: highest saddle first
+        ra, rb = find(int(keys[k] // (m + 1))), find(int(keys[k] % (m + 1)))
+        if ra != rb and min(top[ra], top[rb]) - saddles[k] < h:
+            lo, hi = min(ra, rb), max(ra, rb)
+            parent[hi] = lo
+            top[lo] = max(top[ra], top[rb])
+    roots = np.array([find(i) for i in range(m + 1)])
+    out = lab.astype(np.int32)
+    _, pieces = np.unique(roots[basins[region]], return_inverse=True)
+    out[region] = n + 1 + pieces.astype(np.int32)
+    ids = np.unique(out)[1:] if out.min() == 0 else np.unique(out)
+    lut = np.zeros(int(out.max()) + 1, np.int32)
+    lut[ids] = np.arange(1, ids.size + 1)
+    return lut[out], int(ids.size)
+
+
+def _basin_saddles(basins: np.ndarray, d: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each pair of 4-neighbouring basins (key ``a * (m + 1) + b``, a < b): the highest
+    ``min(d)`` across their border."""
+    keys, saddles = [], []
+    for a, b, da, db in ((basins[:, :-1], basins[:, 1:], d[:, :-1], d[:, 1:]),
+                         (basins[:-1], basins[1:], d[:-1], d[1:])):
+        edge = (a != b) & (a > 0) & (b > 0)
+        lo = np.minimum(a[edge], b[edge]).astype(np.int64)
+        hi = np.maximum(a[edge], b[edge]).astype(np.int64)
+        keys.append(lo * (m + 1) + hi)
+        saddles.append(np.minimum(da[edge], db[edge]).astype(np.float64))
+    keys, saddles = np.concatenate(keys), np.concatenate(saddles)
+    order = np.lexsort((-saddles, keys))
+    keys, saddles = keys[order], saddles[order]
+    first = np.r_[True, keys[1:] != keys[:-1]] if keys.size else np.zeros(0, bool)
+    return keys[first], saddles[first]
 
 
 def label_dtype_for(n_objects: int) -> np.dtype:
