@@ -90,13 +90,25 @@ HAND_RECIPES: dict[str, HandRecipe] = {
                         "on the unseen CPM-15 it reaches F1@0.5 0.69 (pooled), short of the 0.80 that published H&E "
                         "models trained on GPUs reach (docs/models.md). Its post-processing, tuned on the training "
                         "sources' val images, costs a little there (F1 0.713 with the defaults).",)),
+    "he-nuclei-unet-rgb": HandRecipe(
+        name="he-nuclei-unet-rgb", version="1.0.0",
+        description="Nuclei instance segmentation for H&E histology from the three colour channels: a U-Net "
+                    "trained from scratch on hand-drawn nuclei of NuInsSeg, DSB2018 (colour) and CoNSeP",
+        modality="histology", arch="unet", arch_kwargs={"depth": 4, "base_width": 16, "norm": "batch"},
+        parent=None, normalization=_RGB_NORM,
+        train_sources=("nuinsseg", "dsb2018-he", "consep"), heldout_sources=("cpm15",),
+        steps=2000, batch=8, patch=256, lr=1e-3, eval_every=500, pixel_size=0.25, license=LICENSE_HE,
+        augment=_HE_AUGMENT,
+        known_failures=("It sees colour, so its stain robustness rests on the HED stain jitter of training; "
+                        "an unusual stain may do better with `--stain-norm` or the hematoxylin model "
+                        "`he-nuclei-unet`.",)),
     "fluo-nuclei-unet": HandRecipe(
-        name="fluo-nuclei-unet", version="1.1.0",
+        name="fluo-nuclei-unet", version="1.2.0",
         description="Nuclei instance segmentation for 2D fluorescence (DAPI / Hoechst), fine-tuned from "
                     "nuclei-unet on hand-drawn nuclei of BBBC039 and Kromp et al. 2020",
         modality="fluorescence", arch=None, arch_kwargs=None, parent="nuclei-unet", normalization=None,
         train_sources=("bbbc039", "s-bsst265"), heldout_sources=("aitslab-bioimaging1",),
-        steps=150, batch=8, patch=256, lr=1e-3, eval_every=50, pixel_size=None, license=LICENSE_FLUO,
+        steps=2000, batch=8, patch=256, lr=1e-3, eval_every=250, pixel_size=None, license=LICENSE_FLUO,
         augment=_FLUO_AUGMENT,
         known_failures=("On the unseen Aitslab-bioimaging1 images it is about as good as its parent `nuclei-unet` "
                         "and below the classical baseline (docs/models.md), so it is not the fluorescence default: "
