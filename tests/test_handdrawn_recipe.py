@@ -69,6 +69,21 @@ def test_the_post_processing_is_tuned_on_the_training_sources_val_images_before_
     assert "## Post-processing (tuned on validation images)" in (root / "m" / "MODEL_CARD.md").read_text()
 
 
+def test_a_model_without_a_pixel_size_keeps_a_small_minimum_object_size(trained, nuclei_image):
+    """Nuclei of every scale reach it: its tuning never tries dropping objects over 48 px."""
+    root, work, recipe = trained
+    img = np.ascontiguousarray(nuclei_image[-128:, -128:])
+    TrainingFolder.open(work / "cpm15").add_sample(img, label(img > np.percentile(img, 80)).astype(np.uint16),
+                                                   axes="YX", source="crop-val.tif", split="val")
+    grids = {}
+    for px, out in ((None, "free"), (0.25, "fixed")):
+        finish_model(replace(recipe, pixel_size=px), root / "m.raw", root / out, sources=root / "src", work=work,
+                     command="cmd")
+        rec = json.loads((root / out / "segloop-model.json").read_text())["training"]["postprocess_tuning"]
+        grids[out] = rec["grid"]["min_size"]
+    assert max(grids["free"]) == 48 and max(grids["fixed"]) > 48
+
+
 def test_a_failed_scoring_leaves_no_package(trained):
     root, work, recipe = trained
     for image in (work / "cpm15").rglob("image.tif"):

@@ -237,14 +237,21 @@ def _sources_scores(package: Path, folders: dict[str, Path], splits: dict[str, t
     return out
 
 
-def _tune(package: Path, folders: list[Path]):
+#: A model without a pixel size meets nuclei of every scale (a 10x screen's are 8-15 px across), so
+#: its minimum object size is not tuned above a nucleus 8 px across, whatever its training data liked.
+SCALE_FREE_MIN_SIZES = (0, 6, 12, 24, 48)
+
+
+def _tune(package: Path, folders: list[Path], *, scale_free: bool = False):
     """:func:`~segloop_train.tune_postprocess.tune_package` on the folders that have val images
-    (None when none has)."""
+    (None when none has); ``scale_free`` (no pixel size) limits ``min_size`` to
+    :data:`SCALE_FREE_MIN_SIZES`."""
     from segloop.core.formats.trainfolder import TrainingFolder
     from segloop_train.tune_postprocess import tune_package
 
     with_val = [f for f in folders if TrainingFolder.open(f).split_counts().get("val")]
-    return tune_package(package, with_val) if with_val else None
+    grid = {"min_size": SCALE_FREE_MIN_SIZES} if scale_free else None
+    return tune_package(package, with_val, grid=grid) if with_val else None
 
 
 def finish_model(recipe: HandRecipe, raw: Path, out: Path, *, sources: Path, work: Path, command: str) -> dict:
@@ -281,7 +288,7 @@ def finish_model(recipe: HandRecipe, raw: Path, out: Path, *, sources: Path, wor
     with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.parent) as tmp:
         scored = Path(tmp) / out.name                  # the float16 weights that ship, scored before writing `out`
         save_package(scored, spec, pkg.state_dict, weights_dtype="float16")
-        tuning = _tune(scored, [folders[n] for n in recipe.train_sources])
+        tuning = _tune(scored, [folders[n] for n in recipe.train_sources], scale_free=recipe.pixel_size is None)
         if tuning is not None:                         # thresholds chosen on the training sources' val images
             training["postprocess_tuning"] = tuning.to_dict()
             spec = replace(spec, postprocess=tuning.params.to_dict(), training=training)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,17 +54,19 @@ class Tuning:
 
     ``before`` / ``after``: per folder pooled ``f1@0.5`` and ``aji`` with the package's own and
     the chosen parameters, and ``objective`` (see the module); ``tried``: every combination
-    scored, in order.
+    scored, in order; ``grid``: the values searched.
     """
 
     params: object            # InstanceParams
     before: dict
     after: dict
     tried: list
+    grid: dict = field(default_factory=lambda: dict(GRID))
 
     def to_dict(self) -> dict:
         return {"params": self.params.to_dict(), "objective": "mean over sources of (F1@0.5 + AJI) / 2",
-                "before": self.before, "after": self.after, "combinations": len(self.tried), "grid": GRID}
+                "before": self.before, "after": self.after, "combinations": len(self.tried),
+                "grid": {k: list(v) for k, v in self.grid.items()}}
 
 
 def collect_probabilities(model, samples: Sequence[tuple[np.ndarray, np.ndarray, tuple | None]],
@@ -132,7 +134,7 @@ def tune_instance_params(data: Mapping[str, Sequence[tuple[np.ndarray, np.ndarra
                     best, best_score = cand, sc
             if progress:
                 progress(done, total)
-    return Tuning(params=best, before=before, after=best_score, tried=tried)
+    return Tuning(params=best, before=before, after=best_score, tried=tried, grid=g)
 
 
 def validation_samples(folder: Path, splits: Sequence[str] = ("val",)):
