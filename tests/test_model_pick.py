@@ -92,7 +92,7 @@ def test_a_huge_lazy_slide_is_guessed_from_a_few_chunks():
 # --------------------------------------------------------------------------- pick_model
 
 @pytest.mark.parametrize("modality, name", [("he", "he-nuclei-unet"), ("ihc", "he-nuclei-unet"),
-                                            ("fluorescence", "nuclei-unet"), ("ct", "ct-liver-segunet25d")])
+                                            ("fluorescence", "fluo-nuclei-unet"), ("ct", "ct-liver-segunet25d")])
 def test_the_first_choice_of_each_modality(modality, name):
     pick = pick_model(modality, available=ALL)
     assert pick.name == name and pick.stain is None and pick.modality == modality
@@ -107,8 +107,8 @@ def test_fallbacks_say_why_and_carry_the_stain_route():
     assert ihc.stain == "hematoxylin" and ihc.reason.endswith("IHC routing is not measured: no labelled IHC data")
     assert pick_model("ihc", available=ALL).reason == ("for an IHC image; IHC routing is not measured: "
                                                        "no labelled IHC data")
-    fluo = pick_model("fluorescence", available=["fluo-nuclei-unet"])
-    assert fluo.stain is None and fluo.reason == "for a fluorescence image, as nuclei-unet is not installed"
+    fluo = pick_model("fluorescence", available=["nuclei-unet"])
+    assert fluo.stain is None and fluo.reason == "for a fluorescence image, as fluo-nuclei-unet is not installed"
     assert pick_model("ct", available=["ct-liver-unet3d"]).name == "ct-liver-unet3d"
     with pytest.raises(ModelNotFoundError, match="no model for CT images is installed .*ct-liver-segunet25d"):
         pick_model("ct", available=["nuclei-unet"])
@@ -159,9 +159,9 @@ def test_auto_picks_per_image_and_says_so_on_one_line(zoo, tmp_path, nuclei_imag
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "model: he-nuclei-unet (picked for an H&E image; give --model to choose)"
     assert lines[1].startswith(f"{he}: ") and lines[1].endswith("he_labels.tif")
-    assert lines[2] == "model: nuclei-unet (picked for a fluorescence image; give --model to choose)"
+    assert lines[2] == "model: fluo-nuclei-unet (picked for a fluorescence image; give --model to choose)"
     assert prov(out, "he")["model"]["name"] == "he-nuclei-unet"
-    assert prov(out, "grey")["model"]["name"] == "nuclei-unet"
+    assert prov(out, "grey")["model"]["name"] == "fluo-nuclei-unet"
     assert tifffile.imread(out / "he_labels.tif").shape == (256, 256)
 
 
@@ -181,7 +181,8 @@ def test_without_the_h_and_e_model_rgb_goes_through_hematoxylin(without_new_mode
     said = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("model:")]
     assert said == ["model: nuclei-unet (picked for an H&E image, on its hematoxylin channel, as he-nuclei-unet "
                     "is not installed; give --model to choose)",
-                    "model: nuclei-unet (picked for a fluorescence image; give --model to choose)"]
+                    "model: nuclei-unet (picked for a fluorescence image, as fluo-nuclei-unet is not installed; "
+                    "give --model to choose)"]
     assert prov(out, "he")["parameters"]["normalization"]["kind"] == "hematoxylin"
     assert prov(out, "grey")["parameters"]["normalization"]["kind"] != "hematoxylin"
 
@@ -199,7 +200,7 @@ def test_fluorescence_saved_as_colour_reaches_a_one_channel_model(zoo, tmp_path,
                  "--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert [ln for ln in captured.out.splitlines() if ln.startswith("model:")] == [
-        "model: nuclei-unet (picked for a fluorescence image; give --model to choose)"]
+        "model: fluo-nuclei-unet (picked for a fluorescence image; give --model to choose)"]
     assert "dapi.png: note: fluorescence saved as colour" in captured.err and "rgb.png" not in captured.err
     same = tifffile.imread(out / "grey_labels.tif")                   # the same pixels, one channel
     assert np.array_equal(tifffile.imread(out / "rgb_labels.tif"), same)

@@ -16,8 +16,8 @@ def test_rgb_gets_the_h_and_e_model_and_grey_the_fluorescence_one(make_napari_vi
     assert w.picked.value == "Picked he-nuclei-unet for an H&E image"
     viewer.add_image(nuclei_image, name="grey")
     w.image.value = viewer.layers["grey"]
-    assert w.model.value == "nuclei-unet"
-    assert w.picked.value == "Picked nuclei-unet for a fluorescence image"
+    assert w.model.value == "fluo-nuclei-unet"
+    assert w.picked.value == "Picked fluo-nuclei-unet for a fluorescence image"
 
 
 @pytest.mark.usefixtures("zoo")
@@ -35,7 +35,7 @@ def test_a_hand_choice_stays_until_the_image_or_the_modality_changes(make_napari
     w.image.value = viewer.layers["grey"]                         # the image changed: picked again
     assert w.model.value == "he-nuclei-unet"                      # the modality says IHC, whatever the pixels
     w.modality.value = "auto"
-    assert w.model.value == "nuclei-unet"
+    assert w.model.value == "fluo-nuclei-unet"
 
 
 @pytest.mark.usefixtures("zoo")
@@ -46,7 +46,7 @@ def test_a_model_from_use_this_model_stays_across_images_until_a_modality_is_cho
     viewer.add_image(nuclei_image, name="grey")
     w.image.value = viewer.layers["grey"]
     assert w.model.value == "nuclei-segunet"
-    assert w.picked.value == "nuclei-segunet: your choice (auto picks nuclei-unet for this image)"
+    assert w.picked.value == "nuclei-segunet: your choice (auto picks fluo-nuclei-unet for this image)"
     w.modality.value = "he"                           # asking for a modality asks for its model
     assert w.model.value == "he-nuclei-unet"
     w.image.value = viewer.layers["he"]

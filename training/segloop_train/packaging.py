@@ -52,6 +52,7 @@ def training_record(*, loaded: LoadedFolders, config: FinetuneConfig, history: l
         "seconds": round(seconds, 1),
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
         "segloop_train": "finetune v1",
         "dims": spec.dims,
         "context_slices": spec.context_slices,

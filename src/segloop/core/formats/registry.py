@@ -118,9 +118,9 @@ def model_path(name_or_path: str | os.PathLike) -> Path:
 MODEL_PREFERENCES: dict[str, tuple[tuple[str, str | None], ...]] = {
     "he": (("he-nuclei-unet", None), ("nuclei-unet", "hematoxylin")),
     "ihc": (("he-nuclei-unet", None), ("nuclei-unet", "hematoxylin")),
-    # fluo-nuclei-unet is better on the sources it was fine-tuned on but worse on an unseen one
-    # (docs/models.md), so the BBBC007 model stays first for images of unknown origin
-    "fluorescence": (("nuclei-unet", None), ("fluo-nuclei-unet", None)),
+    # fluo-nuclei-unet (hand-drawn BBBC039 + Kromp) beats the BBBC007 nuclei-unet on every source,
+    # the unseen Aitslab-bioimaging1 included (docs/models.md)
+    "fluorescence": (("fluo-nuclei-unet", None), ("nuclei-unet", None)),
     "ct": (("ct-liver-segunet25d", None), ("ct-liver-unet3d", None)),
     "mr": (("mri-brain-tumour-segunet25d", None),),
 }
