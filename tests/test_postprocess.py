@@ -81,6 +81,13 @@ def test_split_h_separates_nuclei_whose_interiors_merged_through_a_neck():
     assert instances_from_probs(one, InstanceParams(min_size=5, split_h=0.5)).max() == 1
 
 
+@pytest.mark.parametrize("band_rows", [7, 37, 1000])
+def test_split_h_never_cuts_round_nuclei_however_the_bands_cut_them(band_rows):
+    lab = grid_of_nuclei(400, 300)
+    res = instances_from_probs(probs_from_instances(lab), InstanceParams(min_size=5, split_h=1.0), band_rows=band_rows)
+    assert res.max() == lab.max() and instance_f1(lab, res, iou=0.9) == 1.0
+
+
 def test_split_h_is_stored_only_when_used_and_checked():
     assert "split_h" not in InstanceParams().to_dict()      # packages written before it read the same
     d = InstanceParams(split_h=1).to_dict()
