@@ -205,3 +205,23 @@ def test_a_failed_command_leaves_no_empty_output_folder_and_never_removes_one_wi
     empty.mkdir()                                          # existed before the command: not ours to remove
     assert main(["predict", str(img), "--model", "no-such-model", "--out", str(empty)]) == 2
     assert empty.is_dir()
+
+
+def test_a_package_with_bad_post_processing_is_refused_in_one_line(tmp_path, nuclei_image, capsys):
+    """A hand-edited ``split_h`` is caught when the model loads, before any image is read or written."""
+    from segloop import load_model
+    from segloop.core.formats.package import save_package
+    from segloop.errors import ModelPackageError
+
+    from .conftest import tiny_spec, tiny_state
+
+    spec = tiny_spec(postprocess={"kind": "instance", "split_h": -1})
+    save_package(tmp_path / "m", spec, tiny_state(spec))
+    with pytest.raises(ModelPackageError, match="split_h"):
+        load_model(tmp_path / "m", device="cpu")
+    img = tmp_path / "n.tif"
+    tifffile.imwrite(img, nuclei_image[:64, :64])
+    assert main(["predict", str(img), "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "split_h must be a number >= 0, got -1" in err
+    assert not (tmp_path / "o").exists()

@@ -260,6 +260,8 @@ class Model:
         if self.spec.task == "interactive":
             raise ModelPackageError(f"{self.spec.name} is an interactive (click) model: use segloop.load_interactive"
                                     f"({self.spec.name!r}) or the Proofread widget's click mode, not Segment")
+        if self.spec.task == "instance":              # bad post-processing values fail here, not at the first image
+            InstanceParams.from_dict(self.spec.postprocess)
         self.network = build_network(package)
         self.engine_name = engine
         self._normalizers: OrderedDict[tuple, tuple[Any, Normalizer]] = OrderedDict()

@@ -2,7 +2,8 @@
 
 Semantic models: argmax into class ids.  Instance models (nuclei) predict
 background / interior / boundary; instances are the connected interiors
-(seeds) grown into the boundary pixels next to them, small objects removed.
+(seeds), optionally split at necks (:func:`split_seeds`), grown into the
+boundary pixels next to them, small objects removed.
 
 Everything here consumes the finished bands that
 :func:`segloop.core.inference.tiling.predict_tiled` hands to its sink, so a 20k x 20k
