@@ -255,8 +255,7 @@ class Model:
                  precision: str = "auto"):
         from segloop.core.inference.engines import OnnxPredictor, TorchPredictor
 
-        self.package = package
-        self.spec = package.spec
+        self.package, self.spec = package, package.spec
         if self.spec.task == "interactive":
             raise ModelPackageError(f"{self.spec.name} is an interactive (click) model: use segloop.load_interactive"
                                     f"({self.spec.name!r}) or the Proofread widget's click mode, not Segment")
