@@ -62,8 +62,6 @@ class HandRecipe:
         return asdict(self)
 
 
-_RGB_NORM = {"kind": "percentile", "low": 1.0, "high": 99.8, "per_channel": True}
-
 #: Strong photometric and scale augmentation: the held-out sources come from other labs and scanners.
 _HE_AUGMENT = {"zoom": (0.7, 1.4), "zoom_p": 0.6, "stain_sigma": 0.12, "stain_bias": 0.03,
                "foreground_fraction": 0.8}
